@@ -1,0 +1,47 @@
+"""ASGI entry point: HTTP (and later websockets) through Channels, with the provider runtime.
+
+Daphne does not speak the ASGI lifespan protocol, so the runtime also starts
+on the first request of each process; servers that do (uvicorn) start it at
+boot.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echo_site.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from providers.lifecycle import lifecycle  # noqa: E402
+
+router = ProtocolTypeRouter({"http": django_asgi_app})
+
+
+async def application(scope, receive, send):
+    """Serve SCOPE, starting the provider runtime first if this process has not."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if not lifecycle.started:
+        await lifecycle.ensure_started()
+    await router(scope, receive, send)
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await lifecycle.ensure_started()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await lifecycle.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,9 @@
+"""Echo's URL map."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("plugins_api.urls")),
+]

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PluginsApiConfig(AppConfig):
+    name = "plugins_api"
+    verbose_name = "Echo API"

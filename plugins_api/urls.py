@@ -1,0 +1,3 @@
+"""URLs of Echo's HTTP API."""
+
+urlpatterns: list = []

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ProvidersConfig(AppConfig):
+    name = "providers"
+    verbose_name = "AI providers"
+
+    def ready(self) -> None:
+        from django.core import checks
+        from django.db.models.signals import post_delete, post_save
+
+        from providers import signals, system_checks
+        from providers.models import ProviderConfig
+        from providers.runtime import register_builtin_plugins
+
+        register_builtin_plugins()
+        post_save.connect(signals.provider_config_saved, sender=ProviderConfig,
+                          dispatch_uid="providers.provider_config_saved")
+        post_delete.connect(signals.provider_config_deleted, sender=ProviderConfig,
+                            dispatch_uid="providers.provider_config_deleted")
+        checks.register(system_checks.check_provider_yaml, "providers")

@@ -1,0 +1,281 @@
+"""The provider plugin contract: AbstractAIProvider and its metadata.
+
+A plugin subclasses ``AbstractAIProvider``, declares ``metadata`` and a JSON
+Schema for its configuration, and implements the async chat methods. The base
+class gives what every plugin would otherwise write again: schema defaults and
+per-field validation (``jsonschema``), a streaming fallback for providers with
+no native streaming, and the guide's ``reload`` lifecycle.
+
+Error contract: provider methods raise ``providers.errors.ProviderError``
+kinds on failure and never put a secret in a message.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from providers.errors import ProviderConfigError, UnsupportedCapabilityError
+from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+
+
+class PluginCapability(str, Enum):
+    """What a provider can do beyond plain chat."""
+
+    STREAMING = "streaming"
+    FUNCTION_CALLING = "function_calling"
+    VISION = "vision"
+    EMBEDDINGS = "embeddings"
+    FINE_TUNING = "fine_tuning"
+    BATCH_PROCESSING = "batch_processing"
+    MULTIMODAL = "multimodal"
+
+
+@dataclass(slots=True)
+class PluginMetadata:
+    """Who a plugin is and what it offers."""
+
+    name: str
+    version: str
+    description: str = ""
+    author: str = ""
+    capabilities: list[PluginCapability] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    homepage: str = ""
+    requires_api_key: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "author": self.author,
+            "capabilities": [PluginCapability(c).value for c in self.capabilities],
+            "models": list(self.models),
+            "homepage": self.homepage,
+            "requires_api_key": self.requires_api_key,
+        }
+
+
+def normalize_config_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return SCHEMA as valid JSON Schema.
+
+    The plugin guide marks a required property with ``"required": True``
+    inside the property itself (the draft-3 spelling). That is moved into the
+    object's ``required`` list so that modern validators accept the schema.
+    """
+    schema = copy.deepcopy(schema)
+    properties = schema.get("properties") or {}
+    required = list(schema.get("required") or [])
+    for name, prop in properties.items():
+        if isinstance(prop, dict) and isinstance(prop.get("required"), bool):
+            if prop.pop("required") and name not in required:
+                required.append(name)
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def secret_fields(schema: dict[str, Any]) -> set[str]:
+    """Return the names of the properties of SCHEMA that hold secrets.
+
+    A property is a secret when it says ``"writeOnly": true`` or
+    ``"format": "password"``, or when its name ends in ``api_key``, ``token``,
+    ``secret`` or ``password``, so that a plugin author who forgets the
+    marker still gets a masked, write-only field.
+    """
+    names = set()
+    for name, prop in (schema.get("properties") or {}).items():
+        prop = prop if isinstance(prop, dict) else {}
+        if (
+            prop.get("writeOnly")
+            or prop.get("format") == "password"
+            or name.endswith(("api_key", "token", "secret", "password"))
+        ):
+            names.add(name)
+    return names
+
+
+def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> dict[str, list[str]]:
+    """Validate CONFIG against SCHEMA; return a message list per field (empty when valid).
+
+    Fields are named by their dotted path; an error about the whole object is
+    filed under the field it concerns (a missing or unknown property) or under
+    ``"config"``.
+    """
+    schema = normalize_config_schema(schema)
+    errors: dict[str, list[str]] = {}
+    validator = Draft202012Validator(schema)
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            for missing in error.validator_value:
+                if missing not in error.instance:
+                    key = f"{path}.{missing}" if path else missing
+                    errors.setdefault(key, []).append("This field is required.")
+            continue
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set((error.schema.get("properties") or {}).keys())
+            for extra in error.instance:
+                if extra not in allowed:
+                    key = f"{path}.{extra}" if path else extra
+                    errors.setdefault(key, []).append("Unknown setting.")
+            continue
+        errors.setdefault(path or "config", []).append(_readable(error))
+    return errors
+
+
+def _readable(error: Any) -> str:
+    """Return a jsonschema error as a sentence that does not echo a secret back."""
+    validator = error.validator
+    value = error.validator_value
+    if validator == "type":
+        return f"Must be of type {value if isinstance(value, str) else ' or '.join(value)}."
+    if validator == "minimum":
+        return f"Must be at least {value}."
+    if validator == "maximum":
+        return f"Must be at most {value}."
+    if validator == "exclusiveMinimum":
+        return f"Must be greater than {value}."
+    if validator == "exclusiveMaximum":
+        return f"Must be less than {value}."
+    if validator == "enum":
+        return "Must be one of: " + ", ".join(repr(v) for v in value) + "."
+    if validator == "minLength":
+        return f"Must be at least {value} characters long."
+    if validator == "maxLength":
+        return f"Must be at most {value} characters long."
+    if validator == "pattern":
+        return f"Must match the pattern {value}."
+    if validator == "format":
+        return f"Must be a valid {value}."
+    if validator in {"minItems", "maxItems"}:
+        bound = "least" if validator == "minItems" else "most"
+        return f"Must have at {bound} {value} items."
+    return f"Fails the schema rule {validator!r}."
+
+
+def apply_schema_defaults(schema: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Return CONFIG with the schema's top-level defaults filled in where unset."""
+    merged = dict(config)
+    for name, prop in (schema.get("properties") or {}).items():
+        if isinstance(prop, dict) and "default" in prop and name not in merged:
+            merged[name] = copy.deepcopy(prop["default"])
+    return merged
+
+
+class AbstractAIProvider(ABC):
+    """The interface every provider plugin implements.
+
+    An instance is built with its configuration (``self.config``, schema
+    defaults applied) and must do no I/O in ``__init__``; the registry calls
+    ``initialize()`` before the instance serves and ``shutdown()`` after its
+    last in-flight request. All I/O is async and must not block the event loop.
+    Methods raise ``ProviderError`` kinds on failure.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
+        self.name = name or self.__class__.__name__
+        self.config = apply_schema_defaults(self.get_config_schema(), config or {})
+
+    # --- identity -------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def metadata(self) -> PluginMetadata:
+        """Describe the plugin: name, version, capabilities, models."""
+
+    def supports(self, capability: PluginCapability) -> bool:
+        """Return whether the plugin declares CAPABILITY."""
+        return capability in self.metadata.capabilities
+
+    # --- lifecycle ------------------------------------------------------
+
+    @abstractmethod
+    async def initialize(self) -> None:
+        """Prepare the provider to serve (open clients, check settings)."""
+
+    async def shutdown(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Release what ``initialize`` acquired. Called once, after in-flight requests end."""
+
+    async def reload(self, new_config: dict[str, Any]) -> None:
+        """Apply NEW_CONFIG in place: validate, shut down, then initialize again.
+
+        The registry's hot swap builds a fresh instance instead, so that
+        requests in flight are never cut; this is the guide's in-place hook
+        for code that holds a provider directly.
+        """
+        errors = self.get_config_errors(new_config)
+        if errors:
+            raise ProviderConfigError("Invalid configuration.", errors=errors, provider=self.name)
+        await self.shutdown()
+        self.config = apply_schema_defaults(self.get_config_schema(), new_config)
+        await self.initialize()
+
+    # --- chat -----------------------------------------------------------
+
+    @abstractmethod
+    async def chat_completion(self, request: ChatRequest) -> ChatResponse:
+        """Answer REQUEST as a whole."""
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        """Stream the answer to REQUEST.
+
+        The fallback for providers with no native streaming: one final chunk
+        holding the whole answer.
+        """
+        response = await self.chat_completion(request)
+        yield StreamingChunk(
+            content=response.content,
+            is_final=True,
+            finish_reason=response.finish_reason,
+            usage=response.usage,
+            tool_calls=response.tool_calls,
+            model=response.model,
+            metadata={"provider": self.name, "streaming": "fallback"},
+        )
+
+    async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        """Return one embedding vector per text (providers with EMBEDDINGS)."""
+        raise UnsupportedCapabilityError(
+            f"Provider {self.name!r} does not support embeddings.", provider=self.name
+        )
+
+    # --- health and models ----------------------------------------------
+
+    @abstractmethod
+    async def health_check(self) -> HealthStatus:
+        """Check that the provider can serve, without spending tokens."""
+
+    @abstractmethod
+    async def list_models(self) -> list[str]:
+        """Return the model names the provider offers."""
+
+    def get_model_info(self, model_name: str) -> dict[str, Any] | None:
+        """Return what is known of MODEL_NAME (context length, prices, ...), or None."""
+        return None
+
+    # --- configuration --------------------------------------------------
+
+    @abstractmethod
+    def get_config_schema(self) -> dict[str, Any]:
+        """Return the JSON Schema of this plugin's configuration."""
+
+    def get_config_errors(self, config: dict[str, Any]) -> dict[str, list[str]]:
+        """Return the schema errors of CONFIG per field; empty when it is valid."""
+        return config_errors(self.get_config_schema(), config)
+
+    def validate_config(self, config: dict[str, Any]) -> bool:
+        """Return whether CONFIG is valid (see ``get_config_errors`` for why not)."""
+        return not self.get_config_errors(config)
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        """Return the plugin's normalized config schema without a configured instance."""
+        return normalize_config_schema(cls.__new__(cls).get_config_schema())

@@ -1,0 +1,99 @@
+"""The database side of providers: their configurations and health history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+from providers.registry import ProviderSpec
+
+provider_name_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]{0,63}$",
+    "Use lowercase letters, digits, '-' and '_' (starting with a letter or digit).",
+)
+
+
+class ProviderConfig(models.Model):
+    """One configured provider: which plugin, its settings, its secrets and routing.
+
+    SETTINGS hold the plugin's non-secret configuration; SECRETS hold the
+    fields its schema marks as secret, kept apart so that no interface shows
+    them back.
+    """
+
+    name = models.CharField(
+        max_length=64, unique=True, validators=[provider_name_validator],
+        help_text="The provider's name in requests, e.g. 'openai' or 'openai-backup'.",
+    )
+    plugin = models.CharField(max_length=64, help_text="The plugin that implements it.")
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(
+        "default provider", default=False,
+        help_text="Answers requests that name no provider. Only one provider is the default.",
+    )
+    fallbacks = models.JSONField(
+        default=list, blank=True,
+        help_text="Providers tried in order when this one fails; 'name' or 'name/model'.",
+    )
+    settings = models.JSONField(default=dict, blank=True)
+    secrets = models.JSONField(default=dict, blank=True)
+    disabled_reason = models.TextField(
+        blank=True, help_text="Why the provider is disabled, when Echo disabled it."
+    )
+    import_fingerprint = models.CharField(
+        max_length=64, blank=True, editable=False,
+        help_text="Fingerprint of the values the YAML import last wrote.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "provider"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True),
+                name="one_default_provider",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def full_config(self) -> dict[str, Any]:
+        """Return settings and secrets merged: what the plugin instance receives."""
+        return {**(self.settings or {}), **(self.secrets or {})}
+
+    def to_spec(self) -> ProviderSpec:
+        """Return the registry spec for this configuration."""
+        return ProviderSpec(
+            name=self.name,
+            plugin=self.plugin,
+            config=self.full_config(),
+            fallbacks=tuple(self.fallbacks or ()),
+            is_default=self.is_default,
+        )
+
+
+class HealthCheck(models.Model):
+    """One health check of one provider: a row of its time series."""
+
+    provider = models.ForeignKey(
+        ProviderConfig, on_delete=models.CASCADE, related_name="health_checks"
+    )
+    available = models.BooleanField()
+    response_time_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    checked_at = models.DateTimeField(db_index=True)
+    # Declared last: the field name shadows the ``models`` module inside the class body.
+    models = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [models.Index(fields=["provider", "-checked_at"])]
+
+    def __str__(self) -> str:
+        state = "up" if self.available else "down"
+        return f"{self.provider_id} {state} at {self.checked_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,5 @@
+"""Built-in provider plugins, by plugin name (dotted paths, imported at start-up)."""
+
+BUILTIN_PLUGINS: dict[str, str] = {
+    "echo": "providers.plugins.echo_provider.EchoProvider",
+}

@@ -1,0 +1,111 @@
+"""This process's registry and model manager, and keeping them in step with the database.
+
+The registry lives in the process that serves requests, on its event loop.
+Code that runs outside that loop (the admin, management commands, signal
+handlers in worker threads) reaches it through ``run_in_serving_loop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import async_to_sync
+from django.utils.module_loading import import_string
+
+from providers.errors import ProviderError
+from providers.manager import ModelManager
+from providers.plugins import BUILTIN_PLUGINS
+from providers.registry import ProviderRegistry, ProviderSpec
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+registry = ProviderRegistry()
+manager = ModelManager(registry)
+
+_serving_loop: asyncio.AbstractEventLoop | None = None
+
+
+def register_builtin_plugins(target: ProviderRegistry | None = None) -> None:
+    """Register the built-in plugin classes in TARGET (the process registry by default)."""
+    target = target or registry
+    for name, path in BUILTIN_PLUGINS.items():
+        try:
+            cls = import_string(path)
+        except ImportError as exc:
+            raise ImportError(f"Built-in plugin {name!r} ({path}) failed to import: {exc}") from exc
+        target.register(cls, name, source="builtin", origin=path)
+
+
+def set_serving_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Remember LOOP as the loop the registry's providers serve on."""
+    global _serving_loop
+    _serving_loop = loop
+
+
+def run_in_serving_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run the coroutine function FUNC from sync code and return its result.
+
+    Inside a serving process it runs on the serving loop, so that provider
+    instances and their HTTP clients stay on the loop that uses them;
+    elsewhere (a management command, a sync test) on a loop of its own.
+    """
+    loop = _serving_loop
+    if loop is not None and loop.is_running() and not loop.is_closed():
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is not loop:
+            return asyncio.run_coroutine_threadsafe(func(*args), loop).result(timeout=120)
+    return async_to_sync(func)(*args)
+
+
+async def apply_config_state(name: str, spec: ProviderSpec | None, reason: str = "") -> str | None:
+    """Make provider NAME live with SPEC, or take it out of service when SPEC is None.
+
+    Return the error that kept it from loading, or None. Never raises: the
+    database change that led here has already committed.
+    """
+    if spec is None:
+        await registry.unregister(name, reason=reason or None)
+        return reason or None
+    try:
+        await registry.apply(spec)
+    except ProviderError as exc:
+        logger.warning("provider %s was not (re)loaded: %s", name, exc.message)
+        return exc.message
+    return None
+
+
+async def load_provider_from_database(name: str) -> str | None:
+    """Bring provider NAME in line with its row in the database; return its load error."""
+    from providers.models import ProviderConfig
+
+    row = await ProviderConfig.objects.filter(name=name).afirst()
+    if row is None:
+        await registry.unregister(name)
+        return None
+    spec = row.to_spec() if row.enabled else None
+    return await apply_config_state(name, spec, row.disabled_reason or "Disabled.")
+
+
+async def load_all_from_database() -> dict[str, str | None]:
+    """Load every configured provider; return each one's load error (None when live)."""
+    from providers.models import ProviderConfig
+
+    results: dict[str, str | None] = {}
+    names = set()
+    async for row in ProviderConfig.objects.all():
+        names.add(row.name)
+        spec = row.to_spec() if row.enabled else None
+        results[row.name] = await apply_config_state(
+            row.name, spec, row.disabled_reason or "Disabled."
+        )
+    for stale in set(registry.names()) - names:
+        await registry.unregister(stale)
+    return results

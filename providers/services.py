@@ -1,0 +1,179 @@
+"""Writes to provider configurations: the one path for the admin, the API and the import.
+
+Each service validates first and changes nothing when the input is bad
+(``ProviderConfigError`` names every bad field); on success it saves inside a
+transaction, and the post-save signal reloads the provider once committed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db import transaction
+
+from providers.base import secret_fields
+from providers.errors import ProviderConfigError, ProviderNotFoundError
+from providers.models import ProviderConfig
+from providers.runtime import registry
+
+FALLBACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/.+)?$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def plugin_schema(plugin: str) -> dict[str, Any]:
+    """Return the normalized config schema of PLUGIN; raise ``ProviderNotFoundError``."""
+    return registry.plugin(plugin).config_schema()
+
+
+def split_config(plugin: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat CONFIG into (settings, secrets) by PLUGIN's schema."""
+    secret_names = secret_fields(plugin_schema(plugin))
+    settings = {k: v for k, v in config.items() if k not in secret_names}
+    secrets = {k: v for k, v in config.items() if k in secret_names}
+    return settings, secrets
+
+
+def provider_config_errors(
+    *,
+    plugin: str,
+    settings: dict[str, Any],
+    secrets: dict[str, Any],
+    fallbacks: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+) -> dict[str, list[str]]:
+    """Return every problem with a provider configuration, per field (empty when valid)."""
+    errors: dict[str, list[str]] = {}
+    if name is not None and not NAME_PATTERN.match(name):
+        errors["name"] = [
+            "Use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit."
+        ]
+    if not isinstance(fallbacks, (list, tuple)) or not all(isinstance(f, str) for f in fallbacks):
+        errors["fallbacks"] = ["Must be a list of provider names ('name' or 'name/model')."]
+    else:
+        bad = [f for f in fallbacks if not FALLBACK_PATTERN.match(f)]
+        if bad:
+            errors["fallbacks"] = [f"Not a provider name or 'name/model': {', '.join(bad)}."]
+        elif name is not None and any(f.split("/", 1)[0] == name for f in fallbacks):
+            errors["fallbacks"] = ["A provider cannot fall back to itself."]
+    if not isinstance(settings, dict):
+        errors["settings"] = ["Must be an object."]
+    if not isinstance(secrets, dict):
+        errors["secrets"] = ["Must be an object."]
+    if "settings" in errors or "secrets" in errors:
+        return errors
+    try:
+        cls = registry.plugin(plugin)
+    except ProviderNotFoundError as exc:
+        errors["plugin"] = [exc.message]
+        return errors
+    schema = cls.config_schema()
+    secret_names = secret_fields(schema)
+    misplaced = sorted(k for k in settings if k in secret_names)
+    for key in misplaced:
+        errors[key] = ["This is a secret: send it in 'secrets', not 'settings'."]
+    merged = {k: v for k, v in {**settings, **secrets}.items() if v is not None}
+    errors.update(cls.__new__(cls).get_config_errors(merged))
+    return errors
+
+
+def _raise_if(errors: dict[str, list[str]]) -> None:
+    if errors:
+        summary = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items())
+        raise ProviderConfigError(f"Invalid provider configuration: {summary}", errors=errors)
+
+
+def _merge(current: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+    """Return CURRENT updated by PARTIAL, where a None value removes the key."""
+    merged = dict(current)
+    for key, value in partial.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+@transaction.atomic
+def provider_config_create(
+    *,
+    name: str,
+    plugin: str,
+    settings: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+    enabled: bool = True,
+    is_default: bool = False,
+    fallbacks: list[str] | None = None,
+    disabled_reason: str = "",
+) -> ProviderConfig:
+    """Create provider NAME; raise ``ProviderConfigError`` naming each bad field."""
+    settings, secrets, fallbacks = dict(settings or {}), dict(secrets or {}), list(fallbacks or [])
+    errors = provider_config_errors(
+        plugin=plugin, settings=settings, secrets=secrets, fallbacks=fallbacks, name=name
+    )
+    if ProviderConfig.objects.filter(name=name).exists():
+        errors.setdefault("name", []).append(f"A provider named {name!r} already exists.")
+    _raise_if(errors)
+    if is_default:
+        ProviderConfig.objects.filter(is_default=True).update(is_default=False)
+    return ProviderConfig.objects.create(
+        name=name,
+        plugin=plugin,
+        settings=settings,
+        secrets=secrets,
+        enabled=enabled,
+        is_default=is_default,
+        fallbacks=fallbacks,
+        disabled_reason="" if enabled else disabled_reason,
+    )
+
+
+UPDATABLE = {"plugin", "enabled", "is_default", "fallbacks", "settings", "secrets", "disabled_reason"}
+
+
+@transaction.atomic
+def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -> ProviderConfig:
+    """Apply CHANGES to CONFIG and save it.
+
+    ``settings`` and ``secrets`` in CHANGES are partial: their keys are merged
+    into the stored ones, and a None value removes a key. Raise
+    ``ProviderConfigError`` and change nothing when the result is invalid.
+    """
+    unknown = sorted(set(changes) - UPDATABLE)
+    if unknown:
+        _raise_if({field: ["Unknown field."] for field in unknown})
+    config = ProviderConfig.objects.select_for_update().get(pk=config.pk)
+    plugin = changes.get("plugin", config.plugin)
+    settings = _merge(config.settings, changes.get("settings") or {})
+    secrets = _merge(config.secrets, changes.get("secrets") or {})
+    fallbacks = changes.get("fallbacks", config.fallbacks)
+    for key in ("settings", "secrets"):
+        if key in changes and not isinstance(changes[key], dict):
+            _raise_if({key: ["Must be an object."]})
+    _raise_if(
+        provider_config_errors(
+            plugin=plugin, settings=settings, secrets=secrets, fallbacks=fallbacks, name=config.name
+        )
+    )
+    if changes.get("is_default"):
+        ProviderConfig.objects.filter(is_default=True).exclude(pk=config.pk).update(is_default=False)
+    config.plugin = plugin
+    config.settings = settings
+    config.secrets = secrets
+    config.fallbacks = list(fallbacks)
+    if "enabled" in changes:
+        config.enabled = bool(changes["enabled"])
+    if "is_default" in changes:
+        config.is_default = bool(changes["is_default"])
+    if config.enabled:
+        config.disabled_reason = ""
+    elif "disabled_reason" in changes:
+        config.disabled_reason = changes["disabled_reason"]
+    config.save()
+    return config
+
+
+@transaction.atomic
+def provider_config_delete(*, config: ProviderConfig) -> None:
+    """Delete CONFIG; the provider leaves service once the deletion commits."""
+    config.delete()

@@ -1,0 +1,142 @@
+"""Plain data types that travel between Echo and its provider plugins.
+
+They are dataclasses with no Django in them, so a plugin and its tests need
+nothing but this module, ``providers.base`` and ``providers.errors``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """One function call the model asked for; ARGUMENTS is the JSON text it produced."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    """One turn of a conversation.
+
+    CONTENT is text, or a list of parts in the OpenAI shape
+    (``{"type": "text", "text": ...}``, ``{"type": "image_url", ...}``) for
+    multimodal messages.
+    """
+
+    role: str
+    content: str | list[dict[str, Any]] = ""
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """Return the text of the message, joining the text parts of a multimodal one."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            part.get("text", "") for part in self.content if part.get("type") == "text"
+        )
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A chat completion request in Echo's common shape."""
+
+    messages: list[ChatMessage]
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    user: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def with_model(self, model: str | None) -> ChatRequest:
+        """Return a copy of this request aimed at MODEL."""
+        copy = ChatRequest(**{f: getattr(self, f) for f in self.__dataclass_fields__})
+        copy.model = model
+        return copy
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """A whole (non-streamed) answer."""
+
+    content: str
+    model: str
+    provider: str = ""
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = "stop"
+    tool_calls: list[ToolCall] | None = None
+    id: str = field(default_factory=lambda: f"chat-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usage"] = self.usage.as_dict()
+        return data
+
+
+@dataclass(slots=True)
+class StreamingChunk:
+    """One piece of a streamed answer.
+
+    The last chunk of a stream has ``is_final=True`` and carries the
+    FINISH_REASON and, when the provider reports it, the USAGE.
+    """
+
+    content: str = ""
+    is_final: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    tool_calls: list[ToolCall] | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class HealthStatus:
+    """The outcome of one health check."""
+
+    available: bool
+    models: list[str] = field(default_factory=list)
+    response_time_ms: float | None = None
+    error: str | None = None
+    checked_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
