@@ -115,6 +115,19 @@ ECHO_PLUGIN_DIRS = [Path(p) for p in env_list("ECHO_PLUGIN_DIRS", [str(BASE_DIR 
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "plugins_api.authentication.BearerKeyAuthentication",
+        "plugins_api.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["plugins_api.authentication.IsAdminClient"],
+    "EXCEPTION_HANDLER": "plugins_api.error_responses.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Echo API",

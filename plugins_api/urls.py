@@ -1,3 +1,11 @@
-"""URLs of Echo's HTTP API."""
+"""URLs of Echo's HTTP API: chat, plugin management and the REST resources."""
 
-urlpatterns: list = []
+from django.urls import include, path
+
+from plugins_api import chat_views
+
+urlpatterns = [
+    path("chat", chat_views.chat, name="chat"),
+    path("", include("plugins_api.plugin_urls")),
+    path("", include("plugins_api.rest_urls")),
+]

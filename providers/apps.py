@@ -16,8 +16,14 @@ class ProvidersConfig(AppConfig):
         from providers.runtime import register_builtin_plugins
 
         register_builtin_plugins()
-        post_save.connect(signals.provider_config_saved, sender=ProviderConfig,
-                          dispatch_uid="providers.provider_config_saved")
-        post_delete.connect(signals.provider_config_deleted, sender=ProviderConfig,
-                            dispatch_uid="providers.provider_config_deleted")
+        post_save.connect(
+            signals.provider_config_saved,
+            sender=ProviderConfig,
+            dispatch_uid="providers.provider_config_saved",
+        )
+        post_delete.connect(
+            signals.provider_config_deleted,
+            sender=ProviderConfig,
+            dispatch_uid="providers.provider_config_deleted",
+        )
         checks.register(system_checks.check_provider_yaml, "providers")

@@ -63,9 +63,7 @@ def expand(value: Any, environ: dict[str, str], missing: list[str]) -> Any:
     return value
 
 
-def load_provider_entries(
-    path: Path, environ: dict[str, str] | None = None
-) -> list[ProviderEntry]:
+def load_provider_entries(path: Path, environ: dict[str, str] | None = None) -> list[ProviderEntry]:
     """Read PATH and return its providers; raise ``ConfigFileError`` naming the problem."""
     environ = dict(os.environ if environ is None else environ)
     try:
@@ -87,7 +85,9 @@ def load_provider_entries(
         raise ConfigFileError(f"{path}: 'routing.fallbacks' must map provider names to lists.")
     default = routing.get("default")
     if default is not None and default not in providers:
-        raise ConfigFileError(f"{path}: routing.default names {default!r}, which is not in ai_providers.")
+        raise ConfigFileError(
+            f"{path}: routing.default names {default!r}, which is not in ai_providers."
+        )
     entries = []
     for name, raw in providers.items():
         raw = raw or {}

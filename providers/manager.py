@@ -48,7 +48,9 @@ class ModelManager:
         if provider_name:
             if provider_name not in self.registry:
                 raise ProviderNotFoundError(
-                    f"No provider named {provider_name!r}.", provider=provider_name, field="provider"
+                    f"No provider named {provider_name!r}.",
+                    provider=provider_name,
+                    field="provider",
                 )
             return Route(provider_name, model)
         if model and "/" in model:
@@ -134,5 +136,8 @@ class ModelManager:
                 if started or not exc.retryable or index == len(routes) - 1:
                     raise
                 failures.append({"route": str(route), "error": exc.kind})
-                logger.warning("provider %s failed before streaming (%s); failing over",
-                               route.provider, exc.kind)
+                logger.warning(
+                    "provider %s failed before streaming (%s); failing over",
+                    route.provider,
+                    exc.kind,
+                )

@@ -24,17 +24,21 @@ class ProviderConfig(models.Model):
     """
 
     name = models.CharField(
-        max_length=64, unique=True, validators=[provider_name_validator],
+        max_length=64,
+        unique=True,
+        validators=[provider_name_validator],
         help_text="The provider's name in requests, e.g. 'openai' or 'openai-backup'.",
     )
     plugin = models.CharField(max_length=64, help_text="The plugin that implements it.")
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(
-        "default provider", default=False,
+        "default provider",
+        default=False,
         help_text="Answers requests that name no provider. Only one provider is the default.",
     )
     fallbacks = models.JSONField(
-        default=list, blank=True,
+        default=list,
+        blank=True,
         help_text="Providers tried in order when this one fails; 'name' or 'name/model'.",
     )
     settings = models.JSONField(default=dict, blank=True)
@@ -43,7 +47,9 @@ class ProviderConfig(models.Model):
         blank=True, help_text="Why the provider is disabled, when Echo disabled it."
     )
     import_fingerprint = models.CharField(
-        max_length=64, blank=True, editable=False,
+        max_length=64,
+        blank=True,
+        editable=False,
         help_text="Fingerprint of the values the YAML import last wrote.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -54,7 +60,8 @@ class ProviderConfig(models.Model):
         verbose_name = "provider"
         constraints = [
             models.UniqueConstraint(
-                fields=["is_default"], condition=models.Q(is_default=True),
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
                 name="one_default_provider",
             )
         ]

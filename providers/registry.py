@@ -146,7 +146,12 @@ class ProviderRegistry:
             missing = ", ".join(sorted(cls.__abstractmethods__))
             raise PluginLoadError(f"{cls.__name__} does not implement: {missing}.")
         current = self._plugins.get(name)
-        if current and current.source == "builtin" and source != "builtin" and current.cls is not cls:
+        if (
+            current
+            and current.source == "builtin"
+            and source != "builtin"
+            and current.cls is not cls
+        ):
             raise PluginLoadError(f"Plugin name {name!r} is taken by a built-in provider.")
         self._plugins[name] = PluginEntry(cls, source, origin, fingerprint)
 
@@ -256,7 +261,9 @@ class ProviderRegistry:
         self._errors.pop(spec.name, None)
         if old is not None:
             self._retire(old)
-        logger.info("provider %s loaded (plugin %s, generation %s)", spec.name, spec.plugin, generation)
+        logger.info(
+            "provider %s loaded (plugin %s, generation %s)", spec.name, spec.plugin, generation
+        )
         return provider
 
     async def reload(self, name: str, config: dict[str, Any] | None = None) -> AbstractAIProvider:
@@ -275,7 +282,9 @@ class ProviderRegistry:
             ProviderSpec(spec.name, spec.plugin, new_config, spec.fallbacks, spec.is_default)
         )
 
-    async def update_provider_config(self, name: str, partial: dict[str, Any]) -> AbstractAIProvider:
+    async def update_provider_config(
+        self, name: str, partial: dict[str, Any]
+    ) -> AbstractAIProvider:
         """Merge PARTIAL into provider NAME's config and hot-swap it in."""
         merged = {**self.spec(name).config, **partial}
         return await self.reload(name, merged)
@@ -327,7 +336,7 @@ class ProviderRegistry:
         self._live.clear()
         for live in lives:
             live.retired = True
-        await asyncio.gather(*(_quiet_shutdown(l.provider) for l in lives))
+        await asyncio.gather(*(_quiet_shutdown(entry.provider) for entry in lives))
         await self.wait_closed()
 
     # --- status and health ------------------------------------------------
@@ -364,7 +373,9 @@ class ProviderRegistry:
             async with self.lease(name) as provider:
                 status = await asyncio.wait_for(provider.health_check(), timeout)
         except TimeoutError:
-            status = HealthStatus(available=False, error=f"Health check timed out after {timeout:g}s.")
+            status = HealthStatus(
+                available=False, error=f"Health check timed out after {timeout:g}s."
+            )
         except ProviderError as exc:
             status = HealthStatus(available=False, error=exc.message)
         except Exception as exc:  # a plugin bug must not break the others' checks
@@ -391,8 +402,11 @@ class ProviderRegistry:
         directory = Path(path)
         results: list[DiscoveryResult] = []
         if not directory.is_dir():
-            return [DiscoveryResult(name="", origin=str(directory), status="failed",
-                                    error="Not a directory.")]
+            return [
+                DiscoveryResult(
+                    name="", origin=str(directory), status="failed", error="Not a directory."
+                )
+            ]
         for file in sorted(directory.glob(f"*{PLUGIN_FILE_SUFFIX}")):
             results.append(await self._discover_file(file))
         return results
@@ -414,13 +428,15 @@ class ProviderRegistry:
         except PluginLoadError as exc:
             return DiscoveryResult(name, origin, "failed", exc.message)
         except SyntaxError as exc:
-            return DiscoveryResult(name, origin, "failed",
-                                   f"Syntax error at line {exc.lineno}: {exc.msg}")
+            return DiscoveryResult(
+                name, origin, "failed", f"Syntax error at line {exc.lineno}: {exc.msg}"
+            )
         except Exception as exc:
             return DiscoveryResult(name, origin, "failed", f"{type(exc).__name__}: {exc}")
         await self._rebuild_plugin_users(name)
-        return DiscoveryResult(name, origin, "updated" if current else "registered",
-                               class_name=cls.__name__)
+        return DiscoveryResult(
+            name, origin, "updated" if current else "registered", class_name=cls.__name__
+        )
 
     async def discover_entry_points(self) -> list[DiscoveryResult]:
         """Register the plugins that installed packages declare in ``echo.providers``."""
@@ -431,29 +447,38 @@ class ProviderRegistry:
             try:
                 cls = ep.load()
                 if current and current.cls is cls:
-                    results.append(DiscoveryResult(ep.name, origin, "unchanged", class_name=cls.__name__))
+                    results.append(
+                        DiscoveryResult(ep.name, origin, "unchanged", class_name=cls.__name__)
+                    )
                     continue
                 self.register(cls, ep.name, source="entry_point", origin=origin)
             except PluginLoadError as exc:
                 results.append(DiscoveryResult(ep.name, origin, "failed", exc.message))
                 continue
             except Exception as exc:
-                results.append(DiscoveryResult(ep.name, origin, "failed", f"{type(exc).__name__}: {exc}"))
+                results.append(
+                    DiscoveryResult(ep.name, origin, "failed", f"{type(exc).__name__}: {exc}")
+                )
                 continue
             await self._rebuild_plugin_users(ep.name)
-            results.append(DiscoveryResult(ep.name, origin, "updated" if current else "registered",
-                                           class_name=cls.__name__))
+            results.append(
+                DiscoveryResult(
+                    ep.name, origin, "updated" if current else "registered", class_name=cls.__name__
+                )
+            )
         return results
 
     async def _rebuild_plugin_users(self, plugin: str) -> None:
         """Rebuild live providers of PLUGIN with its new class, and start pending ones."""
-        specs = [l.spec for l in self._live.values() if l.spec.plugin == plugin]
+        specs = [entry.spec for entry in self._live.values() if entry.spec.plugin == plugin]
         specs += [s for s in self._pending.values() if s.plugin == plugin]
         for spec in specs:
             try:
                 await self.apply(spec)
             except ProviderError as exc:
-                logger.warning("provider %s not rebuilt after discovery: %s", spec.name, exc.message)
+                logger.warning(
+                    "provider %s not rebuilt after discovery: %s", spec.name, exc.message
+                )
 
 
 def _load_plugin_file(file: Path, name: str, fingerprint: str) -> type[AbstractAIProvider]:

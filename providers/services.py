@@ -128,7 +128,15 @@ def provider_config_create(
     )
 
 
-UPDATABLE = {"plugin", "enabled", "is_default", "fallbacks", "settings", "secrets", "disabled_reason"}
+UPDATABLE = {
+    "plugin",
+    "enabled",
+    "is_default",
+    "fallbacks",
+    "settings",
+    "secrets",
+    "disabled_reason",
+}
 
 
 @transaction.atomic
@@ -156,7 +164,9 @@ def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -
         )
     )
     if changes.get("is_default"):
-        ProviderConfig.objects.filter(is_default=True).exclude(pk=config.pk).update(is_default=False)
+        ProviderConfig.objects.filter(is_default=True).exclude(pk=config.pk).update(
+            is_default=False
+        )
     config.plugin = plugin
     config.settings = settings
     config.secrets = secrets

@@ -44,9 +44,7 @@ class ChatMessage:
         """Return the text of the message, joining the text parts of a multimodal one."""
         if isinstance(self.content, str):
             return self.content
-        return "".join(
-            part.get("text", "") for part in self.content if part.get("type") == "text"
-        )
+        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
 
 
 @dataclass(slots=True)

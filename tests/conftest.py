@@ -36,3 +36,72 @@ def echo_config(db):
     return provider_config_create(
         name="echo", plugin="echo", settings={"prefix": "Echo: "}, is_default=True
     )
+
+
+class LiveEcho:
+    """Echo served over real HTTP by uvicorn in a thread of the test process."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import uvicorn
+
+        from echo_site.asgi import application
+
+        config = uvicorn.Config(
+            application,
+            host="127.0.0.1",
+            port=0,
+            lifespan="on",
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="live-echo", daemon=True)
+
+    def start(self) -> LiveEcho:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the live Echo server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_echo(transactional_db):
+    """Start Echo on a free loopback port; yield it (``.url``); stop it after the test.
+
+    Create the provider rows before asking for this fixture (they load at
+    start-up), or after it: saves reach the running server through the signal.
+    """
+    server = LiveEcho().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chat_key(db):
+    """A chat-scoped client key: (row, raw key)."""
+    from plugins_api.client_keys import client_key_issue, forget_cached_keys
+
+    forget_cached_keys()
+    return client_key_issue(name="test-chat", scope="chat")
+
+
+@pytest.fixture
+def admin_key(db):
+    """An admin-scoped client key: (row, raw key)."""
+    from plugins_api.client_keys import client_key_issue, forget_cached_keys
+
+    forget_cached_keys()
+    return client_key_issue(name="test-admin", scope="admin")

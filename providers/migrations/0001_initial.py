@@ -6,49 +6,117 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ProviderConfig',
+            name="ProviderConfig",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text="The provider's name in requests, e.g. 'openai' or 'openai-backup'.", max_length=64, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{0,63}$', "Use lowercase letters, digits, '-' and '_' (starting with a letter or digit).")])),
-                ('plugin', models.CharField(help_text='The plugin that implements it.', max_length=64)),
-                ('enabled', models.BooleanField(default=True)),
-                ('is_default', models.BooleanField(default=False, help_text='Answers requests that name no provider. Only one provider is the default.', verbose_name='default provider')),
-                ('fallbacks', models.JSONField(blank=True, default=list, help_text="Providers tried in order when this one fails; 'name' or 'name/model'.")),
-                ('settings', models.JSONField(blank=True, default=dict)),
-                ('secrets', models.JSONField(blank=True, default=dict)),
-                ('disabled_reason', models.TextField(blank=True, help_text='Why the provider is disabled, when Echo disabled it.')),
-                ('import_fingerprint', models.CharField(blank=True, editable=False, help_text='Fingerprint of the values the YAML import last wrote.', max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        help_text="The provider's name in requests, e.g. 'openai' or 'openai-backup'.",
+                        max_length=64,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{0,63}$",
+                                "Use lowercase letters, digits, '-' and '_' (starting with a letter or digit).",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "plugin",
+                    models.CharField(help_text="The plugin that implements it.", max_length=64),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "is_default",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Answers requests that name no provider. Only one provider is the default.",
+                        verbose_name="default provider",
+                    ),
+                ),
+                (
+                    "fallbacks",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="Providers tried in order when this one fails; 'name' or 'name/model'.",
+                    ),
+                ),
+                ("settings", models.JSONField(blank=True, default=dict)),
+                ("secrets", models.JSONField(blank=True, default=dict)),
+                (
+                    "disabled_reason",
+                    models.TextField(
+                        blank=True, help_text="Why the provider is disabled, when Echo disabled it."
+                    ),
+                ),
+                (
+                    "import_fingerprint",
+                    models.CharField(
+                        blank=True,
+                        editable=False,
+                        help_text="Fingerprint of the values the YAML import last wrote.",
+                        max_length=64,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'provider',
-                'ordering': ['name'],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('is_default', True)), fields=('is_default',), name='one_default_provider')],
+                "verbose_name": "provider",
+                "ordering": ["name"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("is_default", True)),
+                        fields=("is_default",),
+                        name="one_default_provider",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='HealthCheck',
+            name="HealthCheck",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('available', models.BooleanField()),
-                ('response_time_ms', models.FloatField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('checked_at', models.DateTimeField(db_index=True)),
-                ('models', models.JSONField(blank=True, default=list)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='health_checks', to='providers.providerconfig')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("available", models.BooleanField()),
+                ("response_time_ms", models.FloatField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("checked_at", models.DateTimeField(db_index=True)),
+                ("models", models.JSONField(blank=True, default=list)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="health_checks",
+                        to="providers.providerconfig",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-checked_at'],
-                'indexes': [models.Index(fields=['provider', '-checked_at'], name='providers_h_provide_b979e5_idx')],
+                "ordering": ["-checked_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["provider", "-checked_at"], name="providers_h_provide_b979e5_idx"
+                    )
+                ],
             },
         ),
     ]

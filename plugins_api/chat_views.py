@@ -1,0 +1,51 @@
+"""``POST /chat``: the guide's chat endpoint, JSON or streamed as SSE.
+
+An async view on the request's hot path: the key check is cached, routing
+and the provider call are in memory, nothing blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from plugins_api.chat_requests import RequestFieldError, parse_chat_call, parse_json
+from plugins_api.error_responses import error_body, error_response
+from plugins_api.request_auth import authenticate_chat_client
+from plugins_api.sse import chat_event_stream
+from providers.errors import ProviderError
+from providers.runtime import manager
+
+
+@csrf_exempt  # Bearer clients carry no CSRF token; session callers are checked in authenticate_chat_client
+@require_POST
+async def chat(request: HttpRequest) -> HttpResponse:
+    """Answer a chat request, as JSON or (``"stream": true``) as Server-Sent Events."""
+    denied = await authenticate_chat_client(request)
+    if denied is not None:
+        return denied
+    try:
+        call = parse_chat_call(parse_json(request.body))
+    except RequestFieldError as exc:
+        return JsonResponse(error_body("invalid_request", exc.message, field=exc.field), status=400)
+    try:
+        if not call.stream:
+            response = await manager.chat_completion(call.request, call.provider)
+            return JsonResponse(response.as_dict())
+        chunks = manager.chat_completion_stream(call.request, call.provider)
+        # Read the first chunk before answering, so that a failure before any
+        # text (after failover) gets an honest status instead of a 200 stream.
+        try:
+            first = await anext(chunks, None)
+        except BaseException:
+            await chunks.aclose()
+            raise
+    except ProviderError as exc:
+        return error_response(exc)
+    streamed = StreamingHttpResponse(
+        chat_event_stream(first, chunks), content_type="text/event-stream"
+    )
+    streamed["Cache-Control"] = "no-cache"
+    streamed["X-Accel-Buffering"] = "no"
+    return streamed

@@ -1,0 +1,112 @@
+"""The one JSON error shape of Echo's API: ``{"error": {"type", "message", "field"?, "provider"?}}``.
+
+Both DRF views (through ``api_exception_handler``) and the async chat views
+(through ``error_response``) render errors here, so a client sees one shape
+and an honest status whatever failed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.http import JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from providers.base import secret_fields
+from providers.errors import ProviderError, RateLimitError
+from providers.masking import redact
+
+
+def _provider_secrets(name: str | None) -> list[str]:
+    """Return the secret values of live provider NAME, to strip them from messages."""
+    from providers.runtime import registry
+
+    if not name or name not in registry:
+        return []
+    provider = registry.get(name)
+    names = secret_fields(provider.get_config_schema())
+    return [str(v) for k, v in provider.config.items() if k in names and v]
+
+
+def provider_error_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Return (status, body, headers) for a provider error, secrets stripped."""
+    body = exc.as_dict()
+    body["message"] = redact(body["message"], _provider_secrets(exc.provider))
+    headers = {}
+    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return exc.http_status, {"error": body}, headers
+
+
+def error_body(
+    kind: str, message: str, *, field: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Return the error shape for KIND and MESSAGE."""
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if field:
+        error["field"] = field
+    error.update({k: v for k, v in extra.items() if v is not None})
+    return {"error": error}
+
+
+def error_response(exc: ProviderError) -> JsonResponse:
+    """Render a provider error as a Django JsonResponse (for the async views)."""
+    status, body, headers = provider_error_body(exc)
+    response = JsonResponse(body, status=status)
+    for key, value in headers.items():
+        response[key] = value
+    return response
+
+
+def _first_field(detail: Any, prefix: str = "") -> tuple[str | None, str]:
+    """Return the first (dotted field, message) in a DRF validation detail."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors":
+                name = prefix or None
+            field, message = _first_field(value, name or "")
+            return field or name, message
+    if isinstance(detail, list) and detail:
+        for index, item in enumerate(detail):
+            if isinstance(item, (dict, list)):
+                return _first_field(item, f"{prefix}.{index}" if prefix else str(index))
+        return (prefix or None), str(detail[0])
+    return (prefix or None), str(detail)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF exception handler: render every API error in Echo's shape."""
+    if isinstance(exc, ProviderError):
+        status, body, headers = provider_error_body(exc)
+        return Response(body, status=status, headers=headers)
+    if isinstance(exc, drf.ValidationError):
+        field, message = _first_field(exc.detail)
+        body = error_body("invalid_request", message, field=field)
+        if isinstance(exc.detail, dict):
+            body["error"]["errors"] = exc.detail
+        return Response(body, status=400)
+    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
+        return Response(
+            error_body("authentication_required", str(exc.detail)),
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="echo"'},
+        )
+    if isinstance(exc, drf.PermissionDenied):
+        return Response(error_body("permission_denied", str(exc.detail)), status=403)
+    if isinstance(exc, drf.NotFound):
+        return Response(error_body("not_found", str(exc.detail)), status=404)
+    if isinstance(exc, drf.ParseError):
+        return Response(error_body("invalid_json", str(exc.detail)), status=400)
+    if isinstance(exc, drf.Throttled):
+        headers = {"Retry-After": str(exc.wait)} if exc.wait else {}
+        return Response(error_body("rate_limited", str(exc.detail)), status=429, headers=headers)
+    if isinstance(exc, drf.APIException):
+        return Response(error_body(exc.default_code, str(exc.detail)), status=exc.status_code)
+    from django.http import Http404
+
+    if isinstance(exc, Http404):
+        return Response(error_body("not_found", str(exc) or "Not found."), status=404)
+    return None
