@@ -1,0 +1,138 @@
+"""Hot reload across worker processes: PostgreSQL + the Redis channel layer, for real.
+
+Two daphne workers share a scratch PostgreSQL database and Redis. A change
+committed by a third process (as the admin or an import would make it) must
+reach both workers with no restart.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.services import require_redis, scratch_postgres_database
+
+ROOT = Path(__file__).resolve().parent.parent
+DAPHNE = Path(sys.executable).with_name("daphne")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def django_shell(env: dict[str, str], code: str) -> str:
+    return manage(env, "shell", "-c", code)
+
+
+def chat(url: str, key: str) -> str:
+    response = httpx.post(
+        f"{url}/chat", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["content"]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except (httpx.HTTPError, AssertionError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def shared_env(tmp_path):
+    redis_url = require_redis()
+    with scratch_postgres_database() as database_url:
+        env = {
+            **os.environ,
+            "ECHO_ENV": "test",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "ECHO_CHANNEL_PREFIX": f"echo-test-{uuid.uuid4().hex[:8]}",
+            "ECHO_VAR_DIR": str(tmp_path),
+            "SECRET_KEY": "multi-worker-test",
+        }
+        manage(env, "migrate", "--noinput", "-v0")
+        yield env
+
+
+def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
+    key = django_shell(
+        shared_env,
+        "from providers.services import provider_config_create as c;"
+        "c(name='echo', plugin='echo', settings={'prefix': 'Before: '}, is_default=True);"
+        "from plugins_api.client_keys import client_key_issue as k;"
+        "print(k(name='mw', scope='chat')[1])",
+    ).strip().splitlines()[-1]
+
+    workers = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            proc = subprocess.Popen(
+                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(port), "echo_site.asgi:application"],
+                cwd=ROOT, env=shared_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            workers.append((f"http://127.0.0.1:{port}", proc))
+        for url, proc in workers:
+            assert wait_until(lambda url=url: chat(url, key) == "Before: hi"), (
+                proc.poll(), proc.stderr.read1() if proc.poll() is not None else ""
+            )
+
+        django_shell(
+            shared_env,
+            "from providers.models import ProviderConfig as P;"
+            "from providers.services import provider_config_update as u;"
+            "u(config=P.objects.get(name='echo'), changes={'settings': {'prefix': 'After: '}})",
+        )
+        for url, _ in workers:
+            assert wait_until(lambda url=url: chat(url, key) == "After: hi", timeout=10), url
+
+        # Disabling is broadcast too: no worker serves the provider any more.
+        django_shell(
+            shared_env,
+            "from providers.models import ProviderConfig as P;"
+            "from providers.services import provider_config_update as u;"
+            "u(config=P.objects.get(name='echo'), changes={'enabled': False})",
+        )
+
+        def gone(url: str) -> bool:
+            response = httpx.post(
+                f"{url}/chat", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {key}"}
+            )
+            return response.status_code == 404
+
+        for url, _ in workers:
+            assert wait_until(lambda url=url: gone(url), timeout=10), url
+    finally:
+        for _, proc in workers:
+            proc.terminate()
+        for _, proc in workers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
