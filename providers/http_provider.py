@@ -1,0 +1,318 @@
+"""HTTPProvider: the one HTTP layer under every provider that talks to an upstream API.
+
+A provider built on it is mostly its wire format: it says how to
+authenticate, how to read an upstream's error body, and how to build and
+parse its requests. This module owns the rest, once: a pooled
+``httpx.AsyncClient`` per instance (per event loop), timeouts from settings,
+no redirects and no retries of its own (the ModelManager owns retries), the
+mapping of every failure to a typed ``ProviderError`` with secrets stripped,
+and the SSE and NDJSON stream readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from providers.base import AbstractAIProvider, secret_fields
+from providers.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ModelNotFoundError,
+    ProtocolError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from providers.masking import redact
+
+# Settings every HTTP provider shares; a plugin adds its own properties to these.
+HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
+    "timeout": {
+        "type": "number",
+        "title": "Read timeout (seconds)",
+        "description": "How long to wait for the upstream to send the next bytes.",
+        "default": 60,
+        "exclusiveMinimum": 0,
+        "maximum": 3600,
+    },
+    "connect_timeout": {
+        "type": "number",
+        "title": "Connect timeout (seconds)",
+        "description": "How long to wait to open a connection to the upstream.",
+        "default": 5,
+        "exclusiveMinimum": 0,
+        "maximum": 300,
+    },
+    "max_connections": {
+        "type": "integer",
+        "title": "Connection pool size",
+        "description": "Most connections kept open to the upstream at once.",
+        "default": 100,
+        "minimum": 1,
+        "maximum": 10000,
+    },
+}
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One Server-Sent Event as the upstream sent it."""
+
+    event: str
+    data: str
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Return the wait the upstream asked for, in seconds (``retry-after-ms`` or ``Retry-After``)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HTTPProvider(AbstractAIProvider):
+    """Base class of providers that call an HTTP API.
+
+    Subclasses set ``display_name`` and implement ``auth_headers`` and the
+    chat methods with ``post_json`` / ``stream_sse`` / ``stream_ndjson``;
+    they may override ``upstream_error_message`` to read their error body
+    and ``error_for_status`` to refine the mapping.
+    """
+
+    display_name = "Upstream"
+
+    def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
+        super().__init__(config, name=name)
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    # --- what subclasses provide ---------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        """Return the headers that authenticate a request."""
+        return {}
+
+    def default_headers(self) -> dict[str, str]:
+        """Return headers sent with every request, authentication included."""
+        return {"Accept": "application/json", **self.auth_headers()}
+
+    def upstream_error_message(self, body: Any) -> str | None:
+        """Return the human message inside an upstream error BODY (parsed JSON), if any."""
+        if isinstance(body, dict):
+            error = body.get("error")
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                return error["message"]
+            if isinstance(error, str):
+                return error
+            if isinstance(body.get("message"), str):
+                return body["message"]
+        return None
+
+    # --- lifecycle -----------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return str(self.config["base_url"]).rstrip("/")
+
+    async def initialize(self) -> None:
+        self._client_for_loop()
+
+    async def shutdown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.aclose()
+
+    def _client_for_loop(self) -> httpx.AsyncClient:
+        """Return this instance's pooled client, made anew if the event loop changed.
+
+        A connection pool belongs to the loop that opened it; a provider built
+        on one loop (a management command) and used on another (a server)
+        gets a fresh pool instead of a broken one.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self.default_headers(),
+                timeout=httpx.Timeout(
+                    float(self.config["timeout"]), connect=float(self.config["connect_timeout"])
+                ),
+                limits=httpx.Limits(
+                    max_connections=int(self.config["max_connections"]),
+                    max_keepalive_connections=int(self.config["max_connections"]),
+                ),
+                follow_redirects=False,
+            )
+            self._client_loop = loop
+        return self._client
+
+    # --- errors --------------------------------------------------------
+
+    def secret_values(self) -> list[str]:
+        """Return the configured secret values, to strip from every message."""
+        names = secret_fields(self.get_config_schema())
+        return [str(v) for k, v in self.config.items() if k in names and v]
+
+    def _error(self, cls: type[ProviderError], message: str, **kwargs: Any) -> ProviderError:
+        return cls(redact(message, self.secret_values()), provider=self.name, **kwargs)
+
+    def error_for_status(self, status: int, message: str, headers: httpx.Headers) -> ProviderError:
+        """Return the typed error for an upstream answer with STATUS."""
+        text = f"{self.display_name} answered {status}: {message}"
+        if status in (401, 403):
+            return self._error(AuthenticationError, text, status_code=status)
+        if status == 404:
+            return self._error(ModelNotFoundError, text, status_code=status)
+        if status == 429:
+            return self._error(
+                RateLimitError, text, status_code=status, retry_after=parse_retry_after(headers)
+            )
+        if status == 408:
+            return self._error(ProviderTimeoutError, text, status_code=status)
+        if 400 <= status < 500:
+            return self._error(BadRequestError, text, status_code=status)
+        return self._error(
+            ProviderUnavailableError,
+            text,
+            status_code=status,
+            retry_after=parse_retry_after(headers),
+        )
+
+    def _error_from_response(self, response: httpx.Response, body: bytes) -> ProviderError:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        message = self.upstream_error_message(parsed)
+        if message is None:
+            message = body[:200].decode("utf-8", "replace").strip() or response.reason_phrase
+        return self.error_for_status(response.status_code, message, response.headers)
+
+    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException):
+            return self._error(
+                ProviderTimeoutError, f"{self.display_name} timed out ({type(exc).__name__})."
+            )
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return self._error(ProtocolError, f"{self.display_name} broke the connection: {exc}")
+        return self._error(
+            ProviderUnavailableError,
+            f"Cannot reach {self.display_name}: {type(exc).__name__}: {exc}",
+        )
+
+    # --- requests ------------------------------------------------------
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send one request and return its JSON body; raise a typed error on any failure."""
+        client = self._client_for_loop()
+        try:
+            response = await client.request(method, path, json=json_body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if response.status_code >= 300:
+            raise self._error_from_response(response, response.content)
+        try:
+            return response.json()
+        except ValueError:
+            raise self._error(
+                ProtocolError, f"{self.display_name} sent a body that is not JSON."
+            ) from None
+
+    async def post_json(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        """POST BODY as JSON to PATH and return the JSON answer."""
+        return await self.request_json("POST", path, json_body=body, headers=headers)
+
+    @asynccontextmanager
+    async def _open_stream(
+        self, path: str, body: Any, headers: dict[str, str] | None
+    ) -> AsyncIterator[httpx.Response]:
+        client = self._client_for_loop()
+        try:
+            async with client.stream("POST", path, json=body, headers=headers) as response:
+                if response.status_code >= 300:
+                    raise self._error_from_response(response, await response.aread())
+                yield response
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    async def stream_lines(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[str]:
+        """POST BODY and yield the answer's lines as they arrive."""
+        async with self._open_stream(path, body, headers) as response:
+            try:
+                async for line in response.aiter_lines():
+                    yield line
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+
+    async def stream_sse(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[SSEEvent]:
+        """POST BODY and yield the Server-Sent Events of the answer as they arrive."""
+        event, data = "", []
+        async for line in self.stream_lines(path, body, headers):
+            if line == "":
+                if data:
+                    yield SSEEvent(event or "message", "\n".join(data))
+                event, data = "", []
+            elif line.startswith(":"):
+                continue  # an SSE comment (keep-alive)
+            else:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    event = value
+                elif field == "data":
+                    data.append(value)
+        if data:
+            yield SSEEvent(event or "message", "\n".join(data))
+
+    async def stream_ndjson(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """POST BODY and yield each JSON object of a newline-delimited JSON answer."""
+        async for line in self.stream_lines(path, body, headers):
+            if not line.strip():
+                continue
+            yield self.parse_json_text(line)
+
+    def parse_json_text(self, text: str) -> Any:
+        """Return TEXT parsed as JSON, or raise ``ProtocolError``."""
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise self._error(
+                ProtocolError, f"{self.display_name} sent malformed JSON in its stream."
+            ) from None
