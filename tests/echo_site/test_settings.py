@@ -1,0 +1,86 @@
+"""Settings come from the environment, with laptop defaults and loud mistakes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_of(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Import the settings in a fresh interpreter with ENV; print a few of them."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"ECHO_ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}
+    }
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.ECHO_ENV, s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'],"
+        " s.HOST, s.PORT, ','.join(s.ALLOWED_HOSTS))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": "echo_site.settings",
+            "ECHO_VAR_DIR": str(tmp_path),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_development_defaults_work_on_a_laptop(tmp_path: Path) -> None:
+    result = settings_of(tmp_path, ECHO_ENV="development")
+    assert result.returncode == 0, result.stderr
+    env, engine, layer, host, port, hosts = result.stdout.split()
+    assert (env, engine, host, port) == (
+        "development",
+        "django.db.backends.sqlite3",
+        "127.0.0.1",
+        "8000",
+    )
+    assert layer.endswith("InMemoryChannelLayer")
+    # The development secret key is generated once and kept.
+    key_file = tmp_path / "secret_key"
+    first = key_file.read_text()
+    settings_of(tmp_path, ECHO_ENV="development")
+    assert key_file.read_text() == first
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    result = settings_of(tmp_path, ECHO_ENV="production")
+    assert result.returncode != 0
+    assert "SECRET_KEY is required when ECHO_ENV=production" in result.stderr
+
+
+def test_scale_out_settings_come_from_urls(tmp_path: Path) -> None:
+    result = settings_of(
+        tmp_path,
+        ECHO_ENV="production",
+        SECRET_KEY="x" * 50,
+        DATABASE_URL="postgresql://echo@127.0.0.1:5432/echo",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        ALLOWED_HOSTS="echo.example.com",
+        PORT="9000",
+    )
+    assert result.returncode == 0, result.stderr
+    _, engine, layer, _, port, hosts = result.stdout.split()
+    assert engine == "django.db.backends.postgresql"
+    assert layer == "channels_redis.core.RedisChannelLayer"
+    assert (port, hosts) == ("9000", "echo.example.com")
+
+
+def test_a_wrong_value_names_its_variable(tmp_path: Path) -> None:
+    result = settings_of(tmp_path, ECHO_ENV="staging")
+    assert "ECHO_ENV must be one of development, production, test" in result.stderr
+    result = settings_of(tmp_path, ECHO_ENV="test", PORT="eighty")
+    assert "PORT must be an integer" in result.stderr
