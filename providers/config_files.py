@@ -26,7 +26,12 @@ class ConfigFileError(ValueError):
 
 @dataclass(slots=True)
 class ProviderEntry:
-    """One provider as the YAML file describes it, variables expanded."""
+    """One provider as the YAML file describes it, variables expanded.
+
+    UNSET_KEYS are the settings left out because their value refers to an
+    unset variable (named in MISSING_VARIABLES): the import may excuse a
+    "required" error on exactly those keys for a provider it adds disabled.
+    """
 
     name: str
     plugin: str
@@ -35,11 +40,12 @@ class ProviderEntry:
     is_default: bool = False
     fallbacks: list[str] = field(default_factory=list)
     missing_variables: list[str] = field(default_factory=list)
+    unset_keys: list[str] = field(default_factory=list)
 
 
-def config_path(config_dir: Path, environment: str) -> Path:
+def config_path(config_dir: Path | str, environment: str) -> Path:
     """Return the YAML file for ENVIRONMENT."""
-    return config_dir / f"{environment}.yaml"
+    return Path(config_dir) / f"{environment}.yaml"
 
 
 def expand(value: Any, environ: dict[str, str], missing: list[str]) -> Any:
@@ -63,13 +69,20 @@ def expand(value: Any, environ: dict[str, str], missing: list[str]) -> Any:
     return value
 
 
-def load_provider_entries(path: Path, environ: dict[str, str] | None = None) -> list[ProviderEntry]:
+def load_provider_entries(
+    path: Path | str, environ: dict[str, str] | None = None
+) -> list[ProviderEntry]:
     """Read PATH and return its providers; raise ``ConfigFileError`` naming the problem."""
+    path = Path(path)
     environ = dict(os.environ if environ is None else environ)
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigFileError(f"{path}: file not found.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # A directory, an unreadable or a binary file: the system check calls
+        # this on every manage.py command, so it must not raise anything else.
+        raise ConfigFileError(f"{path}: cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, dict):
@@ -83,8 +96,14 @@ def load_provider_entries(path: Path, environ: dict[str, str] | None = None) -> 
     routing_fallbacks = routing.get("fallbacks") or {}
     if not isinstance(routing_fallbacks, dict):
         raise ConfigFileError(f"{path}: 'routing.fallbacks' must map provider names to lists.")
+    unknown = sorted(str(name) for name in routing_fallbacks if name not in providers)
+    if unknown:
+        raise ConfigFileError(
+            f"{path}: routing.fallbacks names {', '.join(map(repr, unknown))}, "
+            "which is not in ai_providers."
+        )
     default = routing.get("default")
-    if default is not None and default not in providers:
+    if default is not None and (not isinstance(default, str) or default not in providers):
         raise ConfigFileError(
             f"{path}: routing.default names {default!r}, which is not in ai_providers."
         )
@@ -93,13 +112,22 @@ def load_provider_entries(path: Path, environ: dict[str, str] | None = None) -> 
         raw = raw or {}
         if not isinstance(raw, dict):
             raise ConfigFileError(f"{path}: ai_providers.{name} must be a mapping of settings.")
+        # Expand key by key, so that a key whose value refers to an unset
+        # variable is left out whole: half a URL or an empty key is never
+        # right, and the plugin's default (or a "required" error) is.
+        # ``${VAR:-}`` is not unset: its empty default is meant.
+        expanded: dict[str, Any] = {}
         missing: list[str] = []
-        expanded = expand(raw, environ, missing)
+        unset_keys: list[str] = []
+        for key, value in raw.items():
+            missing_here: list[str] = []
+            result = expand(value, environ, missing_here)
+            if missing_here:
+                missing.extend(missing_here)
+                unset_keys.append(str(key))
+            else:
+                expanded[key] = result
         config = {k: v for k, v in expanded.items() if k not in RESERVED_KEYS}
-        # An unset variable leaves its key out rather than an empty string.
-        for key, value in list(config.items()):
-            if value == "" and isinstance(raw.get(key), str) and VARIABLE.search(raw[key]):
-                del config[key]
         fallbacks = expanded.get("fallbacks", routing_fallbacks.get(name, []))
         if not isinstance(fallbacks, list):
             raise ConfigFileError(f"{path}: fallbacks of {name!r} must be a list.")
@@ -108,10 +136,34 @@ def load_provider_entries(path: Path, environ: dict[str, str] | None = None) -> 
                 name=str(name),
                 plugin=str(expanded.get("plugin", name)),
                 config=config,
-                enabled=bool(expanded.get("enabled", True)),
-                is_default=(default == name) or bool(expanded.get("default", False)),
+                enabled=_flag(
+                    expanded.get("enabled", True), f"{path}: ai_providers.{name}.enabled"
+                ),
+                is_default=(default == name)
+                or _flag(expanded.get("default", False), f"{path}: ai_providers.{name}.default"),
                 fallbacks=[str(f) for f in fallbacks],
                 missing_variables=sorted(set(missing)),
+                unset_keys=[k for k in unset_keys if k not in RESERVED_KEYS],
             )
         )
+    defaults = [entry.name for entry in entries if entry.is_default]
+    if len(defaults) > 1:
+        raise ConfigFileError(
+            f"{path}: more than one default provider ({', '.join(defaults)}); "
+            "name one in routing.default."
+        )
     return entries
+
+
+def _flag(value: Any, where: str) -> bool:
+    """Return VALUE read as a boolean; a string comes from ``${VAR}`` and is parsed."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        # bool("false") is True: a flag read from the environment must be parsed.
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+    raise ConfigFileError(f"{where} must be true or false, got {value!r}.")

@@ -19,6 +19,7 @@ from providers.runtime import registry
 
 FALLBACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/.+)?$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+REQUIRED_MESSAGE = "This field is required."
 
 
 def plugin_schema(plugin: str) -> dict[str, Any]:
@@ -41,8 +42,13 @@ def provider_config_errors(
     secrets: dict[str, Any],
     fallbacks: list[str] | tuple[str, ...] = (),
     name: str | None = None,
+    enabled: bool = True,
 ) -> dict[str, list[str]]:
-    """Return every problem with a provider configuration, per field (empty when valid)."""
+    """Return every problem with a provider configuration, per field (empty when valid).
+
+    A disabled provider may lack required settings (its key's variable is
+    unset, say); they are required again the moment it is enabled.
+    """
     errors: dict[str, list[str]] = {}
     if name is not None and not NAME_PATTERN.match(name):
         errors["name"] = [
@@ -73,7 +79,10 @@ def provider_config_errors(
     for key in misplaced:
         errors[key] = ["This is a secret: send it in 'secrets', not 'settings'."]
     merged = {k: v for k, v in {**settings, **secrets}.items() if v is not None}
-    errors.update(cls.__new__(cls).get_config_errors(merged))
+    for field, messages in cls.__new__(cls).get_config_errors(merged).items():
+        if not enabled and messages == [REQUIRED_MESSAGE]:
+            continue
+        errors[field] = messages
     return errors
 
 
@@ -109,7 +118,12 @@ def provider_config_create(
     """Create provider NAME; raise ``ProviderConfigError`` naming each bad field."""
     settings, secrets, fallbacks = dict(settings or {}), dict(secrets or {}), list(fallbacks or [])
     errors = provider_config_errors(
-        plugin=plugin, settings=settings, secrets=secrets, fallbacks=fallbacks, name=name
+        plugin=plugin,
+        settings=settings,
+        secrets=secrets,
+        fallbacks=fallbacks,
+        name=name,
+        enabled=enabled,
     )
     if ProviderConfig.objects.filter(name=name).exists():
         errors.setdefault("name", []).append(f"A provider named {name!r} already exists.")
@@ -158,9 +172,15 @@ def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -
     for key in ("settings", "secrets"):
         if key in changes and not isinstance(changes[key], dict):
             _raise_if({key: ["Must be an object."]})
+    enabled = bool(changes.get("enabled", config.enabled))
     _raise_if(
         provider_config_errors(
-            plugin=plugin, settings=settings, secrets=secrets, fallbacks=fallbacks, name=config.name
+            plugin=plugin,
+            settings=settings,
+            secrets=secrets,
+            fallbacks=fallbacks,
+            name=config.name,
+            enabled=enabled,
         )
     )
     if changes.get("is_default"):
