@@ -1,0 +1,387 @@
+"""The Django admin for providers and their health history.
+
+Adding a provider takes two pages and no JavaScript: ``add/`` lists the
+installed plugins, and each links to ``add/?plugin=<name>``, whose form shows
+that plugin's settings as fields (``providers.admin_forms``). The plugin, and
+the name, are fixed once the provider exists: a different plugin has
+different settings, and renaming is not supported.
+
+Saves go through ``providers.services`` like every other interface, so the
+same validation applies, a new default replaces the old one, and the
+post-save signal reloads the provider once the change commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
+from django.utils.timesince import timesince
+
+from providers import broadcast, runtime
+from providers.admin_forms import (
+    EXTRA_SETTINGS,
+    ProviderConfigForm,
+    clear_field_name,
+    provider_config_form,
+    setting_field_name,
+)
+from providers.base import secret_fields
+from providers.masking import mask_secret, redact
+from providers.models import HealthCheck, ProviderConfig
+from providers.services import provider_config_create, provider_config_update
+from providers.types import HealthStatus
+
+ROUTING_FIELDS = ["name", "plugin", "enabled", "is_default", "fallbacks"]
+
+
+def _secret_values(config: ProviderConfig) -> list[str]:
+    """Return CONFIG's stored secrets and those of its live instance (which may be older)."""
+    values = [str(value) for value in (config.secrets or {}).values() if value not in (None, "")]
+    if config.name in runtime.registry:
+        live = runtime.registry.get(config.name)
+        names = secret_fields(live.get_config_schema())
+        values += [str(v) for k, v in live.config.items() if k in names and v not in (None, "")]
+    return values
+
+
+def _safe_text(config: ProviderConfig, text: str | None) -> str:
+    """Return TEXT with CONFIG's secrets masked, in case a plugin put one in an error."""
+    return redact(text or "", _secret_values(config))
+
+
+def _latest_health(config: ProviderConfig) -> HealthCheck | None:
+    prefetched = getattr(config, "latest_health_checks", None)
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
+    return config.health_checks.order_by("-checked_at").first()
+
+
+async def _check_providers(names: list[str]) -> dict[str, HealthStatus]:
+    """Check the live providers NAMES concurrently, so one slow provider does not add up."""
+    results = await asyncio.gather(*(runtime.registry.health_check(name) for name in names))
+    return dict(zip(names, results, strict=True))
+
+
+@admin.register(ProviderConfig)
+class ProviderConfigAdmin(admin.ModelAdmin):
+    """Providers: settings from the plugin's schema, masked secrets, live state and health."""
+
+    form = ProviderConfigForm
+    list_display = ("name", "plugin", "enabled", "is_default", "live_state", "last_health")
+    list_filter = ("enabled", "is_default", "plugin")
+    search_fields = ("name", "plugin")
+    actions = ("check_health_now", "reload_providers")
+    choose_plugin_template = "admin/providers/providerconfig/choose_plugin.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderConfig]:
+        latest = HealthCheck.objects.order_by("-checked_at")[:1]
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related(Prefetch("health_checks", latest, to_attr="latest_health_checks"))
+        )
+
+    # --- the add page's plugin choice ----------------------------------------
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Show the form for ``?plugin=<name>``; without a known plugin, ask for one first."""
+        plugin = request.GET.get("plugin")
+        if plugin not in runtime.registry.plugins():
+            return self.choose_plugin_view(request, unknown=plugin)
+        return super().add_view(request, form_url, extra_context)
+
+    def choose_plugin_view(self, request: HttpRequest, unknown: str | None = None) -> HttpResponse:
+        """List the installed plugins, each linking to the add form for it."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        plugins = []
+        for name, entry in sorted(runtime.registry.plugins().items()):
+            query = request.GET.copy()
+            query["plugin"] = name
+            plugins.append(
+                {
+                    "name": name,
+                    "description": _plugin_description(entry.cls),
+                    "url": f"?{query.urlencode()}",
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Add provider: choose its plugin",
+            "plugins": plugins,
+            "unknown": unknown,
+            "has_view_permission": self.has_view_permission(request),
+        }
+        return TemplateResponse(request, self.choose_plugin_template, context)
+
+    def _plugin_for(self, request: HttpRequest, obj: ProviderConfig | None) -> str | None:
+        return obj.plugin if obj is not None else request.GET.get("plugin")
+
+    # --- the form ---------------------------------------------------------
+
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: ProviderConfig | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> type[ModelForm]:
+        form = provider_config_form(self._plugin_for(request, obj), obj)
+        # As ModelAdmin does for self.form: a read-only field must not stay a declared form field.
+        readonly = self.get_readonly_fields(request, obj)
+        form = type(
+            form.__name__, (form,), dict.fromkeys(f for f in readonly if f in form.declared_fields)
+        )
+        return super().get_form(request, obj, change=change, form=form, **kwargs)
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: ProviderConfig | None = None
+    ) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        return (
+            "name",
+            "plugin",
+            "disabled_reason",
+            "live_state",
+            "last_health",
+            "updated_at",
+            "settings_summary",
+            "secrets_summary",
+        )
+
+    def get_fieldsets(
+        self, request: HttpRequest, obj: ProviderConfig | None = None
+    ) -> list[tuple[str | None, dict[str, Any]]]:
+        plugin = self._plugin_for(request, obj)
+        form = provider_config_form(plugin, obj)
+        routing = list(ROUTING_FIELDS)
+        if obj is not None and not obj.enabled:
+            routing.insert(routing.index("enabled") + 1, "disabled_reason")
+        fieldsets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": routing})]
+        if obj is not None:
+            fieldsets.append(("Status", {"fields": ["live_state", "last_health", "updated_at"]}))
+            if not self.has_change_permission(request, obj):
+                # Read-only visitors get no form fields to show values in: summarize instead.
+                fieldsets.append(("Settings", {"fields": ["settings_summary", "secrets_summary"]}))
+                return fieldsets
+        if form.schema is None:
+            fieldsets.append(
+                (
+                    "Settings",
+                    {
+                        "fields": [],
+                        "description": format_html(
+                            "The plugin {} is not installed, so its settings cannot be edited.",
+                            plugin or "",
+                        ),
+                    },
+                )
+            )
+            return fieldsets
+        if form.setting_props:
+            fieldsets.append(
+                (
+                    f"Settings of the {plugin} plugin",
+                    {
+                        "fields": [setting_field_name(p) for p in form.setting_props],
+                        "description": "A blank field uses the plugin's default.",
+                    },
+                )
+            )
+        if form.secret_props:
+            fields: list[str] = []
+            for prop in form.secret_props:
+                fields.append(setting_field_name(prop))
+                if prop in form.clearable_props:
+                    fields.append(clear_field_name(prop))
+            fieldsets.append(
+                (
+                    "Secrets",
+                    {
+                        "fields": fields,
+                        "description": "Stored secrets are never shown, only masked. "
+                        "Leave a field blank to keep its secret.",
+                    },
+                )
+            )
+        if form.has_extra_settings:
+            fieldsets.append(("Advanced", {"fields": [EXTRA_SETTINGS], "classes": ["collapse"]}))
+        return fieldsets
+
+    def save_model(
+        self, request: HttpRequest, obj: ProviderConfig, form: Any, change: bool
+    ) -> None:
+        """Save through the provider services: the one write path, which keeps one default."""
+        if change:
+            saved = provider_config_update(
+                config=obj,
+                changes={
+                    "enabled": obj.enabled,
+                    "is_default": obj.is_default,
+                    "fallbacks": list(obj.fallbacks or []),
+                    "settings": form.settings_changes(),
+                    "secrets": form.secrets_changes(),
+                },
+            )
+        else:
+            saved = provider_config_create(
+                name=obj.name,
+                plugin=obj.plugin,
+                settings={k: v for k, v in form.settings_changes().items() if v is not None},
+                secrets={k: v for k, v in form.secrets_changes().items() if v is not None},
+                enabled=obj.enabled,
+                is_default=obj.is_default,
+                fallbacks=list(obj.fallbacks or []),
+            )
+        # The admin goes on with OBJ (log entry, redirect): give it the saved row.
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    # --- read-only summaries -------------------------------------------------
+
+    @admin.display(description="settings")
+    def settings_summary(self, obj: ProviderConfig) -> str:
+        """List the stored settings, one per line (the plugin's defaults apply to the rest)."""
+        lines = [
+            f"{key}: {json.dumps(value)}" for key, value in sorted((obj.settings or {}).items())
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) or "-"
+
+    @admin.display(description="secrets")
+    def secrets_summary(self, obj: ProviderConfig) -> str:
+        """List the stored secrets, masked."""
+        lines = [
+            f"{key}: {mask_secret(value)}" for key, value in sorted((obj.secrets or {}).items())
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) or "-"
+
+    # --- columns ------------------------------------------------------------
+
+    @admin.display(description="live")
+    def live_state(self, obj: ProviderConfig) -> str:
+        """Say whether this process serves the provider, and why not."""
+        if not obj.enabled:
+            return format_html(
+                "disabled: {}", _safe_text(obj, obj.disabled_reason) or "no reason given"
+            )
+        status = runtime.registry.status(obj.name)
+        error = _safe_text(obj, status.get("last_error"))
+        if status["loaded"]:
+            if error:
+                return format_html("live (last reload failed: {})", error)
+            return "live"
+        return format_html("not loaded: {}", error or "not loaded yet")
+
+    @admin.display(description="last health")
+    def last_health(self, obj: ProviderConfig) -> str:
+        """Show the latest health check: up or down, latency, how long ago."""
+        check = _latest_health(obj)
+        if check is None:
+            return "never checked"
+        ago = f"{timesince(check.checked_at)} ago"
+        if check.available:
+            latency = (
+                f"{check.response_time_ms:g} ms, " if check.response_time_ms is not None else ""
+            )
+            return format_html("up ({}{})", latency, ago)
+        error = _safe_text(obj, check.error)
+        return format_html(
+            '<span title="{}">down: {} ({})</span>', error, Truncator(error).chars(80), ago
+        )
+
+    # --- actions ------------------------------------------------------------
+
+    @admin.action(description="Check health now")
+    def check_health_now(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
+        """Check the selected providers, record each result, and say how each went."""
+        configs = list(queryset)
+        live = [c.name for c in configs if c.name in runtime.registry]
+        statuses = runtime.run_in_serving_loop(_check_providers, live) if live else {}
+        for config in configs:
+            status = statuses.get(config.name)
+            if status is None:
+                reason = runtime.registry.last_error(config.name) or (
+                    "Disabled." if not config.enabled else "Not loaded."
+                )
+                status = HealthStatus(available=False, error=reason)
+            error = _safe_text(config, status.error)
+            HealthCheck.objects.create(
+                provider=config,
+                available=status.available,
+                response_time_ms=status.response_time_ms,
+                models=list(status.models),
+                error=error,
+                checked_at=timezone.now(),
+            )
+            if status.available:
+                latency = status.response_time_ms
+                detail = f" ({latency:g} ms)" if latency is not None else ""
+                self.message_user(request, f"{config.name} is up{detail}.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{config.name} is down: {error}", messages.WARNING)
+
+    @admin.action(description="Reload from the saved configuration")
+    def reload_providers(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
+        """Rebuild the selected providers from the database, here and in the other workers."""
+        for config in queryset:
+            error = runtime.run_in_serving_loop(runtime.load_provider_from_database, config.name)
+            # This worker reloaded itself; the others reload when told (a no-op with one process).
+            broadcast.publish_provider_changed(config.name)
+            if not config.enabled:
+                self.message_user(
+                    request,
+                    f"{config.name} is disabled: it stays out of service.",
+                    messages.WARNING,
+                )
+            elif error:
+                self.message_user(
+                    request,
+                    f"{config.name} was not reloaded: {_safe_text(config, error)}",
+                    messages.ERROR,
+                )
+            else:
+                self.message_user(request, f"{config.name} reloaded.", messages.SUCCESS)
+
+
+def _plugin_description(cls: type) -> str:
+    """Return what a plugin says of itself, from its metadata or else its docstring."""
+    try:
+        # Building an instance does no I/O (the plugin contract); metadata may need the defaults.
+        return cls({}).metadata.description
+    except Exception:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(admin.ModelAdmin):
+    """The health history, read-only: rows are written by the checks themselves."""
+
+    list_display = ("provider", "available", "response_time_ms", "checked_at", "error")
+    list_filter = ("provider", "available")
+    list_select_related = ("provider",)
+    date_hierarchy = "checked_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: HealthCheck | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: HealthCheck | None = None) -> bool:
+        return False

@@ -1,0 +1,533 @@
+"""The provider admin: schema fields, masked secrets, errors by the field, columns, actions.
+
+Forms are posted as a browser would: the test reads the rendered form's
+controls and sends them back with its changes. Saves run their on-commit
+callbacks (``django_capture_on_commit_callbacks``) so that the signal's
+reload of the provider really happens.
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+from django.utils import timezone
+
+from providers import runtime
+from providers.base import AbstractAIProvider, PluginMetadata
+from providers.models import HealthCheck, ProviderConfig
+from providers.services import provider_config_create
+from providers.types import ChatRequest, ChatResponse, HealthStatus
+
+SECRET = "sk-live-0123456789abcdef"
+OTHER_SECRET = "sk-live-fedcba9876543210"
+TOKEN = "tok-0000111122223333"
+
+
+class SecuretestProvider(AbstractAIProvider):
+    """A plugin with secrets, a patterned setting and free-form extras."""
+
+    @property
+    def metadata(self) -> PluginMetadata:
+        return PluginMetadata(name="Securetest", version="0.1", description="Has secrets.")
+
+    def get_config_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "api_key": {
+                    "type": "string",
+                    "title": "API key",
+                    "writeOnly": True,
+                    "required": True,
+                },
+                "org_token": {"type": "string", "title": "Organisation token"},
+                "region": {
+                    "type": "string",
+                    "pattern": "^[a-z]+-[0-9]$",
+                    "default": "eu-1",
+                    "required": True,
+                },
+                "tier": {"type": "string", "enum": ["free", "paid"], "default": "free"},
+                "verbose": {"type": "boolean", "default": False},
+            },
+        }
+
+    async def initialize(self) -> None:
+        pass
+
+    async def chat_completion(self, request: ChatRequest) -> ChatResponse:
+        return ChatResponse(content="ok", model="m", provider=self.name)
+
+    async def health_check(self) -> HealthStatus:
+        return HealthStatus(available=True, models=["m"])
+
+    async def list_models(self) -> list[str]:
+        return ["m"]
+
+
+class _FormControls(HTMLParser):
+    """Collect what a browser would submit from the form with id FORM_ID."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.inside = False
+        self.data: dict[str, list[str]] = {}
+        self._textarea: str | None = None
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self.inside = a.get("id") == self.form_id
+        if not self.inside or "disabled" in a:
+            return
+        name = a.get("name")
+        if tag == "input" and name:
+            kind = a.get("type", "text")
+            if kind in ("submit", "button", "file"):
+                return
+            if kind in ("checkbox", "radio") and "checked" not in a:
+                return
+            self.data.setdefault(name, []).append(
+                a.get("value") or ("on" if kind == "checkbox" else "")
+            )
+        elif tag == "textarea" and name:
+            self._textarea = name
+            self.data.setdefault(name, []).append("")
+        elif tag == "select" and name:
+            self._select = name
+        elif tag == "option" and self._select and "selected" in a:
+            self.data.setdefault(self._select, []).append(a.get("value") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+        elif tag == "textarea":
+            self._textarea = None
+        elif tag == "select":
+            self._select = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea:
+            self.data[self._textarea][-1] += data
+
+
+def form_data(response: Any, **changes: Any) -> dict[str, Any]:
+    """Return the controls of the admin form in RESPONSE, with CHANGES applied (None unticks)."""
+    parser = _FormControls("providerconfig_form")
+    parser.feed(response.content.decode())
+    data: dict[str, Any] = {k: v if len(v) > 1 else v[0] for k, v in parser.data.items()}
+    for key, value in data.items():
+        # A browser drops the one newline that follows <textarea>.
+        if isinstance(value, str) and value.startswith("\n"):
+            data[key] = value[1:]
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    data["_save"] = "Save"
+    return data
+
+
+@pytest.fixture
+def staff(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def live_echo_config(echo_config):
+    """The echo row, loaded in the registry as the running server would have it."""
+    assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "echo") is None
+    return echo_config
+
+
+@pytest.fixture
+def securetest(db):
+    """The secrets plugin registered (after the per-test registry reset) and a live provider of it."""
+    runtime.registry.register(SecuretestProvider, "securetest")
+    config = provider_config_create(
+        name="secure",
+        plugin="securetest",
+        settings={"region": "eu-1"},
+        secrets={"api_key": SECRET, "org_token": TOKEN},
+    )
+    assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "secure") is None
+    return config
+
+
+def change_url(config: ProviderConfig) -> str:
+    return reverse("admin:providers_providerconfig_change", args=[config.pk])
+
+
+CHANGELIST = "admin:providers_providerconfig_changelist"
+
+
+def snapshot(name: str) -> tuple[Any, ...]:
+    row = ProviderConfig.objects.get(name=name)
+    return (row.settings, row.secrets, row.enabled, row.is_default, row.fallbacks, row.updated_at)
+
+
+# --- the change form --------------------------------------------------------
+
+
+def test_change_form_shows_the_plugin_schema_as_fields(staff, live_echo_config) -> None:
+    response = staff.get(change_url(live_echo_config))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="setting__prefix"' in html and 'value="Echo: "' in html
+    assert 'type="number" name="setting__delay_ms"' in html and 'min="0"' in html
+    assert "Reply prefix" in html and "Pause between streamed words" in html
+    assert "<textarea" in html and 'name="setting__models"' in html
+    assert 'name="settings"' not in html and 'name="secrets"' not in html
+    controls = form_data(response)
+    assert controls["setting__models"] == "echo-1"
+    assert "name" not in controls and "plugin" not in controls  # fixed after creation
+
+
+def test_editing_a_setting_saves_and_reloads_the_provider(
+    staff, live_echo_config, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(live_echo_config)
+    data = form_data(staff.get(url), setting__prefix="Hi: ", setting__delay_ms="5")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(url, data)
+
+    assert response.status_code == 302
+    # Only what the admin changed is stored; untouched fields keep following the defaults.
+    assert ProviderConfig.objects.get(name="echo").settings == {"prefix": "Hi: ", "delay_ms": 5}
+    live = runtime.registry.get("echo")
+    assert live.config["prefix"] == "Hi: " and live.config["delay_ms"] == 5
+
+
+def test_a_blank_setting_goes_back_to_the_default(
+    staff, live_echo_config, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(live_echo_config)
+    data = form_data(staff.get(url), setting__prefix="", setting__models="echo-1\necho-2\n")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(url, data).status_code == 302
+
+    assert ProviderConfig.objects.get(name="echo").settings == {"models": ["echo-1", "echo-2"]}
+    assert runtime.registry.get("echo").config["prefix"] == "Echo: "
+    assert runtime.registry.get("echo").config["models"] == ["echo-1", "echo-2"]
+
+
+@pytest.mark.parametrize("bad", ["-5", "abc", "10001"])
+def test_a_bad_value_is_reported_by_its_field_and_changes_nothing(
+    staff, live_echo_config, django_capture_on_commit_callbacks, bad
+) -> None:
+    url = change_url(live_echo_config)
+    data = form_data(staff.get(url), setting__prefix="Changed: ", setting__delay_ms=bad)
+    before = snapshot("echo")
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = staff.post(url, data)
+
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert list(form.errors) == ["setting__delay_ms"]
+    assert 'class="form-row errors field-setting__delay_ms"' in response.content.decode()
+    assert callbacks == []
+    assert snapshot("echo") == before
+    assert runtime.registry.get("echo").config["prefix"] == "Echo: "
+
+
+def test_a_schema_error_is_reported_by_its_field(staff, securetest) -> None:
+    url = change_url(securetest)
+    before = snapshot("secure")
+
+    response = staff.post(url, form_data(staff.get(url), setting__region="Mars"))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["setting__region"] == [
+        "Must match the pattern ^[a-z]+-[0-9]$."
+    ]
+    assert snapshot("secure") == before
+
+
+def test_falling_back_to_itself_is_reported_by_fallbacks(staff, live_echo_config) -> None:
+    url = change_url(live_echo_config)
+    response = staff.post(url, form_data(staff.get(url), fallbacks="echo/echo-2"))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["fallbacks"] == [
+        "A provider cannot fall back to itself."
+    ]
+
+
+def test_name_is_not_editable_after_creation(
+    staff, live_echo_config, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(live_echo_config)
+    data = form_data(staff.get(url), name="renamed", plugin="securetest")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(url, data).status_code == 302
+    row = ProviderConfig.objects.get(pk=live_echo_config.pk)
+    assert (row.name, row.plugin) == ("echo", "echo")
+
+
+def test_making_a_provider_default_clears_the_old_default(
+    staff, live_echo_config, securetest, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(securetest)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(url, form_data(staff.get(url), is_default="on"))
+
+    assert response.status_code == 302
+    assert list(ProviderConfig.objects.filter(is_default=True).values_list("name", flat=True)) == [
+        "secure"
+    ]
+    assert runtime.registry.default_name == "secure"
+
+
+# --- adding -----------------------------------------------------------------
+
+
+def test_add_asks_for_the_plugin_first(staff, db) -> None:
+    response = staff.get(reverse("admin:providers_providerconfig_add"))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'href="?plugin=echo"' in html
+    assert "Offline provider that answers with the last user message." in html
+
+
+def test_add_with_a_plugin_creates_a_live_provider(
+    staff, db, django_capture_on_commit_callbacks
+) -> None:
+    url = reverse("admin:providers_providerconfig_add") + "?plugin=echo"
+    page = staff.get(url)
+    assert 'name="setting__prefix"' in page.content.decode()
+    data = form_data(page, name="echo-two", setting__prefix="Two: ")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(url, data)
+
+    assert response.status_code == 302
+    row = ProviderConfig.objects.get(name="echo-two")
+    assert (row.plugin, row.settings) == ("echo", {"prefix": "Two: "})
+    assert runtime.registry.get("echo-two").config["prefix"] == "Two: "
+
+
+def test_add_requires_a_required_secret(staff, db) -> None:
+    runtime.registry.register(SecuretestProvider, "securetest")
+    url = reverse("admin:providers_providerconfig_add") + "?plugin=securetest"
+
+    response = staff.post(url, form_data(staff.get(url), name="sec"))
+
+    assert response.status_code == 200
+    assert "setting__api_key" in response.context["adminform"].form.errors
+    assert not ProviderConfig.objects.filter(name="sec").exists()
+
+
+def test_add_stores_required_settings_and_typed_secrets(
+    staff, db, django_capture_on_commit_callbacks
+) -> None:
+    runtime.registry.register(SecuretestProvider, "securetest")
+    url = reverse("admin:providers_providerconfig_add") + "?plugin=securetest"
+    data = form_data(staff.get(url), name="sec", setting__api_key=SECRET)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(url, data)
+
+    assert response.status_code == 302
+    row = ProviderConfig.objects.get(name="sec")
+    # The required region is stored although it equals its default; optional defaults are not.
+    assert (row.settings, row.secrets) == ({"region": "eu-1"}, {"api_key": SECRET})
+    assert runtime.registry.get("sec").config["api_key"] == SECRET
+
+
+# --- secrets ----------------------------------------------------------------
+
+
+def test_secrets_are_password_inputs_shown_only_masked(staff, securetest) -> None:
+    response = staff.get(change_url(securetest))
+
+    html = response.content.decode()
+    assert 'type="password" name="setting__api_key"' in html
+    assert "Current: sk-...cdef. Leave blank to keep it." in html
+    assert 'placeholder="sk-...cdef"' in html
+    assert SECRET not in html and TOKEN not in html
+    assert form_data(response)["setting__api_key"] == ""
+
+
+def test_a_read_only_visitor_sees_settings_and_masked_secrets(
+    client, django_user_model, securetest
+) -> None:
+    visitor = django_user_model.objects.create_user("visitor", is_staff=True)
+    visitor.user_permissions.add(Permission.objects.get(codename="view_providerconfig"))
+    client.force_login(visitor)
+
+    html = client.get(change_url(securetest)).content.decode()
+
+    assert "region: &quot;eu-1&quot;" in html and "api_key: sk-...cdef" in html
+    assert SECRET not in html and TOKEN not in html
+    assert client.get(reverse("admin:providers_providerconfig_add")).status_code == 403
+
+
+def test_a_blank_secret_keeps_the_stored_one(
+    staff, securetest, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(securetest)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(url, form_data(staff.get(url), setting__tier="paid"))
+
+    assert response.status_code == 302
+    row = ProviderConfig.objects.get(name="secure")
+    assert row.secrets == {"api_key": SECRET, "org_token": TOKEN}
+    assert row.settings == {"region": "eu-1", "tier": "paid"}
+    assert runtime.registry.get("secure").config["api_key"] == SECRET
+
+
+def test_a_typed_secret_replaces_and_remove_deletes(
+    staff, securetest, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(securetest)
+    data = form_data(staff.get(url), setting__api_key=OTHER_SECRET, clear_secret__org_token="on")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(url, data)
+
+    assert response.status_code == 302
+    assert ProviderConfig.objects.get(name="secure").secrets == {"api_key": OTHER_SECRET}
+    assert runtime.registry.get("secure").config["api_key"] == OTHER_SECRET
+    page = staff.get(url).content.decode()
+    assert OTHER_SECRET not in page and "Current: sk-...3210" in page
+
+
+def test_removing_a_required_secret_is_refused(staff, securetest) -> None:
+    url = change_url(securetest)
+    before = snapshot("secure")
+
+    response = staff.post(url, form_data(staff.get(url), clear_secret__api_key="on"))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["setting__api_key"] == [
+        "This field is required."
+    ]
+    assert snapshot("secure") == before
+
+
+def test_a_secret_typed_into_a_failing_form_is_not_sent_back(staff, securetest) -> None:
+    url = change_url(securetest)
+    data = form_data(staff.get(url), setting__api_key=OTHER_SECRET, setting__region="Mars")
+
+    response = staff.post(url, data)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert OTHER_SECRET not in html and SECRET not in html
+    assert ProviderConfig.objects.get(name="secure").secrets["api_key"] == SECRET
+
+
+def test_extra_settings_are_edited_as_json_but_never_hold_secrets(
+    staff, securetest, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(securetest)
+    assert 'id="id_extra_settings">\n</textarea>' in staff.get(url).content.decode()
+    refused = staff.post(url, form_data(staff.get(url), extra_settings='{"session_token": "x"}'))
+    assert "extra_settings" in refused.context["adminform"].form.errors
+
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = staff.post(url, form_data(staff.get(url), extra_settings='{"timeout": 30}'))
+
+    assert saved.status_code == 302
+    assert ProviderConfig.objects.get(name="secure").settings == {"region": "eu-1", "timeout": 30}
+
+
+# --- the list and its actions ------------------------------------------------
+
+
+def test_list_shows_state_default_and_last_health(staff, live_echo_config, securetest) -> None:
+    HealthCheck.objects.create(
+        provider=live_echo_config, available=True, response_time_ms=1.5, checked_at=timezone.now()
+    )
+    provider_config_create(
+        name="paused", plugin="echo", enabled=False, disabled_reason="Paused for billing."
+    )
+    # A plugin that puts its own key in an error message still has it masked.
+    HealthCheck.objects.create(
+        provider=securetest, available=False, error=f"boom {SECRET}", checked_at=timezone.now()
+    )
+
+    response = staff.get(reverse(CHANGELIST))
+
+    html = response.content.decode()
+    for header in ("Name", "Plugin", "Enabled", "Default provider", "Live", "Last health"):
+        assert f">{header}<" in html, header
+    assert "up (1.5 ms," in html
+    assert "disabled: Paused for billing." in html
+    assert "never checked" in html
+    assert SECRET not in html and "boom sk-...cdef" in html
+
+
+def test_check_health_now_records_a_row_per_provider(staff, live_echo_config, securetest) -> None:
+    down = provider_config_create(name="paused", plugin="echo", enabled=False)
+    runtime.run_in_serving_loop(runtime.load_provider_from_database, "paused")
+    selected = [live_echo_config.pk, down.pk]
+
+    response = staff.post(
+        reverse(CHANGELIST),
+        {"action": "check_health_now", "_selected_action": selected},
+        follow=True,
+    )
+
+    up = HealthCheck.objects.get(provider=live_echo_config)
+    assert up.available and up.models == ["echo-1"] and up.response_time_ms is not None
+    off = HealthCheck.objects.get(provider=down)
+    assert not off.available and off.error == "Disabled."
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("echo is up") for m in shown)
+    assert "paused is down: Disabled." in shown
+    assert not HealthCheck.objects.filter(provider=securetest).exists()
+
+
+def test_reload_rebuilds_from_the_database_and_reports_errors(staff, live_echo_config) -> None:
+    # An update that skips the signal: only the reload action brings it live.
+    ProviderConfig.objects.filter(name="echo").update(settings={"prefix": "Reloaded: "})
+    broken = ProviderConfig.objects.create(name="broken", plugin="not-installed")
+
+    response = staff.post(
+        reverse(CHANGELIST),
+        {"action": "reload_providers", "_selected_action": [live_echo_config.pk, broken.pk]},
+        follow=True,
+    )
+
+    assert runtime.registry.get("echo").config["prefix"] == "Reloaded: "
+    shown = {str(m): m.level_tag for m in response.context["messages"]}
+    assert shown["echo reloaded."] == "success"
+    assert (
+        shown["broken was not reloaded: No plugin named 'not-installed' is installed."] == "error"
+    )
+
+
+def test_a_provider_whose_plugin_is_missing_still_opens(staff, db) -> None:
+    broken = ProviderConfig.objects.create(name="broken", plugin="not-installed")
+    response = staff.get(change_url(broken))
+    assert response.status_code == 200
+    assert "The plugin not-installed is not installed" in response.content.decode()
+
+
+# --- health history ----------------------------------------------------------
+
+
+def test_health_history_is_read_only(staff, live_echo_config) -> None:
+    check = HealthCheck.objects.create(
+        provider=live_echo_config, available=False, error="timed out", checked_at=timezone.now()
+    )
+
+    listing = staff.get(reverse("admin:providers_healthcheck_changelist") + "?available__exact=0")
+    assert listing.status_code == 200 and "timed out" in listing.content.decode()
+    assert staff.get(reverse("admin:providers_healthcheck_add")).status_code == 403
+    url = reverse("admin:providers_healthcheck_change", args=[check.pk])
+    assert staff.post(url, {"available": "on"}).status_code == 403
+    assert not HealthCheck.objects.get(pk=check.pk).available
