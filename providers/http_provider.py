@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import httpx
@@ -70,6 +72,16 @@ class SSEEvent:
 
     event: str
     data: str
+
+
+@cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """Return one TLS context for every provider client.
+
+    Building one loads the CA bundle, which takes a tenth of a second or
+    more: paid once per process rather than on every hot swap, on the loop.
+    """
+    return httpx.create_ssl_context()
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -166,6 +178,7 @@ class HTTPProvider(AbstractAIProvider):
                     max_keepalive_connections=int(self.config["max_connections"]),
                 ),
                 follow_redirects=False,
+                verify=shared_ssl_context(),
             )
             self._client_loop = loop
         return self._client
@@ -173,9 +186,16 @@ class HTTPProvider(AbstractAIProvider):
     # --- errors --------------------------------------------------------
 
     def secret_values(self) -> list[str]:
-        """Return the configured secret values, to strip from every message."""
+        """Return the configured secret values, to strip from every message.
+
+        Each value also counts without its surrounding whitespace: a pasted key
+        with a trailing newline makes an invalid header, and the HTTP library's
+        error quotes that header with the newline escaped, so only the bare key
+        matches what the message shows.
+        """
         names = secret_fields(self.get_config_schema())
-        return [str(v) for k, v in self.config.items() if k in names and v]
+        values = [str(v) for k, v in self.config.items() if k in names and v]
+        return values + [v.strip() for v in values if v.strip() and v.strip() != v]
 
     def _error(self, cls: type[ProviderError], message: str, **kwargs: Any) -> ProviderError:
         return cls(redact(message, self.secret_values()), provider=self.name, **kwargs)

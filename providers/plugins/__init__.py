@@ -2,4 +2,5 @@
 
 BUILTIN_PLUGINS: dict[str, str] = {
     "echo": "providers.plugins.echo_provider.EchoProvider",
+    "anthropic": "providers.plugins.anthropic_provider.AnthropicProvider",
 }

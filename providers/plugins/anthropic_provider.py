@@ -1,0 +1,213 @@
+"""The built-in ``anthropic`` provider: Claude through Anthropic's Messages API.
+
+It is ``HTTPProvider`` (pooled client, timeouts, typed errors, SSE reader)
+plus Anthropic's wire format from ``anthropic_wire``: ``POST /v1/messages``
+authenticated with ``x-api-key`` and ``anthropic-version``, streamed as
+Server-Sent Events, and ``GET /v1/models`` for the model list and a health
+check that spends no tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from providers.base import PluginCapability, PluginMetadata
+from providers.errors import ProviderError
+from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
+from providers.model_info import known_model_info
+from providers.plugins.anthropic_wire import (
+    MESSAGES_PATH,
+    MODELS_PATH,
+    StreamErrorEvent,
+    StreamFold,
+    build_request,
+    parse_model_list,
+    parse_response,
+)
+from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_API_VERSION = "2023-06-01"
+DEFAULT_MODEL = "claude-3-5-haiku-latest"
+
+# Shown in the plugin's metadata; the live list comes from GET /v1/models.
+WELL_KNOWN_MODELS = (
+    "claude-opus-4-1",
+    "claude-opus-4-0",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-0",
+    "claude-3-7-sonnet-latest",
+    "claude-haiku-4-5",
+    "claude-3-5-haiku-latest",
+    "claude-3-haiku-20240307",
+)
+
+# A model list longer than this many pages means the upstream's cursor is broken.
+MAX_MODEL_PAGES = 20
+
+
+class AnthropicProvider(HTTPProvider):
+    """Talk to Anthropic's Messages API (or anything that speaks it at ``base_url``)."""
+
+    display_name = "Anthropic"
+
+    @property
+    def metadata(self) -> PluginMetadata:
+        default = self.config.get("default_model", DEFAULT_MODEL)
+        return PluginMetadata(
+            name="Anthropic",
+            version="1.0.0",
+            description="Claude models through Anthropic's Messages API.",
+            author="Echo",
+            capabilities=[
+                PluginCapability.STREAMING,
+                PluginCapability.FUNCTION_CALLING,
+                PluginCapability.VISION,
+                PluginCapability.MULTIMODAL,
+            ],
+            models=[default, *(m for m in WELL_KNOWN_MODELS if m != default)],
+            homepage="https://docs.anthropic.com/en/api/messages",
+            requires_api_key=True,
+        )
+
+    def get_config_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "title": "Anthropic settings",
+            "properties": {
+                "api_key": {
+                    "type": "string",
+                    "title": "API key",
+                    "description": "Anthropic API key (sent as x-api-key); never shown again.",
+                    "writeOnly": True,
+                    "minLength": 1,
+                },
+                "base_url": {
+                    "type": "string",
+                    "title": "Base URL",
+                    "description": "Where the Messages API lives; change it for a proxy or gateway.",
+                    "default": DEFAULT_BASE_URL,
+                    "pattern": "^https?://",
+                },
+                "anthropic_version": {
+                    "type": "string",
+                    "title": "API version",
+                    "description": "The anthropic-version header: the API behaviour Echo is written for.",
+                    "default": DEFAULT_API_VERSION,
+                    "minLength": 1,
+                },
+                "max_tokens": {
+                    "type": "integer",
+                    "title": "Default max tokens",
+                    "description": (
+                        "Most tokens an answer may use when a request sets none; "
+                        "Anthropic requires a limit on every request."
+                    ),
+                    "default": 1024,
+                    "minimum": 1,
+                },
+                "default_model": {
+                    "type": "string",
+                    "title": "Default model",
+                    "description": "Model used when a request names none.",
+                    "default": DEFAULT_MODEL,
+                    "minLength": 1,
+                },
+                **HTTP_SETTINGS_SCHEMA,
+            },
+            "required": ["api_key"],
+            "additionalProperties": False,
+        }
+
+    # --- HTTPProvider hooks ----------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": str(self.config["anthropic_version"])}
+        if self.config.get("api_key"):
+            headers["x-api-key"] = str(self.config["api_key"])
+        return headers
+
+    def upstream_error_message(self, body: Any) -> str | None:
+        """Read Anthropic's ``{"type": "error", "error": {"type", "message"}}`` body."""
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            kind = error.get("type")
+            return f"{kind}: {error['message']}" if isinstance(kind, str) else error["message"]
+        return super().upstream_error_message(body)
+
+    # --- chat --------------------------------------------------------------
+
+    def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """Return the Messages API body for REQUEST with this provider's defaults."""
+        try:
+            return build_request(
+                request,
+                model=request.model or str(self.config["default_model"]),
+                default_max_tokens=int(self.config["max_tokens"]),
+                stream=stream,
+            )
+        except ProviderError as exc:
+            exc.provider = exc.provider or self.name
+            raise
+
+    async def chat_completion(self, request: ChatRequest) -> ChatResponse:
+        body = await self.post_json(MESSAGES_PATH, self.build_body(request, stream=False))
+        return parse_response(body, provider=self.name)
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        body = self.build_body(request, stream=True)
+        fold = StreamFold(provider=self.name, model=body["model"])
+        try:
+            async with aclosing(self.stream_sse(MESSAGES_PATH, body)) as events:
+                async for event in events:
+                    data = self.parse_json_text(event.data)
+                    if isinstance(data, dict) and "type" not in data:
+                        data["type"] = event.event  # the SSE event name says the same
+                    chunk = fold.feed(data)
+                    if chunk is not None:
+                        yield chunk
+            fold.finish()
+        except StreamErrorEvent as exc:
+            raise self.error_for_status(
+                exc.status, f"{exc.error_type} in the event stream: {exc.message}", httpx.Headers()
+            ) from None
+
+    # --- models and health -------------------------------------------------
+
+    async def list_models(self) -> list[str]:
+        models: list[str] = []
+        cursor: str | None = None
+        for _ in range(MAX_MODEL_PAGES):
+            query = {"limit": 1000, **({"after_id": cursor} if cursor else {})}
+            body = await self.request_json("GET", f"{MODELS_PATH}?{urlencode(query)}")
+            page, cursor = parse_model_list(body)
+            models.extend(page)
+            if cursor is None:
+                break
+        return models
+
+    async def health_check(self) -> HealthStatus:
+        """Check the key and the upstream by listing models: it costs no tokens."""
+        started = time.perf_counter()
+        try:
+            models = await self.list_models()
+        except ProviderError as exc:
+            return HealthStatus(
+                available=False,
+                error=exc.message,
+                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        return HealthStatus(
+            available=True,
+            models=models,
+            response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def get_model_info(self, model_name: str) -> dict[str, Any] | None:
+        return known_model_info("anthropic", model_name)
