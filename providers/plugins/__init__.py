@@ -2,5 +2,6 @@
 
 BUILTIN_PLUGINS: dict[str, str] = {
     "echo": "providers.plugins.echo_provider.EchoProvider",
+    "openai": "providers.plugins.openai_provider.OpenAIProvider",
     "anthropic": "providers.plugins.anthropic_provider.AnthropicProvider",
 }

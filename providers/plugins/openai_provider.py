@@ -1,0 +1,264 @@
+"""The built-in ``openai`` provider: OpenAI's API, or any server that speaks it.
+
+Chat Completions (whole or streamed as Server-Sent Events), tool calls,
+image parts, model listing and embeddings. ``base_url`` points it at any
+OpenAI-compatible server (vLLM, llama.cpp, Ollama's ``/v1``, a gateway).
+The HTTP layer (pooled client, timeouts, error mapping, SSE reading) is
+``HTTPProvider``'s; the wire format is ``openai_wire``'s. This module only
+joins the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from providers.base import PluginCapability, PluginMetadata
+from providers.errors import (
+    BadRequestError,
+    ProtocolError,
+    ProviderError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, SSEEvent
+from providers.model_info import known_model_info
+from providers.plugins import openai_wire
+from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
+
+# Shown in the plugin's metadata; the live list comes from ``list_models``.
+WELL_KNOWN_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-3.5-turbo")
+
+# How long to wait, after ``[DONE]``, for the end of the HTTP body: a body read
+# to its end returns its connection to the pool instead of closing it.
+DRAIN_SECONDS = 1.0
+
+T = TypeVar("T")
+
+
+class OpenAIProvider(HTTPProvider):
+    """Talk to OpenAI's API, or any server that speaks its wire format."""
+
+    display_name = "OpenAI"
+
+    @property
+    def metadata(self) -> PluginMetadata:
+        default = self.config["default_model"]
+        return PluginMetadata(
+            name="OpenAI",
+            version="1.0.0",
+            description="OpenAI's Chat Completions, models and embeddings APIs, "
+            "or any OpenAI-compatible server (set its base URL).",
+            author="Echo",
+            capabilities=[
+                PluginCapability.STREAMING,
+                PluginCapability.FUNCTION_CALLING,
+                PluginCapability.VISION,
+                PluginCapability.EMBEDDINGS,
+            ],
+            models=[default, *(m for m in WELL_KNOWN_MODELS if m != default)],
+            homepage="https://platform.openai.com/docs/api-reference",
+            requires_api_key=True,
+        )
+
+    def get_config_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "title": "OpenAI settings",
+            "properties": {
+                "api_key": {
+                    "type": "string",
+                    "title": "API key",
+                    "description": "Secret key sent as 'Authorization: Bearer'. "
+                    "Any non-empty text for a local server that needs none.",
+                    "writeOnly": True,
+                    "minLength": 1,
+                },
+                "organization": {
+                    "type": "string",
+                    "title": "Organization ID",
+                    "description": "Sent as 'OpenAI-Organization' to bill an organization "
+                    "other than the key's default (org-...). Leave empty otherwise.",
+                },
+                "base_url": {
+                    "type": "string",
+                    "format": "uri",
+                    "pattern": "^https?://",
+                    "title": "Base URL",
+                    "description": "Where the API lives; '/chat/completions', '/models' and "
+                    "'/embeddings' are added to it. Change it to reach an "
+                    "OpenAI-compatible server.",
+                    "default": DEFAULT_BASE_URL,
+                },
+                "default_model": {
+                    "type": "string",
+                    "title": "Default model",
+                    "description": "Model used when a request names none.",
+                    "default": DEFAULT_MODEL,
+                    "minLength": 1,
+                },
+                "embedding_model": {
+                    "type": "string",
+                    "title": "Embedding model",
+                    "description": "Model used for embeddings when a request names none.",
+                    "default": DEFAULT_EMBEDDING_MODEL,
+                    "minLength": 1,
+                },
+                **HTTP_SETTINGS_SCHEMA,
+            },
+            "required": ["api_key"],
+            "additionalProperties": False,
+        }
+
+    # --- HTTPProvider hooks ------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        # A pasted key often ends in a newline, which is not allowed in a header.
+        headers = {"Authorization": f"Bearer {str(self.config.get('api_key', '')).strip()}"}
+        organization = str(self.config.get("organization") or "").strip()
+        if organization:
+            headers["OpenAI-Organization"] = organization
+        return headers
+
+    def upstream_error_message(self, body: Any) -> str | None:
+        """Return OpenAI's error message, with its ``code`` when it has one."""
+        message = super().upstream_error_message(body)
+        error = body.get("error") if isinstance(body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        if message and isinstance(code, str) and code:
+            return f"{message} ({code})"
+        return message
+
+    # --- chat --------------------------------------------------------------
+
+    def _model(self, request: ChatRequest) -> str:
+        return request.model or self.config["default_model"]
+
+    def _chat_body(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        info = known_model_info("openai", model) or {}
+        return openai_wire.build_chat_body(
+            request,
+            model=model,
+            stream=stream,
+            max_tokens_field=info.get("max_tokens_field", "max_tokens"),
+        )
+
+    def _read(self, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Return PARSE(*ARGS, **KWARGS), a wire-format reading, or raise ``ProtocolError``."""
+        try:
+            return parse(*args, **kwargs)
+        except openai_wire.WireFormatError as exc:
+            raise self._error(ProtocolError, f"{self.display_name} {exc}") from None
+
+    async def chat_completion(self, request: ChatRequest) -> ChatResponse:
+        model = self._model(request)
+        body = await self.post_json(
+            "/chat/completions", self._chat_body(request, model, stream=False)
+        )
+        return self._read(openai_wire.parse_chat_response, body, model=model, provider=self.name)
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        """Stream the answer as OpenAI sends it: each text delta as it arrives.
+
+        The final chunk comes after ``[DONE]`` (the usage chunk precedes it)
+        and carries the finish reason, the usage and the whole tool calls.
+        A stream that ends without ``[DONE]`` or a finish reason was cut.
+        """
+        model = self._model(request)
+        events = self.stream_sse("/chat/completions", self._chat_body(request, model, stream=True))
+        tool_calls = openai_wire.ToolCallAssembler()
+        finish_reason = usage = None
+        answered = model
+        done = False
+        try:
+            async for sse in events:
+                event = self._read(openai_wire.parse_stream_event, sse.data)
+                if event.done:
+                    done = True
+                    break
+                if event.error is not None:
+                    raise self._stream_error(event.error)
+                answered = event.model or answered
+                if event.tool_call_deltas:
+                    self._read(tool_calls.add, event.tool_call_deltas)
+                finish_reason = event.finish_reason or finish_reason
+                usage = event.usage or usage
+                if event.content:
+                    yield StreamingChunk(content=event.content, model=answered)
+            if done:
+                await self._drain(events)
+        finally:
+            await events.aclose()
+        if not done or finish_reason is None:
+            missing = "[DONE]" if finish_reason else "a finish reason"
+            raise self._error(
+                ProtocolError, f"{self.display_name} ended the stream without {missing}."
+            )
+        yield StreamingChunk(
+            is_final=True,
+            finish_reason=finish_reason,
+            usage=usage,
+            tool_calls=self._read(tool_calls.calls) or None,
+            model=answered,
+        )
+
+    async def _drain(self, events: AsyncIterator[SSEEvent]) -> None:
+        """Read what follows ``[DONE]`` (normally only the body's end), for a bounded time."""
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for _ in events:
+                    pass
+        except (TimeoutError, ProviderError):
+            pass  # the answer is whole; only the connection's reuse is lost
+
+    def _stream_error(self, error: dict[str, Any]) -> ProviderError:
+        """Return the typed error for an ``error`` object sent inside a stream."""
+        message = self.upstream_error_message({"error": error}) or "unknown error"
+        text = f"{self.display_name} failed mid-stream: {message}"
+        kind = f"{error.get('type')} {error.get('code')}"
+        if "rate_limit" in kind:
+            return self._error(RateLimitError, text)
+        if "invalid_request" in kind:
+            return self._error(BadRequestError, text)
+        return self._error(ProviderUnavailableError, text)
+
+    # --- embeddings, models, health -----------------------------------------
+
+    async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        if not texts:
+            return []
+        body = openai_wire.build_embeddings_body(
+            texts, model=model or self.config["embedding_model"]
+        )
+        answer = await self.post_json("/embeddings", body)
+        return self._read(openai_wire.parse_embeddings, answer, count=len(texts))
+
+    async def list_models(self) -> list[str]:
+        answer = await self.request_json("GET", "/models")
+        return self._read(openai_wire.parse_model_list, answer)
+
+    async def health_check(self) -> HealthStatus:
+        """Check the API by listing models: it proves the key works and costs no tokens."""
+        started = time.perf_counter()
+        try:
+            models = await self.list_models()
+        except ProviderError as exc:
+            return HealthStatus(
+                available=False,
+                error=exc.message,
+                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        return HealthStatus(
+            available=True,
+            models=models,
+            response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def get_model_info(self, model_name: str) -> dict[str, Any] | None:
+        return known_model_info("openai", model_name)
