@@ -1,0 +1,226 @@
+"""The built-in ``ollama`` provider: local models served by an Ollama server.
+
+It speaks Ollama's native API (``/api/chat`` with NDJSON streaming,
+``/api/tags``, ``/api/embed``) through the shared ``HTTPProvider`` layer,
+which owns the pooled client, the timeouts and the mapping of HTTP failures
+to typed errors; the request and response shapes live in ``ollama_wire``.
+Ollama needs no key. Token counts come from the final ``done`` object
+(``prompt_eval_count``, ``eval_count``); local models cost nothing, and
+their context lengths are data in ``model_info.yaml``.
+
+Capabilities: streaming and embeddings, as the plugin guide lists, plus
+function calling and vision, which Ollama's API carries for the models that
+have them (``llama3.1``, ``qwen2.5`` call tools; ``llava``, ``gemma3`` see).
+A model without the capability is refused by Ollama with a 400, which
+arrives as ``BadRequestError``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from providers.base import PluginCapability, PluginMetadata
+from providers.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    ProtocolError,
+    ProviderError,
+    ProviderUnavailableError,
+)
+from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
+from providers.model_info import known_model_info
+from providers.plugins import ollama_wire as wire
+from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+
+DEFAULT_BASE_URL = "http://localhost:11434"
+
+# A Go duration as Ollama's keep_alive parses it: "5m", "1h30m", "0", "-1m".
+KEEP_ALIVE_PATTERN = r"^(0|-?([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
+
+
+class OllamaProvider(HTTPProvider):
+    """Chat, stream and embed with the models of one Ollama server."""
+
+    display_name = "Ollama"
+
+    @property
+    def metadata(self) -> PluginMetadata:
+        return PluginMetadata(
+            name="Ollama",
+            version="1.0.0",
+            description="Local models (Llama, Mistral, Gemma, ...) served by Ollama; no API key.",
+            author="Echo",
+            capabilities=[
+                PluginCapability.STREAMING,
+                PluginCapability.EMBEDDINGS,
+                PluginCapability.FUNCTION_CALLING,
+                PluginCapability.VISION,
+            ],
+            # The guide's model families; the server's own list is list_models().
+            models=["llama3", "llama2", "codellama", "mistral", "gemma"],
+            homepage="https://ollama.com",
+            requires_api_key=False,
+        )
+
+    def get_config_schema(self) -> dict[str, Any]:
+        http_settings = {
+            **HTTP_SETTINGS_SCHEMA,
+            # A local model is loaded from disk on its first request, which
+            # can take longer than a hosted API's first byte.
+            "timeout": {**HTTP_SETTINGS_SCHEMA["timeout"], "default": 120},
+        }
+        return {
+            "type": "object",
+            "title": "Ollama settings",
+            "description": "Where the Ollama server runs and which of its models to use.",
+            "properties": {
+                "base_url": {
+                    "type": "string",
+                    "title": "Server URL",
+                    "description": "Address of the Ollama server, without /api.",
+                    "default": DEFAULT_BASE_URL,
+                    "format": "uri",
+                    "pattern": "^https?://",
+                },
+                "default_model": {
+                    "type": "string",
+                    "title": "Default model",
+                    "description": "Model used when a request names none, e.g. llama3 or "
+                    "mistral:7b; it must be pulled on the server (ollama pull).",
+                    "default": "llama3",
+                    "minLength": 1,
+                },
+                "embedding_model": {
+                    "type": "string",
+                    "title": "Embedding model",
+                    "description": "Model used for embeddings when a request names none.",
+                    "default": "nomic-embed-text",
+                    "minLength": 1,
+                },
+                "keep_alive": {
+                    "type": "string",
+                    "title": "Keep model loaded for",
+                    "description": "How long Ollama keeps a model in memory after a request, "
+                    'as a duration such as "5m" or "1h"; "0" unloads it at once and a '
+                    'negative duration ("-1m") keeps it loaded. Empty: the server\'s '
+                    "default (5m).",
+                    "pattern": KEEP_ALIVE_PATTERN,
+                },
+                **http_settings,
+            },
+            "additionalProperties": False,
+        }
+
+    # --- chat ------------------------------------------------------------
+
+    def _model(self, request: ChatRequest) -> str:
+        return request.model or str(self.config["default_model"])
+
+    def _keep_alive(self) -> str | None:
+        return self.config.get("keep_alive") or None
+
+    def _named(self, exc: ProviderError) -> ProviderError:
+        """Return EXC (raised by the wire functions) with this provider's name on it."""
+        if exc.provider is None:
+            exc.provider = self.name
+        return exc
+
+    async def chat_completion(self, request: ChatRequest) -> ChatResponse:
+        model = self._model(request)
+        try:
+            body = wire.chat_body(request, model=model, stream=False, keep_alive=self._keep_alive())
+            data = await self.post_json(wire.CHAT_PATH, body)
+            message = wire.error_message(data)
+            if message is not None:
+                raise self._stream_error(message)
+            response = wire.parse_chat_response(data, model=model)
+        except ProviderError as exc:
+            raise self._named(exc) from None
+        response.provider = self.name
+        return response
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        model = self._model(request)
+        made_tool_calls = False
+        try:
+            body = wire.chat_body(request, model=model, stream=True, keep_alive=self._keep_alive())
+            async for data in self.stream_ndjson(wire.CHAT_PATH, body):
+                message = wire.error_message(data)
+                if message is not None:
+                    raise self._stream_error(message)
+                chunk = wire.parse_stream_object(data)
+                chunk.model = chunk.model or model
+                made_tool_calls = made_tool_calls or bool(chunk.tool_calls)
+                if chunk.is_final:
+                    if made_tool_calls:
+                        chunk.finish_reason = "tool_calls"
+                    yield chunk
+                    return
+                if chunk.content or chunk.tool_calls:
+                    yield chunk
+        except ProviderError as exc:
+            raise self._named(exc) from None
+        # The connection closed cleanly, but without the final object: the
+        # answer may be cut short and its usage is unknown.
+        raise self._error(ProtocolError, "Ollama ended the stream without its final 'done' object.")
+
+    def _stream_error(self, message: str) -> ProviderError:
+        """Return the typed error for an ``{"error": ...}`` object inside a 200 answer.
+
+        The status line was sent before the failure, so the text is all there
+        is to go on: a missing model is the caller's mistake, anything else
+        (the runner crashed, ran out of memory) is the server's.
+        """
+        text = f"Ollama failed mid-answer: {message}"
+        if "not found" in message.lower():
+            return self._error(ModelNotFoundError, text)
+        if "does not support" in message.lower():
+            return self._error(BadRequestError, text)
+        return self._error(ProviderUnavailableError, text)
+
+    # --- embeddings ------------------------------------------------------
+
+    async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        if not texts:
+            return []
+        body = wire.embed_body(
+            texts,
+            model=model or str(self.config["embedding_model"]),
+            keep_alive=self._keep_alive(),
+        )
+        try:
+            data = await self.post_json(wire.EMBED_PATH, body)
+            return wire.parse_embeddings(data, count=len(texts))
+        except ProviderError as exc:
+            raise self._named(exc) from None
+
+    # --- models and health ---------------------------------------------------
+
+    async def list_models(self) -> list[str]:
+        try:
+            return wire.model_names(await self.request_json("GET", wire.TAGS_PATH))
+        except ProviderError as exc:
+            raise self._named(exc) from None
+
+    async def health_check(self) -> HealthStatus:
+        """Check the server by listing its models: no model is loaded, no token spent."""
+        started = time.perf_counter()
+        try:
+            models = await self.list_models()
+        except ProviderError as exc:
+            return HealthStatus(
+                available=False,
+                error=exc.message,
+                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        return HealthStatus(
+            available=True,
+            models=models,
+            response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def get_model_info(self, model_name: str) -> dict[str, Any] | None:
+        """Return the facts of MODEL_NAME's family (``llama3:8b`` is ``llama3``), or None."""
+        return known_model_info("ollama", wire.base_model_name(model_name))
