@@ -71,6 +71,8 @@ def client_key_revoke(*, name: str) -> ClientAPIKey:
         row.revoked_at = timezone.now()
         row.save(update_fields=["revoked_at"])
     forget_cached_keys()
+    # Again after commit: a verification in between still read the key as valid.
+    transaction.on_commit(forget_cached_keys)
     return row
 
 

@@ -1,1 +1,21 @@
-urlpatterns: list = []
+"""URLs of the REST resources (``/api/``) and of the OpenAPI schema and docs."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from plugins_api import (
+    openapi,  # noqa: F401 - registers the schema's auth extensions
+    rest_views,
+)
+
+router = SimpleRouter(trailing_slash=True)
+router.register("providers", rest_views.ProviderConfigViewSet, basename="provider")
+router.register("health-checks", rest_views.HealthCheckViewSet, basename="health-check")
+
+urlpatterns = [
+    path("api/", include(router.urls)),
+    path("api/schema/", rest_views.SchemaView.as_view(), name="schema"),
+    path("api/docs/", rest_views.DocsView.as_view(url_name="schema"), name="docs"),
+]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 
 from providers import broadcast, runtime
 
@@ -72,6 +74,8 @@ class ProviderLifecycle:
             self._listener = None
         await runtime.registry.shutdown_all()
         runtime.set_serving_loop(None)
+        # The start-up queries left a connection open in the ORM's thread.
+        await sync_to_async(connections.close_all)()
         self._started = False
 
 

@@ -8,6 +8,7 @@ handlers in worker threads) reaches it through ``run_in_serving_loop``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -61,7 +62,11 @@ def run_in_serving_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
         except RuntimeError:
             current = None
         if current is not loop:
-            return asyncio.run_coroutine_threadsafe(func(*args), loop).result(timeout=120)
+            # Scheduled from an empty context: the caller's context would tell
+            # asgiref to run the coroutine's ORM calls on the caller's own
+            # thread, which is blocked right here waiting for the result.
+            future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, func(*args), loop)
+            return future.result(timeout=120)
     return async_to_sync(func)(*args)
 
 

@@ -13,13 +13,17 @@ from typing import Any
 from django.db import transaction
 
 from providers.base import secret_fields
-from providers.errors import ProviderConfigError, ProviderNotFoundError
+from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
+from providers.masking import redact
 from providers.models import ProviderConfig
-from providers.runtime import registry
+from providers.registry import ProviderSpec
+from providers.runtime import registry, run_in_serving_loop
 
 FALLBACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/.+)?$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REQUIRED_MESSAGE = "This field is required."
+# Words the management API uses after /plugins/: a provider so named could not be reached there.
+RESERVED_NAMES = frozenset({"health", "metadata", "instances", "discover"})
 
 
 def plugin_schema(plugin: str) -> dict[str, Any]:
@@ -54,6 +58,8 @@ def provider_config_errors(
         errors["name"] = [
             "Use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit."
         ]
+    elif name in RESERVED_NAMES:
+        errors["name"] = [f"{name!r} is reserved by the API; choose another name."]
     if not isinstance(fallbacks, (list, tuple)) or not all(isinstance(f, str) for f in fallbacks):
         errors["fallbacks"] = ["Must be a list of provider names ('name' or 'name/model')."]
     else:
@@ -92,7 +98,7 @@ def _raise_if(errors: dict[str, list[str]]) -> None:
         raise ProviderConfigError(f"Invalid provider configuration: {summary}", errors=errors)
 
 
-def _merge(current: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+def merge_partial(current: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
     """Return CURRENT updated by PARTIAL, where a None value removes the key."""
     merged = dict(current)
     for key, value in partial.items():
@@ -166,8 +172,8 @@ def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -
         _raise_if({field: ["Unknown field."] for field in unknown})
     config = ProviderConfig.objects.select_for_update().get(pk=config.pk)
     plugin = changes.get("plugin", config.plugin)
-    settings = _merge(config.settings, changes.get("settings") or {})
-    secrets = _merge(config.secrets, changes.get("secrets") or {})
+    settings = merge_partial(config.settings, changes.get("settings") or {})
+    secrets = merge_partial(config.secrets, changes.get("secrets") or {})
     fallbacks = changes.get("fallbacks", config.fallbacks)
     for key in ("settings", "secrets"):
         if key in changes and not isinstance(changes[key], dict):
@@ -201,6 +207,48 @@ def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -
         config.disabled_reason = changes["disabled_reason"]
     config.save()
     return config
+
+
+def provider_config_update_live(
+    *, config: ProviderConfig, changes: dict[str, Any]
+) -> ProviderConfig:
+    """Apply CHANGES to CONFIG, but only once the new instance has started.
+
+    The new instance is validated, built and initialized before anything is
+    saved, so a configuration that fails validation (``ProviderConfigError``)
+    or initialization (``ProviderInitializationError``) changes neither the
+    database nor the serving instance. The save's signal then reloads the
+    provider once more from the committed row, here and in the other workers.
+    """
+    settings = merge_partial(config.settings, changes.get("settings") or {})
+    secrets = merge_partial(config.secrets, changes.get("secrets") or {})
+    fallbacks = changes.get("fallbacks", config.fallbacks)
+    enabled = bool(changes.get("enabled", config.enabled))
+    _raise_if(
+        provider_config_errors(
+            plugin=config.plugin,
+            settings=settings,
+            secrets=secrets,
+            fallbacks=fallbacks,
+            name=config.name,
+            enabled=enabled,
+        )
+    )
+    if enabled:
+        spec = ProviderSpec(
+            name=config.name,
+            plugin=config.plugin,
+            config={**settings, **secrets},
+            fallbacks=tuple(fallbacks or ()),
+            is_default=bool(changes.get("is_default", config.is_default)),
+        )
+        try:
+            run_in_serving_loop(registry.apply, spec)
+        except ProviderError as exc:
+            # The serving instance cannot strip secrets it never had: the new ones.
+            exc.message = redact(exc.message, [str(v) for v in secrets.values() if v])
+            raise
+    return provider_config_update(config=config, changes=changes)
 
 
 @transaction.atomic

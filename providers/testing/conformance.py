@@ -89,7 +89,9 @@ class ProviderConformance:
 
     def request(self, *, stream: bool = False) -> ChatRequest:
         return ChatRequest(
-            messages=[ChatMessage(role="user", content=self.prompt)], model=self.model, stream=stream
+            messages=[ChatMessage(role="user", content=self.prompt)],
+            model=self.model,
+            stream=stream,
         )
 
     def need_fake(self, fake: FakeUpstream | None) -> FakeUpstream:
@@ -134,7 +136,8 @@ class ProviderConformance:
     def test_bad_settings_are_named_field_by_field(self, fake: FakeUpstream | None) -> None:
         schema = self.plugin_class.config_schema()
         typed = {
-            name: prop for name, prop in schema.get("properties", {}).items()
+            name: prop
+            for name, prop in schema.get("properties", {}).items()
             if prop.get("type") in ("integer", "number", "string")
         }
         if not typed:

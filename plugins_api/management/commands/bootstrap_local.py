@@ -8,6 +8,7 @@ It refuses to run with ECHO_ENV=production.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -23,8 +24,12 @@ ADMIN_USERNAME = "admin"
 
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    path.chmod(0o600)
+    # Created 0600 (and an existing file made so) before the secret is written,
+    # so that it is never readable by others, not even for a moment.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(descriptor, 0o600)
+        handle.write(text + "\n")
 
 
 class Command(BaseCommand):

@@ -1,0 +1,367 @@
+"""Serializers of the management API: input validation, output shapes and their OpenAPI schema.
+
+Writes never happen here directly: ``ProviderConfigSerializer`` hands its
+validated data to ``providers.services``, which validates against the
+plugin's schema and saves (the post-save signal then reloads the provider).
+Secrets are accepted in clear and always rendered masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from providers import selectors
+from providers.masking import mask_secret
+from providers.models import HealthCheck, ProviderConfig
+from providers.services import provider_config_create, provider_config_update
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": (
+            "Write: the secret values in clear (a null value removes one; values not "
+            "sent are kept). Read: the same keys, masked like 'sk-...f3a9'."
+        ),
+    }
+)
+class MaskedSecretsField(serializers.DictField):
+    """A dict of secrets: accepted in clear, rendered masked."""
+
+    def to_representation(self, value: Any) -> dict[str, str]:
+        return {key: mask_secret(item) for key, item in (value or {}).items()}
+
+
+class LiveStatusSerializer(serializers.Serializer):
+    """What this worker's registry knows of a provider."""
+
+    loaded = serializers.BooleanField(help_text="Whether a live instance serves requests.")
+    last_error = serializers.CharField(
+        allow_null=True, help_text="The last load or reload error; the old instance may serve."
+    )
+    config = serializers.DictField(
+        allow_null=True, help_text="The live instance's config, defaults applied, secrets masked."
+    )
+    loaded_at = serializers.DateTimeField(allow_null=True)
+    generation = serializers.IntegerField(allow_null=True)
+    active_requests = serializers.IntegerField()
+
+
+class ProviderConfigSerializer(serializers.ModelSerializer):
+    """A configured provider: stored configuration (secrets masked) and live status.
+
+    PATCH merges ``settings`` and ``secrets`` key by key (a null removes a
+    key); PUT replaces ``settings`` and still merges ``secrets``, so that a
+    client that never saw them cannot wipe them. A secret sent back in its
+    masked form is left unchanged.
+    """
+
+    settings = serializers.DictField(
+        required=False, help_text="The plugin's non-secret settings (validated by its schema)."
+    )
+    secrets = MaskedSecretsField(required=False)
+    fallbacks = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Providers tried in order when this one fails: 'name' or 'name/model'.",
+    )
+    # Declared, so that DRF does not derive a uniqueness validator from the
+    # one-default constraint: the service moves the default flag instead.
+    is_default = serializers.BooleanField(required=False)
+    enabled = serializers.BooleanField(required=False)
+    capabilities = serializers.SerializerMethodField()
+    live = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ProviderConfig
+        fields = [
+            "name",
+            "plugin",
+            "enabled",
+            "is_default",
+            "fallbacks",
+            "settings",
+            "secrets",
+            "disabled_reason",
+            "capabilities",
+            "live",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_capabilities(self, config: ProviderConfig) -> list[str]:
+        return selectors.provider_capabilities(config)
+
+    @extend_schema_field(LiveStatusSerializer)
+    def get_live(self, config: ProviderConfig) -> dict[str, Any]:
+        return LiveStatusSerializer(
+            selectors.provider_live_status(name=config.name, config=config)
+        ).data
+
+    def validate_name(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.name:
+            raise serializers.ValidationError("A provider cannot be renamed.")
+        return value
+
+    def create(self, validated_data: dict[str, Any]) -> ProviderConfig:
+        return provider_config_create(**validated_data)
+
+    def update(self, instance: ProviderConfig, validated_data: dict[str, Any]) -> ProviderConfig:
+        changes = {k: v for k, v in validated_data.items() if k != "name"}
+        if "secrets" in changes:
+            changes["secrets"] = selectors.secret_changes(
+                config=instance, secrets=changes["secrets"]
+            )
+        if not self.partial and "settings" in changes:
+            # PUT replaces the settings: a stored key the body leaves out goes.
+            removed = {
+                key: None for key in instance.settings or {} if key not in changes["settings"]
+            }
+            changes["settings"] = {**removed, **changes["settings"]}
+        return provider_config_update(config=instance, changes=changes)
+
+
+class ProviderHealthSerializer(serializers.Serializer):
+    """The health of one provider.
+
+    ``error`` is what this check found; ``last_error`` is the provider's last
+    load or reload error, or why it is disabled.
+    """
+
+    name = serializers.CharField()
+    available = serializers.BooleanField()
+    models = serializers.ListField(child=serializers.CharField())
+    response_time_ms = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    last_error = serializers.CharField(allow_null=True)
+    checked_at = serializers.DateTimeField()
+
+
+class ProviderStatusSerializer(ProviderConfigSerializer):
+    """A configured provider with the result of a fresh health check."""
+
+    available = serializers.BooleanField(read_only=True)
+    models = serializers.ListField(child=serializers.CharField(), read_only=True)
+    response_time_ms = serializers.FloatField(allow_null=True, read_only=True)
+    error = serializers.CharField(allow_null=True, read_only=True)
+    last_error = serializers.CharField(allow_null=True, read_only=True)
+    checked_at = serializers.DateTimeField(read_only=True)
+
+    class Meta(ProviderConfigSerializer.Meta):
+        fields = ProviderConfigSerializer.Meta.fields + [
+            "available",
+            "models",
+            "response_time_ms",
+            "error",
+            "last_error",
+            "checked_at",
+        ]
+        read_only_fields = fields
+
+
+class ClassKeyMixin:
+    """Serialize the declared field ``class_`` under the key ``class`` (a Python keyword)."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()  # type: ignore[misc]
+        fields["class"] = fields.pop("class_")
+        return fields
+
+
+class PluginSerializer(ClassKeyMixin, serializers.Serializer):
+    """An installed plugin class."""
+
+    name = serializers.CharField()
+    class_ = serializers.CharField(help_text="The plugin's dotted class path.")
+    source = serializers.ChoiceField(choices=["builtin", "manual", "file", "entry_point"])
+    origin = serializers.CharField()
+
+
+class PluginListSerializer(serializers.Serializer):
+    """``GET /plugins/``: the configured providers and the installed plugins."""
+
+    providers = ProviderConfigSerializer(many=True)
+    plugins = PluginSerializer(many=True)
+
+
+class InstanceSerializer(ClassKeyMixin, serializers.Serializer):
+    """A live provider instance in this worker."""
+
+    plugin = serializers.CharField()
+    class_ = serializers.CharField(help_text="The instance's dotted class path.")
+    is_default = serializers.BooleanField()
+    fallbacks = serializers.ListField(child=serializers.CharField())
+    config = serializers.DictField(help_text="Defaults applied, secrets masked.")
+    loaded_at = serializers.DateTimeField()
+    generation = serializers.IntegerField()
+    active_requests = serializers.IntegerField()
+    last_error = serializers.CharField(allow_null=True)
+
+
+class MetadataSerializer(serializers.Serializer):
+    """A plugin's metadata (the guide's ``PluginMetadata``)."""
+
+    name = serializers.CharField()
+    version = serializers.CharField()
+    description = serializers.CharField()
+    author = serializers.CharField()
+    capabilities = serializers.ListField(child=serializers.CharField())
+    models = serializers.ListField(child=serializers.CharField())
+    homepage = serializers.CharField()
+    requires_api_key = serializers.BooleanField()
+
+
+class DiscoveryResultSerializer(ClassKeyMixin, serializers.Serializer):
+    """What discovery did with one plugin file or entry point."""
+
+    name = serializers.CharField()
+    origin = serializers.CharField()
+    status = serializers.ChoiceField(choices=["registered", "updated", "unchanged", "failed"])
+    error = serializers.CharField(allow_null=True)
+    class_ = serializers.CharField(allow_null=True, help_text="The provider class found.")
+
+
+class DiscoveryReportSerializer(serializers.Serializer):
+    """``POST /plugins/discover``: the directories scanned and one result per file or entry point."""
+
+    directories = serializers.ListField(child=serializers.CharField())
+    results = DiscoveryResultSerializer(many=True)
+
+
+class ReloadRequestSerializer(serializers.Serializer):
+    """``POST /plugins/{name}/reload``."""
+
+    provider_name = serializers.CharField(
+        required=False, help_text="Must be the provider named in the URL, when given."
+    )
+    config = serializers.DictField(
+        required=False,
+        help_text=(
+            "The provider's whole flat configuration (settings and secrets together). "
+            "Settings left out are removed; secrets left out are kept. Without it, the "
+            "stored configuration is reloaded."
+        ),
+    )
+
+
+class ConfigSchemaSerializer(serializers.Serializer):
+    """``GET /plugins/{name}/config-schema``."""
+
+    name = serializers.CharField()
+    plugin = serializers.CharField()
+    schema = serializers.DictField(help_text="The plugin's JSON Schema.")
+    secret_fields = serializers.ListField(
+        child=serializers.CharField(), help_text="Write-only fields: shown masked, never whole."
+    )
+
+
+class ModelListSerializer(serializers.Serializer):
+    """``GET /plugins/{name}/models``."""
+
+    provider = serializers.CharField()
+    models = serializers.ListField(child=serializers.CharField())
+
+
+class ModelInfoSerializer(serializers.Serializer):
+    """``GET /plugins/{name}/models/{model}``."""
+
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    info = serializers.DictField(help_text="What the provider knows of the model.")
+
+
+class HealthSummarySerializer(serializers.Serializer):
+    """``GET /health``: minimal, for load balancers."""
+
+    status = serializers.ChoiceField(choices=["ok", "degraded", "down"])
+    providers = serializers.DictField(child=serializers.BooleanField())
+
+
+class NameMapSerializer(serializers.Serializer):
+    """A JSON object whose values are ``child_class`` entries, keyed by provider name."""
+
+    child_class: type[serializers.Serializer]
+
+    def to_representation(self, instance: dict[str, Any]) -> dict[str, Any]:
+        return {name: self.child_class(value).data for name, value in instance.items()}
+
+
+class ProviderHealthMapSerializer(NameMapSerializer):
+    """The health of each provider, by name."""
+
+    child_class = ProviderHealthSerializer
+
+
+class InstanceMapSerializer(NameMapSerializer):
+    """This worker's live instances, by provider name."""
+
+    child_class = InstanceSerializer
+
+
+class MetadataMapSerializer(NameMapSerializer):
+    """The metadata of each live provider, by name."""
+
+    child_class = MetadataSerializer
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    """What went wrong."""
+
+    type = serializers.CharField(help_text="A stable identifier, e.g. 'invalid_config'.")
+    message = serializers.CharField()
+    field = serializers.CharField(required=False, help_text="The input field at fault.")
+    provider = serializers.CharField(required=False)
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Every field at fault, with its messages.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Echo's one error shape."""
+
+    error = ErrorDetailSerializer()
+
+
+class HealthCheckSerializer(serializers.ModelSerializer):
+    """One recorded health check."""
+
+    provider = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = HealthCheck
+        fields = [
+            "id",
+            "provider",
+            "available",
+            "response_time_ms",
+            "models",
+            "error",
+            "checked_at",
+        ]
+        read_only_fields = fields
+
+
+class HealthCheckFilterSerializer(serializers.Serializer):
+    """The query filters of ``/api/health-checks/``."""
+
+    provider = serializers.CharField(required=False, help_text="A provider name.")
+    since = serializers.DateTimeField(
+        required=False, help_text="ISO 8601, e.g. 2025-01-31T12:00:00Z."
+    )
+    until = serializers.DateTimeField(
+        required=False, help_text="ISO 8601, e.g. 2025-01-31T13:00:00Z."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        since, until = attrs.get("since"), attrs.get("until")
+        if since and until and since > until:
+            raise serializers.ValidationError({"until": ["Must not be before 'since'."]})
+        return attrs

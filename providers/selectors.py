@@ -1,0 +1,178 @@
+"""Reads of provider configurations and their live state, for the API and the admin.
+
+Selectors only read: the database rows and what this process's registry
+knows. Every secret that leaves here is masked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db.models import QuerySet
+
+from providers.base import secret_fields
+from providers.errors import ProviderNotFoundError
+from providers.masking import mask_secret, redact
+from providers.models import HealthCheck, ProviderConfig
+from providers.runtime import registry
+
+
+def provider_config_list() -> QuerySet[ProviderConfig]:
+    """Return every configured provider, by name."""
+    return ProviderConfig.objects.order_by("name")
+
+
+def provider_config_get(*, name: str) -> ProviderConfig:
+    """Return the configuration of provider NAME; raise ``ProviderNotFoundError`` (404)."""
+    row = ProviderConfig.objects.filter(name=name).first()
+    if row is None:
+        raise ProviderNotFoundError(f"No provider named {name!r} is configured.", provider=name)
+    return row
+
+
+def provider_secrets_masked(config: ProviderConfig) -> dict[str, str]:
+    """Return the stored secrets of CONFIG, each masked."""
+    return {key: mask_secret(value) for key, value in (config.secrets or {}).items()}
+
+
+def timestamp_datetime(timestamp: float | None) -> dt.datetime | None:
+    """Return the epoch TIMESTAMP as an aware UTC datetime (None stays None)."""
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
+
+
+def provider_capabilities(config: ProviderConfig) -> list[str]:
+    """Return what provider CONFIG can do, from its plugin's metadata.
+
+    The live instance answers when there is one; otherwise a throwaway,
+    uninitialized instance does (plugins do no I/O in ``__init__``), so that
+    a disabled or failing provider still shows its capabilities.
+    """
+    try:
+        if config.name in registry:
+            metadata = registry.get(config.name).metadata
+        else:
+            cls = registry.plugin(config.plugin)
+            metadata = cls(config.full_config(), name=config.name).metadata
+        return metadata.as_dict()["capabilities"]
+    except Exception:  # a missing plugin or a plugin bug must not break a listing
+        return []
+
+
+def provider_secret_values(*, name: str, config: ProviderConfig | None = None) -> list[str]:
+    """Return the secret values of provider NAME, stored and live, to keep them out of messages."""
+    values = [str(v) for v in (config.secrets or {}).values() if v] if config else []
+    if name in registry:
+        provider = registry.get(name)
+        names = secret_fields(provider.get_config_schema())
+        values += [str(v) for k, v in provider.config.items() if k in names and v]
+    return values
+
+
+def _redacted(text: str | None, name: str, config: ProviderConfig | None) -> str | None:
+    # Plugins must keep secrets out of their messages; this catches the ones that do not.
+    return redact(text, provider_secret_values(name=name, config=config)) if text else text
+
+
+def provider_live_status(*, name: str, config: ProviderConfig | None = None) -> dict[str, Any]:
+    """Return what this process's registry knows of provider NAME, secrets masked.
+
+    ``last_error`` is the last load or reload error (a failed reload leaves
+    the previous instance serving, so a provider can be loaded and have one).
+    """
+    status = registry.status(name)
+    return {
+        "loaded": status["loaded"],
+        "last_error": _redacted(status["last_error"], name, config),
+        "config": status.get("config"),
+        "loaded_at": timestamp_datetime(status.get("loaded_at")),
+        "generation": status.get("generation"),
+        "active_requests": status.get("active_requests", 0),
+    }
+
+
+def provider_last_error(config: ProviderConfig) -> str | None:
+    """Return why provider CONFIG is not (or not fully) serving: its load error or disabled reason."""
+    error = registry.last_error(config.name)
+    if error:
+        return _redacted(error, config.name, config)
+    if not config.enabled:
+        return config.disabled_reason or "Disabled."
+    return None
+
+
+def plugin_list() -> list[dict[str, str]]:
+    """Return the installed plugin classes: name, class path, source and origin."""
+    return [
+        {
+            "name": name,
+            "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
+            "source": entry.source,
+            "origin": entry.origin,
+        }
+        for name, entry in sorted(registry.plugins().items())
+    ]
+
+
+def provider_instances() -> dict[str, dict[str, Any]]:
+    """Return the live provider instances of this process by name, secrets masked."""
+    instances = {}
+    for name in registry.names():
+        status = registry.status(name)
+        if not status["loaded"]:  # taken out of service since names() was read
+            continue
+        provider = registry.get(name)
+        instances[name] = {
+            "plugin": status["plugin"],
+            "class": f"{type(provider).__module__}.{type(provider).__qualname__}",
+            "is_default": status["is_default"],
+            "fallbacks": status["fallbacks"],
+            "config": status["config"],
+            "loaded_at": timestamp_datetime(status["loaded_at"]),
+            "generation": status["generation"],
+            "active_requests": status["active_requests"],
+            "last_error": status["last_error"],
+        }
+    return instances
+
+
+def provider_metadata_all() -> dict[str, dict[str, Any]]:
+    """Return the plugin metadata of every live provider of this process, by name."""
+    metadata = {}
+    for name in registry.names():
+        if name in registry:  # it may leave service while we read
+            metadata[name] = registry.get(name).metadata.as_dict()
+    return metadata
+
+
+def secret_changes(*, config: ProviderConfig, secrets: dict[str, Any]) -> dict[str, Any]:
+    """Return SECRETS without the values that are only the mask of the stored one.
+
+    A client that reads a provider and sends it back unchanged sends the
+    masked secrets (``sk-...f3a9``); storing those would break the key.
+    """
+    stored = config.secrets or {}
+    return {
+        key: value
+        for key, value in secrets.items()
+        if not (key in stored and value is not None and value == mask_secret(stored[key]))
+    }
+
+
+def health_check_list(
+    *,
+    provider: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> QuerySet[HealthCheck]:
+    """Return recorded health checks, newest first, filtered by provider name and time."""
+    checks = HealthCheck.objects.select_related("provider").order_by("-checked_at", "-pk")
+    if provider:
+        checks = checks.filter(provider__name=provider)
+    if since is not None:
+        checks = checks.filter(checked_at__gte=since)
+    if until is not None:
+        checks = checks.filter(checked_at__lte=until)
+    return checks
