@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from providers.errors import ProviderError, ProviderNotFoundError
+from providers.errors import ProviderError, ProviderNotFoundError, ProviderUnavailableError
 from providers.registry import ProviderRegistry
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
@@ -30,6 +30,19 @@ class Route:
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model}" if self.model else self.provider
+
+
+def plugin_failure(route: Route, exc: Exception) -> ProviderError:
+    """Return a plugin's unexpected exception as a retryable provider error.
+
+    A bug in one plugin must not reach the client as a bare 500, and another
+    provider may well answer; the traceback goes to the log, not the client.
+    """
+    logger.error("provider %s raised %s", route.provider, type(exc).__name__, exc_info=exc)
+    return ProviderUnavailableError(
+        f"Provider {route.provider!r} failed unexpectedly ({type(exc).__name__}).",
+        provider=route.provider,
+    )
 
 
 class ModelManager:
@@ -88,8 +101,13 @@ class ModelManager:
         routes = self.chain(self.resolve(request, provider_name))
         for index, route in enumerate(routes):
             try:
-                async with self.registry.lease(route.provider) as provider:
-                    response = await provider.chat_completion(request.with_model(route.model))
+                try:
+                    async with self.registry.lease(route.provider) as provider:
+                        response = await provider.chat_completion(request.with_model(route.model))
+                except ProviderError:
+                    raise
+                except Exception as unexpected:
+                    raise plugin_failure(route, unexpected) from unexpected
             except ProviderError as exc:
                 exc.provider = exc.provider or route.provider
                 if not exc.retryable or index == len(routes) - 1:
@@ -128,6 +146,10 @@ class ModelManager:
                             if failures and chunk.is_final:
                                 chunk.metadata["fallback_path"] = failures
                             yield chunk
+                    except ProviderError:
+                        raise
+                    except Exception as unexpected:
+                        raise plugin_failure(route, unexpected) from unexpected
                     finally:
                         await stream.aclose()
                 return

@@ -32,7 +32,11 @@ def free_port() -> int:
 
 def manage(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -81,13 +85,17 @@ def shared_env(tmp_path):
 
 
 def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
-    key = django_shell(
-        shared_env,
-        "from providers.services import provider_config_create as c;"
-        "c(name='echo', plugin='echo', settings={'prefix': 'Before: '}, is_default=True);"
-        "from plugins_api.client_keys import client_key_issue as k;"
-        "print(k(name='mw', scope='chat')[1])",
-    ).strip().splitlines()[-1]
+    key = (
+        django_shell(
+            shared_env,
+            "from providers.services import provider_config_create as c;"
+            "c(name='echo', plugin='echo', settings={'prefix': 'Before: '}, is_default=True);"
+            "from plugins_api.client_keys import client_key_issue as k;"
+            "print(k(name='mw', scope='chat')[1])",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
 
     workers = []
     try:
@@ -95,12 +103,16 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
             port = free_port()
             proc = subprocess.Popen(
                 [str(DAPHNE), "-b", "127.0.0.1", "-p", str(port), "echo_site.asgi:application"],
-                cwd=ROOT, env=shared_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                cwd=ROOT,
+                env=shared_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
             workers.append((f"http://127.0.0.1:{port}", proc))
         for url, proc in workers:
             assert wait_until(lambda url=url: chat(url, key) == "Before: hi"), (
-                proc.poll(), proc.stderr.read1() if proc.poll() is not None else ""
+                proc.poll(),
+                proc.stderr.read1() if proc.poll() is not None else "",
             )
 
         django_shell(

@@ -44,6 +44,8 @@ from providers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from providers.http_provider import HTTPProvider
+from providers.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_server import FakeUpstream
 from providers.types import ChatMessage, ChatRequest, ChatResponse, HealthStatus, StreamingChunk
 
@@ -208,7 +210,11 @@ class ProviderConformance:
     # --- failures ----------------------------------------------------------
 
     async def test_auth_failure_is_typed(self, provider, fake) -> None:
-        self.need_fake(fake).inject(status=401, message=f"Incorrect API key {self.secret}")
+        # An upstream that quotes the key back must not get it past the
+        # provider; a keyless plugin has no secret to hide.
+        keyed = bool(secret_fields(self.plugin_class.config_schema()))
+        message = f"Incorrect API key {self.secret}" if keyed else "Unauthorized."
+        self.need_fake(fake).inject(status=401, message=message)
         assert isinstance(await self.failure(provider), AuthenticationError)
 
     async def test_rate_limit_carries_retry_after(self, provider, fake) -> None:
@@ -256,9 +262,31 @@ class ProviderConformance:
         await self.failure(provider)
         assert (await provider.chat_completion(self.request())).content
 
-    async def test_shutdown_is_clean_and_idempotent(self, fake) -> None:
+    async def test_shutdown_closes_connections_and_is_idempotent(self, fake) -> None:
         provider = self.plugin_class(self.make_config(fake), name="conformance")
         await provider.initialize()
         await provider.chat_completion(self.request())
+        client = getattr(provider, "_client", None) if isinstance(provider, HTTPProvider) else None
         await provider.shutdown()
+        if client is not None:
+            assert client.is_closed, "shutdown() left the HTTP connection pool open"
         await asyncio.wait_for(provider.shutdown(), 5)
+
+    # --- hot reload ----------------------------------------------------------
+
+    async def test_hot_reload_keeps_a_stream_in_flight(self, fake: FakeUpstream | None) -> None:
+        registry = ProviderRegistry()
+        registry.register(self.plugin_class, "conformance")
+        config = self.make_config(fake)
+        await registry.apply(ProviderSpec("conformance", "conformance", config))
+        old = registry.get("conformance")
+        async with registry.lease("conformance") as provider:
+            stream = provider.chat_completion_stream(self.request(stream=True))
+            first = await anext(stream)
+            await registry.reload("conformance", dict(config))
+            assert registry.get("conformance") is not old
+            rest = [chunk async for chunk in stream]
+        assert rest[-1].is_final if rest else first.is_final
+        answer = await registry.get("conformance").chat_completion(self.request())
+        assert answer.content
+        await registry.shutdown_all()

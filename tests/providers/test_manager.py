@@ -53,7 +53,9 @@ async def manager() -> ModelManager:
     registry.register(DownProvider, "down")
     registry.register(RejectingProvider, "rejecting")
     registry.register(DiesMidStream, "dies")
-    await registry.apply(ProviderSpec("echo", "echo", {"models": ["echo-1", "echo-2"]}, is_default=True))
+    await registry.apply(
+        ProviderSpec("echo", "echo", {"models": ["echo-1", "echo-2"]}, is_default=True)
+    )
     await registry.apply(ProviderSpec("backup", "echo", {"prefix": "backup: ", "models": ["b-1"]}))
     return ModelManager(registry)
 
@@ -124,3 +126,26 @@ async def test_a_lease_is_held_for_the_whole_stream(manager) -> None:
     assert manager.registry.status("echo")["active_requests"] == 1
     await stream.aclose()
     assert manager.registry.status("echo")["active_requests"] == 0
+
+
+class BuggyProvider(EchoProvider):
+    """A plugin with a bug: it raises something that is not a ProviderError."""
+
+    async def chat_completion(self, request):
+        raise KeyError("choices")
+
+    async def chat_completion_stream(self, request):
+        raise KeyError("choices")
+        yield  # pragma: no cover
+
+
+async def test_a_plugin_bug_becomes_a_typed_error_and_fails_over(manager) -> None:
+    manager.registry.register(BuggyProvider, "buggy")
+    await manager.registry.apply(ProviderSpec("buggy", "buggy", {}, fallbacks=("backup",)))
+    response = await manager.chat_completion(ask(), "buggy")
+    assert response.provider == "backup"
+    chunks = [c async for c in manager.chat_completion_stream(ask(), "buggy")]
+    assert chunks[-1].metadata["provider"] == "backup"
+    await manager.registry.apply(ProviderSpec("buggy", "buggy", {}))
+    with pytest.raises(ProviderUnavailableError, match="failed unexpectedly \\(KeyError\\)"):
+        await manager.chat_completion(ask(), "buggy")

@@ -48,15 +48,17 @@ def hello() -> ChatRequest:
 async def test_hot_swap_lets_a_stream_in_flight_finish_on_the_old_instance(registry) -> None:
     await registry.apply(ProviderSpec("echo", "echo", {"prefix": "old:", "delay_ms": 20}))
     received: list[str] = []
+    two_chunks_in = asyncio.Event()
 
     async def stream() -> None:
         async with registry.lease("echo") as provider:
             async for chunk in provider.chat_completion_stream(hello()):
                 received.append(chunk.content)
+                if len(received) == 2:
+                    two_chunks_in.set()
 
     task = asyncio.create_task(stream())
-    while len(received) < 2:
-        await asyncio.sleep(0.005)
+    await two_chunks_in.wait()
     await registry.reload("echo", {"prefix": "new:", "delay_ms": 0})
 
     # The new config serves new requests at once...
@@ -74,7 +76,10 @@ async def test_a_bad_config_is_rejected_and_the_old_instance_keeps_serving(regis
     await registry.apply(ProviderSpec("echo", "echo", {"prefix": "good:"}))
     with pytest.raises(ProviderConfigError) as caught:
         await registry.reload("echo", {"prefix": "x", "delay_ms": -1, "colour": "red"})
-    assert caught.value.errors == {"colour": ["Unknown setting."], "delay_ms": ["Must be at least 0."]}
+    assert caught.value.errors == {
+        "colour": ["Unknown setting."],
+        "delay_ms": ["Must be at least 0."],
+    }
     assert registry.get("echo").config["prefix"] == "good:"
     assert "delay_ms" in registry.last_error("echo")
     assert TrackedEcho.shutdowns == []
@@ -105,7 +110,10 @@ async def test_unregister_shuts_down_and_get_raises(registry) -> None:
     with pytest.raises(ProviderNotFoundError):
         registry.get("echo")
     assert registry.status("echo") == {
-        "name": "echo", "loaded": False, "plugin": None, "last_error": "Disabled by admin."
+        "name": "echo",
+        "loaded": False,
+        "plugin": None,
+        "last_error": "Disabled by admin.",
     }
 
 
@@ -120,7 +128,9 @@ async def test_unknown_plugin_waits_pending_until_discovered(registry, tmp_path:
     with pytest.raises(ProviderNotFoundError):
         await registry.apply(ProviderSpec("late", "late", {}))
     assert "late" not in registry
-    (tmp_path / "late_provider.py").write_text(PLUGIN_SOURCE.format(cls="LateProvider", reply="late"))
+    (tmp_path / "late_provider.py").write_text(
+        PLUGIN_SOURCE.format(cls="LateProvider", reply="late")
+    )
     await registry.discover_plugins(tmp_path)
     assert (await registry.get("late").chat_completion(hello())).content == "late"
 
@@ -137,7 +147,7 @@ def test_register_rejects_incomplete_classes(registry) -> None:
 
 
 PLUGIN_SOURCE = textwrap.dedent(
-    '''
+    """
     from providers.base import AbstractAIProvider, PluginMetadata
     from providers.types import ChatResponse, HealthStatus
 
@@ -161,7 +171,7 @@ PLUGIN_SOURCE = textwrap.dedent(
 
         async def list_models(self):
             return ["m"]
-    '''
+    """
 )
 
 
@@ -185,7 +195,9 @@ async def test_discovery_reports_good_and_broken_files(registry, tmp_path: Path)
 
     assert report["custom_ai"].status == "registered"
     assert report["custom_ai"].class_name == "CustomAiProvider"
-    assert report["broken"].status == "failed" and "Syntax error at line 1" in report["broken"].error
+    assert (
+        report["broken"].status == "failed" and "Syntax error at line 1" in report["broken"].error
+    )
     assert "no class WrongnameProvider" in report["wrongname"].error
     assert "does not implement" in report["incomplete"].error
     assert "ModuleNotFoundError" in report["importfail"].error

@@ -7,7 +7,11 @@ from django.db import transaction
 
 from providers import runtime
 from providers.models import ProviderConfig
-from providers.services import provider_config_create, provider_config_delete, provider_config_update
+from providers.services import (
+    provider_config_create,
+    provider_config_delete,
+    provider_config_update,
+)
 
 
 @pytest.mark.django_db(transaction=True)
