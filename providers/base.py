@@ -13,6 +13,7 @@ kinds on failure and never put a secret in a message.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -219,6 +220,17 @@ class AbstractAIProvider(ABC):
         await self.initialize()
 
     # --- chat -----------------------------------------------------------
+
+    def prepare_request(self, request: ChatRequest) -> ChatRequest:
+        """Return REQUEST with this provider's configured defaults filled in.
+
+        A ``temperature`` setting applies to requests that set none; the
+        router calls this before each call.
+        """
+        default = self.config.get("temperature")
+        if request.temperature is None and default is not None:
+            return dataclasses.replace(request, temperature=default)
+        return request
 
     @abstractmethod
     async def chat_completion(self, request: ChatRequest) -> ChatResponse:

@@ -39,6 +39,13 @@ from providers.masking import redact
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
 HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
+    "temperature": {
+        "type": "number",
+        "title": "Default temperature",
+        "description": "Sampling temperature used when a request sets none.",
+        "minimum": 0,
+        "maximum": 2,
+    },
     "timeout": {
         "type": "number",
         "title": "Read timeout (seconds)",

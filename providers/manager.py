@@ -103,7 +103,9 @@ class ModelManager:
             try:
                 try:
                     async with self.registry.lease(route.provider) as provider:
-                        response = await provider.chat_completion(request.with_model(route.model))
+                        response = await provider.chat_completion(
+                            provider.prepare_request(request.with_model(route.model))
+                        )
                 except ProviderError:
                     raise
                 except Exception as unexpected:
@@ -137,7 +139,9 @@ class ModelManager:
             try:
                 async with self.registry.lease(route.provider) as provider:
                     model = route.model or provider.config.get("default_model")
-                    stream = provider.chat_completion_stream(request.with_model(route.model))
+                    stream = provider.chat_completion_stream(
+                        provider.prepare_request(request.with_model(route.model))
+                    )
                     try:
                         async for chunk in stream:
                             started = True

@@ -6,6 +6,7 @@ nothing but this module, ``providers.base`` and ``providers.errors``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -65,9 +66,7 @@ class ChatRequest:
 
     def with_model(self, model: str | None) -> ChatRequest:
         """Return a copy of this request aimed at MODEL."""
-        copy = ChatRequest(**{f: getattr(self, f) for f in self.__dataclass_fields__})
-        copy.model = model
-        return copy
+        return dataclasses.replace(self, model=model)
 
 
 @dataclass(slots=True)

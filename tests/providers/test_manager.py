@@ -149,3 +149,23 @@ async def test_a_plugin_bug_becomes_a_typed_error_and_fails_over(manager) -> Non
     await manager.registry.apply(ProviderSpec("buggy", "buggy", {}))
     with pytest.raises(ProviderUnavailableError, match="failed unexpectedly \\(KeyError\\)"):
         await manager.chat_completion(ask(), "buggy")
+
+
+async def test_a_provider_default_temperature_applies_when_the_request_sets_none() -> None:
+    from providers.testing.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        registry = ProviderRegistry()
+        from providers.plugins.openai_provider import OpenAIProvider
+
+        registry.register(OpenAIProvider, "openai", source="builtin")
+        config = {"base_url": fake.base_url, "api_key": "sk-x-000000000000", "temperature": 0.3}
+        await registry.apply(ProviderSpec("openai", "openai", config))
+        manager = ModelManager(registry)
+        await manager.chat_completion(ask(), "openai")
+        explicit = ask()
+        explicit.temperature = 1.5
+        await manager.chat_completion(explicit, "openai")
+        await registry.shutdown_all()
+    sent = [r.body.get("temperature") for r in fake.requests_to("/v1/chat/completions")]
+    assert sent == [0.3, 1.5]

@@ -129,7 +129,8 @@ def test_config_schema_has_defaults_descriptions_and_a_secret_key() -> None:
         ({"api_key": ""}, "api_key"),
         ({"api_key": SECRET, "base_url": "api.openai.com"}, "base_url"),
         ({"api_key": SECRET, "timeout": 0}, "timeout"),
-        ({"api_key": SECRET, "temperature": 0.5}, "temperature"),
+        ({"api_key": SECRET, "temperature": 5}, "temperature"),
+        ({"api_key": SECRET, "temprature": 0.5}, "temprature"),
     ],
 )
 def test_bad_settings_are_named(config: dict[str, Any], field: str) -> None:
