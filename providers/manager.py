@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from providers.circuit_breaker import CircuitBreaker
 from providers.errors import ProviderError, ProviderNotFoundError, ProviderUnavailableError
 from providers.registry import ProviderRegistry
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
@@ -50,6 +51,14 @@ class ModelManager:
 
     def __init__(self, registry: ProviderRegistry) -> None:
         self.registry = registry
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """Return the circuit breaker of provider NAME (made on first use)."""
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = self._breakers[name] = CircuitBreaker()
+        return breaker
 
     def resolve(self, request: ChatRequest, provider_name: str | None = None) -> Route:
         """Return the first route for REQUEST.

@@ -1,0 +1,94 @@
+"""CircuitBreaker: stop sending traffic to a provider that keeps failing.
+
+Closed, it counts consecutive failures; at ``failure_threshold`` it opens
+and refuses traffic for ``cooldown_seconds``. Then it is half-open: exactly
+one caller (a request or a health check) is let through as a probe; success
+closes it, failure opens it for another cooldown. State lives in the
+process, like the provider instances it guards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """The breaker of one provider."""
+
+    failure_threshold: int = 5
+    cooldown_seconds: float = 30.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    consecutive_failures: int = 0
+    opened_at: float | None = None
+    probe_in_flight: bool = False
+    last_failure: str | None = None
+
+    @property
+    def state(self) -> str:
+        """Return ``closed``, ``open`` or ``half_open``."""
+        if self.opened_at is None:
+            return CLOSED
+        if self.clock() - self.opened_at < self.cooldown_seconds:
+            return OPEN
+        return HALF_OPEN
+
+    def allow(self) -> bool:
+        """Return whether a call may go through now; in half-open, claim the one probe."""
+        state = self.state
+        if state == CLOSED:
+            return True
+        if state == HALF_OPEN and not self.probe_in_flight:
+            self.probe_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        """Note a call that succeeded: the breaker closes."""
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.probe_in_flight = False
+
+    def record_failure(self, reason: str | None = None) -> None:
+        """Note a call that failed; open at the threshold, or again after a failed probe."""
+        self.consecutive_failures += 1
+        self.last_failure = reason
+        was_probe = self.probe_in_flight
+        self.probe_in_flight = False
+        if was_probe or self.opened_at is not None or (
+            self.consecutive_failures >= self.failure_threshold
+        ):
+            self.opened_at = self.clock()
+
+    def release_probe(self) -> None:
+        """Give the probe back unused (the call ended with neither success nor failure)."""
+        self.probe_in_flight = False
+
+    def retry_in(self) -> float:
+        """Return the seconds until the breaker lets a probe through (0 when it would now)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown_seconds - (self.clock() - self.opened_at))
+
+    def configure(self, *, failure_threshold: int, cooldown_seconds: float) -> None:
+        """Apply new thresholds, keeping the current state."""
+        self.failure_threshold = failure_threshold
+        self.cooldown_seconds = cooldown_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the breaker's state for status pages."""
+        return {
+            "state": self.state,
+            "consecutive_failures": self.consecutive_failures,
+            "failure_threshold": self.failure_threshold,
+            "cooldown_seconds": self.cooldown_seconds,
+            "retry_in_seconds": round(self.retry_in(), 3),
+            "last_failure": self.last_failure,
+        }
