@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from echo_site.environment import (
     echo_env,
@@ -46,7 +47,11 @@ INSTALLED_APPS = [
     "plugins_api",
 ]
 
-MIDDLEWARE = [
+# Browser requests run ECHO_BROWSER_MIDDLEWARE; API clients with a Bearer key
+# skip it (see echo_site/middleware.py): it costs thread hops and reads cookies
+# they do not send.
+MIDDLEWARE = ["echo_site.middleware.BrowserMiddleware"]
+ECHO_BROWSER_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -55,6 +60,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# The admin looks for its middleware in MIDDLEWARE; BrowserMiddleware runs them.
+SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
 
 ROOT_URLCONF = "echo_site.urls"
 ASGI_APPLICATION = "echo_site.asgi.application"
@@ -111,6 +119,23 @@ LOGIN_URL = "/admin/login/"
 # Echo's own settings.
 ECHO_CONFIG_DIR = Path(env_str("ECHO_CONFIG_DIR", str(BASE_DIR / "config")))
 ECHO_PLUGIN_DIRS = [Path(p) for p in env_list("ECHO_PLUGIN_DIRS", [str(BASE_DIR / "plugins")])]
+
+# Periodic provider health checks (providers.health_monitor). 0 seconds turns the
+# background checks off. The test suite defaults to off: a check round running
+# beside every live-server test would add upstream calls and rows the tests do
+# not expect; the tests of the monitor set the interval themselves.
+ECHO_HEALTH_INTERVAL_SECONDS = env_int(
+    "ECHO_HEALTH_INTERVAL_SECONDS", 0 if ECHO_ENV == "test" else 60
+)
+ECHO_HEALTH_TIMEOUT_SECONDS = env_int("ECHO_HEALTH_TIMEOUT_SECONDS", 5)
+# Rows older than this are deleted by the periodic checks; 0 keeps them forever.
+ECHO_HEALTH_RETENTION_DAYS = env_int("ECHO_HEALTH_RETENTION_DAYS", 7)
+if ECHO_HEALTH_INTERVAL_SECONDS < 0:
+    raise ImproperlyConfigured("ECHO_HEALTH_INTERVAL_SECONDS must be 0 (off) or more.")
+if ECHO_HEALTH_TIMEOUT_SECONDS < 1:
+    raise ImproperlyConfigured("ECHO_HEALTH_TIMEOUT_SECONDS must be at least 1.")
+if ECHO_HEALTH_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("ECHO_HEALTH_RETENTION_DAYS must be 0 (keep forever) or more.")
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
