@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 from tests.plugins_api.test_plugin_views import error_of
 
 DOCUMENTED = {
+    "/chat": {"post"},
     "/plugins/": {"get"},
     "/plugins/instances": {"get"},
     "/plugins/metadata": {"get"},
