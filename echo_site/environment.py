@@ -83,3 +83,38 @@ def secret_key(environment: str, var_dir: Path) -> str:
     key_file.write_text(key)
     key_file.chmod(0o600)
     return key
+
+
+# A fixed key for the test suite only: test databases hold no real secrets.
+TEST_ENCRYPTION_KEY = "ZWNoby10ZXN0LWVuY3J5cHRpb24ta2V5LTMyYnl0ZXM="
+
+
+def encryption_keys(environment: str, var_dir: Path) -> list[str]:
+    """Return ECHO_ENCRYPTION_KEYS; in development generate one once and keep it under var/."""
+    from cryptography.fernet import Fernet
+
+    keys = env_list("ECHO_ENCRYPTION_KEYS", [])
+    if not keys:
+        if environment == "production":
+            raise ImproperlyConfigured(
+                "ECHO_ENCRYPTION_KEYS is required when ECHO_ENV=production (it encrypts provider "
+                "keys at rest). Generate one with: python -c "
+                '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+            )
+        if environment == "test":
+            return [TEST_ENCRYPTION_KEY]
+        key_file = var_dir / "encryption_key"
+        if not key_file.exists():
+            var_dir.mkdir(parents=True, exist_ok=True)
+            key_file.touch(mode=0o600)
+            key_file.write_text(Fernet.generate_key().decode())
+        keys = [key_file.read_text().strip()]
+    for index, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"ECHO_ENCRYPTION_KEYS: key {index} is not a Fernet key "
+                "(32 url-safe base64-encoded bytes)."
+            ) from None
+    return keys

@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from echo_site.environment import (
     echo_env,
+    encryption_keys,
     env_bool,
     env_int,
     env_list,
@@ -21,6 +22,8 @@ VAR_DIR = Path(env_str("ECHO_VAR_DIR", str(BASE_DIR / "var")))
 
 ECHO_ENV = echo_env()
 SECRET_KEY = secret_key(ECHO_ENV, VAR_DIR)
+# Provider secrets are encrypted at rest: the first key encrypts, all decrypt.
+ECHO_ENCRYPTION_KEYS = encryption_keys(ECHO_ENV, VAR_DIR)
 DEBUG = env_bool("DEBUG", ECHO_ENV == "development")
 
 HOST = env_str("HOST", "127.0.0.1")

@@ -8,6 +8,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 from providers.registry import ProviderSpec
+from providers.secret_box import SecretDecryptionError, decrypt_secrets, encrypt_secrets
 
 provider_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]{0,63}$",
@@ -42,7 +43,9 @@ class ProviderConfig(models.Model):
         help_text="Providers tried in order when this one fails; 'name' or 'name/model'.",
     )
     settings = models.JSONField(default=dict, blank=True)
-    secrets = models.JSONField(default=dict, blank=True)
+    secrets_encrypted = models.TextField(
+        blank=True, editable=False, help_text="The secrets, encrypted (see providers.secret_box)."
+    )
     disabled_reason = models.TextField(
         blank=True, help_text="Why the provider is disabled, when Echo disabled it."
     )
@@ -69,9 +72,31 @@ class ProviderConfig(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def secrets(self) -> dict[str, Any]:
+        """Return the decrypted secrets; raise ``SecretDecryptionError`` if no key opens them."""
+        return decrypt_secrets(self.secrets_encrypted)
+
+    @secrets.setter
+    def secrets(self, value: dict[str, Any] | None) -> None:
+        self.secrets_encrypted = encrypt_secrets(value or {})
+
     def full_config(self) -> dict[str, Any]:
         """Return settings and secrets merged: what the plugin instance receives."""
         return {**(self.settings or {}), **(self.secrets or {})}
+
+    def serving_spec(self) -> tuple[ProviderSpec | None, str]:
+        """Return (the spec to serve, "") or (None, why it must not serve).
+
+        Secrets that cannot be decrypted keep the provider out of service with
+        a clear reason: the ciphertext is never sent upstream as a key.
+        """
+        if not self.enabled:
+            return None, self.disabled_reason or "Disabled."
+        try:
+            return self.to_spec(), ""
+        except SecretDecryptionError as exc:
+            return None, str(exc)
 
     def to_spec(self) -> ProviderSpec:
         """Return the registry spec for this configuration."""

@@ -95,8 +95,8 @@ async def load_provider_from_database(name: str) -> str | None:
     if row is None:
         await registry.unregister(name)
         return None
-    spec = row.to_spec() if row.enabled else None
-    return await apply_config_state(name, spec, row.disabled_reason or "Disabled.")
+    spec, reason = row.serving_spec()
+    return await apply_config_state(name, spec, reason)
 
 
 async def load_all_from_database() -> dict[str, str | None]:
@@ -107,10 +107,8 @@ async def load_all_from_database() -> dict[str, str | None]:
     names = set()
     async for row in ProviderConfig.objects.all():
         names.add(row.name)
-        spec = row.to_spec() if row.enabled else None
-        results[row.name] = await apply_config_state(
-            row.name, spec, row.disabled_reason or "Disabled."
-        )
+        spec, reason = row.serving_spec()
+        results[row.name] = await apply_config_state(row.name, spec, reason)
     for stale in set(registry.names()) - names:
         await registry.unregister(stale)
     return results

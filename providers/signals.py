@@ -21,8 +21,7 @@ logger = logging.getLogger(__name__)
 def provider_config_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
     """After commit, reload (or disable) the saved provider and tell the other workers."""
     name = instance.name
-    spec = instance.to_spec() if instance.enabled else None
-    reason = instance.disabled_reason or "Disabled."
+    spec, reason = instance.serving_spec()
     transaction.on_commit(lambda: _apply_and_publish(name, spec, reason))
 
 

@@ -15,7 +15,7 @@ def settings_of(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"ECHO_ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL"}
+        if k not in {"ECHO_ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ECHO_ENCRYPTION_KEYS"}
     }
     code = (
         "from django.conf import settings as s;"
@@ -67,6 +67,7 @@ def test_scale_out_settings_come_from_urls(tmp_path: Path) -> None:
         tmp_path,
         ECHO_ENV="production",
         SECRET_KEY="x" * 50,
+        ECHO_ENCRYPTION_KEYS="ZWNoby10ZXN0LWVuY3J5cHRpb24ta2V5LTMyYnl0ZXM=",
         DATABASE_URL="postgresql://echo@127.0.0.1:5432/echo",
         REDIS_URL="redis://127.0.0.1:6379/0",
         ALLOWED_HOSTS="echo.example.com",
@@ -77,6 +78,24 @@ def test_scale_out_settings_come_from_urls(tmp_path: Path) -> None:
     assert engine == "django.db.backends.postgresql"
     assert layer == "channels_redis.core.RedisChannelLayer"
     assert (port, hosts) == ("9000", "echo.example.com")
+
+
+def test_production_refuses_to_start_without_an_encryption_key(tmp_path: Path) -> None:
+    result = settings_of(tmp_path, ECHO_ENV="production", SECRET_KEY="x" * 50)
+    assert result.returncode != 0
+    assert "ECHO_ENCRYPTION_KEYS is required when ECHO_ENV=production" in result.stderr
+    result = settings_of(
+        tmp_path, ECHO_ENV="production", SECRET_KEY="x" * 50, ECHO_ENCRYPTION_KEYS="not-a-key"
+    )
+    assert "ECHO_ENCRYPTION_KEYS: key 1 is not a Fernet key" in result.stderr
+
+
+def test_development_generates_its_encryption_key_once(tmp_path: Path) -> None:
+    settings_of(tmp_path, ECHO_ENV="development")
+    key = (tmp_path / "encryption_key").read_text()
+    settings_of(tmp_path, ECHO_ENV="development")
+    assert (tmp_path / "encryption_key").read_text() == key
+    assert oct((tmp_path / "encryption_key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_a_wrong_value_names_its_variable(tmp_path: Path) -> None:

@@ -1,0 +1,87 @@
+"""Secrets are encrypted at rest; a wrong key is loud and sends nothing upstream."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from providers import runtime
+from providers.models import ProviderConfig
+from providers.secret_box import SecretDecryptionError, new_key
+from providers.services import provider_config_create
+from providers.testing.fake_openai import FakeOpenAI
+
+SECRET = "sk-at-rest-0123456789abcdef"
+
+
+def stored_row(name: str) -> tuple:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT settings, secrets_encrypted FROM providers_providerconfig WHERE name = %s",
+            [name],
+        )
+        return cursor.fetchone()
+
+
+@pytest.mark.django_db
+def test_secrets_are_encrypted_in_the_database() -> None:
+    provider_config_create(
+        name="openai",
+        plugin="openai",
+        settings={"base_url": "http://127.0.0.1:9/v1"},
+        secrets={"api_key": SECRET},
+    )
+    settings_json, ciphertext = stored_row("openai")
+    assert SECRET not in str(settings_json) and SECRET not in ciphertext
+    assert ciphertext.startswith("gAAAA")  # a Fernet token
+    assert ProviderConfig.objects.get(name="openai").secrets == {"api_key": SECRET}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wrong_key_keeps_the_provider_out_of_service_and_sends_nothing(
+    settings, client, chat_key
+) -> None:
+    with FakeOpenAI() as fake:
+        provider_config_create(
+            name="openai",
+            plugin="openai",
+            settings={"base_url": fake.base_url},
+            secrets={"api_key": SECRET},
+            is_default=True,
+        )
+        assert "openai" in runtime.registry
+        settings.ECHO_ENCRYPTION_KEYS = [new_key()]  # the old key is gone
+        with pytest.raises(SecretDecryptionError, match="cannot be decrypted"):
+            _ = ProviderConfig.objects.get(name="openai").secrets
+        runtime.run_in_serving_loop(runtime.load_all_from_database)
+        assert "openai" not in runtime.registry
+        assert "cannot be decrypted" in runtime.registry.last_error("openai")
+        response = client.post(
+            "/chat",
+            {"prompt": "hi", "provider": "openai"},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {chat_key[1]}",
+        )
+        assert response.status_code == 404
+        assert fake.requests_to("/v1/chat/completions") == []
+
+
+@pytest.mark.django_db
+def test_rotation_moves_every_secret_to_the_first_key(settings) -> None:
+    old, new = settings.ECHO_ENCRYPTION_KEYS[0], new_key()
+    provider_config_create(name="openai", plugin="openai", settings={}, secrets={"api_key": SECRET})
+    settings.ECHO_ENCRYPTION_KEYS = [new, old]
+    call_command("rotate_encryption_keys", stdout=open("/dev/null", "w"))
+    settings.ECHO_ENCRYPTION_KEYS = [new]
+    assert ProviderConfig.objects.get(name="openai").secrets == {"api_key": SECRET}
+
+
+@pytest.mark.django_db
+def test_rotation_refuses_when_a_secret_cannot_be_decrypted(settings) -> None:
+    provider_config_create(name="openai", plugin="openai", settings={}, secrets={"api_key": SECRET})
+    before = stored_row("openai")[1]
+    settings.ECHO_ENCRYPTION_KEYS = [new_key()]
+    with pytest.raises(CommandError, match="decrypts the secrets of: openai"):
+        call_command("rotate_encryption_keys")
+    assert stored_row("openai")[1] == before
