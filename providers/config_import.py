@@ -27,11 +27,13 @@ from typing import Any
 from django.db import transaction
 
 from providers import services
+from providers.audit import Actor
 from providers.base import secret_fields
 from providers.config_files import ProviderEntry
 from providers.errors import ProviderConfigError, ProviderNotFoundError
 from providers.models import ProviderConfig
 
+IMPORT_ACTOR = Actor(name="sync_providers", source="yaml-import")
 FILE_DISABLED_REASON = "The configuration file sets enabled: false."
 SHOWN_VALUE_LENGTH = 60
 
@@ -367,6 +369,7 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
             is_default=values.is_default,
             fallbacks=values.fallbacks,
             disabled_reason=values.disabled_reason,
+            actor=IMPORT_ACTOR,
         )
     else:
         row = services.provider_config_update(
@@ -380,6 +383,7 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
                 "secrets": _replacing(row.secrets, values.secrets),
                 "disabled_reason": values.disabled_reason,
             },
+            actor=IMPORT_ACTOR,
         )
     # Hash the row as saved, so that the next sync's "no one edited it"
     # compares like with like.

@@ -129,3 +129,35 @@ class HealthCheck(models.Model):
     def __str__(self) -> str:
         state = "up" if self.available else "down"
         return f"{self.provider_id} {state} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ProviderConfigChange(models.Model):
+    """One audited change to a provider's configuration: who, when, from where, what.
+
+    CHANGES lists ``{"field", "before", "after"}``; a secret's entry says
+    ``"secret": true`` and holds only masks. Written in the same transaction
+    as the change itself, so a change that rolls back leaves no entry.
+    """
+
+    ACTIONS = [
+        ("created", "created"),
+        ("updated", "updated"),
+        ("enabled", "enabled"),
+        ("disabled", "disabled"),
+        ("deleted", "deleted"),
+    ]
+
+    provider_name = models.CharField(max_length=64, db_index=True)
+    action = models.CharField(max_length=16, choices=ACTIONS)
+    actor = models.CharField(max_length=150, help_text="The user, or 'key:<name>' for a client key.")
+    source = models.CharField(max_length=32, help_text="admin, api, yaml-import, command, ...")
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    changes = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        verbose_name = "provider change"
+
+    def __str__(self) -> str:
+        return f"{self.provider_name} {self.action} by {self.actor} via {self.source}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import transaction
 
+from providers.audit import SYSTEM, Actor, record_change, snapshot
 from providers.base import secret_fields
 from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
 from providers.masking import redact
@@ -120,8 +121,12 @@ def provider_config_create(
     is_default: bool = False,
     fallbacks: list[str] | None = None,
     disabled_reason: str = "",
+    actor: Actor = SYSTEM,
 ) -> ProviderConfig:
-    """Create provider NAME; raise ``ProviderConfigError`` naming each bad field."""
+    """Create provider NAME; raise ``ProviderConfigError`` naming each bad field.
+
+    ACTOR (who, through what) goes into the audit trail with the change.
+    """
     settings, secrets, fallbacks = dict(settings or {}), dict(secrets or {}), list(fallbacks or [])
     errors = provider_config_errors(
         plugin=plugin,
@@ -135,8 +140,8 @@ def provider_config_create(
         errors.setdefault("name", []).append(f"A provider named {name!r} already exists.")
     _raise_if(errors)
     if is_default:
-        ProviderConfig.objects.filter(is_default=True).update(is_default=False)
-    return ProviderConfig.objects.create(
+        _take_default_from_others(name, actor)
+    config = ProviderConfig.objects.create(
         name=name,
         plugin=plugin,
         settings=settings,
@@ -146,6 +151,20 @@ def provider_config_create(
         fallbacks=fallbacks,
         disabled_reason="" if enabled else disabled_reason,
     )
+    record_change(name=name, before=None, after=snapshot(config), actor=actor)
+    return config
+
+
+def _take_default_from_others(name: str, actor: Actor) -> None:
+    """Clear the default flag of every other provider, auditing each."""
+    for other in (
+        ProviderConfig.objects.select_for_update().filter(is_default=True).exclude(name=name)
+    ):
+        before = snapshot(other)
+        ProviderConfig.objects.filter(pk=other.pk).update(is_default=False)
+        record_change(
+            name=other.name, before=before, after={**before, "is_default": False}, actor=actor
+        )
 
 
 UPDATABLE = {
@@ -160,7 +179,9 @@ UPDATABLE = {
 
 
 @transaction.atomic
-def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -> ProviderConfig:
+def provider_config_update(
+    *, config: ProviderConfig, changes: dict[str, Any], actor: Actor = SYSTEM
+) -> ProviderConfig:
     """Apply CHANGES to CONFIG and save it.
 
     ``settings`` and ``secrets`` in CHANGES are partial: their keys are merged
@@ -171,6 +192,7 @@ def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -
     if unknown:
         _raise_if({field: ["Unknown field."] for field in unknown})
     config = ProviderConfig.objects.select_for_update().get(pk=config.pk)
+    before = snapshot(config)
     plugin = changes.get("plugin", config.plugin)
     settings = merge_partial(config.settings, changes.get("settings") or {})
     secrets = merge_partial(config.secrets, changes.get("secrets") or {})
@@ -206,11 +228,12 @@ def provider_config_update(*, config: ProviderConfig, changes: dict[str, Any]) -
     elif "disabled_reason" in changes:
         config.disabled_reason = changes["disabled_reason"]
     config.save()
+    record_change(name=config.name, before=before, after=snapshot(config), actor=actor)
     return config
 
 
 def provider_config_update_live(
-    *, config: ProviderConfig, changes: dict[str, Any]
+    *, config: ProviderConfig, changes: dict[str, Any], actor: Actor = SYSTEM
 ) -> ProviderConfig:
     """Apply CHANGES to CONFIG, but only once the new instance has started.
 
@@ -248,10 +271,13 @@ def provider_config_update_live(
             # The serving instance cannot strip secrets it never had: the new ones.
             exc.message = redact(exc.message, [str(v) for v in secrets.values() if v])
             raise
-    return provider_config_update(config=config, changes=changes)
+    return provider_config_update(config=config, changes=changes, actor=actor)
 
 
 @transaction.atomic
-def provider_config_delete(*, config: ProviderConfig) -> None:
+def provider_config_delete(*, config: ProviderConfig, actor: Actor = SYSTEM) -> None:
     """Delete CONFIG; the provider leaves service once the deletion commits."""
+    before = snapshot(config)
+    name = config.name
     config.delete()
+    record_change(name=name, before=before, after=None, actor=actor)
