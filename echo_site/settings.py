@@ -121,6 +121,10 @@ LOGIN_URL = "/admin/login/"
 
 # Echo's own settings.
 ECHO_CONFIG_DIR = Path(env_str("ECHO_CONFIG_DIR", str(BASE_DIR / "config")))
+# Upstream URL policy (providers.upstream_policy): link-local and metadata
+# addresses are always blocked; these add to the block list or restrict hosts.
+ECHO_UPSTREAM_ALLOW = env_list("ECHO_UPSTREAM_ALLOW", [])
+ECHO_UPSTREAM_BLOCK = env_list("ECHO_UPSTREAM_BLOCK", [])
 ECHO_PLUGIN_DIRS = [Path(p) for p in env_list("ECHO_PLUGIN_DIRS", [str(BASE_DIR / "plugins")])]
 
 # Periodic provider health checks (providers.health_monitor). 0 seconds turns the

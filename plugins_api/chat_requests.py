@@ -93,6 +93,19 @@ def parse_message(raw: Any, path: str) -> ChatMessage:
     )
 
 
+# Upstream settings belong to the provider's configuration, set by admins:
+# a client that could pass them could aim Echo's keys at any host.
+CLIENT_FORBIDDEN_FIELDS = (
+    "base_url",
+    "api_base",
+    "api_key",
+    "headers",
+    "extra_headers",
+    "organization",
+    "api_version",
+)
+
+
 def parse_chat_call(data: dict[str, Any]) -> ChatCall:
     """Return the ChatCall a ``/chat`` body describes.
 
@@ -100,6 +113,11 @@ def parse_chat_call(data: dict[str, Any]) -> ChatCall:
     ``messages`` (a list), plus optional ``provider``, ``model``, ``stream``,
     ``temperature``, ``max_tokens``, ``top_p`` and ``stop``.
     """
+    for forbidden in CLIENT_FORBIDDEN_FIELDS:
+        if forbidden in data:
+            raise RequestFieldError(
+                forbidden, "Clients cannot set upstream settings; an admin configures the provider."
+            )
     prompt = data.get("prompt")
     raw_messages = data.get("messages")
     if prompt is not None and raw_messages is not None:

@@ -30,12 +30,14 @@ from providers.errors import (
     BadRequestError,
     ModelNotFoundError,
     ProtocolError,
+    ProviderConfigError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
 )
 from providers.masking import redact
+from providers.upstream_policy import base_url_problem, resolved_problem
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
 HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
@@ -157,7 +159,24 @@ class HTTPProvider(AbstractAIProvider):
     def base_url(self) -> str:
         return str(self.config["base_url"]).rstrip("/")
 
+    def get_config_errors(self, config: dict[str, Any]) -> dict[str, list[str]]:
+        """Return schema errors plus the upstream URL policy's verdict on ``base_url``."""
+        errors = super().get_config_errors(config)
+        url = config.get("base_url")
+        if url is None:  # the schema's default applies
+            url = (self.config_schema().get("properties", {}).get("base_url") or {}).get("default")
+        if isinstance(url, str) and "base_url" not in errors:
+            problem = base_url_problem(url)
+            if problem:
+                errors["base_url"] = [problem]
+        return errors
+
     async def initialize(self) -> None:
+        problem = base_url_problem(self.base_url) or await resolved_problem(self.base_url)
+        if problem:
+            raise ProviderConfigError(
+                f"base_url: {problem}", errors={"base_url": [problem]}, provider=self.name
+            )
         self._client_for_loop()
 
     async def shutdown(self) -> None:

@@ -283,3 +283,15 @@ def test_error_message_never_shows_the_provider_secret(echo, api: Client) -> Non
 
 def test_get_is_not_allowed(echo, api: Client) -> None:
     assert api.get("/chat").status_code == 405
+
+
+@pytest.mark.parametrize("field", ["base_url", "api_key", "headers", "api_base"])
+def test_clients_cannot_pass_upstream_settings(client, chat_key, field) -> None:
+    response = client.post(
+        "/chat",
+        {"prompt": "hi", field: "http://169.254.169.254/"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {chat_key[1]}",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == field
