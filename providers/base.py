@@ -64,14 +64,79 @@ class PluginMetadata:
         }
 
 
+# Settings every provider has, whatever its plugin: how the ModelManager
+# retries, fails over and breaks the circuit for it. normalize_config_schema
+# adds them to each plugin's schema, so that validation, defaults, the admin
+# form and the API see them like the plugin's own settings.
+ROUTING_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
+    "max_retries": {
+        "type": "integer",
+        "title": "Retries before failover",
+        "description": "How many times a retryable failure (rate limit, server error, "
+        "timeout, lost connection) is retried on this provider before the request "
+        "moves on to the next provider of the fallback chain.",
+        "default": 2,
+        "minimum": 0,
+        "maximum": 10,
+    },
+    "retry_max_wait_seconds": {
+        "type": "number",
+        "title": "Longest wait before a retry (seconds)",
+        "description": "Cap on one wait between retries, Retry-After included. When the "
+        "upstream asks for a longer wait, the request fails over at once instead.",
+        "default": 20,
+        "minimum": 0,
+        "maximum": 3600,
+    },
+    "breaker_failure_threshold": {
+        "type": "integer",
+        "title": "Circuit breaker: failures to open",
+        "description": "Consecutive failures after which the provider gets no traffic "
+        "for the cooldown.",
+        "default": 5,
+        "minimum": 1,
+        "maximum": 1000,
+    },
+    "breaker_cooldown_seconds": {
+        "type": "number",
+        "title": "Circuit breaker: cooldown (seconds)",
+        "description": "How long an open breaker keeps traffic away before it lets one "
+        "probe request through.",
+        "default": 30,
+        "minimum": 0,
+        "maximum": 3600,
+    },
+    "deadline_seconds": {
+        "type": "number",
+        "title": "Request deadline (seconds)",
+        "description": "Overall time for a request that starts at this provider, across "
+        "retries and failover. Each provider still to try keeps an equal share, so that "
+        "a hanging provider leaves time for its fallbacks. For a stream it bounds the "
+        "wait for the first chunk.",
+        "default": 120,
+        "exclusiveMinimum": 0,
+        "maximum": 3600,
+    },
+}
+
+
 def normalize_config_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """Return SCHEMA as valid JSON Schema.
+    """Return SCHEMA as valid JSON Schema, with the routing settings added.
 
     The plugin guide marks a required property with ``"required": True``
     inside the property itself (the draft-3 spelling). That is moved into the
     object's ``required`` list so that modern validators accept the schema.
+    The settings of ``ROUTING_SETTINGS_SCHEMA`` are added to an object schema
+    that lacks them (a plugin's own definition of one of those names wins),
+    so that a closed schema (``additionalProperties: false``) accepts them too.
     """
     schema = copy.deepcopy(schema)
+    if schema.get("type", "object") == "object":
+        if not isinstance(schema.get("properties"), dict):
+            schema["properties"] = {}
+        properties = schema["properties"]
+        for name, prop in ROUTING_SETTINGS_SCHEMA.items():
+            properties.setdefault(name, copy.deepcopy(prop))
     properties = schema.get("properties") or {}
     required = list(schema.get("required") or [])
     for name, prop in properties.items():
@@ -174,16 +239,18 @@ def apply_schema_defaults(schema: dict[str, Any], config: dict[str, Any]) -> dic
 class AbstractAIProvider(ABC):
     """The interface every provider plugin implements.
 
-    An instance is built with its configuration (``self.config``, schema
-    defaults applied) and must do no I/O in ``__init__``; the registry calls
-    ``initialize()`` before the instance serves and ``shutdown()`` after its
-    last in-flight request. All I/O is async and must not block the event loop.
+    An instance is built with its configuration (``self.config``, with the
+    schema's defaults, the routing settings' included) and must do no I/O in
+    ``__init__``; the registry calls ``initialize()`` before the instance
+    serves and ``shutdown()`` after its last in-flight request. All I/O is async and must not block the event loop.
     Methods raise ``ProviderError`` kinds on failure.
     """
 
     def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
         self.name = name or self.__class__.__name__
-        self.config = apply_schema_defaults(self.get_config_schema(), config or {})
+        self.config = apply_schema_defaults(
+            normalize_config_schema(self.get_config_schema()), config or {}
+        )
 
     # --- identity -------------------------------------------------------
 
@@ -216,7 +283,9 @@ class AbstractAIProvider(ABC):
         if errors:
             raise ProviderConfigError("Invalid configuration.", errors=errors, provider=self.name)
         await self.shutdown()
-        self.config = apply_schema_defaults(self.get_config_schema(), new_config)
+        self.config = apply_schema_defaults(
+            normalize_config_schema(self.get_config_schema()), new_config
+        )
         await self.initialize()
 
     # --- chat -----------------------------------------------------------

@@ -5,6 +5,10 @@ and refuses traffic for ``cooldown_seconds``. Then it is half-open: exactly
 one caller (a request or a health check) is let through as a probe; success
 closes it, failure opens it for another cooldown. State lives in the
 process, like the provider instances it guards.
+
+A breaker also remembers that its provider is *misconfigured* (the upstream
+refused its credentials): the provider is broken rather than busy, which a
+status page should say apart from an outage. A success clears the mark.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class CircuitBreaker:
     opened_at: float | None = None
     probe_in_flight: bool = False
     last_failure: str | None = None
+    misconfigured: str | None = None
+    misconfigured_since: float | None = None
 
     @property
     def state(self) -> str:
@@ -51,10 +57,11 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
-        """Note a call that succeeded: the breaker closes."""
+        """Note a call that succeeded: the breaker closes and the provider is no longer misconfigured."""
         self.consecutive_failures = 0
         self.opened_at = None
         self.probe_in_flight = False
+        self.clear_misconfigured()
 
     def record_failure(self, reason: str | None = None) -> None:
         """Note a call that failed; open at the threshold, or again after a failed probe."""
@@ -62,14 +69,32 @@ class CircuitBreaker:
         self.last_failure = reason
         was_probe = self.probe_in_flight
         self.probe_in_flight = False
-        if was_probe or self.opened_at is not None or (
-            self.consecutive_failures >= self.failure_threshold
+        if (
+            was_probe
+            or self.opened_at is not None
+            or (self.consecutive_failures >= self.failure_threshold)
         ):
             self.opened_at = self.clock()
 
     def release_probe(self) -> None:
         """Give the probe back unused (the call ended with neither success nor failure)."""
         self.probe_in_flight = False
+
+    def mark_misconfigured(self, reason: str) -> None:
+        """Note that the upstream refused the provider's credentials (REASON says how)."""
+        if self.misconfigured is None:
+            self.misconfigured_since = time.time()
+        self.misconfigured = reason
+
+    def clear_misconfigured(self) -> None:
+        """Forget the misconfigured mark (a call succeeded, or the configuration changed)."""
+        self.misconfigured = None
+        self.misconfigured_since = None
+
+    def reset(self) -> None:
+        """Close the breaker and forget its failures and marks."""
+        self.record_success()
+        self.last_failure = None
 
     def retry_in(self) -> float:
         """Return the seconds until the breaker lets a probe through (0 when it would now)."""
@@ -91,4 +116,7 @@ class CircuitBreaker:
             "cooldown_seconds": self.cooldown_seconds,
             "retry_in_seconds": round(self.retry_in(), 3),
             "last_failure": self.last_failure,
+            "misconfigured": self.misconfigured is not None,
+            "misconfigured_reason": self.misconfigured,
+            "misconfigured_since": self.misconfigured_since,
         }

@@ -84,6 +84,9 @@ async def apply_config_state(name: str, spec: ProviderSpec | None, reason: str =
     except ProviderError as exc:
         logger.warning("provider %s was not (re)loaded: %s", name, exc.message)
         return exc.message
+    # A new configuration (a fixed key, say) deserves traffic at once, not
+    # after the breaker's cooldown for the old one.
+    manager.breaker(name).reset()
     return None
 
 

@@ -13,12 +13,18 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 @pytest.fixture(autouse=True)
 def clean_runtime():
-    """Give every test an empty process registry with only the built-in plugins."""
+    """Give every test an empty process registry with only the built-in plugins.
+
+    The process manager starts afresh too: its circuit breakers must not carry
+    one test's failures into the next.
+    """
     runtime.registry.__init__()
+    runtime.manager.__init__(runtime.registry)
     runtime.register_builtin_plugins()
     runtime.set_serving_loop(None)
     yield runtime.registry
     runtime.registry.__init__()
+    runtime.manager.__init__(runtime.registry)
     runtime.set_serving_loop(None)
 
 

@@ -4,13 +4,16 @@ A fake upstream speaks one provider's wire protocol (subclasses) from the
 provider's published API reference, records every request, and injects
 faults on demand: an error status with the provider's error body and
 ``Retry-After``, a delay, a stream cut short, malformed JSON, or a dropped
-connection. Faults are set from Python (``inject``) or, for another process,
-over HTTP (``POST /_fake/faults``, ``POST /_fake/reset``, ``GET /_fake/requests``).
+connection, for the next requests (``inject``) or for a random share of them
+(``fail_at_random``). Faults are set from Python or, for another process,
+queued over HTTP (``POST /_fake/faults``, ``POST /_fake/reset``,
+``GET /_fake/requests``).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import sys
 import threading
@@ -210,6 +213,9 @@ class FakeHandler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 refuses connections when dozens of
+    # clients connect at once (a load test), which no real upstream does.
+    request_queue_size = 128
     fake: FakeUpstream
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -236,6 +242,9 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.usage = Usage()
         self._faults: list[Fault] = []
+        self._random_faults: tuple[float, random.Random, dict[str, Any]] | None = None
+        #: How many requests ``fail_at_random`` has failed since the last reset.
+        self.random_faults_served = 0
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -289,6 +298,19 @@ class FakeUpstream:
             self._faults.append(fault)
         return fault
 
+    def fail_at_random(self, rate: float, *, seed: int, **fault: Any) -> None:
+        """Fail a RATE share of the matching requests from now on, drawn from ``Random(SEED)``.
+
+        A failing request gets a ``Fault`` built from FAULT (a 503 when it
+        names no status; ``path`` limits which requests may fail). Queued
+        faults come first; ``reset`` stops it. The draws are made in the
+        order requests arrive, so a seed gives the same outcomes in that order.
+        """
+        fault = {"status": 503, **fault}
+        Fault(**fault)  # a bad keyword fails here, not in the server thread
+        with self._lock:
+            self._random_faults = (rate, random.Random(seed), fault)
+
     def take_fault(self, path: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
@@ -297,12 +319,20 @@ class FakeUpstream:
                     if fault.times <= 0:
                         self._faults.remove(fault)
                     return fault
+            if self._random_faults is not None:
+                rate, rng, kwargs = self._random_faults
+                fault = Fault(**kwargs)
+                if fault.matches(path) and rng.random() < rate:
+                    self.random_faults_served += 1
+                    return fault
         return None
 
     def reset(self) -> None:
         """Forget faults, requests and usage."""
         with self._lock:
             self._faults.clear()
+            self._random_faults = None
+            self.random_faults_served = 0
             self.requests.clear()
             self.usage = Usage()
 

@@ -238,7 +238,7 @@ def test_session_user_needs_the_csrf_token(echo, admin_user) -> None:
 
 def test_retryable_failure_fails_over_and_names_who_answered(echo, api: Client) -> None:
     DownProvider.calls = 0
-    add_provider("down", DownProvider, fallbacks=["echo"])
+    add_provider("down", DownProvider, fallbacks=["echo"], settings={"max_retries": 1})
 
     response = post(api, {"prompt": "Hello", "provider": "down"})
 
@@ -246,8 +246,11 @@ def test_retryable_failure_fails_over_and_names_who_answered(echo, api: Client) 
     body = response.json()
     assert body["provider"] == "echo"
     assert body["content"] == "Echo: Hello"
-    assert body["metadata"]["fallback_path"] == [{"route": "down", "error": "unavailable"}]
-    assert DownProvider.calls == 1
+    assert body["metadata"]["fallback_path"] == [
+        {"route": "down", "error": "unavailable", "attempts": 2}
+    ]
+    assert body["metadata"]["attempts"] == 3
+    assert DownProvider.calls == 2
 
 
 def test_bad_request_is_422_and_does_not_fail_over(echo, api: Client) -> None:
@@ -262,7 +265,8 @@ def test_bad_request_is_422_and_does_not_fail_over(echo, api: Client) -> None:
 
 
 def test_rate_limit_is_429_with_retry_after(echo, api: Client) -> None:
-    add_provider("throttled", ThrottledProvider)
+    # The default itself, with no retries: no other provider to answer, no wait.
+    add_provider("throttled", ThrottledProvider, is_default=True, settings={"max_retries": 0})
 
     response = post(api, {"prompt": "Hello", "provider": "throttled"})
 
@@ -272,7 +276,8 @@ def test_rate_limit_is_429_with_retry_after(echo, api: Client) -> None:
 
 
 def test_error_message_never_shows_the_provider_secret(echo, api: Client) -> None:
-    add_provider("leaky", LeakyProvider, secrets={"api_key": SECRET})
+    # The default itself: no other provider to fail over to.
+    add_provider("leaky", LeakyProvider, secrets={"api_key": SECRET}, is_default=True)
 
     response = post(api, {"prompt": "Hello", "provider": "leaky"})
 

@@ -250,7 +250,8 @@ async def test_retryable_error_before_the_first_chunk_fails_over(
     done = events[-1]
     assert done.event == "done"
     assert done.data["provider"] == "echo"
-    assert done.data["fallback_path"] == [{"route": "down", "error": "unavailable"}]
+    # Tried three times (max_retries 2 by default) before failing over.
+    assert done.data["fallback_path"] == [{"route": "down", "error": "unavailable", "attempts": 3}]
 
 
 async def test_error_after_the_first_chunk_ends_the_stream_with_an_error_event(

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from providers.base import (
+    ROUTING_SETTINGS_SCHEMA,
     AbstractAIProvider,
     PluginCapability,
     PluginMetadata,
@@ -25,6 +26,7 @@ GUIDE_SCHEMA = {
     },
     "required": ["api_key"],
 }
+ROUTING_DEFAULTS = {name: prop["default"] for name, prop in ROUTING_SETTINGS_SCHEMA.items()}
 
 
 class WholeAnswerProvider(AbstractAIProvider):
@@ -56,6 +58,32 @@ def test_guide_style_required_flag_becomes_json_schema() -> None:
     schema = normalize_config_schema(GUIDE_SCHEMA)
     assert "required" not in schema["properties"]["api_key"]
     assert schema["required"] == ["api_key"]
+
+
+def test_every_schema_gets_the_routing_settings_unless_it_defines_them() -> None:
+    schema = normalize_config_schema(
+        {
+            "type": "object",
+            "properties": {"max_retries": {"type": "integer", "default": 7}},
+            "additionalProperties": False,
+        }
+    )
+    properties = schema["properties"]
+    assert set(ROUTING_SETTINGS_SCHEMA) <= set(properties)
+    assert properties["max_retries"] == {"type": "integer", "default": 7}
+    assert properties["deadline_seconds"]["default"] == 120
+    assert all(
+        properties[name]["title"] for name in ROUTING_SETTINGS_SCHEMA if name != "max_retries"
+    )
+    # A closed schema accepts them, and checks their bounds.
+    assert config_errors(schema, {"breaker_cooldown_seconds": 10, "deadline_seconds": 5}) == {}
+    assert config_errors(schema, {"breaker_failure_threshold": 0, "deadline_seconds": 0}) == {
+        "breaker_failure_threshold": ["Must be at least 1."],
+        "deadline_seconds": ["Must be greater than 0."],
+    }
+    assert config_errors(GUIDE_SCHEMA, {"api_key": "k", "max_retries": 11}) == {
+        "max_retries": ["Must be at most 10."]
+    }
 
 
 def test_errors_are_reported_per_field() -> None:
@@ -90,7 +118,7 @@ def test_secret_fields_follow_markers_and_names() -> None:
 
 def test_defaults_are_applied_to_the_instance_config() -> None:
     provider = WholeAnswerProvider({"api_key": "k"})
-    assert provider.config == {"api_key": "k", "timeout": 60}
+    assert provider.config == {"api_key": "k", "timeout": 60, **ROUTING_DEFAULTS}
     assert provider.validate_config({"api_key": "k"}) is True
     assert provider.validate_config({}) is False
 
@@ -112,7 +140,7 @@ async def test_reload_in_place_validates_first() -> None:
     assert caught.value.errors == {"api_key": ["This field is required."]}
     assert provider.config["api_key"] == "k"
     await provider.reload({"api_key": "k2", "timeout": 5})
-    assert provider.config == {"api_key": "k2", "timeout": 5}
+    assert provider.config == {"api_key": "k2", "timeout": 5, **ROUTING_DEFAULTS}
     assert provider.initialized == 2
 
 
