@@ -12,8 +12,9 @@ Payloads (see the OpenAPI schema at ``/api/schema/`` for every field):
   configuration (secrets masked), its capabilities and a ``live`` object
   with what this worker's registry knows;
 - a *health* entry is ``{name, available, models, response_time_ms, error,
-  last_error, checked_at}``: ``error`` is what this check found,
-  ``last_error`` the last load/reload error or why the provider is disabled;
+  last_error, checked_at, breaker}``: ``error`` is what this check found,
+  ``last_error`` the last load/reload error or why the provider is disabled,
+  ``breaker`` the state of this worker's circuit breaker for it;
 - maps keyed by name (health, metadata, instances) are JSON objects.
 
 A provider name that collides with a fixed path (``health``, ``metadata``,
@@ -37,6 +38,7 @@ from plugins_api.serializers import (
     ConfigSchemaSerializer,
     DiscoveryReportSerializer,
     ErrorSerializer,
+    HealthQuerySerializer,
     HealthSummarySerializer,
     InstanceMapSerializer,
     MetadataMapSerializer,
@@ -144,22 +146,31 @@ class PluginMetadataListView(APIView):
 
 
 class PluginHealthView(APIView):
-    """The health of every provider, checked now."""
+    """The health of every provider: the latest known, or checked now with ``?refresh=1``."""
 
     @extend_schema(
         tags=TAGS,
         operation_id="plugins_health",
-        summary="Check every provider now and record the results",
+        summary="Return every provider's latest health, or check them all now",
         description=(
-            "Live providers are checked concurrently, each within its own timeout; "
-            "configured providers that are not serving are reported unavailable with "
-            "the reason. One health-check row is recorded per enabled provider."
+            "Without `refresh`, answers at once from the periodic checks of the worker "
+            "that answers, waiting on no upstream; a provider it has not checked yet has "
+            "`available` and `checked_at` null. With `refresh=1`, live providers are "
+            "checked now, concurrently, each within ECHO_HEALTH_TIMEOUT_SECONDS, and one "
+            "health-check row is recorded per enabled provider. Either way, configured "
+            "providers that are not serving are reported unavailable with the reason, "
+            "and each entry carries the provider's circuit-breaker state."
         ),
-        responses={200: ProviderHealthMapSerializer, 401: ERROR, 403: ERROR},
+        parameters=[HealthQuerySerializer],
+        responses={200: ProviderHealthMapSerializer, 400: ERROR, 401: ERROR, 403: ERROR},
     )
     def get(self, request: Request) -> Response:
-        results = health.provider_health_check_all()
-        data = {name: checked.as_dict() for name, checked in results.items()}
+        query = HealthQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        if query.validated_data["refresh"]:
+            data = health.provider_health_check_all()
+        else:
+            data = health.provider_health_latest()
         return Response(ProviderHealthMapSerializer(data).data)
 
 
@@ -217,18 +228,18 @@ class ProviderView(APIView):
 
 
 class ProviderStatusView(APIView):
-    """A provider's stored configuration (secrets masked), live status and a fresh health check."""
+    """A provider's configuration (secrets masked), live status, fresh health check and breaker."""
 
     @extend_schema(
         tags=TAGS,
         operation_id="plugins_status",
-        summary="Return a provider's configuration, live status and a fresh health check",
+        summary="Return a provider's configuration, live status, a fresh health check and breaker",
         parameters=[NAME],
         responses={200: ProviderStatusSerializer, 401: ERROR, 403: ERROR, 404: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
         config = selectors.provider_config_get(name=name)
-        checked = ProviderHealthSerializer(health.provider_health_check(name=name).as_dict()).data
+        checked = ProviderHealthSerializer(health.provider_health_check(name=name)).data
         data = _provider_data(config)
         data.update({k: v for k, v in checked.items() if k != "name"})
         return Response(data)
@@ -464,4 +475,4 @@ class ProviderHealthView(APIView):
     )
     def get(self, request: Request, name: str) -> Response:
         checked = health.provider_health_check(name=name)
-        return Response(ProviderHealthSerializer(checked.as_dict()).data)
+        return Response(ProviderHealthSerializer(checked).data)

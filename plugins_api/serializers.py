@@ -127,24 +127,45 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
         return provider_config_update(config=instance, changes=changes)
 
 
+class BreakerStateSerializer(serializers.Serializer):
+    """The OpenAPI shape of a circuit breaker's state (``CircuitBreaker.as_dict``)."""
+
+    state = serializers.ChoiceField(
+        choices=["closed", "open", "half_open"],
+        help_text="open: no traffic until the cooldown ends; half_open: one probe may go.",
+    )
+    consecutive_failures = serializers.IntegerField()
+    failure_threshold = serializers.IntegerField()
+    cooldown_seconds = serializers.FloatField()
+    retry_in_seconds = serializers.FloatField(help_text="Seconds until a probe may go (0: now).")
+    last_failure = serializers.CharField(allow_null=True, help_text="Secrets masked.")
+
+
+@extend_schema_field(BreakerStateSerializer)
+class BreakerStateField(serializers.DictField):
+    """A breaker's state, passed through whole: the breaker owns its fields."""
+
+
 class ProviderHealthSerializer(serializers.Serializer):
     """The health of one provider.
 
     ``error`` is what this check found; ``last_error`` is the provider's last
-    load or reload error, or why it is disabled.
+    load or reload error, or why it is disabled. ``available`` and
+    ``checked_at`` are null for a provider this worker has not checked yet.
     """
 
     name = serializers.CharField()
-    available = serializers.BooleanField()
+    available = serializers.BooleanField(allow_null=True)
     models = serializers.ListField(child=serializers.CharField())
     response_time_ms = serializers.FloatField(allow_null=True)
     error = serializers.CharField(allow_null=True)
     last_error = serializers.CharField(allow_null=True)
-    checked_at = serializers.DateTimeField()
+    checked_at = serializers.DateTimeField(allow_null=True)
+    breaker = BreakerStateField(help_text="This worker's circuit breaker for the provider.")
 
 
 class ProviderStatusSerializer(ProviderConfigSerializer):
-    """A configured provider with the result of a fresh health check."""
+    """A configured provider with the result of a fresh health check and its breaker state."""
 
     available = serializers.BooleanField(read_only=True)
     models = serializers.ListField(child=serializers.CharField(), read_only=True)
@@ -152,6 +173,9 @@ class ProviderStatusSerializer(ProviderConfigSerializer):
     error = serializers.CharField(allow_null=True, read_only=True)
     last_error = serializers.CharField(allow_null=True, read_only=True)
     checked_at = serializers.DateTimeField(read_only=True)
+    breaker = BreakerStateField(
+        read_only=True, help_text="This worker's circuit breaker for the provider."
+    )
 
     class Meta(ProviderConfigSerializer.Meta):
         fields = ProviderConfigSerializer.Meta.fields + [
@@ -161,8 +185,20 @@ class ProviderStatusSerializer(ProviderConfigSerializer):
             "error",
             "last_error",
             "checked_at",
+            "breaker",
         ]
         read_only_fields = fields
+
+
+class HealthQuerySerializer(serializers.Serializer):
+    """The query of ``GET /plugins/health``."""
+
+    refresh = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Check every provider now (each within the health timeout, concurrently) "
+        "and record the results, instead of returning the latest state.",
+    )
 
 
 class ClassKeyMixin:

@@ -9,14 +9,21 @@ different settings, and renaming is not supported.
 Saves go through ``providers.services`` like every other interface, so the
 same validation applies, a new default replaces the old one, and the
 post-save signal reloads the provider once the change commits.
+
+Health history is drawn on the server as inline SVG (no JavaScript, nothing
+fetched from elsewhere): a latency line with a red dot per failed check, small
+in the list and larger on the provider's page, beside this worker's circuit
+breaker state. Every text that reaches the page goes through ``format_html``,
+and errors have the provider's secrets masked.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
@@ -25,7 +32,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
@@ -38,12 +45,19 @@ from providers.admin_forms import (
     setting_field_name,
 )
 from providers.base import secret_fields
+from providers.health import breaker_state
+from providers.health_monitor import ProviderHealth, monitor
 from providers.masking import mask_secret, redact
 from providers.models import HealthCheck, ProviderConfig
 from providers.services import provider_config_create, provider_config_update
-from providers.types import HealthStatus
 
 ROUTING_FIELDS = ["name", "plugin", "enabled", "is_default", "fallbacks"]
+# How many checks the list's sparkline and the provider page's chart draw.
+LIST_HISTORY_CHECKS = 20
+PAGE_HISTORY_CHECKS = 50
+LATENCY_COLOUR = "#417690"  # the admin's own blue
+DOWN_COLOUR = "#ba2121"  # the admin's error red
+HALF_OPEN_COLOUR = "#b86e00"
 
 
 def _secret_values(config: ProviderConfig) -> list[str]:
@@ -61,17 +75,99 @@ def _safe_text(config: ProviderConfig, text: str | None) -> str:
     return redact(text or "", _secret_values(config))
 
 
+def _recent_health(config: ProviderConfig, count: int) -> list[HealthCheck]:
+    """Return CONFIG's latest COUNT health checks, newest first (prefetched for the list)."""
+    prefetched = getattr(config, "recent_health_checks", None)
+    # Fewer rows than the prefetch window means the prefetch holds them all.
+    if prefetched is not None and (
+        count <= LIST_HISTORY_CHECKS or len(prefetched) < LIST_HISTORY_CHECKS
+    ):
+        return list(prefetched[:count])
+    return list(config.health_checks.order_by("-checked_at", "-pk")[:count])
+
+
 def _latest_health(config: ProviderConfig) -> HealthCheck | None:
-    prefetched = getattr(config, "latest_health_checks", None)
-    if prefetched is not None:
-        return prefetched[0] if prefetched else None
-    return config.health_checks.order_by("-checked_at").first()
+    recent = _recent_health(config, 1)
+    return recent[0] if recent else None
 
 
-async def _check_providers(names: list[str]) -> dict[str, HealthStatus]:
-    """Check the live providers NAMES concurrently, so one slow provider does not add up."""
-    results = await asyncio.gather(*(runtime.registry.health_check(name) for name in names))
-    return dict(zip(names, results, strict=True))
+def _local(moment: Any) -> str:
+    """Return MOMENT in the site's time zone, to the second."""
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S}"
+
+
+def health_sparkline(
+    checks: Sequence[HealthCheck], *, config: ProviderConfig, width: int, height: int
+) -> SafeString:
+    """Draw CHECKS (oldest first) as inline SVG: a latency line, a red dot per failed check.
+
+    The line joins the available checks' latencies, scaled to the slowest of
+    them: a failed check's latency is often its timeout, which would flatten
+    the rest. Failed checks sit on the baseline, their error (secrets masked)
+    in a tooltip.
+    """
+    if not checks:
+        return format_html("{}", "no checks yet")
+    pad = 3.0
+    step = (width - 2 * pad) / (len(checks) - 1) if len(checks) > 1 else 0.0
+    latencies = [
+        c.response_time_ms for c in checks if c.available and c.response_time_ms is not None
+    ]
+    slowest = max(latencies, default=0.0) or 1.0
+    points: list[str] = []
+    failures: list[tuple[str, str, str]] = []
+    for index, check in enumerate(checks):
+        x = pad + index * step if len(checks) > 1 else width / 2
+        if not check.available:
+            error = Truncator(_safe_text(config, check.error) or "unavailable").chars(120)
+            failures.append(
+                (f"{x:.1f}", f"{height - pad:.1f}", f"{_local(check.checked_at)} {error}")
+            )
+        elif check.response_time_ms is not None:
+            y = height - pad - (check.response_time_ms / slowest) * (height - 2 * pad)
+            points.append(f"{x:.1f},{y:.1f}")
+    down = len(failures)
+    summary = f"{len(checks)} checks, {down} down"
+    if latencies:
+        summary += f", latency {min(latencies):g} to {max(latencies):g} ms"
+    line = (
+        format_html(
+            '<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5" '
+            'stroke-linejoin="round" stroke-linecap="round"/>',
+            " ".join(points),
+            LATENCY_COLOUR,
+        )
+        if points
+        else ""
+    )
+    dots = format_html_join(
+        "",
+        '<circle cx="{}" cy="{}" r="2.5" fill="{}"><title>{}</title></circle>',
+        ((x, y, DOWN_COLOUR, title) for x, y, title in failures),
+    )
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" class="health-sparkline" width="{}" '
+        'height="{}" viewBox="0 0 {} {}" role="img" aria-label="{}">'
+        "<title>{}</title>{}{}</svg>",
+        width,
+        height,
+        width,
+        height,
+        summary,
+        summary,
+        line,
+        dots,
+    )
+
+
+async def _check_providers(names: list[str]) -> dict[str, ProviderHealth]:
+    """Check the live providers NAMES concurrently, updating their latest state and breakers.
+
+    The action records its own rows (disabled providers included), so the monitor records none.
+    """
+    return await monitor.check_all(
+        timeout=settings.ECHO_HEALTH_TIMEOUT_SECONDS, names=names, record=False
+    )
 
 
 @admin.register(ProviderConfig)
@@ -79,18 +175,27 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     """Providers: settings from the plugin's schema, masked secrets, live state and health."""
 
     form = ProviderConfigForm
-    list_display = ("name", "plugin", "enabled", "is_default", "live_state", "last_health")
+    list_display = (
+        "name",
+        "plugin",
+        "enabled",
+        "is_default",
+        "live_state",
+        "last_health",
+        "health_trend",
+        "breaker",
+    )
     list_filter = ("enabled", "is_default", "plugin")
     search_fields = ("name", "plugin")
     actions = ("check_health_now", "reload_providers")
     choose_plugin_template = "admin/providers/providerconfig/choose_plugin.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderConfig]:
-        latest = HealthCheck.objects.order_by("-checked_at")[:1]
+        recent = HealthCheck.objects.order_by("-checked_at", "-pk")[:LIST_HISTORY_CHECKS]
         return (
             super()
             .get_queryset(request)
-            .prefetch_related(Prefetch("health_checks", latest, to_attr="latest_health_checks"))
+            .prefetch_related(Prefetch("health_checks", recent, to_attr="recent_health_checks"))
         )
 
     # --- the add page's plugin choice ----------------------------------------
@@ -160,6 +265,8 @@ class ProviderConfigAdmin(admin.ModelAdmin):
             "disabled_reason",
             "live_state",
             "last_health",
+            "breaker",
+            "health_history",
             "updated_at",
             "settings_summary",
             "secrets_summary",
@@ -175,7 +282,20 @@ class ProviderConfigAdmin(admin.ModelAdmin):
             routing.insert(routing.index("enabled") + 1, "disabled_reason")
         fieldsets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": routing})]
         if obj is not None:
-            fieldsets.append(("Status", {"fields": ["live_state", "last_health", "updated_at"]}))
+            fieldsets.append(
+                (
+                    "Status",
+                    {
+                        "fields": [
+                            "live_state",
+                            "last_health",
+                            "breaker",
+                            "health_history",
+                            "updated_at",
+                        ]
+                    },
+                )
+            )
             if not self.has_change_permission(request, obj):
                 # Read-only visitors get no form fields to show values in: summarize instead.
                 fieldsets.append(("Settings", {"fields": ["settings_summary", "secrets_summary"]}))
@@ -305,6 +425,54 @@ class ProviderConfigAdmin(admin.ModelAdmin):
             '<span title="{}">down: {} ({})</span>', error, Truncator(error).chars(80), ago
         )
 
+    @admin.display(description="health history")
+    def health_trend(self, obj: ProviderConfig) -> str:
+        """Draw the latest checks as a small sparkline."""
+        checks = _recent_health(obj, LIST_HISTORY_CHECKS)[::-1]
+        return health_sparkline(checks, config=obj, width=100, height=20)
+
+    @admin.display(description="health history")
+    def health_history(self, obj: ProviderConfig) -> str:
+        """Draw the latest checks as a chart: latency over time, failed checks in red."""
+        checks = _recent_health(obj, PAGE_HISTORY_CHECKS)[::-1]
+        if not checks:
+            return "no checks yet"
+        chart = health_sparkline(checks, config=obj, width=400, height=60)
+        return format_html(
+            '{}<div class="help">The last {} checks, oldest on the left, from {} to {}: '
+            "latency of the available ones, a red dot per failed one (hover for the error). "
+            "The slowest is at the top.</div>",
+            chart,
+            len(checks),
+            _local(checks[0].checked_at),
+            _local(checks[-1].checked_at),
+        )
+
+    @admin.display(description="breaker")
+    def breaker(self, obj: ProviderConfig) -> str:
+        """Show this worker's circuit breaker: closed, open (until when, why) or half-open."""
+        if not obj.enabled:
+            return "-"
+        state = breaker_state(obj.name, obj)
+        failures = state.get("consecutive_failures") or 0
+        if state.get("state") == "open":
+            last = state.get("last_failure")
+            return format_html(
+                '<strong style="color: {}">open</strong>: a probe in {} s; {} failures in a row{}',
+                DOWN_COLOUR,
+                f"{state.get('retry_in_seconds', 0):g}",
+                failures,
+                format_html("; last: {}", Truncator(last).chars(120)) if last else "",
+            )
+        if state.get("state") == "half_open":
+            return format_html(
+                '<strong style="color: {}">half-open</strong>: the next call is a probe',
+                HALF_OPEN_COLOUR,
+            )
+        if failures:
+            return format_html("closed ({} failures in a row)", failures)
+        return "closed"
+
     # --- actions ------------------------------------------------------------
 
     @admin.action(description="Check health now")
@@ -319,11 +487,11 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                 reason = runtime.registry.last_error(config.name) or (
                     "Disabled." if not config.enabled else "Not loaded."
                 )
-                status = HealthStatus(available=False, error=reason)
+                status = ProviderHealth(name=config.name, available=False, error=reason)
             error = _safe_text(config, status.error)
             HealthCheck.objects.create(
                 provider=config,
-                available=status.available,
+                available=bool(status.available),
                 response_time_ms=status.response_time_ms,
                 models=list(status.models),
                 error=error,

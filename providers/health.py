@@ -1,11 +1,15 @@
-"""Provider health: run the checks, report the providers that are not serving, keep the history.
+"""Provider health for the API: the latest state, checks on demand, and the public summary.
 
-The live providers are checked concurrently on the serving loop, each within
-its own timeout, so one slow upstream cannot hold the others' results. A
-configured provider that is not live (disabled, or its load failed) is
-reported unavailable with the reason. Every enabled, configured provider
-checked gets one ``HealthCheck`` row; disabled providers are reported but not
-recorded, since "down on purpose" is not an outage.
+The periodic checks (``providers.health_monitor``) keep the latest result of
+every provider in memory; ``provider_health_latest`` serves it without
+waiting on any upstream. ``provider_health_check_all`` and
+``provider_health_check`` check now, through the same monitor, so that an
+asked-for check also updates the latest state, feeds the circuit breaker and
+is recorded. Every report carries the provider's breaker state.
+
+A configured provider that is not live (disabled, or its load failed) is
+reported unavailable with the reason. Disabled providers are reported but
+not recorded, since "down on purpose" is not an outage.
 
 The public summary for load balancers caches each live instance's result for
 a few seconds, so frequent probes do not reach paid upstream APIs each time.
@@ -14,19 +18,19 @@ a few seconds, so frequent probes do not reach paid upstream APIs each time.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from providers.errors import ProviderNotFoundError
+from providers.health_monitor import ProviderHealth, health_not_serving, monitor
 from providers.masking import redact
-from providers.models import HealthCheck, ProviderConfig
-from providers.runtime import registry, run_in_serving_loop
-from providers.selectors import provider_last_error, provider_secret_values, timestamp_datetime
+from providers.models import ProviderConfig
+from providers.runtime import manager, registry, run_in_serving_loop
+from providers.selectors import provider_secret_values
 from providers.types import HealthStatus
 
-DEFAULT_TIMEOUT = 5.0
 PUBLIC_TIMEOUT = 2.0
 PUBLIC_CACHE_SECONDS = 5.0
 
@@ -34,121 +38,76 @@ PUBLIC_CACHE_SECONDS = 5.0
 _public_cache: dict[tuple[str, Any, Any], tuple[float, bool]] = {}
 
 
-@dataclass(slots=True)
-class ProviderHealth:
-    """The health of one provider as the API reports it.
+def breaker_state(name: str, config: ProviderConfig | None = None) -> dict[str, Any]:
+    """Return the circuit breaker state of provider NAME in this process, secrets masked."""
+    state = manager.breaker(name).as_dict()
+    # Its reasons may quote an upstream's message, which may quote the key.
+    reasons = [key for key, value in state.items() if isinstance(value, str) and value]
+    if reasons:
+        secrets = provider_secret_values(name=name, config=config)
+        for key in reasons:
+            state[key] = redact(state[key], secrets)
+    return state
 
-    ERROR is what this check found; LAST_ERROR is the provider's last load
-    or reload error, or why it is disabled.
+
+def health_report(health: ProviderHealth, config: ProviderConfig | None) -> dict[str, Any]:
+    """Return HEALTH as the API shows it: the check's fields and the breaker state."""
+    return {**health.as_dict(), "breaker": breaker_state(health.name, config)}
+
+
+def provider_health_latest() -> dict[str, dict[str, Any]]:
+    """Return the latest known health of every configured or live provider, checking nothing.
+
+    A disabled provider, or one with no live instance, is reported as it is
+    now, with the reason; a live provider this process has not checked yet
+    has ``available`` and ``checked_at`` None.
     """
-
-    name: str
-    available: bool
-    models: list[str] = field(default_factory=list)
-    response_time_ms: float | None = None
-    error: str | None = None
-    last_error: str | None = None
-    checked_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(tz=dt.UTC))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "available": self.available,
-            "models": list(self.models),
-            "response_time_ms": self.response_time_ms,
-            "error": self.error,
-            "last_error": self.last_error,
-            "checked_at": self.checked_at,
-        }
-
-
-def health_check_record(*, provider: ProviderConfig, health: ProviderHealth) -> HealthCheck:
-    """Record HEALTH as one row of PROVIDER's health time series."""
-    return HealthCheck.objects.create(**_row_values(provider, health))
-
-
-def _row_values(provider: ProviderConfig, health: ProviderHealth) -> dict[str, Any]:
-    return {
-        "provider": provider,
-        "available": health.available,
-        "response_time_ms": health.response_time_ms,
-        "models": list(health.models),
-        "error": health.error or "",
-        "checked_at": health.checked_at,
-    }
-
-
-def _from_status(name: str, status: HealthStatus, config: ProviderConfig | None) -> ProviderHealth:
-    secrets = provider_secret_values(name=name, config=config)
-    last_error = provider_last_error(config) if config else registry.last_error(name)
-    return ProviderHealth(
-        name=name,
-        available=status.available,
-        models=list(status.models),
-        response_time_ms=status.response_time_ms,
-        error=redact(status.error, secrets) if status.error else None,
-        last_error=redact(last_error, secrets) if last_error else None,
-        checked_at=timestamp_datetime(status.checked_at) or dt.datetime.now(tz=dt.UTC),
-    )
-
-
-def _not_serving(config: ProviderConfig) -> ProviderHealth:
-    reason = provider_last_error(config) or "Not loaded."
-    return ProviderHealth(name=config.name, available=False, error=reason, last_error=reason)
-
-
-async def _check(names: list[str], timeout: float) -> dict[str, HealthStatus]:
-    results = await asyncio.gather(*(registry.health_check(n, timeout=timeout) for n in names))
-    return dict(zip(names, results, strict=True))
-
-
-def provider_health_check_all(
-    *, timeout: float | None = None, record: bool = True
-) -> dict[str, ProviderHealth]:
-    """Check every configured or live provider; return each one's health by name.
-
-    Each live provider gets TIMEOUT seconds (``DEFAULT_TIMEOUT`` when None).
-    With RECORD, write one ``HealthCheck`` row per enabled configured provider.
-    """
-    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     configs = {row.name: row for row in ProviderConfig.objects.all()}
-    live = registry.names()
-    statuses = run_in_serving_loop(_check, live, timeout) if live else {}
-    results: dict[str, ProviderHealth] = {}
-    for name in sorted(set(configs) | set(statuses)):
+    latest = monitor.latest()
+    reports = {}
+    for name in sorted(set(configs) | set(registry.names())):
         config = configs.get(name)
-        if name in statuses:
-            results[name] = _from_status(name, statuses[name], config)
-        elif config is not None:
-            results[name] = _not_serving(config)
-    if record:
-        HealthCheck.objects.bulk_create(
-            HealthCheck(**_row_values(configs[name], health))
-            for name, health in results.items()
-            if name in configs and configs[name].enabled
-        )
-    return results
+        if config is not None and (not config.enabled or name not in registry):
+            # Known without a check: what it would find is why nothing serves.
+            health = health_not_serving(config, checked_at=None)
+        elif name in latest:
+            health = latest[name]
+        else:
+            health = ProviderHealth(name=name, available=None, checked_at=None)
+        reports[name] = health_report(health, config)
+    return reports
 
 
-def provider_health_check(
-    *, name: str, timeout: float | None = None, record: bool = True
-) -> ProviderHealth:
-    """Check provider NAME now; raise ``ProviderNotFoundError`` when it is neither configured nor live.
+async def _check(names: list[str] | None, timeout: float) -> dict[str, ProviderHealth]:
+    return await monitor.check_all(timeout=timeout, names=names)
 
-    With RECORD, write a ``HealthCheck`` row when it is an enabled configured provider.
+
+def provider_health_check_all(*, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+    """Check every configured or live provider now, concurrently; record and return the results.
+
+    Each live provider gets TIMEOUT seconds (``ECHO_HEALTH_TIMEOUT_SECONDS``
+    when None). One ``HealthCheck`` row is written per enabled configured provider.
     """
-    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    timeout = settings.ECHO_HEALTH_TIMEOUT_SECONDS if timeout is None else timeout
+    results = run_in_serving_loop(_check, None, timeout)
+    configs = {row.name: row for row in ProviderConfig.objects.filter(name__in=list(results))}
+    return {name: health_report(health, configs.get(name)) for name, health in results.items()}
+
+
+def provider_health_check(*, name: str, timeout: float | None = None) -> dict[str, Any]:
+    """Check provider NAME now, record the result when it is enabled, and return it.
+
+    Raise ``ProviderNotFoundError`` when NAME is neither configured nor live.
+    """
+    timeout = settings.ECHO_HEALTH_TIMEOUT_SECONDS if timeout is None else timeout
     config = ProviderConfig.objects.filter(name=name).first()
-    if name in registry:
-        status = run_in_serving_loop(_check, [name], timeout)[name]
-        health = _from_status(name, status, config)
-    elif config is not None:
-        health = _not_serving(config)
-    else:
+    if config is None and name not in registry:
         raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name)
-    if record and config is not None and config.enabled:
-        health_check_record(provider=config, health=health)
-    return health
+    results = run_in_serving_loop(_check, [name], timeout)
+    health = results.get(name)
+    if health is None:  # deleted and taken out of service meanwhile
+        raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name)
+    return health_report(health, config)
 
 
 def health_summary(*, timeout: float | None = None, max_age: float | None = None) -> dict[str, Any]:
@@ -179,7 +138,7 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
         else:
             stale[name] = key  # taken before the check: a swap meanwhile must not inherit it
     if stale:
-        for name, status in run_in_serving_loop(_check, list(stale), timeout).items():
+        for name, status in run_in_serving_loop(_probe, list(stale), timeout).items():
             providers[name] = status.available
             _public_cache[stale[name]] = (now + max_age, status.available)
     up = sum(providers.values())
@@ -190,6 +149,12 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     else:
         overall = "down"
     return {"status": overall, "providers": dict(sorted(providers.items()))}
+
+
+async def _probe(names: list[str], timeout: float) -> dict[str, HealthStatus]:
+    """Check the live providers NAMES concurrently, recording nothing (load-balancer probes)."""
+    results = await asyncio.gather(*(registry.health_check(n, timeout=timeout) for n in names))
+    return dict(zip(names, results, strict=True))
 
 
 def _instance_key(name: str) -> tuple[str, Any, Any]:

@@ -2,13 +2,17 @@
 
 ``start`` runs once per process on its event loop, before the first request
 (or at ASGI lifespan startup where the server supports it): it discovers
-plugins, loads every configured provider from the database and starts
-listening for changes made by other workers.
+plugins, loads every configured provider from the database, starts
+listening for changes made by other workers and, when
+``ECHO_HEALTH_INTERVAL_SECONDS`` is above 0, starts the periodic health
+checks. Their first round runs in the background: start-up, and so the
+first request, never waits on an upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from asgiref.sync import sync_to_async
@@ -16,6 +20,8 @@ from django.conf import settings
 from django.db import connections
 
 from providers import broadcast, runtime
+from providers.health_monitor import monitor
+from providers.registry import DiscoveryResult
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +33,7 @@ class ProviderLifecycle:
         self._started = False
         self._starting: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
@@ -48,16 +55,15 @@ class ProviderLifecycle:
             self._starting = None
             raise
         self._started = True
-        self._starting.set_result(None)
+        # Cleared, so that a start after ``stop`` (a server restarted in the
+        # same process, as the tests do) starts again instead of finding the
+        # old, finished start.
+        starting, self._starting = self._starting, None
+        starting.set_result(None)
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         runtime.set_serving_loop(loop)
-        for directory in settings.ECHO_PLUGIN_DIRS:
-            if directory.is_dir():
-                for result in await runtime.registry.discover_plugins(directory):
-                    if result.status == "failed":
-                        logger.error("plugin %s not loaded: %s", result.origin, result.error)
-        for result in await runtime.registry.discover_entry_points():
+        for result in await discover_all_plugins():
             if result.status == "failed":
                 logger.error("plugin %s not loaded: %s", result.origin, result.error)
         errors = await runtime.load_all_from_database()
@@ -65,18 +71,43 @@ class ProviderLifecycle:
             if error:
                 logger.warning("provider %s is not serving: %s", name, error)
         self._listener = loop.create_task(broadcast.listen_for_provider_changes())
+        interval = settings.ECHO_HEALTH_INTERVAL_SECONDS
+        if interval > 0:
+            monitor.reset()
+            # An empty context: started by the first request (daphne has no
+            # lifespan), the task would otherwise keep that request's context
+            # for good, and asgiref would send its ORM calls to that request's thread.
+            self._monitor = loop.create_task(
+                monitor.run_forever(
+                    interval=interval, timeout=settings.ECHO_HEALTH_TIMEOUT_SECONDS
+                ),
+                name="echo-health-monitor",
+                context=contextvars.Context(),
+            )
 
     async def stop(self) -> None:
-        """Stop listening and shut every provider down."""
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
-            self._listener = None
+        """Stop the health checks and listening, and shut every provider down."""
+        for task in (self._monitor, self._listener):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._monitor = None
+        self._listener = None
         await runtime.registry.shutdown_all()
         runtime.set_serving_loop(None)
         # The start-up queries left a connection open in the ORM's thread.
         await sync_to_async(connections.close_all)()
         self._started = False
+
+
+async def discover_all_plugins() -> list[DiscoveryResult]:
+    """Register the plugins of the ECHO_PLUGIN_DIRS directories and the entry points; report each."""
+    results: list[DiscoveryResult] = []
+    for directory in settings.ECHO_PLUGIN_DIRS:
+        if directory.is_dir():
+            results += await runtime.registry.discover_plugins(directory)
+    results += await runtime.registry.discover_entry_points()
+    return results
 
 
 lifecycle = ProviderLifecycle()

@@ -168,7 +168,14 @@ class ModelManager:
     # --- state ------------------------------------------------------------
 
     def breaker(self, name: str) -> CircuitBreaker:
-        """Return the circuit breaker of provider NAME (made on first use)."""
+        """Return the circuit breaker of provider NAME, set to its thresholds when it is live."""
+        try:
+            provider = self.registry.get(name)
+        except ProviderNotFoundError:
+            return self._stored_breaker(name)
+        return self._breaker_for(name, provider)
+
+    def _stored_breaker(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
         if breaker is None:
             breaker = self._breakers[name] = CircuitBreaker(clock=self._clock)
@@ -210,7 +217,7 @@ class ModelManager:
         mark: the new key may work. Failures stay counted, since the outage
         they saw may well go on; the next probe tells.
         """
-        breaker = self.breaker(name)
+        breaker = self._stored_breaker(name)
         seen = self._instances.get(name)
         if seen is None or seen() is not provider:
             if seen is not None:

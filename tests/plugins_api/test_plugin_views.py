@@ -99,6 +99,16 @@ def securetest(db) -> ProviderConfig:
     return config
 
 
+@pytest.fixture(autouse=True)
+def forget_the_latest_health():
+    """The process monitor's latest results must not leak from one test into the next."""
+    from providers.health_monitor import monitor
+
+    monitor.reset()
+    yield
+    monitor.reset()
+
+
 def error_of(response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}, body
@@ -241,6 +251,8 @@ def test_status_includes_a_fresh_health_check(api, admin, echo):
     assert body["error"] is None
     assert body["last_error"] is None
     assert body["live"]["loaded"] is True
+    assert body["breaker"]["state"] == "closed"
+    assert body["breaker"]["consecutive_failures"] == 0
     check = HealthCheck.objects.get()
     assert (check.provider.name, check.available, check.models) == ("echo", True, ["echo-1"])
 
@@ -508,15 +520,15 @@ def test_delete_removes_the_provider_everywhere(
 # --- health -----------------------------------------------------------------
 
 
-def test_plugins_health_checks_and_records_every_enabled_provider(api, admin, echo, securetest):
+def test_plugins_health_refresh_checks_and_records_every_enabled_provider(
+    api, admin, echo, securetest
+):
     ProviderConfig.objects.create(
         name="off", plugin="echo", enabled=False, disabled_reason="Paused."
     )
-    ProviderConfig.objects.filter(name="secure").update(
-        settings={"unhealthy": True}, secrets={"api_key": SECRET}
-    )
+    ProviderConfig.objects.filter(name="secure").update(settings={"unhealthy": True})
     load("secure")
-    response = api.get("/plugins/health", **admin)
+    response = api.get("/plugins/health?refresh=1", **admin)
     assert response.status_code == 200
     body = response.json()
     assert sorted(body) == ["echo", "off", "secure"]
@@ -534,28 +546,124 @@ def test_plugins_health_checks_and_records_every_enabled_provider(api, admin, ec
         "error": "Paused.",
         "last_error": "Paused.",
         "checked_at": body["off"]["checked_at"],
+        "breaker": body["off"]["breaker"],
     }
+    assert body["off"]["breaker"]["state"] == "closed"
     recorded = {c.provider.name: c for c in HealthCheck.objects.select_related("provider")}
     assert sorted(recorded) == ["echo", "secure"]  # the disabled provider is not an outage
     assert recorded["secure"].error == "key sk-...cret refused"
     assert SECRET not in response.content.decode()
 
 
-def test_plugins_health_times_out_a_slow_provider(api, admin, securetest, monkeypatch):
+def test_plugins_health_refresh_times_out_a_slow_provider(
+    api, admin, securetest, monkeypatch, settings
+):
     import asyncio
-
-    from providers import health
 
     async def slow(self):
         await asyncio.sleep(5)
 
     monkeypatch.setattr(SecuretestProvider, "health_check", slow)
-    monkeypatch.setattr(health, "DEFAULT_TIMEOUT", 0.05)
+    settings.ECHO_HEALTH_TIMEOUT_SECONDS = 0.05
     started = time.monotonic()
-    body = api.get("/plugins/health", **admin).json()
+    body = api.get("/plugins/health?refresh=1", **admin).json()
     assert time.monotonic() - started < 2
     assert body["secure"]["available"] is False
     assert "timed out" in body["secure"]["error"]
+
+
+def slow_health(monkeypatch, seconds: float) -> list[str]:
+    """Make every securetest provider's check take SECONDS; return the names checked, in order."""
+    import asyncio
+
+    calls: list[str] = []
+
+    async def slow(self):
+        calls.append(self.name)
+        await asyncio.sleep(seconds)
+        return HealthStatus(available=True, models=["secure-1"])
+
+    monkeypatch.setattr(SecuretestProvider, "health_check", slow)
+    return calls
+
+
+def test_plugins_health_serves_the_latest_state_without_calling_upstreams(
+    api, admin, echo, securetest, monkeypatch, settings
+):
+    calls = slow_health(monkeypatch, 5)
+
+    started = time.monotonic()
+    never = api.get("/plugins/health", **admin).json()
+    assert time.monotonic() - started < 1
+    assert calls == []
+    assert never["secure"]["available"] is None  # not checked yet: unknown, not down
+    assert never["secure"]["checked_at"] is None
+    assert never["secure"]["breaker"]["state"] == "closed"
+
+    settings.ECHO_HEALTH_TIMEOUT_SECONDS = 0.2
+    refreshed = api.get("/plugins/health?refresh=1", **admin).json()
+    assert calls == ["secure"]
+    assert refreshed["secure"]["available"] is False
+    assert "timed out" in refreshed["secure"]["error"]
+    assert refreshed["secure"]["breaker"]["consecutive_failures"] == 1
+
+    started = time.monotonic()
+    latest = api.get("/plugins/health", **admin).json()
+    assert time.monotonic() - started < 1
+    assert calls == ["secure"]  # the upstream was not asked again
+    assert latest == refreshed
+    assert HealthCheck.objects.filter(provider__name="secure").count() == 1
+
+
+def test_plugins_health_refresh_checks_concurrently(api, admin, db, monkeypatch):
+    runtime.registry.register(SecuretestProvider, "securetest")
+    for name in ("slow-a", "slow-b"):
+        provider_config_create(name=name, plugin="securetest", secrets={"api_key": SECRET})
+        load(name)
+    calls = slow_health(monkeypatch, 0.5)
+
+    started = time.monotonic()
+    body = api.get("/plugins/health?refresh=1", **admin).json()
+
+    assert time.monotonic() - started < 0.9
+    assert sorted(calls) == ["slow-a", "slow-b"]
+    assert body["slow-a"]["available"] is True and body["slow-b"]["available"] is True
+
+
+def test_plugins_health_reports_a_provider_that_is_not_serving_at_once(api, admin, echo_config):
+    body = api.get("/plugins/health", **admin).json()
+    assert body["echo"]["available"] is False  # configured, never loaded: known without a check
+    assert body["echo"]["error"] == "Not loaded."
+    assert body["echo"]["checked_at"] is None
+
+
+def test_plugins_health_refuses_a_bad_refresh(api, admin, echo):
+    response = api.get("/plugins/health?refresh=maybe", **admin)
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "refresh"
+
+
+def test_failed_checks_open_the_breaker_shown_by_status_and_health(api, admin, securetest):
+    ProviderConfig.objects.filter(name="secure").update(settings={"unhealthy": True})
+    load("secure")
+    for _ in range(20):  # up to the breaker's threshold, whatever it is
+        status = api.get("/plugins/secure/status", **admin)
+        if status.json()["breaker"]["state"] == "open":
+            break
+    body = status.json()
+    assert body["available"] is False
+    assert body["breaker"]["state"] == "open"
+    assert body["breaker"]["retry_in_seconds"] > 0
+    assert body["breaker"]["last_failure"] == "Health check failed: key sk-...cret refused"
+    assert SECRET not in status.content.decode()
+    health = api.get("/plugins/health", **admin).json()
+    assert health["secure"]["breaker"]["state"] == "open"
+
+    ProviderConfig.objects.filter(name="secure").update(settings={})
+    load("secure")
+    healed = api.get("/plugins/secure/status", **admin).json()
+    assert healed["available"] is True
+    assert healed["breaker"]["state"] == "closed"  # a good check is a free probe
 
 
 def test_health_of_one_provider_needs_admin_and_records(api, admin, echo):

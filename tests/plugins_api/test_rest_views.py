@@ -295,7 +295,7 @@ def test_health_checks_are_paginated_and_read_only(api, admin, history):
 
 def test_health_checks_written_by_the_health_endpoint_appear(api, admin, echo_config):
     load("echo")
-    api.get("/plugins/health", **admin)
+    api.get("/plugins/health?refresh=1", **admin)
     body = api.get("/api/health-checks/?provider=echo", **admin).json()
     assert body["count"] == 1
     assert body["results"][0]["available"] is True

@@ -8,6 +8,8 @@ reload of the provider really happens.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from html.parser import HTMLParser
 from typing import Any
 
@@ -531,3 +533,82 @@ def test_health_history_is_read_only(staff, live_echo_config) -> None:
     url = reverse("admin:providers_healthcheck_change", args=[check.pk])
     assert staff.post(url, {"available": "on"}).status_code == 403
     assert not HealthCheck.objects.get(pk=check.pk).available
+
+
+def sparklines(html: str) -> list[str]:
+    """Return the health sparklines (inline SVG) of a page, in order."""
+    return re.findall(r'<svg [^>]*class="health-sparkline".*?</svg>', html, re.S)
+
+
+def latency_points(svg: str) -> list[tuple[float, float]]:
+    match = re.search(r'<polyline points="([^"]*)"', svg)
+    if match is None:
+        return []
+    return [tuple(map(float, point.split(","))) for point in match.group(1).split()]
+
+
+def record_history(config: ProviderConfig, pattern: str, *, error: str = "timed out") -> None:
+    """Record one check per character of PATTERN, oldest first: 'u' up, 'd' down."""
+    start = timezone.now() - dt.timedelta(minutes=len(pattern))
+    HealthCheck.objects.bulk_create(
+        HealthCheck(
+            provider=config,
+            available=state == "u",
+            response_time_ms=10.0 + index,
+            error="" if state == "u" else error,
+            checked_at=start + dt.timedelta(minutes=index),
+        )
+        for index, state in enumerate(pattern)
+    )
+
+
+def test_list_draws_a_sparkline_and_the_breaker_state(staff, live_echo_config, securetest) -> None:
+    record_history(live_echo_config, "uuduuud")
+    record_history(securetest, "ud", error=f"key {SECRET} refused")
+    breaker = runtime.manager.breaker("secure")
+    breaker.configure(failure_threshold=1, cooldown_seconds=60)
+    breaker.record_failure(f"chat failed: key {SECRET} refused")
+    provider_config_create(name="paused", plugin="echo", enabled=False)
+
+    html = staff.get(reverse(CHANGELIST)).content.decode()
+
+    assert ">Health history<" in html and ">Breaker<" in html
+    echo_svg, secure_svg = sparklines(html)  # the paused provider has no checks yet
+    assert len(latency_points(echo_svg)) == 5  # one per available check
+    assert echo_svg.count("<circle") == 2  # a red dot per failed check
+    assert 'aria-label="7 checks, 2 down, latency 10 to 15 ms"' in echo_svg
+    # Oldest on the left: x grows along the line, and a slower check sits higher.
+    xs = [x for x, _ in latency_points(echo_svg)]
+    assert xs == sorted(xs)
+    assert latency_points(echo_svg)[-1][1] < latency_points(echo_svg)[0][1]
+    assert "key sk-...cdef refused" in secure_svg
+    assert "no checks yet" in html
+    assert ">open</strong>: a probe in" in html
+    assert "chat failed: key sk-...cdef refused" in html
+    assert '<td class="field-breaker">closed</td>' in html  # echo's
+    assert '<td class="field-breaker">-</td>' in html  # disabled: no traffic to break
+    assert SECRET not in html
+
+
+def test_change_page_charts_the_last_fifty_checks(staff, live_echo_config) -> None:
+    record_history(live_echo_config, "u" * 55 + "d" * 5)
+
+    html = staff.get(change_url(live_echo_config)).content.decode()
+
+    (chart,) = [svg for svg in sparklines(html) if 'width="400"' in svg]
+    assert len(latency_points(chart)) == 45  # the last 50: 45 up, 5 down
+    assert chart.count("<circle") == 5
+    assert "The last 50 checks, oldest on the left" in html
+    assert "field-breaker" in html and "closed" in html
+
+
+def test_a_sparkline_is_safe_html(live_echo_config) -> None:
+    from providers.admin import health_sparkline
+
+    record_history(live_echo_config, "d", error='<script>alert("x")</script>')
+    checks = list(HealthCheck.objects.filter(provider=live_echo_config))
+
+    svg = health_sparkline(checks, config=live_echo_config, width=100, height=20)
+
+    assert "<script>" not in svg
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in svg
