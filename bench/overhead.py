@@ -51,11 +51,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 SERVERS = {
-    "daphne": lambda port: [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1",
-                            "-p", str(port), "echo_site.asgi:application"],
-    "uvicorn": lambda port: [str(Path(sys.executable).with_name("uvicorn")), "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning", "--lifespan", "on",
-                             "echo_site.asgi:application"],
+    "daphne": lambda port: [
+        str(Path(sys.executable).with_name("daphne")),
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "echo_site.asgi:application",
+    ],
+    "uvicorn": lambda port: [
+        str(Path(sys.executable).with_name("uvicorn")),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--lifespan",
+        "on",
+        "echo_site.asgi:application",
+    ],
 }
 
 
@@ -65,7 +80,9 @@ def start_services(workdir: Path, server: str) -> tuple[list[subprocess.Popen], 
     fake_port, echo_port = free_port(), free_port()
     fake = subprocess.Popen(
         [python, "-m", "providers.testing.fake_openai", "--port", str(fake_port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     fake_base = f"http://127.0.0.1:{fake_port}/v1"
     config_dir = workdir / "config"
@@ -91,15 +108,28 @@ def start_services(workdir: Path, server: str) -> tuple[list[subprocess.Popen], 
     env.pop("REDIS_URL", None)
     manage = [python, "manage.py"]
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    subprocess.run([*manage, "sync_providers"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*manage, "sync_providers"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     key = subprocess.run(
-        [*manage, "issue_api_key", "bench", "--scope", "chat"], cwd=ROOT, env=env, check=True,
-        capture_output=True, text=True,
+        [*manage, "issue_api_key", "bench", "--scope", "chat"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     echo = subprocess.Popen(
         SERVERS[server](echo_port),
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "echo.log", "w"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "echo.log", "w"),
     )
     echo_url = f"http://127.0.0.1:{echo_port}"
     wait_for(f"{fake_base}/models", headers={"Authorization": "Bearer x"})
@@ -113,7 +143,10 @@ def run(requests: int, server: str) -> dict[str, list[float]]:
         try:
             direct = httpx.Client(base_url=fake_base, headers={"Authorization": "Bearer sk-bench"})
             echo = httpx.Client(base_url=echo_url, headers={"Authorization": f"Bearer {key}"})
-            direct_body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
+            direct_body = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": PROMPT}],
+            }
             echo_body = {"prompt": PROMPT, "provider": "openai"}
             timings: dict[str, list[float]] = {"direct": [], "echo": [], "echo_stream": []}
 
@@ -121,7 +154,10 @@ def run(requests: int, server: str) -> dict[str, list[float]]:
                 started = time.perf_counter()
                 response = send()
                 elapsed = (time.perf_counter() - started) * 1000
-                assert response.status_code == 200, (response.text, (Path(tmp) / "echo.log").read_text()[-3000:])
+                assert response.status_code == 200, (
+                    response.text,
+                    (Path(tmp) / "echo.log").read_text()[-3000:],
+                )
                 timings[name].append(elapsed)
 
             def stream_echo():
@@ -157,8 +193,11 @@ def report(timings: dict[str, list[float]], requests: int, server: str) -> str:
         "| path | p50 ms | p90 ms | p99 ms | p50 added by Echo | p50 ratio to direct |",
         "|---|---|---|---|---|---|",
     ]
-    for name, label in (("direct", "fake upstream directly"), ("echo", "through Echo /chat"),
-                        ("echo_stream", "through Echo /chat, streamed")):
+    for name, label in (
+        ("direct", "fake upstream directly"),
+        ("echo", "through Echo /chat"),
+        ("echo_stream", "through Echo /chat, streamed"),
+    ):
         values = timings[name]
         p50 = statistics.median(values)
         added = "" if name == "direct" else f"{p50 - direct_p50:.2f}"
