@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from plugins_api.chat_requests import RequestFieldError, parse_chat_call, parse_json
 from plugins_api.error_responses import error_body, error_response
 from plugins_api.request_auth import authenticate_chat_client
+from plugins_api.request_usage import RequestUsage, client_label
 from plugins_api.sse import chat_event_stream
 from providers.errors import ProviderError
 from providers.runtime import manager
@@ -29,10 +30,15 @@ async def chat(request: HttpRequest) -> HttpResponse:
         call = parse_chat_call(parse_json(request.body))
     except RequestFieldError as exc:
         return JsonResponse(error_body("invalid_request", exc.message, field=exc.field), status=400)
+    usage = RequestUsage(client=await client_label(request), endpoint="/chat", stream=call.stream)
     try:
         if not call.stream:
             response = await manager.chat_completion(call.request, call.provider)
-            return JsonResponse(response.as_dict())
+            overhead = usage.answered(response)
+            answer = JsonResponse(response.as_dict())
+            if overhead is not None:
+                answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
+            return answer
         chunks = manager.chat_completion_stream(call.request, call.provider)
         # Read the first chunk before answering, so that a failure before any
         # text (after failover) gets an honest status instead of a 200 stream.
@@ -41,10 +47,12 @@ async def chat(request: HttpRequest) -> HttpResponse:
         except BaseException:
             await chunks.aclose()
             raise
+        usage.first_chunk()
     except ProviderError as exc:
+        usage.failed(exc, provider=call.provider or "", model=call.request.model or "")
         return error_response(exc)
     streamed = StreamingHttpResponse(
-        chat_event_stream(first, chunks), content_type="text/event-stream"
+        chat_event_stream(first, chunks, usage), content_type="text/event-stream"
     )
     streamed["Cache-Control"] = "no-cache"
     streamed["X-Accel-Buffering"] = "no"

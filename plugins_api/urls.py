@@ -2,10 +2,11 @@
 
 from django.urls import include, path
 
-from plugins_api import chat_views
+from plugins_api import chat_views, metrics_view
 
 urlpatterns = [
     path("chat", chat_views.chat, name="chat"),
+    path("metrics", metrics_view.metrics, name="metrics"),
     path("", include("plugins_api.plugin_urls")),
     path("", include("plugins_api.rest_urls")),
 ]

@@ -22,6 +22,7 @@ from django.db import connections
 from providers import broadcast, runtime
 from providers.health_monitor import monitor
 from providers.registry import DiscoveryResult
+from providers.usage import usage_recorder
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ class ProviderLifecycle:
                 await asyncio.gather(task, return_exceptions=True)
         self._monitor = None
         self._listener = None
+        try:
+            await usage_recorder.stop()
+        except Exception:
+            logger.exception("usage rows could not be written at shutdown")
         await runtime.registry.shutdown_all()
         runtime.set_serving_loop(None)
         # The start-up queries left a connection open in the ORM's thread.

@@ -125,6 +125,8 @@ class RequestTrace:
 
     deadline: float
     attempts: int = 0
+    #: Time spent waiting on upstream calls (to the first chunk, for a stream).
+    upstream_seconds: float = 0.0
     fallback_path: list[dict[str, Any]] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -135,6 +137,7 @@ class RequestTrace:
     def annotate(self, metadata: dict[str, Any]) -> None:
         """Write the trace into an answer's METADATA."""
         metadata["attempts"] = self.attempts
+        metadata["upstream_ms"] = round(self.upstream_seconds * 1000, 3)
         if self.fallback_path:
             metadata["fallback_path"] = self.fallback_path
         if self.retries:
@@ -353,7 +356,13 @@ class ModelManager:
                         tries += 1
                         trace.attempts += 1
                         counters.attempts += 1
-                        result = await self._call(attempt, provider, request, route, stack, budget)
+                        called = self._clock()
+                        try:
+                            result = await self._call(
+                                attempt, provider, request, route, stack, budget
+                            )
+                        finally:
+                            trace.upstream_seconds += self._clock() - called
                         await keep.enter_async_context(stack.pop_all())
                     breaker.record_success()
                     counters.successes += 1

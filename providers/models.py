@@ -81,6 +81,26 @@ class ProviderConfig(models.Model):
     def secrets(self, value: dict[str, Any] | None) -> None:
         self.secrets_encrypted = encrypt_secrets(value or {})
 
+    def readable_secrets(self) -> dict[str, Any] | None:
+        """Return the decrypted secrets, or None when no key in ECHO_ENCRYPTION_KEYS opens them.
+
+        For the code that must go on showing a provider whose secrets are lost
+        (lists, forms, error redaction); what must not serve uses ``secrets``.
+        """
+        try:
+            return self.secrets
+        except SecretDecryptionError:
+            return None
+
+    @property
+    def secrets_error(self) -> str:
+        """Return why the stored secrets cannot be read ("" when they can)."""
+        try:
+            self.secrets  # noqa: B018 - decrypting is the check
+        except SecretDecryptionError as exc:
+            return str(exc)
+        return ""
+
     def full_config(self) -> dict[str, Any]:
         """Return settings and secrets merged: what the plugin instance receives."""
         return {**(self.settings or {}), **(self.secrets or {})}
@@ -149,7 +169,9 @@ class ProviderConfigChange(models.Model):
 
     provider_name = models.CharField(max_length=64, db_index=True)
     action = models.CharField(max_length=16, choices=ACTIONS)
-    actor = models.CharField(max_length=150, help_text="The user, or 'key:<name>' for a client key.")
+    actor = models.CharField(
+        max_length=150, help_text="The user, or 'key:<name>' for a client key."
+    )
     source = models.CharField(max_length=32, help_text="admin, api, yaml-import, command, ...")
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
     changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -161,3 +183,33 @@ class ProviderConfigChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider_name} {self.action} by {self.actor} via {self.source}"
+
+
+class UsageRecord(models.Model):
+    """One answered (or failed) request: who asked, who answered, tokens, cost, timing."""
+
+    OUTCOMES = [("ok", "ok"), ("error", "error"), ("cancelled", "cancelled")]
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    client = models.CharField(max_length=150, db_index=True, help_text="Key name or user.")
+    endpoint = models.CharField(max_length=64)
+    provider = models.CharField(max_length=64, db_index=True, blank=True)
+    model = models.CharField(max_length=200, db_index=True, blank=True)
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    latency_ms = models.FloatField()
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to the first chunk.")
+    overhead_ms = models.FloatField(null=True, blank=True, help_text="Time Echo itself added.")
+    outcome = models.CharField(max_length=16, choices=OUTCOMES)
+    error_kind = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    fallback_path = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["client", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.client} {self.provider}/{self.model} {self.outcome}"

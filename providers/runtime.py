@@ -48,6 +48,11 @@ def set_serving_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     _serving_loop = loop
 
 
+def serving_loop() -> asyncio.AbstractEventLoop | None:
+    """Return the loop this process serves requests on, if it is serving."""
+    return _serving_loop
+
+
 def run_in_serving_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run the coroutine function FUNC from sync code and return its result.
 
