@@ -12,6 +12,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e examples/echo-shout-plugin
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
@@ -27,7 +28,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
-	ECHO_ENV=test $(BIN)/pytest
+	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests
 
 format: install
 	$(BIN)/ruff format .

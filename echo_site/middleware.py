@@ -22,9 +22,14 @@ ViewHook = Callable[[HttpRequest, Callable[..., Any], tuple, dict], HttpResponse
 
 
 def uses_bearer_key(request: HttpRequest) -> bool:
-    """Return whether REQUEST is an API client's, authenticated by a key, outside the admin."""
+    """Return whether REQUEST is an API client's, authenticated by a key, outside the admin.
+
+    The key comes as ``Authorization: Bearer`` or, from Anthropic's SDK, ``x-api-key``.
+    """
+    if request.path.startswith("/admin/"):
+        return False
     authorization = request.META.get("HTTP_AUTHORIZATION", "")
-    return authorization[:7].lower() == "bearer " and not request.path.startswith("/admin/")
+    return authorization[:7].lower() == "bearer " or "HTTP_X_API_KEY" in request.META
 
 
 class BrowserMiddleware:

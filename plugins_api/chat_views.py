@@ -52,7 +52,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
         usage.failed(exc, provider=call.provider or "", model=call.request.model or "")
         return error_response(exc)
     streamed = StreamingHttpResponse(
-        chat_event_stream(first, chunks, usage), content_type="text/event-stream"
+        chat_event_stream(first, usage.track(first, chunks)), content_type="text/event-stream"
     )
     streamed["Cache-Control"] = "no-cache"
     streamed["X-Accel-Buffering"] = "no"

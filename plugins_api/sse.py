@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from plugins_api.error_responses import provider_error_body
-from plugins_api.request_usage import RequestUsage
 from providers.errors import ProviderError
 from providers.types import StreamingChunk
 
@@ -29,17 +28,9 @@ def sse_event(event: str, data: dict[str, Any]) -> bytes:
 
 
 async def chat_event_stream(
-    first: StreamingChunk | None,
-    chunks: AsyncIterator[StreamingChunk],
-    usage: RequestUsage | None = None,
+    first: StreamingChunk | None, chunks: AsyncIterator[StreamingChunk]
 ) -> AsyncIterator[bytes]:
-    """Yield SSE events for FIRST (already read) and then the rest of CHUNKS.
-
-    USAGE, when given, is recorded as the stream ends, however it ends.
-    """
-    final: StreamingChunk | None = None
-    error: ProviderError | None = None
-    cancelled = True  # until the stream ends by itself
+    """Yield SSE events for FIRST (already read) and then the rest of CHUNKS."""
     try:
         chunk = first
         while chunk is not None:
@@ -57,7 +48,6 @@ async def chat_event_stream(
                     ]
                 yield sse_event("chunk", data)
             if chunk.is_final:
-                final = chunk
                 done = {
                     "finish_reason": chunk.finish_reason or "stop",
                     "usage": chunk.usage.as_dict() if chunk.usage else None,
@@ -66,11 +56,9 @@ async def chat_event_stream(
                 }
                 if meta.get("fallback_path"):
                     done["fallback_path"] = meta["fallback_path"]
-                cancelled = False
                 yield sse_event("done", done)
                 return
             chunk = await anext(chunks, None)
-        cancelled = False
         yield sse_event(
             "error",
             {
@@ -81,11 +69,8 @@ async def chat_event_stream(
             },
         )
     except ProviderError as exc:
-        error, cancelled = exc, False
         _, body, _ = provider_error_body(exc)
         logger.warning("stream failed after it started: %s", exc.kind)
         yield sse_event("error", body)
     finally:
-        if usage is not None:
-            usage.stream_ended(first=first, final=final, error=error, cancelled=cancelled)
         await chunks.aclose()

@@ -9,4 +9,5 @@ urlpatterns = [
     path("metrics", metrics_view.metrics, name="metrics"),
     path("", include("plugins_api.plugin_urls")),
     path("", include("plugins_api.rest_urls")),
+    path("", include("plugins_api.compat_urls")),
 ]

@@ -102,11 +102,21 @@ def plugin_class_name(name: str) -> str:
 
 
 def _find_provider_class(module: Any, name: str) -> type[AbstractAIProvider]:
-    """Return the ``{Name}Provider`` class of MODULE, matched without regard to case."""
+    """Return the ``{Name}Provider`` class of MODULE, matched without regard to case.
+
+    A class defined in MODULE wins over one it imports: ``open_ai_provider.py``
+    defining ``OpenAiProvider(OpenAIProvider)`` holds two matching names, and
+    the imported base class comes first.
+    """
     wanted = plugin_class_name(name).lower()
-    for attr, value in vars(module).items():
-        if attr.lower() == wanted and inspect.isclass(value):
-            return value
+    matches = [
+        value
+        for attr, value in vars(module).items()
+        if attr.lower() == wanted and inspect.isclass(value)
+    ]
+    own = [cls for cls in matches if cls.__module__ == module.__name__]
+    if own or matches:
+        return (own or matches)[0]
     raise PluginLoadError(
         f"{module.__file__}: no class {plugin_class_name(name)} (expected by the file name)."
     )
@@ -422,6 +432,12 @@ class ProviderRegistry:
         current = self._plugins.get(name)
         if current and current.origin == origin and current.fingerprint == fingerprint:
             return DiscoveryResult(name, origin, "unchanged", class_name=current.cls.__name__)
+        if current and current.source in ("file", "entry_point") and current.origin != origin:
+            # Two sources for one name would replace each other on every
+            # discovery; the first one loaded keeps it until the process restarts.
+            return DiscoveryResult(
+                name, origin, "failed", f"Plugin name {name!r} is taken by {current.origin}."
+            )
         try:
             cls = _load_plugin_file(file, name, fingerprint)
             self.register(cls, name, source="file", origin=origin, fingerprint=fingerprint)
@@ -431,7 +447,9 @@ class ProviderRegistry:
             return DiscoveryResult(
                 name, origin, "failed", f"Syntax error at line {exc.lineno}: {exc.msg}"
             )
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a plugin that calls sys.exit() on import must not
+            # stop the server or the discovery of the other plugins.
             return DiscoveryResult(name, origin, "failed", f"{type(exc).__name__}: {exc}")
         await self._rebuild_plugin_users(name)
         return DiscoveryResult(
@@ -444,6 +462,16 @@ class ProviderRegistry:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             origin = f"entry point {ep.value}"
             current = self._plugins.get(ep.name)
+            if current and current.source == "file":
+                results.append(
+                    DiscoveryResult(
+                        ep.name,
+                        origin,
+                        "failed",
+                        f"Plugin name {ep.name!r} is taken by {current.origin}.",
+                    )
+                )
+                continue
             try:
                 cls = ep.load()
                 if current and current.cls is cls:
@@ -455,7 +483,7 @@ class ProviderRegistry:
             except PluginLoadError as exc:
                 results.append(DiscoveryResult(ep.name, origin, "failed", exc.message))
                 continue
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 results.append(
                     DiscoveryResult(ep.name, origin, "failed", f"{type(exc).__name__}: {exc}")
                 )
@@ -479,6 +507,25 @@ class ProviderRegistry:
                 logger.warning(
                     "provider %s not rebuilt after discovery: %s", spec.name, exc.message
                 )
+
+
+def plugin_name_of(file: Path | str) -> str:
+    """Return the plugin name of a plugin FILE (``custom_ai_provider.py`` -> ``custom_ai``)."""
+    filename = Path(file).name
+    if not filename.endswith(PLUGIN_FILE_SUFFIX):
+        raise PluginLoadError(f"{filename}: a plugin file is named {{name}}{PLUGIN_FILE_SUFFIX}.")
+    return filename[: -len(PLUGIN_FILE_SUFFIX)]
+
+
+def load_plugin_file(file: Path | str) -> type[AbstractAIProvider]:
+    """Import the plugin FILE as discovery does and return its ``{Name}Provider`` class.
+
+    For a plugin's own tests: they get the class discovery would register,
+    wherever the plugin directory is, without it being on ``sys.path``.
+    """
+    file = Path(file)
+    fingerprint = hashlib.sha256(file.read_bytes()).hexdigest()
+    return _load_plugin_file(file, plugin_name_of(file), fingerprint)
 
 
 def _load_plugin_file(file: Path, name: str, fingerprint: str) -> type[AbstractAIProvider]:

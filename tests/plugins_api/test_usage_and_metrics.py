@@ -185,3 +185,31 @@ def test_metrics_parse_and_move_by_the_right_amounts(client, chat_key, admin_key
         - sample(before, "echo_request_latency_seconds_count", **latency)
         == 3
     )
+
+
+@pytest.mark.django_db
+def test_the_compatible_endpoints_record_usage_too(client, chat_key, fakes) -> None:
+    _, backup = fakes
+    response = client.post(
+        "/v1/chat/completions",
+        {"model": "backup/gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {chat_key[1]}",
+    )
+    assert response.status_code == 200
+    assert float(response["x-echo-overhead-ms"]) >= 0
+    response = client.post(
+        "/v1/messages",
+        {
+            "model": "backup/gpt-4o-mini",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "and again"}],
+        },
+        content_type="application/json",
+        HTTP_X_API_KEY=chat_key[1],
+    )
+    assert response.status_code == 200
+    rows = flush()
+    assert [r.endpoint for r in rows] == ["/v1/chat/completions", "/v1/messages"]
+    assert sum(r.prompt_tokens for r in rows) == backup.usage.prompt_tokens
+    assert sum(r.completion_tokens for r in rows) == backup.usage.completion_tokens

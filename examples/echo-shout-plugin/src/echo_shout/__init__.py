@@ -1,0 +1,1 @@
+"""An example Echo provider plugin, installed as a package with an ``echo.providers`` entry point."""
