@@ -32,6 +32,12 @@ ALLOWED_HOSTS = env_list(
     "ALLOWED_HOSTS",
     ["127.0.0.1", "localhost", "[::1]", "testserver"] if ECHO_ENV != "production" else [],
 )
+if ECHO_ENV == "production" and "*" in ALLOWED_HOSTS:
+    # The websocket origin check trusts ALLOWED_HOSTS: "*" would let any site's
+    # page open a chat socket with a logged-in user's cookies.
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS must not contain '*' when ECHO_ENV=production; list the site's host names."
+    )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -53,7 +59,10 @@ INSTALLED_APPS = [
 # Browser requests run ECHO_BROWSER_MIDDLEWARE; API clients with a Bearer key
 # skip it (see echo_site/middleware.py): it costs thread hops and reads cookies
 # they do not send.
-MIDDLEWARE = ["echo_site.middleware.BrowserMiddleware"]
+MIDDLEWARE = [
+    "echo_site.request_context.RequestIdMiddleware",
+    "echo_site.middleware.BrowserMiddleware",
+]
 ECHO_BROWSER_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -117,7 +126,9 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # Echo's own settings.
 ECHO_CONFIG_DIR = Path(env_str("ECHO_CONFIG_DIR", str(BASE_DIR / "config")))
@@ -143,6 +154,14 @@ if ECHO_HEALTH_TIMEOUT_SECONDS < 1:
     raise ImproperlyConfigured("ECHO_HEALTH_TIMEOUT_SECONDS must be at least 1.")
 if ECHO_HEALTH_RETENTION_DAYS < 0:
     raise ImproperlyConfigured("ECHO_HEALTH_RETENTION_DAYS must be 0 (keep forever) or more.")
+
+# The browser chat's websocket (plugins_api.consumers): per-connection limits.
+ECHO_WS_MAX_FRAME_BYTES = env_int("ECHO_WS_MAX_FRAME_BYTES", 64 * 1024)
+ECHO_WS_MESSAGES_PER_MINUTE = env_int("ECHO_WS_MESSAGES_PER_MINUTE", 30)
+if ECHO_WS_MAX_FRAME_BYTES < 1024:
+    raise ImproperlyConfigured("ECHO_WS_MAX_FRAME_BYTES must be at least 1024.")
+if ECHO_WS_MESSAGES_PER_MINUTE < 1:
+    raise ImproperlyConfigured("ECHO_WS_MESSAGES_PER_MINUTE must be at least 1.")
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -173,11 +192,22 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if ECHO_ENV == "production" else "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "echo_site.request_context.RequestIdFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "echo_site.request_context.JsonLogFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT if LOG_FORMAT in ("text", "json") else "text",
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
