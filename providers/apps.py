@@ -11,7 +11,11 @@ class ProvidersConfig(AppConfig):
         from django.core import checks
         from django.db.models.signals import post_delete, post_save
 
-        from providers import signals, system_checks
+        from providers import (  # noqa: F401 - registers the usage admin
+            admin_usage,
+            signals,
+            system_checks,
+        )
         from providers.models import ProviderConfig
         from providers.runtime import register_builtin_plugins
 
