@@ -1,8 +1,9 @@
-"""ASGI entry point: HTTP (and later websockets) through Channels, with the provider runtime.
+"""ASGI entry point: HTTP and websockets through Channels, with the provider runtime.
 
 Daphne does not speak the ASGI lifespan protocol, so the runtime also starts
 on the first request of each process; servers that do (uvicorn) start it at
-boot.
+boot. Static files (the admin's, the chat page's) are served from the apps'
+``static/`` directories, with no collectstatic step.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echo_site.settings")
 django_asgi_app = get_asgi_application()
 
+# Imported after get_asgi_application(): they import models.
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from plugins_api.routing import websocket_application  # noqa: E402
 from providers.lifecycle import lifecycle  # noqa: E402
 
-router = ProtocolTypeRouter({"http": django_asgi_app})
+router = ProtocolTypeRouter(
+    {
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": websocket_application(),
+    }
+)
 
 
 async def application(scope, receive, send):

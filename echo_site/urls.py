@@ -3,8 +3,15 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from plugins_api import page_views
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Login, logout and password change for the chat page (templates/registration/).
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", page_views.chat_page, name="chat-page"),
+    # With the slash: "POST /chat" (no slash) is the JSON chat API.
+    path("chat/", page_views.chat_page, name="chat-page-alias"),
     path("", include("plugins_api.urls")),
 ]
 

@@ -1,7 +1,8 @@
-"""Client API keys: who may call Echo, and for what."""
+"""Client API keys (who may call Echo, and for what) and the browser chat's conversations."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -38,3 +39,91 @@ class ClientAPIKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class Conversation(models.Model):
+    """A chat of one owner: a logged-in user (the chat page) or a client key (other clients).
+
+    Exactly one of USER and CLIENT_KEY is set; nobody else sees the conversation.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+    )
+    client_key = models.ForeignKey(
+        ClientAPIKey,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+    )
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, client_key__isnull=True)
+                    | models.Q(user__isnull=True, client_key__isnull=False)
+                ),
+                name="conversation_has_one_owner",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class ConversationMessage(models.Model):
+    """One message of a conversation: the person's, or an answer and how it came about.
+
+    An answer is written when it starts (``streaming``) and settled when it
+    ends: ``complete``, or ``cancelled``/``failed`` with the partial text kept.
+    PROVIDER and MODEL name who wrote it (after any failover); the timings
+    are measured from the moment the question arrived.
+    """
+
+    ROLE_USER = "user"
+    ROLE_ASSISTANT = "assistant"
+    ROLES = [(ROLE_USER, "user"), (ROLE_ASSISTANT, "assistant")]
+
+    STATUS_STREAMING = "streaming"
+    STATUS_COMPLETE = "complete"
+    STATUS_CANCELLED = "cancelled"
+    STATUS_FAILED = "failed"
+    STATUSES = [
+        (STATUS_STREAMING, "streaming"),
+        (STATUS_COMPLETE, "complete"),
+        (STATUS_CANCELLED, "cancelled"),
+        (STATUS_FAILED, "failed"),
+    ]
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=ROLES)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=STATUSES, default=STATUS_COMPLETE)
+    provider = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="The error frame's body, if failed.")
+    first_chunk_ms = models.FloatField(null=True, blank=True, help_text="Time to first chunk.")
+    latency_ms = models.FloatField(null=True, blank=True, help_text="Time to the whole answer.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["conversation", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.pk} in conversation {self.conversation_id}"

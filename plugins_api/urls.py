@@ -1,4 +1,4 @@
-"""URLs of Echo's HTTP API: chat, plugin management and the REST resources."""
+"""URLs of Echo's HTTP API: chat, plugin management, the REST resources and conversations."""
 
 from django.urls import include, path
 
@@ -9,5 +9,6 @@ urlpatterns = [
     path("metrics", metrics_view.metrics, name="metrics"),
     path("", include("plugins_api.plugin_urls")),
     path("", include("plugins_api.rest_urls")),
+    path("", include("plugins_api.conversation_urls")),
     path("", include("plugins_api.compat_urls")),
 ]

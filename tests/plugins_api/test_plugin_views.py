@@ -330,7 +330,7 @@ def test_put_config_merges_and_hot_reloads(api, admin, echo, django_capture_on_c
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api.put("/plugins/echo/config", {"delay_ms": 5}, format="json", **admin)
     assert response.status_code == 200, response.json()
-    assert len(callbacks) == 1  # the save's signal reloads the provider after commit
+    assert callbacks  # the save reloads the provider (and tells open chat pages) after commit
     assert ProviderConfig.objects.get(name="echo").settings == {"prefix": "Echo: ", "delay_ms": 5}
     assert runtime.registry.get("echo").config["delay_ms"] == 5
     assert runtime.registry.get("echo").config["prefix"] == "Echo: "

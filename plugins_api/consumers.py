@@ -1,0 +1,373 @@
+"""The browser chat's websocket consumer (``/ws/chat/``); the protocol is in ``chat_protocol``.
+
+A connection belongs to a logged-in user (the session cookie, the chat page)
+or to a client key (``Authorization: Bearer``, other clients). It answers
+one question at a time: the answer streams in an asyncio task of its own,
+so that the consumer keeps reading frames meanwhile and ``cancel`` (or the
+connection closing) can cancel the task, and with it the upstream call.
+
+Limits per connection: a frame over ``ECHO_WS_MAX_FRAME_BYTES`` and frames
+over ``ECHO_WS_MESSAGES_PER_MINUTE`` get an error frame and are dropped; a
+client that goes on sending at twice the rate is closed (code 1008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import InMemoryChannelLayer
+from django.conf import settings
+
+from plugins_api import provider_push
+from plugins_api.chat_protocol import (
+    CancelFrame,
+    ChatFrame,
+    FrameError,
+    ProvidersFrame,
+    error_frame,
+    frame_error_frame,
+    parse_frame,
+    provider_error_frame,
+)
+from plugins_api.chat_providers import chat_provider_list
+from plugins_api.client_keys import averify_key, bearer_token
+from plugins_api.conversations import (
+    ChatTurn,
+    ConversationNotFound,
+    ConversationOwner,
+    chat_turn_begin,
+    chat_turn_finish,
+)
+from plugins_api.models import ClientAPIKey, ConversationMessage
+from plugins_api.request_usage import RequestUsage
+from providers.errors import ProviderError
+from providers.runtime import manager, registry
+from providers.types import ChatRequest, StreamingChunk, Usage
+
+logger = logging.getLogger(__name__)
+
+USAGE_ENDPOINT = "/ws/chat/"
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_POLICY_VIOLATION = 1008
+RATE_WINDOW_SECONDS = 60.0
+# How long a worker waits for its own registry to catch up with a change
+# another worker made (its broadcast listener reloads it) before it answers.
+PROVIDER_SETTLE_SECONDS = 2.0
+SETTLE_POLL_SECONDS = 0.05
+
+chat_turn_begin_async = database_sync_to_async(chat_turn_begin)
+chat_turn_finish_async = database_sync_to_async(chat_turn_finish)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin1")
+    return None
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 3)
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """Chat over a websocket: questions in, streamed answers out, stored as conversations."""
+
+    owner: ConversationOwner
+    answering: asyncio.Task[None] | None
+
+    async def connect(self) -> None:
+        self.answering = None
+        self.background: set[asyncio.Task[None]] = set()
+        self.frame_times: deque[float] = deque()
+        self.rejected_times: deque[float] = deque()
+        self.in_group = False
+        self.closing = False
+        caller = await self._authenticate()
+        if isinstance(caller, int):
+            await self.close(code=caller)
+            return
+        self.owner, self.client_label = caller
+        await self.accept()
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(provider_push.GROUP, self.channel_name)
+            self.in_group = True
+        await self.send_frame({"type": "providers", "providers": chat_provider_list()})
+
+    async def _authenticate(self) -> tuple[ConversationOwner, str] | int:
+        """Return the connection's owner and its name for usage rows, or the close code.
+
+        A Bearer header wins over a session cookie: it is what the client chose to send.
+        """
+        header = _header(self.scope, b"authorization")
+        if header is not None:
+            token = bearer_token(header)
+            identity = await averify_key(token) if token else None
+            if identity is None:
+                return CLOSE_UNAUTHENTICATED
+            if not identity.allows(ClientAPIKey.SCOPE_CHAT):
+                return CLOSE_FORBIDDEN
+            # Named as request_usage.client_label names key clients.
+            return ConversationOwner(key_id=identity.key_id), f"key:{identity.name}"
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            return ConversationOwner(user_id=user.pk), user.get_username()
+        return CLOSE_UNAUTHENTICATED
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        if self.in_group and self.channel_layer is not None:
+            await self.channel_layer.group_discard(provider_push.GROUP, self.channel_name)
+        tasks = [t for t in [self.answering, *self.background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        # The answer's task stores its partial text as cancelled before it ends.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Send FRAME as JSON, unless the connection is closing (the client left)."""
+        if self.closing:
+            return
+        try:
+            await self.send(text_data=json.dumps(frame, separators=(",", ":"), default=str))
+        except Exception:  # the server refuses sends once the client has gone
+            self.closing = True
+
+    # --- frames in --------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        retry_after = self._rate_refusal()
+        if retry_after is not None:
+            await self._refuse(retry_after)
+            return
+        if text_data is None:
+            await self.send_frame(error_frame("invalid_message", "Send JSON in text frames."))
+            return
+        limit = settings.ECHO_WS_MAX_FRAME_BYTES
+        if len(text_data.encode()) > limit:
+            await self.send_frame(
+                error_frame("frame_too_large", f"Frames may be at most {limit} bytes.", limit=limit)
+            )
+            return
+        try:
+            frame = parse_frame(text_data)
+        except FrameError as exc:
+            await self.send_frame(frame_error_frame(exc))
+            return
+        if isinstance(frame, CancelFrame):
+            if self.answering is not None:
+                self.answering.cancel()
+        elif isinstance(frame, ProvidersFrame):
+            await self.send_frame({"type": "providers", "providers": chat_provider_list()})
+        elif isinstance(frame, ChatFrame):
+            await self._start_answer(frame)
+
+    def _rate_refusal(self) -> int | None:
+        """Count a frame; return None when it is within the rate limit, else the seconds to wait."""
+        now = time.monotonic()
+        for times in (self.frame_times, self.rejected_times):
+            while times and now - times[0] >= RATE_WINDOW_SECONDS:
+                times.popleft()
+        if len(self.frame_times) < settings.ECHO_WS_MESSAGES_PER_MINUTE:
+            self.frame_times.append(now)
+            return None
+        self.rejected_times.append(now)
+        return max(1, round(RATE_WINDOW_SECONDS - (now - self.frame_times[0])))
+
+    async def _refuse(self, retry_after: int) -> None:
+        """Answer a frame over the rate limit; close the connection of a client that keeps on.
+
+        Once the refused frames of the last minute reach the limit too, the
+        client is not slowing down: it is closed with 1008 (policy violation).
+        """
+        limit = settings.ECHO_WS_MESSAGES_PER_MINUTE
+        await self.send_frame(
+            error_frame(
+                "rate_limited",
+                f"At most {limit} frames a minute; slow down.",
+                retry_after=retry_after,
+            )
+        )
+        if len(self.rejected_times) >= limit and not self.closing:
+            logger.warning("closing a chat websocket that keeps exceeding the rate limit")
+            self.closing = True
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # --- answers ----------------------------------------------------------
+
+    async def _start_answer(self, frame: ChatFrame) -> None:
+        if self.answering is not None and not self.answering.done():
+            await self.send_frame(
+                error_frame("busy", "An answer is still streaming; send 'cancel' first.")
+            )
+            return
+        received = time.monotonic()
+        accounting = RequestUsage(client=self.client_label, endpoint=USAGE_ENDPOINT, stream=True)
+        try:
+            route = manager.resolve(ChatRequest(messages=[], model=frame.model), frame.provider)
+        except ProviderError as exc:
+            # Nothing is stored for a question no provider can take.
+            accounting.failed(exc, provider=frame.provider or "", model=frame.model or "")
+            await self.send_frame(provider_error_frame(exc))
+            return
+        model = route.model
+        if model is None and route.provider in registry:
+            model = registry.get(route.provider).config.get("default_model")
+        try:
+            turn = await chat_turn_begin_async(
+                owner=self.owner,
+                conversation_id=frame.conversation,
+                message=frame.message,
+                provider=route.provider,
+                model=model,
+            )
+        except ConversationNotFound as exc:
+            await self.send_frame(error_frame("not_found", exc.message, field="conversation"))
+            return
+        await self.send_frame(
+            {
+                "type": "start",
+                "conversation": turn.conversation.pk,
+                "title": turn.conversation.title,
+                "message_id": turn.answer.pk,
+                "provider": route.provider,
+                "model": model,
+            }
+        )
+        request = ChatRequest(messages=turn.history, model=frame.model, stream=True)
+        self.answering = asyncio.get_running_loop().create_task(
+            self._answer(turn, request, frame.provider, received, accounting)
+        )
+        # Let the task take its first step before the next frame is read: a
+        # task cancelled before it starts would never store its answer's end.
+        await asyncio.sleep(0)
+
+    async def _answer(
+        self,
+        turn: ChatTurn,
+        request: ChatRequest,
+        provider: str | None,
+        received: float,
+        accounting: RequestUsage,
+    ) -> None:
+        """Stream the answer of TURN to the client; store it and its usage however it ends."""
+        answer = turn.answer
+        parts: list[str] = []
+        who = {"provider": answer.provider, "model": answer.model}
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        first_chunk_ms: float | None = None
+        status = ConversationMessage.STATUS_FAILED
+        error: dict[str, Any] | None = None
+        ids = {"conversation": turn.conversation.pk, "message_id": answer.pk}
+        first: StreamingChunk | None = None
+        final: StreamingChunk | None = None
+        failure: ProviderError | None = None
+        try:
+            stream = manager.chat_completion_stream(request, provider)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    if first is None:
+                        first = chunk
+                        accounting.first_chunk()
+                    who["provider"] = chunk.metadata.get("provider") or who["provider"]
+                    who["model"] = chunk.metadata.get("model") or who["model"]
+                    if chunk.content:
+                        if first_chunk_ms is None:
+                            first_chunk_ms = _ms(received)
+                        parts.append(chunk.content)
+                        await self.send_frame({"type": "chunk", "content": chunk.content})
+                    if chunk.is_final:
+                        final = chunk
+                        usage, finish_reason = chunk.usage, chunk.finish_reason or "stop"
+                        status = ConversationMessage.STATUS_COMPLETE
+                        break
+            if status != ConversationMessage.STATUS_COMPLETE:
+                error = error_frame("protocol_error", "The provider ended the stream early.", **ids)
+        except asyncio.CancelledError:
+            # Cancelled by the client (or it left): the partial answer stays, marked.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status, finish_reason = ConversationMessage.STATUS_CANCELLED, "cancelled"
+        except ProviderError as exc:
+            failure = exc
+            error = provider_error_frame(exc, **ids)
+        except Exception as exc:  # a bug must end this answer, not the connection
+            logger.exception("chat answer %s failed", answer.pk)
+            error = error_frame(
+                "internal_error", f"The answer failed ({type(exc).__name__}).", **ids
+            )
+        latency_ms = _ms(received)
+        cancelled = status == ConversationMessage.STATUS_CANCELLED
+        try:
+            if first is None and failure is not None:
+                accounting.failed(failure, provider=who["provider"], model=who["model"])
+            else:
+                accounting.stream_ended(
+                    first=first, final=final, error=failure, cancelled=cancelled
+                )
+        except Exception:  # accounting must not cost the person their answer
+            logger.exception("could not record the usage of chat answer %s", answer.pk)
+        finish = chat_turn_finish_async(
+            answer_id=answer.pk,
+            content="".join(parts),
+            status=status,
+            provider=who["provider"],
+            model=who["model"],
+            usage=usage,
+            finish_reason=finish_reason,
+            error=error["error"] if error else None,
+            first_chunk_ms=first_chunk_ms,
+            latency_ms=latency_ms,
+        )
+        try:
+            # Shielded: a second cancel (the client leaves just after "cancel")
+            # must not lose the answer's final state.
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            return
+        if error is not None:
+            await self.send_frame(error)
+            return
+        await self.send_frame(
+            {
+                "type": "done",
+                **ids,
+                "status": status,
+                "finish_reason": finish_reason,
+                "usage": usage.as_dict() if usage else None,
+                "provider": who["provider"],
+                "model": who["model"],
+                "first_chunk_ms": first_chunk_ms,
+                "latency_ms": latency_ms,
+            }
+        )
+
+    # --- group events -----------------------------------------------------
+
+    async def providers_changed(self, event: dict[str, Any]) -> None:
+        """Send the page the provider list after an admin changed provider EVENT["name"]."""
+        task = asyncio.get_running_loop().create_task(self._push_providers(event))
+        self._keep(task)
+
+    async def _push_providers(self, event: dict[str, Any]) -> None:
+        if not isinstance(self.channel_layer, InMemoryChannelLayer):
+            # Another worker's change: wait (a little) for this worker's registry to reload.
+            # Polled: the registry has no change event to wait on.
+            for _ in range(round(PROVIDER_SETTLE_SECONDS / SETTLE_POLL_SECONDS)):
+                if (event["name"] in registry) == event["serving"]:
+                    break
+                await asyncio.sleep(SETTLE_POLL_SECONDS)
+        await self.send_frame({"type": "providers", "providers": chat_provider_list()})

@@ -1,0 +1,188 @@
+"""Conversations of the browser chat: who owns them, reads (selectors) and writes (services).
+
+Every read and write takes the OWNER (a user, or a client key) and touches
+only that owner's conversations: another owner's conversation is "not
+found", never "forbidden", so that its existence does not leak. These
+functions are sync and transactional; the websocket consumer calls them
+through ``database_sync_to_async``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from plugins_api.models import Conversation, ConversationMessage
+from providers.types import ChatMessage, Usage
+
+TITLE_LENGTH = 80
+
+
+class ConversationNotFound(LookupError):
+    """The conversation does not exist, or belongs to someone else."""
+
+    def __init__(self, conversation_id: int) -> None:
+        super().__init__(f"No conversation {conversation_id}.")
+        self.message = f"No conversation {conversation_id}."
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationOwner:
+    """Whose conversations: a user's (USER_ID) or a client key's (KEY_ID), exactly one."""
+
+    user_id: int | None = None
+    key_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.user_id is None) == (self.key_id is None):
+            raise ValueError("A conversation owner is a user or a client key, not both or neither.")
+
+    def lookup(self) -> Q:
+        """Return the filter for this owner's conversations."""
+        if self.user_id is not None:
+            return Q(user_id=self.user_id)
+        return Q(client_key_id=self.key_id)
+
+    def fields(self) -> dict[str, Any]:
+        """Return the owner fields of a new conversation."""
+        return {"user_id": self.user_id, "client_key_id": self.key_id}
+
+
+@dataclass(slots=True)
+class ChatTurn:
+    """One question and its answer under way: the conversation, what to send, the answer's row."""
+
+    conversation: Conversation
+    history: list[ChatMessage]
+    answer: ConversationMessage
+
+
+# --- selectors ------------------------------------------------------------
+
+
+def conversation_list(*, owner: ConversationOwner) -> QuerySet[Conversation]:
+    """Return OWNER's conversations, the latest first, with their message count."""
+    return (
+        Conversation.objects.filter(owner.lookup())
+        .annotate(message_count=Count("messages"))
+        # Explicit: Meta.ordering is dropped from queries that aggregate.
+        .order_by("-updated_at", "-id")
+    )
+
+
+def conversation_get(*, owner: ConversationOwner, conversation_id: int) -> Conversation:
+    """Return OWNER's conversation CONVERSATION_ID with its messages; raise ``ConversationNotFound``."""
+    messages = Prefetch("messages", queryset=ConversationMessage.objects.order_by("id"))
+    found = (
+        conversation_list(owner=owner).prefetch_related(messages).filter(pk=conversation_id).first()
+    )
+    if found is None:
+        raise ConversationNotFound(conversation_id)
+    return found
+
+
+def conversation_history(*, conversation: Conversation) -> list[ChatMessage]:
+    """Return CONVERSATION's messages as the provider is sent them, oldest first.
+
+    A cancelled or failed answer's partial text was shown to the person, so
+    it stays part of the context; answers with no text, and answers still
+    streaming (on another connection), are left out.
+    """
+    history = []
+    for row in conversation.messages.order_by("id"):
+        if row.role == ConversationMessage.ROLE_ASSISTANT and (
+            row.status == ConversationMessage.STATUS_STREAMING or not row.content
+        ):
+            continue
+        history.append(ChatMessage(role=row.role, content=row.content))
+    return history
+
+
+# --- services -------------------------------------------------------------
+
+
+@transaction.atomic
+def chat_turn_begin(
+    *,
+    owner: ConversationOwner,
+    conversation_id: int | None,
+    message: str,
+    provider: str | None,
+    model: str | None,
+) -> ChatTurn:
+    """Store MESSAGE in OWNER's conversation (a new one when None) and open its answer.
+
+    Return the turn: its history (every earlier message and MESSAGE, for the
+    provider) and the answer's row, ``streaming`` until ``chat_turn_finish``.
+    PROVIDER and MODEL are who should answer; the finish records who did.
+    Raise ``ConversationNotFound`` for a conversation OWNER does not have.
+    """
+    if conversation_id is None:
+        conversation = Conversation.objects.create(
+            title=" ".join(message.split())[:TITLE_LENGTH], **owner.fields()
+        )
+    else:
+        conversation = (
+            Conversation.objects.select_for_update()
+            .filter(owner.lookup(), pk=conversation_id)
+            .first()
+        )
+        if conversation is None:
+            raise ConversationNotFound(conversation_id)
+        conversation.save(update_fields=["updated_at"])  # the list shows it first
+    ConversationMessage.objects.create(
+        conversation=conversation, role=ConversationMessage.ROLE_USER, content=message
+    )
+    history = conversation_history(conversation=conversation)
+    answer = ConversationMessage.objects.create(
+        conversation=conversation,
+        role=ConversationMessage.ROLE_ASSISTANT,
+        status=ConversationMessage.STATUS_STREAMING,
+        provider=provider or "",
+        model=model or "",
+    )
+    return ChatTurn(conversation=conversation, history=history, answer=answer)
+
+
+def chat_turn_finish(
+    *,
+    answer_id: int,
+    content: str,
+    status: str,
+    provider: str | None,
+    model: str | None,
+    usage: Usage | None = None,
+    finish_reason: str | None = None,
+    error: dict[str, Any] | None = None,
+    first_chunk_ms: float | None = None,
+    latency_ms: float | None = None,
+) -> None:
+    """Settle answer ANSWER_ID: its text (partial when cancelled or failed), who wrote it, how."""
+    fields: dict[str, Any] = {
+        "content": content,
+        "status": status,
+        "finish_reason": finish_reason or "",
+        "error": error,
+        "first_chunk_ms": first_chunk_ms,
+        "latency_ms": latency_ms,
+        "completed_at": timezone.now(),
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+    }
+    if provider:
+        fields["provider"] = provider
+    if model:
+        fields["model"] = model
+    ConversationMessage.objects.filter(pk=answer_id).update(**fields)
+
+
+@transaction.atomic
+def conversation_delete(*, owner: ConversationOwner, conversation_id: int) -> None:
+    """Delete OWNER's conversation CONVERSATION_ID and its messages; raise ``ConversationNotFound``."""
+    deleted, _ = Conversation.objects.filter(owner.lookup(), pk=conversation_id).delete()
+    if not deleted:
+        raise ConversationNotFound(conversation_id)

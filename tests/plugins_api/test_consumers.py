@@ -1,0 +1,700 @@
+"""The chat websocket (``/ws/chat/``) through the real ASGI stack, with ``WebsocketCommunicator``.
+
+Connections go through the same router the server uses (origin check,
+session auth, URL routing); providers are real registry instances, test
+plugins where a provider must misbehave. The database is committed
+(``transactional_db``): the consumer writes from its own threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from echo_site.asgi import router
+from plugins_api.client_keys import client_key_revoke
+from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
+from providers import runtime
+from providers.errors import BadRequestError, ProviderUnavailableError
+from providers.health_monitor import monitor
+from providers.plugins.echo_provider import EchoProvider
+from providers.services import provider_config_create, provider_config_delete
+from providers.types import ChatRequest, StreamingChunk
+from providers.usage import usage_recorder
+from tests.echo_site.test_settings import settings_of
+from tests.services import require_redis
+
+ORIGIN = (b"origin", b"http://testserver")
+
+
+class Endless:
+    """What the endless plugin's generator did, seen from the test."""
+
+    yielded = 0
+    closed = threading.Event()
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.yielded = 0
+        cls.closed = threading.Event()
+
+
+class EndlessProvider(EchoProvider):
+    """Streams a word every 20 ms until someone stops it."""
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        try:
+            while True:
+                Endless.yielded += 1
+                yield StreamingChunk(content=f"w{Endless.yielded} ")
+                await asyncio.sleep(0.02)
+        finally:
+            Endless.closed.set()
+
+
+class RefusingProvider(EchoProvider):
+    """Rejects every request before streaming anything."""
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        raise BadRequestError("prompt rejected by policy", status_code=400)
+        yield StreamingChunk()  # pragma: no cover - makes this an async generator
+
+
+class DiesMidStreamProvider(EchoProvider):
+    """Streams two pieces, then the upstream connection drops."""
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        yield StreamingChunk(content="partial")
+        yield StreamingChunk(content=" answer")
+        raise ProviderUnavailableError("connection reset by upstream")
+
+
+class RecordingProvider(EchoProvider):
+    """Echo that keeps the messages of every request it is sent."""
+
+    requests: list[list[tuple[str, str]]] = []
+
+    async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        type(self).requests.append([(m.role, m.text) for m in request.messages])
+        async for chunk in super().chat_completion_stream(request):
+            yield chunk
+
+
+def add_provider(name: str, cls: type[EchoProvider], **fields: Any) -> None:
+    """Register CLS as plugin NAME and configure a provider of it (live once committed)."""
+    runtime.registry.register(cls, name)
+    provider_config_create(name=name, plugin=name, **fields)
+
+
+@pytest.fixture
+def providers(transactional_db) -> Iterator[None]:
+    """Echo as the default, a second echo ("parrot") and the misbehaving test providers."""
+    monitor.reset()  # no health results of earlier tests
+    usage_recorder._pending.clear()  # nor usage rows
+    Endless.reset()
+    RecordingProvider.requests = []
+    provider_config_create(
+        name="echo", plugin="echo", settings={"prefix": "Echo: "}, is_default=True
+    )
+    provider_config_create(
+        name="parrot",
+        plugin="echo",
+        settings={
+            "prefix": "Parrot: ",
+            "models": ["parrot-1", "parrot-2"],
+            "default_model": "parrot-1",
+        },
+    )
+    add_provider("endless", EndlessProvider)
+    add_provider("refusing", RefusingProvider)
+    add_provider("dies", DiesMidStreamProvider)
+    add_provider("recording", RecordingProvider, settings={"prefix": "Heard: "})
+    assert {"echo", "parrot", "endless", "refusing", "dies", "recording"} <= set(
+        runtime.registry.names()
+    )
+    yield
+    monitor.reset()
+    usage_recorder._pending.clear()
+
+
+@pytest.fixture
+def user_session(providers: None, django_user_model: Any) -> tuple[Any, str]:
+    """A logged-in (non-staff) user: (user, session cookie header value)."""
+    user = django_user_model.objects.create_user("alice", password="pw-alice-123")
+    browser = Client()
+    browser.force_login(user)
+    return user, f"sessionid={browser.cookies['sessionid'].value}"
+
+
+def key_headers(raw_key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {raw_key}".encode())]
+
+
+async def connect(headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+    """Open /ws/chat/ with HEADERS; return the communicator once the provider list arrived."""
+    communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
+    connected, code = await communicator.connect()
+    assert connected, code
+    hello = await communicator.receive_json_from()
+    assert hello["type"] == "providers"
+    return communicator
+
+
+@pytest.fixture
+async def browser(user_session: tuple[Any, str]) -> AsyncIterator[WebsocketCommunicator]:
+    """The chat page's socket: a session cookie and the site's origin."""
+    _, cookie = user_session
+    communicator = await connect([ORIGIN, (b"cookie", cookie.encode())])
+    yield communicator
+    await communicator.disconnect()
+
+
+@pytest.fixture
+async def key_client(
+    providers: None, chat_key: tuple[ClientAPIKey, str]
+) -> AsyncIterator[WebsocketCommunicator]:
+    """A non-browser client with a chat key and no Origin header."""
+    communicator = await connect(key_headers(chat_key[1]))
+    yield communicator
+    await communicator.disconnect()
+
+
+async def answer(
+    communicator: WebsocketCommunicator, frame: dict[str, Any], timeout: float = 2
+) -> list[dict[str, Any]]:
+    """Send chat FRAME; return the frames up to and including ``done`` or ``error``."""
+    await communicator.send_json_to({"type": "chat", **frame})
+    frames = []
+    while True:
+        received = await communicator.receive_json_from(timeout=timeout)
+        if received["type"] == "providers":
+            continue
+        frames.append(received)
+        if received["type"] in ("done", "error"):
+            return frames
+
+
+async def until(communicator: WebsocketCommunicator, kind: str) -> dict[str, Any]:
+    """Return the next frame of type KIND, skipping others."""
+    while True:
+        frame = await communicator.receive_json_from(timeout=2)
+        if frame["type"] == kind:
+            return frame
+
+
+@database_sync_to_async
+def stored(conversation_id: int) -> list[ConversationMessage]:
+    return list(ConversationMessage.objects.filter(conversation_id=conversation_id).order_by("id"))
+
+
+# --- protocol ---------------------------------------------------------------
+
+
+async def test_a_question_gets_start_then_chunks_as_they_come_then_done(
+    browser: WebsocketCommunicator, user_session: tuple[Any, str]
+) -> None:
+    frames = await answer(browser, {"conversation": None, "message": "Hello there friend"})
+
+    start, *chunks, done = frames
+    assert start["type"] == "start"
+    assert (start["provider"], start["model"]) == ("echo", "echo-1")
+    assert isinstance(start["conversation"], int) and isinstance(start["message_id"], int)
+    assert [c["type"] for c in chunks] == ["chunk"] * 4  # one per word, as the provider sent them
+    assert "".join(c["content"] for c in chunks) == "Echo: Hello there friend"
+    assert done["type"] == "done"
+    assert done["status"] == "complete"
+    assert done["finish_reason"] == "stop"
+    assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert (done["provider"], done["model"]) == ("echo", "echo-1")
+    assert done["message_id"] == start["message_id"]
+    assert done["latency_ms"] >= done["first_chunk_ms"] > 0
+
+    conversation = await Conversation.objects.aget(pk=start["conversation"])
+    assert conversation.user_id == user_session[0].pk and conversation.client_key_id is None
+    assert conversation.title == "Hello there friend"
+    question, reply = await stored(conversation.pk)
+    assert (question.role, question.content) == ("user", "Hello there friend")
+    assert (reply.pk, reply.role, reply.status) == (start["message_id"], "assistant", "complete")
+    assert reply.content == "Echo: Hello there friend"
+    assert (reply.provider, reply.model) == ("echo", "echo-1")
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.finish_reason) == (3, 4, "stop")
+    assert reply.latency_ms >= reply.first_chunk_ms > 0
+    assert reply.completed_at is not None
+
+
+async def test_the_provider_list_comes_first_with_models_health_and_breaker(
+    key_client: WebsocketCommunicator,
+) -> None:
+    async def listed() -> dict[str, Any]:
+        await key_client.send_json_to({"type": "providers"})
+        frame = await key_client.receive_json_from()
+        assert frame["type"] == "providers"
+        return {p["name"]: p for p in frame["providers"]}
+
+    by_name = await listed()
+    assert by_name["echo"]["is_default"] is True
+    assert by_name["echo"]["models"] == ["echo-1"]
+    assert by_name["parrot"]["models"] == ["parrot-1", "parrot-2"]
+    assert by_name["parrot"]["default_model"] == "parrot-1"
+    assert by_name["echo"]["health"] == {"available": None, "checked_at": None}
+    assert by_name["echo"]["breaker"] == "closed"
+
+    await monitor.check_all(timeout=2, record=False)
+    for _ in range(runtime.manager.breaker("parrot").failure_threshold):
+        runtime.manager.breaker("parrot").record_failure("unavailable")
+    by_name = await listed()
+    assert by_name["echo"]["health"]["available"] is True
+    assert by_name["echo"]["health"]["checked_at"] is not None
+    assert by_name["parrot"]["breaker"] == "open"
+
+
+async def test_the_next_question_keeps_the_conversation_and_sends_its_history(
+    browser: WebsocketCommunicator,
+) -> None:
+    first = await answer(
+        browser, {"conversation": None, "message": "My name is Ada", "provider": "recording"}
+    )
+    conversation = first[0]["conversation"]
+    # Switch provider mid-conversation: the new one is sent the whole history.
+    second = await answer(
+        browser,
+        {
+            "conversation": conversation,
+            "message": "Who am I?",
+            "provider": "parrot",
+            "model": "parrot-2",
+        },
+    )
+    third = await answer(
+        browser, {"conversation": conversation, "message": "Again", "provider": "recording"}
+    )
+
+    assert second[0]["conversation"] == third[0]["conversation"] == conversation
+    assert (second[-1]["provider"], second[-1]["model"]) == ("parrot", "parrot-2")
+    assert "".join(f["content"] for f in second if f["type"] == "chunk") == "Parrot: Who am I?"
+    assert RecordingProvider.requests == [
+        [("user", "My name is Ada")],
+        [
+            ("user", "My name is Ada"),
+            ("assistant", "Heard: My name is Ada"),
+            ("user", "Who am I?"),
+            ("assistant", "Parrot: Who am I?"),
+            ("user", "Again"),
+        ],
+    ]
+    answers = [m for m in await stored(conversation) if m.role == "assistant"]
+    assert [(m.provider, m.model) for m in answers] == [
+        ("recording", "echo-1"),
+        ("parrot", "parrot-2"),
+        ("recording", "echo-1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("not json", None, "not valid JSON"),
+        ("[1, 2]", None, "JSON object"),
+        ('{"type": "shout"}', "type", "Must be one of"),
+        ('{"type": "chat"}', "message", "non-empty string"),
+        ('{"type": "chat", "message": "   "}', "message", "non-empty string"),
+        (
+            '{"type": "chat", "message": "hi", "conversation": "7"}',
+            "conversation",
+            "positive integer",
+        ),
+        (
+            '{"type": "chat", "message": "hi", "conversation": true}',
+            "conversation",
+            "positive integer",
+        ),
+        ('{"type": "chat", "message": "hi", "provider": 3}', "provider", "string"),
+        ('{"type": "chat", "message": "hi", "base_url": "http://evil"}', "base_url", "upstream"),
+    ],
+)
+async def test_a_malformed_frame_gets_an_error_frame_and_the_connection_stays(
+    browser: WebsocketCommunicator, text: str, field: str | None, message: str
+) -> None:
+    await browser.send_to(text_data=text)
+    frame = await browser.receive_json_from()
+
+    assert frame["type"] == "error"
+    assert frame["error"]["type"] == "invalid_message"
+    assert frame["error"].get("field") == field
+    assert message in frame["error"]["message"]
+    assert await Conversation.objects.acount() == 0  # nothing was stored
+    # Still open, and still answering.
+    frames = await answer(browser, {"conversation": None, "message": "still here"})
+    assert frames[-1]["type"] == "done"
+
+
+async def test_a_binary_frame_gets_an_error_frame(browser: WebsocketCommunicator) -> None:
+    await browser.send_to(bytes_data=b"\x00\x01")
+    frame = await browser.receive_json_from()
+    assert (frame["type"], frame["error"]["type"]) == ("error", "invalid_message")
+
+
+async def test_a_second_question_while_answering_is_refused(browser: WebsocketCommunicator) -> None:
+    await browser.send_json_to({"type": "chat", "message": "go", "provider": "endless"})
+    await until(browser, "chunk")
+    await browser.send_json_to({"type": "chat", "message": "and this", "provider": "echo"})
+
+    refused = await until(browser, "error")
+    assert refused["error"]["type"] == "busy"
+    await browser.send_json_to({"type": "cancel"})
+    assert (await until(browser, "done"))["status"] == "cancelled"
+
+
+async def test_each_answer_is_accounted_like_the_http_chat(
+    browser: WebsocketCommunicator,
+) -> None:
+    from providers.models import UsageRecord
+
+    await answer(browser, {"message": "count these words"})
+    await answer(browser, {"message": "hello", "provider": "refusing"})
+    await browser.send_json_to({"type": "chat", "message": "go", "provider": "endless"})
+    await until(browser, "chunk")
+    await browser.send_json_to({"type": "cancel"})
+    await until(browser, "done")
+
+    await usage_recorder.flush()
+    rows = [row async for row in UsageRecord.objects.order_by("id")]
+    assert [(r.client, r.endpoint, r.provider, r.outcome) for r in rows] == [
+        ("alice", "/ws/chat/", "echo", "ok"),
+        ("alice", "/ws/chat/", "refusing", "error"),
+        ("alice", "/ws/chat/", "endless", "cancelled"),
+    ]
+    assert (rows[0].prompt_tokens, rows[0].completion_tokens) == (3, 4)
+    assert rows[0].ttft_ms is not None and rows[0].stream is True
+    assert rows[1].error_kind == "bad_request"
+
+
+# --- authentication and origin ---------------------------------------------
+
+
+async def test_a_key_client_chats_without_an_origin_and_owns_its_conversation(
+    key_client: WebsocketCommunicator, chat_key: tuple[ClientAPIKey, str]
+) -> None:
+    frames = await answer(key_client, {"conversation": None, "message": "Hi from a script"})
+
+    assert frames[-1]["type"] == "done"
+    conversation = await Conversation.objects.aget(pk=frames[0]["conversation"])
+    assert conversation.client_key_id == chat_key[0].pk and conversation.user_id is None
+
+
+async def test_an_admin_key_may_chat_too(
+    providers: None, admin_key: tuple[ClientAPIKey, str]
+) -> None:
+    communicator = await connect(key_headers(admin_key[1]))
+    frames = await answer(communicator, {"conversation": None, "message": "Hi"})
+    await communicator.disconnect()
+    assert frames[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [ORIGIN],  # no login at all
+        [ORIGIN, (b"cookie", b"sessionid=not-a-session")],
+        [(b"authorization", b"Bearer echo-not-a-real-key")],
+        [(b"authorization", b"Basic dXNlcjpwdw==")],
+    ],
+    ids=["anonymous", "bad-session", "unknown-key", "not-bearer"],
+)
+async def test_a_connection_without_a_valid_login_or_key_is_refused(
+    providers: None, headers: list[tuple[bytes, bytes]]
+) -> None:
+    communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
+    connected, code = await communicator.connect()
+    assert (connected, code) == (False, 4401)
+
+
+async def test_a_revoked_key_is_refused(
+    providers: None, chat_key: tuple[ClientAPIKey, str]
+) -> None:
+    await database_sync_to_async(client_key_revoke)(name=chat_key[0].name)
+    communicator = WebsocketCommunicator(router, "/ws/chat/", headers=key_headers(chat_key[1]))
+    assert (await communicator.connect())[0] is False
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [b"http://evil.example", b"https://testserver.evil.example", b"null"],
+)
+async def test_a_session_from_another_origin_is_refused(
+    user_session: tuple[Any, str], origin: bytes
+) -> None:
+    headers = [(b"origin", origin), (b"cookie", user_session[1].encode())]
+    communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected is False
+
+
+async def test_a_session_without_an_origin_is_refused(user_session: tuple[Any, str]) -> None:
+    communicator = WebsocketCommunicator(
+        router, "/ws/chat/", headers=[(b"cookie", user_session[1].encode())]
+    )
+    assert (await communicator.connect())[0] is False
+
+
+async def test_a_key_client_that_sends_a_foreign_origin_is_refused(
+    providers: None, chat_key: tuple[ClientAPIKey, str]
+) -> None:
+    headers = [(b"origin", b"http://evil.example"), *key_headers(chat_key[1])]
+    communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
+    assert (await communicator.connect())[0] is False
+
+
+async def test_origins_follow_allowed_hosts(user_session: tuple[Any, str], settings: Any) -> None:
+    settings.ALLOWED_HOSTS = ["chat.example.com"]
+    cookie = (b"cookie", user_session[1].encode())
+    allowed = WebsocketCommunicator(
+        router, "/ws/chat/", headers=[(b"origin", b"https://chat.example.com"), cookie]
+    )
+    assert (await allowed.connect())[0] is True
+    await allowed.disconnect()
+    old_host = WebsocketCommunicator(router, "/ws/chat/", headers=[ORIGIN, cookie])
+    assert (await old_host.connect())[0] is False
+
+
+def test_production_refuses_a_wildcard_in_allowed_hosts(tmp_path: Any) -> None:
+    result = settings_of(
+        tmp_path,
+        ECHO_ENV="production",
+        SECRET_KEY="x" * 50,
+        ECHO_ENCRYPTION_KEYS="ZWNoby10ZXN0LWVuY3J5cHRpb24ta2V5LTMyYnl0ZXM=",
+        ALLOWED_HOSTS="echo.example.com,*",
+    )
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS must not contain '*'" in result.stderr
+
+
+# --- limits -----------------------------------------------------------------
+
+
+async def test_a_frame_over_the_size_limit_gets_an_error_frame(
+    browser: WebsocketCommunicator, settings: Any
+) -> None:
+    settings.ECHO_WS_MAX_FRAME_BYTES = 1024
+    await browser.send_json_to({"type": "chat", "message": "é" * 600})  # 1200 bytes in UTF-8
+
+    frame = await browser.receive_json_from()
+    assert frame["error"]["type"] == "frame_too_large"
+    assert frame["limit"] == 1024
+    assert await Conversation.objects.acount() == 0
+    assert (await answer(browser, {"message": "short"}))[-1]["type"] == "done"
+
+
+async def test_frames_over_the_rate_limit_get_error_frames_then_abuse_closes(
+    browser: WebsocketCommunicator, settings: Any
+) -> None:
+    settings.ECHO_WS_MESSAGES_PER_MINUTE = 3
+    for _ in range(3):
+        await browser.send_json_to({"type": "providers"})
+        assert (await browser.receive_json_from())["type"] == "providers"
+
+    await browser.send_json_to({"type": "chat", "message": "one too many"})
+    refused = await browser.receive_json_from()
+    assert refused["error"]["type"] == "rate_limited"
+    assert 1 <= refused["retry_after"] <= 60
+    assert await Conversation.objects.acount() == 0
+
+    # A client that goes on at the same pace is closed: policy violation.
+    for _ in range(2):
+        await browser.send_json_to({"type": "providers"})
+        assert (await browser.receive_json_from())["error"]["type"] == "rate_limited"
+    closed = await browser.receive_output()
+    assert closed == {"type": "websocket.close", "code": 1008}
+
+
+# --- cancel -----------------------------------------------------------------
+
+
+async def test_cancel_stops_the_answer_and_the_upstream_and_keeps_the_partial_text(
+    browser: WebsocketCommunicator,
+) -> None:
+    await browser.send_json_to({"type": "chat", "message": "go on forever", "provider": "endless"})
+    start = await until(browser, "start")
+    received = [await until(browser, "chunk"), await until(browser, "chunk")]
+    await browser.send_json_to({"type": "cancel"})
+
+    frames = []
+    while not frames or frames[-1]["type"] != "done":
+        frames.append(await browser.receive_json_from())
+    done = frames[-1]
+    assert (done["status"], done["finish_reason"]) == ("cancelled", "cancelled")
+    assert done["provider"] == "endless"
+    assert await asyncio.to_thread(Endless.closed.wait, 2.0), "the upstream generator still runs"
+    stopped_at = Endless.yielded
+    await asyncio.sleep(0.1)
+    assert Endless.yielded == stopped_at
+    assert runtime.registry.status("endless")["active_requests"] == 0
+
+    reply = (await stored(start["conversation"]))[-1]
+    shown = "".join(f["content"] for f in received + frames if f["type"] == "chunk")
+    assert (reply.status, reply.content) == ("cancelled", shown)
+    assert reply.content.startswith("w1 w2 ")
+    # The connection goes on: the next question is answered.
+    frames = await answer(browser, {"conversation": start["conversation"], "message": "hi"})
+    assert frames[-1]["status"] == "complete"
+
+
+async def test_cancel_with_nothing_streaming_is_harmless(browser: WebsocketCommunicator) -> None:
+    await browser.send_json_to({"type": "cancel"})
+    assert (await answer(browser, {"message": "hello"}))[-1]["type"] == "done"
+
+
+async def test_closing_the_socket_mid_answer_cancels_the_upstream_and_marks_the_answer(
+    user_session: tuple[Any, str],
+) -> None:
+    communicator = await connect([ORIGIN, (b"cookie", user_session[1].encode())])
+    await communicator.send_json_to({"type": "chat", "message": "go", "provider": "endless"})
+    start = await until(communicator, "start")
+    await until(communicator, "chunk")
+    await communicator.disconnect()
+
+    assert await asyncio.to_thread(Endless.closed.wait, 2.0)
+    reply = (await stored(start["conversation"]))[-1]
+    assert reply.status == "cancelled"
+    assert reply.content.startswith("w1 ")
+
+
+# --- errors -----------------------------------------------------------------
+
+
+async def test_an_unknown_provider_is_an_error_naming_the_field_and_stores_nothing(
+    browser: WebsocketCommunicator,
+) -> None:
+    frames = await answer(browser, {"message": "hello", "provider": "nope"})
+
+    assert [f["type"] for f in frames] == ["error"]
+    assert frames[0]["error"] == {
+        "type": "provider_not_found",
+        "message": "No provider named 'nope'.",
+        "field": "provider",
+        "provider": "nope",
+    }
+    assert await Conversation.objects.acount() == 0
+
+
+async def test_a_refusal_before_the_first_chunk_ends_the_answer_with_the_api_error(
+    browser: WebsocketCommunicator,
+) -> None:
+    frames = await answer(browser, {"message": "hello", "provider": "refusing"})
+
+    assert [f["type"] for f in frames] == ["start", "error"]
+    error = frames[-1]
+    assert error["error"] == {
+        "type": "bad_request",
+        "message": "prompt rejected by policy",
+        "provider": "refusing",
+    }
+    assert error["message_id"] == frames[0]["message_id"]
+    reply = (await stored(frames[0]["conversation"]))[-1]
+    assert (reply.status, reply.content, reply.error) == ("failed", "", error["error"])
+
+
+async def test_a_failure_mid_stream_keeps_the_partial_answer_marked_failed(
+    browser: WebsocketCommunicator,
+) -> None:
+    frames = await answer(browser, {"message": "hello", "provider": "dies"})
+
+    assert [f["type"] for f in frames] == ["start", "chunk", "chunk", "error"]
+    assert (frames[-1]["error"]["type"], frames[-1]["error"]["provider"]) == ("unavailable", "dies")
+    reply = (await stored(frames[0]["conversation"]))[-1]
+    assert (reply.status, reply.content, reply.provider) == ("failed", "partial answer", "dies")
+    assert reply.first_chunk_ms is not None
+
+
+async def test_an_unknown_model_fails_the_answer_with_the_api_error(
+    browser: WebsocketCommunicator,
+) -> None:
+    frames = await answer(browser, {"message": "hello", "provider": "echo", "model": "gpt-9"})
+    assert frames[-1]["error"]["type"] == "model_not_found"
+
+
+# --- ownership --------------------------------------------------------------
+
+
+async def test_another_owners_conversation_is_not_found(
+    browser: WebsocketCommunicator, key_client: WebsocketCommunicator
+) -> None:
+    mine = await answer(browser, {"message": "a secret of mine"})
+    conversation = mine[0]["conversation"]
+
+    frames = await answer(key_client, {"conversation": conversation, "message": "let me in"})
+    assert [f["type"] for f in frames] == ["error"]
+    assert frames[0]["error"] == {
+        "type": "not_found",
+        "message": f"No conversation {conversation}.",
+        "field": "conversation",
+    }
+    assert len(await stored(conversation)) == 2  # nothing added to it
+
+
+# --- provider changes pushed ------------------------------------------------
+
+
+async def test_provider_changes_reach_open_sockets_and_the_next_question(
+    browser: WebsocketCommunicator,
+) -> None:
+    def names(frame: dict[str, Any]) -> set[str]:
+        return {p["name"] for p in frame["providers"]}
+
+    await database_sync_to_async(provider_config_create)(
+        name="newcomer", plugin="echo", settings={"prefix": "New: "}
+    )
+    assert "newcomer" in names(await until(browser, "providers"))
+    frames = await answer(browser, {"message": "hi", "provider": "newcomer"})
+    assert "".join(f["content"] for f in frames if f["type"] == "chunk") == "New: hi"
+
+    @database_sync_to_async
+    def disable_parrot() -> None:
+        from providers.models import ProviderConfig
+
+        row = ProviderConfig.objects.get(name="parrot")
+        row.enabled = False
+        row.save()
+
+    await disable_parrot()
+    assert "parrot" not in names(await until(browser, "providers"))
+    frames = await answer(browser, {"message": "hi", "provider": "parrot"})
+    assert frames[-1]["error"]["type"] == "provider_not_found"
+
+    @database_sync_to_async
+    def delete_newcomer() -> None:
+        from providers.models import ProviderConfig
+
+        provider_config_delete(config=ProviderConfig.objects.get(name="newcomer"))
+
+    await delete_newcomer()
+    assert "newcomer" not in names(await until(browser, "providers"))
+
+
+async def test_provider_changes_reach_sockets_through_a_redis_channel_layer(
+    user_session: tuple[Any, str], settings: Any
+) -> None:
+    """With Redis (several workers), the push goes through the shared layer."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [require_redis()], "prefix": f"echo-test-{uuid.uuid4().hex[:8]}"},
+        }
+    }
+    communicator = await connect([ORIGIN, (b"cookie", user_session[1].encode())])
+    try:
+        await database_sync_to_async(provider_config_create)(
+            name="newcomer", plugin="echo", settings={"prefix": "New: "}
+        )
+        frame = await until(communicator, "providers")
+        assert "newcomer" in {p["name"] for p in frame["providers"]}
+    finally:
+        await communicator.disconnect()
