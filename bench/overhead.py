@@ -99,6 +99,8 @@ def start_services(workdir: Path, server: str) -> tuple[list[subprocess.Popen], 
         **os.environ,
         "ECHO_ENV": "production",
         "SECRET_KEY": "bench-" + "x" * 40,
+        "ECHO_ENCRYPTION_KEYS": "ZWNoby1iZW5jaC1lbmNyeXB0aW9uLWtleS0zMmJ5dGU=",
+        "ECHO_HEALTH_INTERVAL_SECONDS": "0",
         "ECHO_VAR_DIR": str(workdir),
         "ECHO_CONFIG_DIR": str(config_dir),
         "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
@@ -148,7 +150,13 @@ def run(requests: int, server: str) -> dict[str, list[float]]:
                 "messages": [{"role": "user", "content": PROMPT}],
             }
             echo_body = {"prompt": PROMPT, "provider": "openai"}
-            timings: dict[str, list[float]] = {"direct": [], "echo": [], "echo_stream": []}
+            openai_body = {**direct_body, "model": "openai/gpt-4o-mini"}
+            timings: dict[str, list[float]] = {
+                "direct": [],
+                "echo": [],
+                "echo_v1": [],
+                "echo_stream": [],
+            }
 
             def timed(name: str, send) -> None:
                 started = time.perf_counter()
@@ -172,6 +180,7 @@ def run(requests: int, server: str) -> dict[str, list[float]]:
             for _ in range(requests):
                 timed("direct", lambda: direct.post("/chat/completions", json=direct_body))
                 timed("echo", lambda: echo.post("/chat", json=echo_body))
+                timed("echo_v1", lambda: echo.post("/v1/chat/completions", json=openai_body))
                 timed("echo_stream", stream_echo)
             return timings
         finally:
@@ -196,6 +205,7 @@ def report(timings: dict[str, list[float]], requests: int, server: str) -> str:
     for name, label in (
         ("direct", "fake upstream directly"),
         ("echo", "through Echo /chat"),
+        ("echo_v1", "through Echo /v1/chat/completions"),
         ("echo_stream", "through Echo /chat, streamed"),
     ):
         values = timings[name]
