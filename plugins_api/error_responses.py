@@ -77,6 +77,34 @@ def _first_field(detail: Any, prefix: str = "") -> tuple[str | None, str]:
     return (prefix or None), str(detail)
 
 
+def _flat_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Return a DRF validation DETAIL as {dotted field: [messages]}, as ``field`` names them.
+
+    DRF nests the errors of a list or object field by index or key
+    (``{"fallbacks": {"0": [...]}}``); one flat map keeps the documented shape.
+    """
+    if isinstance(detail, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            name = (
+                prefix if key == "non_field_errors" else (f"{prefix}.{key}" if prefix else str(key))
+            )
+            for field, messages in _flat_errors(value, name).items():
+                flat.setdefault(field, []).extend(messages)
+        return flat
+    if isinstance(detail, list):
+        flat = {}
+        for index, item in enumerate(detail):
+            if isinstance(item, (dict, list)):
+                nested = _flat_errors(item, f"{prefix}.{index}" if prefix else str(index))
+                for field, messages in nested.items():
+                    flat.setdefault(field, []).extend(messages)
+            else:
+                flat.setdefault(prefix or "non_field_errors", []).append(str(item))
+        return flat
+    return {prefix or "non_field_errors": [str(detail)]}
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler: render every API error in Echo's shape."""
     if isinstance(exc, ProviderError):
@@ -86,7 +114,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         field, message = _first_field(exc.detail)
         body = error_body("invalid_request", message, field=field)
         if isinstance(exc.detail, dict):
-            body["error"]["errors"] = exc.detail
+            body["error"]["errors"] = _flat_errors(exc.detail)
         return Response(body, status=400)
     if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
         return Response(

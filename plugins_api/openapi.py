@@ -111,6 +111,16 @@ _CHAT_RESPONSE = {
         },
     },
 }
+# One Server-Sent Event as SSE clients read it (OpenAPI 3.2's convention for
+# text/event-stream): its name, and its data, a JSON text whose "type" repeats it.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["chunk", "done", "error"]},
+        "data": {"type": "string", "description": "JSON; its `type` is the event's name."},
+    },
+}
 _SSE = (
     "With `stream: true`: `text/event-stream`, events `chunk` "
     '(`{"type":"chunk","content","provider","model"}`) as they arrive, then `done` '
@@ -164,7 +174,7 @@ def document_chat_endpoint(result: dict[str, Any], generator: Any, request: Any,
                         "application/json": {
                             "schema": {"$ref": "#/components/schemas/ChatResponse"}
                         },
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": _SSE_EVENT},
                     },
                 },
                 **{

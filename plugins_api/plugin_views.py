@@ -19,6 +19,10 @@ Payloads (see the OpenAPI schema at ``/api/schema/`` for every field):
 
 A provider name that collides with a fixed path (``health``, ``metadata``,
 ``instances``, ``discover``) is reachable through ``/api/providers/``.
+
+Changes (``PUT .../config``, ``POST .../reload`` with a config, ``DELETE``)
+are audited with the caller as actor (a staff user's username, or
+``key:<key name>``) and source ``plugins-api``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from plugins_api.serializers import (
     ReloadRequestSerializer,
 )
 from providers import health, runtime, selectors
+from providers.audit import SOURCE_PLUGINS_API, Actor, actor_for_request
 from providers.base import AbstractAIProvider, secret_fields
 from providers.errors import (
     ModelNotFoundError,
@@ -96,6 +101,10 @@ def _live_provider(name: str) -> AbstractAIProvider:
     raise ProviderUnavailableError(
         f"Provider {name!r} is configured but not serving: {reason}", provider=name
     )
+
+
+def _actor(request: Request) -> Actor:
+    return actor_for_request(request, SOURCE_PLUGINS_API)
 
 
 def _body_object(request: Request, field: str) -> dict[str, Any]:
@@ -223,7 +232,9 @@ class ProviderView(APIView):
         responses={204: None, 401: ERROR, 403: ERROR, 404: ERROR},
     )
     def delete(self, request: Request, name: str) -> Response:
-        provider_config_delete(config=selectors.provider_config_get(name=name))
+        provider_config_delete(
+            config=selectors.provider_config_get(name=name), actor=_actor(request)
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -290,12 +301,16 @@ class ProviderReloadView(APIView):
                 "enable it to reload it."
             )
         if "config" not in body.validated_data:
+            spec, reason = config.serving_spec()
+            if spec is None:
+                # Secrets no key decrypts: reloading would only take it out of service.
+                raise ProviderInitializationError(
+                    f"Provider {name!r} cannot serve: {reason}", provider=name
+                )
             # The row is read here, not by runtime.load_provider_from_database on the
             # serving loop: the coroutine inherits this request's thread-sensitive
             # context, so its async ORM call would wait for this very thread.
-            error = runtime.run_in_serving_loop(
-                runtime.apply_config_state, name, config.to_spec(), ""
-            )
+            error = runtime.run_in_serving_loop(runtime.apply_config_state, name, spec, "")
             if error:
                 raise ProviderInitializationError(error, provider=name)
         else:
@@ -307,6 +322,7 @@ class ProviderReloadView(APIView):
                     "settings": {**removed, **new_settings},
                     "secrets": selectors.secret_changes(config=config, secrets=new_secrets),
                 },
+                actor=_actor(request),
             )
         return Response(_provider_data(config))
 
@@ -348,6 +364,7 @@ class ProviderConfigView(APIView):
                 "settings": settings_changes,
                 "secrets": selectors.secret_changes(config=config, secrets=secret_changes),
             },
+            actor=_actor(request),
         )
         return Response(_provider_data(config))
 

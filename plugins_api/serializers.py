@@ -2,8 +2,10 @@
 
 Writes never happen here directly: ``ProviderConfigSerializer`` hands its
 validated data to ``providers.services``, which validates against the
-plugin's schema and saves (the post-save signal then reloads the provider).
-Secrets are accepted in clear and always rendered masked.
+plugin's schema and saves (the post-save signal then reloads the provider);
+the view passes the request's ``actor`` to ``save()`` for the audit trail.
+Secrets are accepted in clear and always rendered masked; secrets that no
+key decrypts render as ``{}`` with the reason in ``secrets_error``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from providers import selectors
+from providers.audit import SYSTEM
+from providers.audit_export import change_record
 from providers.masking import mask_secret
-from providers.models import HealthCheck, ProviderConfig
+from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
 from providers.services import provider_config_create, provider_config_update
 
 
@@ -31,6 +35,12 @@ from providers.services import provider_config_create, provider_config_update
 )
 class MaskedSecretsField(serializers.DictField):
     """A dict of secrets: accepted in clear, rendered masked."""
+
+    def get_attribute(self, instance: Any) -> Any:
+        if isinstance(instance, ProviderConfig):
+            # Unreadable secrets show as none; ``secrets_error`` says why.
+            return instance.readable_secrets() or {}
+        return super().get_attribute(instance)
 
     def to_representation(self, value: Any) -> dict[str, str]:
         return {key: mask_secret(item) for key, item in (value or {}).items()}
@@ -73,6 +83,11 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
     # one-default constraint: the service moves the default flag instead.
     is_default = serializers.BooleanField(required=False)
     enabled = serializers.BooleanField(required=False)
+    secrets_error = serializers.SerializerMethodField(
+        help_text="Why the stored secrets cannot be shown masked: no key in "
+        "ECHO_ENCRYPTION_KEYS decrypts them, and the provider cannot serve until they are "
+        "sent again (they then replace the stored ones). Null when they are readable."
+    )
     capabilities = serializers.SerializerMethodField()
     live = serializers.SerializerMethodField()
 
@@ -86,6 +101,7 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
             "fallbacks",
             "settings",
             "secrets",
+            "secrets_error",
             "disabled_reason",
             "capabilities",
             "live",
@@ -93,6 +109,10 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_secrets_error(self, config: ProviderConfig) -> str | None:
+        return config.secrets_error or None
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_capabilities(self, config: ProviderConfig) -> list[str]:
@@ -113,6 +133,7 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
         return provider_config_create(**validated_data)
 
     def update(self, instance: ProviderConfig, validated_data: dict[str, Any]) -> ProviderConfig:
+        actor = validated_data.pop("actor", SYSTEM)
         changes = {k: v for k, v in validated_data.items() if k != "name"}
         if "secrets" in changes:
             changes["secrets"] = selectors.secret_changes(
@@ -124,7 +145,7 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
                 key: None for key in instance.settings or {} if key not in changes["settings"]
             }
             changes["settings"] = {**removed, **changes["settings"]}
-        return provider_config_update(config=instance, changes=changes)
+        return provider_config_update(config=instance, changes=changes, actor=actor)
 
 
 class BreakerStateSerializer(serializers.Serializer):
@@ -401,3 +422,75 @@ class HealthCheckFilterSerializer(serializers.Serializer):
         if since and until and since > until:
             raise serializers.ValidationError({"until": ["Must not be before 'since'."]})
         return attrs
+
+
+class FieldChangeSerializer(serializers.Serializer):
+    """One changed field of an audited change."""
+
+    field = serializers.CharField(
+        help_text="'plugin', 'enabled', 'is_default', 'fallbacks', 'disabled_reason', "
+        "'settings.<key>' or 'secrets.<key>'."
+    )
+    before = serializers.JSONField(allow_null=True, help_text="Null: not set before.")
+    after = serializers.JSONField(allow_null=True, help_text="Null: not set after.")
+    secret = serializers.BooleanField(
+        required=False, help_text="True for a secret: BEFORE and AFTER are masks, never values."
+    )
+    changed = serializers.BooleanField(required=False)
+
+
+class ProviderConfigChangeSerializer(serializers.Serializer):
+    """One audited change to a provider's configuration (``providers.audit_export`` record)."""
+
+    id = serializers.IntegerField()
+    changed_at = serializers.DateTimeField()
+    provider = serializers.CharField()
+    action = serializers.ChoiceField(choices=[a for a, _ in ProviderConfigChange.ACTIONS])
+    actor = serializers.CharField(help_text="The user, or 'key:<name>' for an API key.")
+    source = serializers.CharField(
+        help_text="admin, api (/api/), plugins-api (/plugins/), yaml-import, command or system."
+    )
+    remote_addr = serializers.CharField(allow_null=True, help_text="The client's address.")
+    changes = FieldChangeSerializer(many=True)
+
+    def to_representation(self, instance: ProviderConfigChange) -> dict[str, Any]:
+        # The exports and the admin's downloads use the very same record.
+        return change_record(instance)
+
+
+class HistoryFilterSerializer(serializers.Serializer):
+    """The query filters of ``/api/history/``."""
+
+    provider = serializers.CharField(required=False, help_text="A provider name.")
+    actor = serializers.CharField(
+        required=False, help_text="A user name, or 'key:<name>' for an API key."
+    )
+    source = serializers.CharField(required=False, help_text="e.g. admin, api, yaml-import.")
+    action = serializers.ChoiceField(
+        required=False, choices=[a for a, _ in ProviderConfigChange.ACTIONS]
+    )
+    since = serializers.DateTimeField(
+        required=False, help_text="ISO 8601, e.g. 2025-01-31T12:00:00Z; included."
+    )
+    until = serializers.DateTimeField(
+        required=False, help_text="ISO 8601, e.g. 2025-01-31T13:00:00Z; included."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        since, until = attrs.get("since"), attrs.get("until")
+        if since and until and since > until:
+            raise serializers.ValidationError({"until": ["Must not be before 'since'."]})
+        return attrs
+
+
+class ExportFormatSerializer(serializers.Serializer):
+    """The ``format`` of a history export."""
+
+    format = serializers.ChoiceField(
+        choices=["csv", "json"],
+        required=False,
+        default="json",
+        help_text="csv: one row per changed field (changed_at, provider, action, actor, "
+        "source, remote_addr, field, before, after, secret; before/after as JSON); "
+        "json: an array of entries. `Accept: text/csv` works too.",
+    )

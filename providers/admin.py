@@ -15,6 +15,13 @@ fetched from elsewhere): a latency line with a red dot per failed check, small
 in the list and larger on the provider's page, beside this worker's circuit
 breaker state. Every text that reaches the page goes through ``format_html``,
 and errors have the provider's secrets masked.
+
+Each save and delete names its actor (the admin user, source "admin", the
+request's address) for the audit trail, which the provider's "History" page
+lists (``history_view``) and exports as CSV and JSON; all changes, deleted
+providers' included, are under "Provider changes", read-only. A provider
+whose secrets no key decrypts is shown with that reason instead of masks,
+and typing its secrets again replaces them.
 """
 
 from __future__ import annotations
@@ -25,18 +32,21 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models import Prefetch, QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from providers import broadcast, runtime
+from providers import broadcast, runtime, selectors
 from providers.admin_forms import (
     EXTRA_SETTINGS,
     ProviderConfigForm,
@@ -44,12 +54,18 @@ from providers.admin_forms import (
     provider_config_form,
     setting_field_name,
 )
+from providers.audit import SOURCE_ADMIN, Actor, actor_for_request
+from providers.audit_export import change_record, export_filename, records_csv, records_json
 from providers.base import secret_fields
 from providers.health import breaker_state
 from providers.health_monitor import ProviderHealth, monitor
 from providers.masking import mask_secret, redact
-from providers.models import HealthCheck, ProviderConfig
-from providers.services import provider_config_create, provider_config_update
+from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
+from providers.services import (
+    provider_config_create,
+    provider_config_delete,
+    provider_config_update,
+)
 
 ROUTING_FIELDS = ["name", "plugin", "enabled", "is_default", "fallbacks"]
 # How many checks the list's sparkline and the provider page's chart draw.
@@ -58,11 +74,15 @@ PAGE_HISTORY_CHECKS = 50
 LATENCY_COLOUR = "#417690"  # the admin's own blue
 DOWN_COLOUR = "#ba2121"  # the admin's error red
 HALF_OPEN_COLOUR = "#b86e00"
+HISTORY_PAGE_SIZE = 100
+HISTORY_URL = "admin:providers_providerconfig_history"
+HISTORY_EXPORT_URL = "admin:providers_providerconfig_history_export"
 
 
 def _secret_values(config: ProviderConfig) -> list[str]:
     """Return CONFIG's stored secrets and those of its live instance (which may be older)."""
-    values = [str(value) for value in (config.secrets or {}).values() if value not in (None, "")]
+    stored = config.readable_secrets() or {}
+    values = [str(value) for value in stored.values() if value not in (None, "")]
     if config.name in runtime.registry:
         live = runtime.registry.get(config.name)
         names = secret_fields(live.get_config_schema())
@@ -94,6 +114,52 @@ def _latest_health(config: ProviderConfig) -> HealthCheck | None:
 def _local(moment: Any) -> str:
     """Return MOMENT in the site's time zone, to the second."""
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S}"
+
+
+def _shown_value(value: Any) -> str:
+    return "(unset)" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def render_changes(changes: list[dict[str, Any]]) -> SafeString:
+    """Render an audit entry's field changes as a list: field, before, after.
+
+    A secret's values are masks already; they are labelled as such.
+    """
+    if not changes:
+        return format_html("{}", "-")
+    items = []
+    for change in changes:
+        if change.get("secret"):
+            before = change.get("before") or "(unset)"
+            after = change.get("after") or "(unset)"
+            items.append(
+                format_html(
+                    "<li><code>{}</code>: {} &rarr; {} <em>(secret, masked)</em></li>",
+                    change.get("field", ""),
+                    before,
+                    after,
+                )
+            )
+        else:
+            items.append(
+                format_html(
+                    "<li><code>{}</code>: {} &rarr; {}</li>",
+                    change.get("field", ""),
+                    _shown_value(change.get("before")),
+                    _shown_value(change.get("after")),
+                )
+            )
+    return format_html('<ul class="audit-changes">{}</ul>', mark_safe("".join(items)))
+
+
+def _admin_actor(request: HttpRequest) -> Actor:
+    return actor_for_request(request, SOURCE_ADMIN)
+
+
+def _download(body: str, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 def health_sparkline(
@@ -268,6 +334,7 @@ class ProviderConfigAdmin(admin.ModelAdmin):
             "breaker",
             "health_history",
             "updated_at",
+            "change_history",
             "settings_summary",
             "secrets_summary",
         )
@@ -292,6 +359,7 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                             "breaker",
                             "health_history",
                             "updated_at",
+                            "change_history",
                         ]
                     },
                 )
@@ -330,16 +398,17 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                 fields.append(setting_field_name(prop))
                 if prop in form.clearable_props:
                     fields.append(clear_field_name(prop))
-            fieldsets.append(
-                (
-                    "Secrets",
-                    {
-                        "fields": fields,
-                        "description": "Stored secrets are never shown, only masked. "
-                        "Leave a field blank to keep its secret.",
-                    },
-                )
+            description = (
+                "Stored secrets are never shown, only masked. "
+                "Leave a field blank to keep its secret."
             )
+            if obj is not None and obj.secrets_error:
+                description = format_html(
+                    '<strong class="errornote">{}</strong> Type the secrets again: they replace '
+                    "the stored ones.",
+                    obj.secrets_error,
+                )
+            fieldsets.append(("Secrets", {"fields": fields, "description": description}))
         if form.has_extra_settings:
             fieldsets.append(("Advanced", {"fields": [EXTRA_SETTINGS], "classes": ["collapse"]}))
         return fieldsets
@@ -347,7 +416,11 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: ProviderConfig, form: Any, change: bool
     ) -> None:
-        """Save through the provider services: the one write path, which keeps one default."""
+        """Save through the provider services: the one write path, which keeps one default.
+
+        The audit entry names the admin user, source "admin" and the request's address.
+        """
+        actor = _admin_actor(request)
         if change:
             saved = provider_config_update(
                 config=obj,
@@ -358,6 +431,7 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                     "settings": form.settings_changes(),
                     "secrets": form.secrets_changes(),
                 },
+                actor=actor,
             )
         else:
             saved = provider_config_create(
@@ -368,10 +442,104 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                 enabled=obj.enabled,
                 is_default=obj.is_default,
                 fallbacks=list(obj.fallbacks or []),
+                actor=actor,
             )
         # The admin goes on with OBJ (log entry, redirect): give it the saved row.
         obj.pk = saved.pk
         obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: ProviderConfig) -> None:
+        """Delete through the services, so that the deletion is audited."""
+        provider_config_delete(config=obj, actor=_admin_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
+        """Delete each selected provider through the services (the bulk action), each audited."""
+        actor = _admin_actor(request)
+        for config in queryset:
+            provider_config_delete(config=config, actor=actor)
+
+    # --- the audit trail ----------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<path:object_id>/history/export.<str:extension>",
+                self.admin_site.admin_view(self.history_export_view),
+                name=HISTORY_EXPORT_URL.removeprefix("admin:"),
+            ),
+        ]
+        return own + super().get_urls()
+
+    def _history_object(self, request: HttpRequest, object_id: str) -> ProviderConfig:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(f"No provider with id {object_id!r}.")
+        if not self.has_view_or_change_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """List the provider's audit trail, newest first, with links to export it."""
+        obj = self._history_object(request, object_id)
+        entries = selectors.provider_change_list(provider=obj.name)
+        page = Paginator(entries, HISTORY_PAGE_SIZE).get_page(request.GET.get("p"))
+        for entry in page:
+            entry.rendered_changes = render_changes(entry.changes)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Change history: {obj.name}",
+            "subtitle": None,
+            "opts": self.opts,
+            "object": obj,
+            "entries": list(page),
+            "page": page,
+            "export_csv_url": reverse(HISTORY_EXPORT_URL, args=[obj.pk, "csv"]),
+            "export_json_url": reverse(HISTORY_EXPORT_URL, args=[obj.pk, "json"]),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(
+            request, "admin/providers/providerconfig/change_history.html", context
+        )
+
+    def history_export_view(
+        self, request: HttpRequest, object_id: str, extension: str
+    ) -> HttpResponse:
+        """Download the provider's whole audit trail as CSV or JSON."""
+        obj = self._history_object(request, object_id)
+        records = (change_record(c) for c in selectors.provider_change_list(provider=obj.name))
+        filename = export_filename(obj.name, extension)
+        if extension == "csv":
+            return _download(records_csv(records), "text/csv; charset=utf-8", filename)
+        if extension == "json":
+            return _download(records_json(records), "application/json", filename)
+        raise Http404("Export as .csv or .json.")
+
+    @admin.display(description="change history")
+    def change_history(self, obj: ProviderConfig) -> str:
+        """Summarize the audit trail: how many changes, the latest, links to all of it."""
+        entries = selectors.provider_change_list(provider=obj.name)
+        latest = entries.first()
+        links = format_html(
+            '<a href="{}">see all</a>, export <a href="{}">CSV</a> or <a href="{}">JSON</a>',
+            reverse(HISTORY_URL, args=[obj.pk]),
+            reverse(HISTORY_EXPORT_URL, args=[obj.pk, "csv"]),
+            reverse(HISTORY_EXPORT_URL, args=[obj.pk, "json"]),
+        )
+        if latest is None:
+            return format_html("no change recorded ({})", links)
+        count = entries.count()
+        return format_html(
+            "{} change{}; the latest: {} {} by {} via {} ({})",
+            count,
+            "" if count == 1 else "s",
+            latest.action,
+            _local(latest.changed_at),
+            latest.actor,
+            latest.source,
+            links,
+        )
 
     # --- read-only summaries -------------------------------------------------
 
@@ -385,10 +553,11 @@ class ProviderConfigAdmin(admin.ModelAdmin):
 
     @admin.display(description="secrets")
     def secrets_summary(self, obj: ProviderConfig) -> str:
-        """List the stored secrets, masked."""
-        lines = [
-            f"{key}: {mask_secret(value)}" for key, value in sorted((obj.secrets or {}).items())
-        ]
+        """List the stored secrets, masked, or say that they cannot be decrypted."""
+        stored = obj.readable_secrets()
+        if stored is None:
+            return format_html('<span class="errornote">{}</span>', obj.secrets_error)
+        lines = [f"{key}: {mask_secret(value)}" for key, value in sorted(stored.items())]
         return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) or "-"
 
     # --- columns ------------------------------------------------------------
@@ -401,6 +570,9 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                 "disabled: {}", _safe_text(obj, obj.disabled_reason) or "no reason given"
             )
         status = runtime.registry.status(obj.name)
+        if obj.secrets_error and not status["loaded"]:
+            # Said from the row itself: true whatever this worker last tried to load.
+            return format_html("not serving: {}", obj.secrets_error)
         error = _safe_text(obj, status.get("last_error"))
         if status["loaded"]:
             if error:
@@ -552,4 +724,42 @@ class HealthCheckAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: HealthCheck | None = None) -> bool:
+        return False
+
+
+@admin.register(ProviderConfigChange)
+class ProviderConfigChangeAdmin(admin.ModelAdmin):
+    """The audit trail of every provider, deleted ones included: read-only, as evidence must be."""
+
+    list_display = ("changed_at", "provider_name", "action", "actor", "source", "remote_addr")
+    list_filter = ("provider_name", "action", "source", "actor", "changed_at")
+    search_fields = ("provider_name", "actor")
+    date_hierarchy = "changed_at"
+    fields = (
+        "changed_at",
+        "provider_name",
+        "action",
+        "actor",
+        "source",
+        "remote_addr",
+        "what_changed",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="what changed")
+    def what_changed(self, obj: ProviderConfigChange) -> str:
+        """Show the field-by-field diff (secrets as masks)."""
+        return render_changes(obj.changes or [])
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: ProviderConfigChange | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: ProviderConfigChange | None = None
+    ) -> bool:
         return False

@@ -39,6 +39,10 @@ SETTING_PREFIX = "setting__"
 CLEAR_PREFIX = "clear_secret__"
 EXTRA_SETTINGS = "extra_settings"
 BLANK_VALUES: tuple[Any, ...] = (None, "", [])
+UNREADABLE_SECRETS_MESSAGE = (
+    "The stored secrets cannot be decrypted with the keys in ECHO_ENCRYPTION_KEYS. "
+    "Type the secrets again (they replace the stored ones), or untick 'Enabled'."
+)
 
 
 def setting_field_name(prop: str) -> str:
@@ -155,12 +159,20 @@ def schema_field(name: str, prop: dict[str, Any], *, required: bool) -> forms.Fi
     return BlankableJSONField(widget=forms.Textarea(attrs={"rows": 4, "cols": 40}), **options)
 
 
-def secret_field(name: str, prop: dict[str, Any], *, stored: Any, required: bool) -> forms.Field:
-    """Return the password field for secret NAME; STORED is its current value, never rendered."""
+def secret_field(
+    name: str, prop: dict[str, Any], *, stored: Any, required: bool, unreadable: bool = False
+) -> forms.Field:
+    """Return the password field for secret NAME; STORED is its current value, never rendered.
+
+    UNREADABLE says the stored secrets cannot be decrypted: STORED is then unknown.
+    """
     masked = mask_secret(stored)
-    state = (
-        f"Current: {masked}. Leave blank to keep it." if stored not in BLANK_VALUES else "Not set."
-    )
+    if unreadable:
+        state = "The stored secrets cannot be decrypted: type it again."
+    elif stored not in BLANK_VALUES:
+        state = f"Current: {masked}. Leave blank to keep it."
+    else:
+        state = "Not set."
     return forms.CharField(
         label=prop.get("title") or name.replace("_", " ").capitalize(),
         help_text=format_html("{}", " ".join(filter(None, [state, prop.get("description")]))),
@@ -213,7 +225,10 @@ class ProviderConfigForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stored_settings: dict[str, Any] = dict(self.instance.settings or {})
-        self.stored_secrets: dict[str, Any] = dict(self.instance.secrets or {})
+        stored_secrets = self.instance.readable_secrets()
+        # Secrets no key decrypts: shown as such, and replaced by whatever is typed.
+        self.secrets_unreadable = stored_secrets is None
+        self.stored_secrets: dict[str, Any] = dict(stored_secrets or {})
         properties = (self.schema or {}).get("properties") or {}
         for prop in self.setting_props:
             if prop in self.stored_settings:
@@ -285,6 +300,12 @@ class ProviderConfigForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if (
+            self.secrets_unreadable
+            and cleaned.get("enabled", self.instance.enabled)
+            and not self.secrets_changes()
+        ):
+            self.add_error(None, UNREADABLE_SECRETS_MESSAGE)
         for prop in self.secret_props:
             if cleaned.get(setting_field_name(prop)) and cleaned.get(clear_field_name(prop)):
                 self.add_error(
@@ -368,13 +389,18 @@ def provider_config_form(
         properties = schema.get("properties") or {}
         required = set(schema.get("required") or [])
         secrets = secret_fields(schema)
-        stored_secrets = (instance.secrets or {}) if instance else {}
+        readable = instance.readable_secrets() if instance else {}
+        stored_secrets = readable or {}
         for prop, spec in properties.items():
             spec = spec if isinstance(spec, dict) else {}
             if prop in secrets:
                 stored = stored_secrets.get(prop)
                 attrs[setting_field_name(prop)] = secret_field(
-                    prop, spec, stored=stored, required=prop in required and stored is None
+                    prop,
+                    spec,
+                    stored=stored,
+                    required=prop in required and stored is None,
+                    unreadable=readable is None,
                 )
                 attrs["secret_props"].append(prop)
                 if stored not in BLANK_VALUES:

@@ -3,10 +3,14 @@
 The services call ``record_change`` inside the transaction of the change.
 Entries hold a field-by-field diff; secrets appear only as masks, flagged
 ``"secret": true``, so that neither the trail nor its exports leak a key.
+Every caller names its ``Actor``: the admin and the API build it with
+``actor_for_request`` (sources ``admin``, ``api``, ``plugins-api``), the
+YAML import is ``yaml-import``, other management commands ``command``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +30,38 @@ class Actor:
     remote_addr: str | None = None
 
 
-SYSTEM = Actor(name="system", source="system")
+# Where a change came from (``ProviderConfigChange.source``).
+SOURCE_ADMIN = "admin"
+SOURCE_API = "api"  # /api/providers/
+SOURCE_PLUGINS_API = "plugins-api"  # the guide's /plugins/ management API
+SOURCE_YAML_IMPORT = "yaml-import"
+SOURCE_COMMAND = "command"
+SOURCE_SYSTEM = "system"
+
+SYSTEM = Actor(name="system", source=SOURCE_SYSTEM)
+
+
+def actor_for_request(request: Any, source: str) -> Actor:
+    """Return the Actor behind REQUEST (a Django or DRF request) for changes from SOURCE.
+
+    The name is the user's username, or ``key:<key name>`` for an API client
+    authenticated by a key (its request user names itself so). The address
+    is ``REMOTE_ADDR``: behind a proxy that is the proxy's, unless the
+    deployment rewrites it, since a forwarded header could be forged.
+    """
+    user = getattr(request, "user", None)
+    name = ""
+    if user is not None and user.is_authenticated:
+        name = user.get_username()
+    return Actor(name=name or "anonymous", source=source, remote_addr=_address(request))
+
+
+def _address(request: Any) -> str | None:
+    value = (getattr(request, "META", None) or {}).get("REMOTE_ADDR")
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None  # the column holds addresses only; a test client may send anything
 
 
 def snapshot(config: ProviderConfig) -> dict[str, Any]:

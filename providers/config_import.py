@@ -27,13 +27,14 @@ from typing import Any
 from django.db import transaction
 
 from providers import services
-from providers.audit import Actor
+from providers.audit import SOURCE_YAML_IMPORT, Actor
 from providers.base import secret_fields
 from providers.config_files import ProviderEntry
 from providers.errors import ProviderConfigError, ProviderNotFoundError
 from providers.models import ProviderConfig
 
-IMPORT_ACTOR = Actor(name="sync_providers", source="yaml-import")
+IMPORT_ACTOR = Actor(name="sync_providers", source=SOURCE_YAML_IMPORT)
+UNREADABLE_SECRETS = "secrets: the stored ones cannot be decrypted with ECHO_ENCRYPTION_KEYS"
 FILE_DISABLED_REASON = "The configuration file sets enabled: false."
 SHOWN_VALUE_LENGTH = 60
 
@@ -152,7 +153,8 @@ class ImportedValues:
             is_default=row.is_default,
             fallbacks=list(row.fallbacks or []),
             settings=dict(row.settings or {}),
-            secrets=dict(row.secrets or {}),
+            # Unreadable secrets count as none: the import then replaces them, or says so.
+            secrets=dict(row.readable_secrets() or {}),
             # A reason on an enabled row means nothing; the services clear it.
             disabled_reason="" if row.enabled else row.disabled_reason,
         )
@@ -239,6 +241,12 @@ def _apply(
 
     current = ImportedValues.from_row(row)
     differences = _differences(current, desired)
+    unreadable = row.readable_secrets() is None
+    if unreadable:
+        # Compared with nothing, every secret would look "not in the database".
+        differences = [UNREADABLE_SECRETS] + [
+            line for line in differences if not line.startswith("secrets.")
+        ]
     if not differences:
         if row.import_fingerprint != current.fingerprint():
             # The row already says what the file says (an admin made the same
@@ -248,7 +256,11 @@ def _apply(
             )
         return ProviderSyncResult(name, Outcome.UNCHANGED, disabled_reason=reason)
 
-    owned = row.import_fingerprint != "" and row.import_fingerprint == current.fingerprint()
+    owned = (
+        not unreadable
+        and row.import_fingerprint != ""
+        and row.import_fingerprint == current.fingerprint()
+    )
     if owned:
         if written == current:
             # Only the default differs, and it stays where the admin put it.
@@ -269,11 +281,15 @@ def _apply(
             Outcome.CONFLICT,
             differences=differences,
             conflict_cause=(
-                "created outside the import"
-                if row.import_fingerprint == ""
-                else "edited since the last import"
-            )
-            + " and differs from the file",
+                "its stored secrets cannot be decrypted"
+                if unreadable
+                else (
+                    "created outside the import"
+                    if row.import_fingerprint == ""
+                    else "edited since the last import"
+                )
+                + " and differs from the file"
+            ),
         )
     _write(name, row, written)
     return ProviderSyncResult(
@@ -380,7 +396,7 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
                 "is_default": values.is_default,
                 "fallbacks": values.fallbacks,
                 "settings": _replacing(row.settings, values.settings),
-                "secrets": _replacing(row.secrets, values.secrets),
+                "secrets": _replacing(row.readable_secrets() or {}, values.secrets),
                 "disabled_reason": values.disabled_reason,
             },
             actor=IMPORT_ACTOR,

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -228,6 +229,17 @@ class HTTPProvider(AbstractAIProvider):
 
     def error_for_status(self, status: int, message: str, headers: httpx.Headers) -> ProviderError:
         """Return the typed error for an upstream answer with STATUS."""
+        if 300 <= status < 400:
+            # Never followed (it could lead to an internal address); say where it
+            # pointed, host only: a redirect's query may carry a token.
+            target = urlsplit(headers.get("location", ""))
+            where = f" to {target.scheme}://{target.netloc}" if target.netloc else ""
+            return self._error(
+                ProtocolError,
+                f"{self.display_name} answered {status}, a redirect{where}; Echo does not "
+                "follow redirects: check base_url.",
+                status_code=status,
+            )
         text = f"{self.display_name} answered {status}: {message}"
         if status in (401, 403):
             return self._error(AuthenticationError, text, status_code=status)

@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from providers.base import secret_fields
 from providers.errors import ProviderNotFoundError
 from providers.masking import mask_secret, redact
-from providers.models import HealthCheck, ProviderConfig
+from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
 from providers.runtime import registry
 
 
@@ -32,8 +32,8 @@ def provider_config_get(*, name: str) -> ProviderConfig:
 
 
 def provider_secrets_masked(config: ProviderConfig) -> dict[str, str]:
-    """Return the stored secrets of CONFIG, each masked."""
-    return {key: mask_secret(value) for key, value in (config.secrets or {}).items()}
+    """Return the stored secrets of CONFIG, each masked ({} when they cannot be decrypted)."""
+    return {key: mask_secret(value) for key, value in (config.readable_secrets() or {}).items()}
 
 
 def timestamp_datetime(timestamp: float | None) -> dt.datetime | None:
@@ -55,7 +55,9 @@ def provider_capabilities(config: ProviderConfig) -> list[str]:
             metadata = registry.get(config.name).metadata
         else:
             cls = registry.plugin(config.plugin)
-            metadata = cls(config.full_config(), name=config.name).metadata
+            # Secrets that cannot be decrypted must not hide what the plugin can do.
+            merged = {**(config.settings or {}), **(config.readable_secrets() or {})}
+            metadata = cls(merged, name=config.name).metadata
         return metadata.as_dict()["capabilities"]
     except Exception:  # a missing plugin or a plugin bug must not break a listing
         return []
@@ -63,7 +65,8 @@ def provider_capabilities(config: ProviderConfig) -> list[str]:
 
 def provider_secret_values(*, name: str, config: ProviderConfig | None = None) -> list[str]:
     """Return the secret values of provider NAME, stored and live, to keep them out of messages."""
-    values = [str(v) for v in (config.secrets or {}).values() if v] if config else []
+    stored = (config.readable_secrets() or {}) if config else {}
+    values = [str(v) for v in stored.values() if v]
     if name in registry:
         provider = registry.get(name)
         names = secret_fields(provider.get_config_schema())
@@ -100,6 +103,8 @@ def provider_last_error(config: ProviderConfig) -> str | None:
         return _redacted(error, config.name, config)
     if not config.enabled:
         return config.disabled_reason or "Disabled."
+    if config.name not in registry and config.secrets_error:
+        return config.secrets_error
     return None
 
 
@@ -153,7 +158,7 @@ def secret_changes(*, config: ProviderConfig, secrets: dict[str, Any]) -> dict[s
     A client that reads a provider and sends it back unchanged sends the
     masked secrets (``sk-...f3a9``); storing those would break the key.
     """
-    stored = config.secrets or {}
+    stored = config.readable_secrets() or {}
     return {
         key: value
         for key, value in secrets.items()
@@ -176,3 +181,40 @@ def health_check_list(
     if until is not None:
         checks = checks.filter(checked_at__lte=until)
     return checks
+
+
+def provider_history(*, name: str) -> QuerySet[ProviderConfigChange]:
+    """Return the audit trail of provider NAME, newest first, also after its deletion.
+
+    Raise ``ProviderNotFoundError`` (404) when NAME is neither configured nor in the trail.
+    """
+    changes = provider_change_list(provider=name)
+    if not changes.exists() and not ProviderConfig.objects.filter(name=name).exists():
+        raise ProviderNotFoundError(
+            f"No provider named {name!r} is configured or has a history.", provider=name
+        )
+    return changes
+
+
+def provider_change_list(
+    *,
+    provider: str | None = None,
+    actor: str | None = None,
+    source: str | None = None,
+    action: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> QuerySet[ProviderConfigChange]:
+    """Return audited configuration changes, newest first, filtered by each given value.
+
+    PROVIDER, ACTOR, SOURCE and ACTION match exactly; SINCE and UNTIL bound
+    the time, both included. Deleted providers keep their history.
+    """
+    changes = ProviderConfigChange.objects.order_by("-changed_at", "-id")
+    exact = {"provider_name": provider, "actor": actor, "source": source, "action": action}
+    changes = changes.filter(**{field: value for field, value in exact.items() if value})
+    if since is not None:
+        changes = changes.filter(changed_at__gte=since)
+    if until is not None:
+        changes = changes.filter(changed_at__lte=until)
+    return changes

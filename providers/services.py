@@ -3,6 +3,12 @@
 Each service validates first and changes nothing when the input is bad
 (``ProviderConfigError`` names every bad field); on success it saves inside a
 transaction, and the post-save signal reloads the provider once committed.
+
+Stored secrets that no key in ECHO_ENCRYPTION_KEYS decrypts are never merged
+with: a change that sends secrets replaces them all, one that sends none
+keeps the ciphertext as it is (a key added back may still open it), and a
+change that would leave the provider enabled without sending secrets is
+refused, naming ``secrets``: it could not serve.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from providers.masking import redact
 from providers.models import ProviderConfig
 from providers.registry import ProviderSpec
 from providers.runtime import registry, run_in_serving_loop
+from providers.secret_box import DECRYPTION_FAILED
 
 FALLBACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/.+)?$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -97,6 +104,30 @@ def _raise_if(errors: dict[str, list[str]]) -> None:
     if errors:
         summary = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items())
         raise ProviderConfigError(f"Invalid provider configuration: {summary}", errors=errors)
+
+
+def _new_secrets(config: ProviderConfig, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """Return CONFIG's secrets after CHANGES; None when they stay as stored, unreadable.
+
+    Raise ``ProviderConfigError`` naming ``secrets`` when they cannot be read
+    and the change would leave the provider enabled without new ones.
+    """
+    partial = changes.get("secrets") or {}
+    stored = config.readable_secrets()
+    if stored is not None:
+        return merge_partial(stored, partial if isinstance(partial, dict) else {})
+    if isinstance(partial, dict) and partial:
+        return merge_partial({}, partial)  # the unreadable ones are replaced, not merged
+    if bool(changes.get("enabled", config.enabled)):
+        _raise_if(
+            {
+                "secrets": [
+                    f"{DECRYPTION_FAILED} Send the secrets again (they replace the stored "
+                    "ones), or disable the provider."
+                ]
+            }
+        )
+    return None
 
 
 def merge_partial(current: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
@@ -193,31 +224,32 @@ def provider_config_update(
         _raise_if({field: ["Unknown field."] for field in unknown})
     config = ProviderConfig.objects.select_for_update().get(pk=config.pk)
     before = snapshot(config)
-    plugin = changes.get("plugin", config.plugin)
-    settings = merge_partial(config.settings, changes.get("settings") or {})
-    secrets = merge_partial(config.secrets, changes.get("secrets") or {})
-    fallbacks = changes.get("fallbacks", config.fallbacks)
     for key in ("settings", "secrets"):
         if key in changes and not isinstance(changes[key], dict):
             _raise_if({key: ["Must be an object."]})
+    plugin = changes.get("plugin", config.plugin)
+    settings = merge_partial(config.settings, changes.get("settings") or {})
+    secrets = _new_secrets(config, changes)
+    fallbacks = changes.get("fallbacks", config.fallbacks)
     enabled = bool(changes.get("enabled", config.enabled))
     _raise_if(
         provider_config_errors(
             plugin=plugin,
             settings=settings,
-            secrets=secrets,
+            # Unreadable secrets kept as they are belong to a disabled provider:
+            # required ones are not asked for.
+            secrets=secrets if secrets is not None else {},
             fallbacks=fallbacks,
             name=config.name,
             enabled=enabled,
         )
     )
     if changes.get("is_default"):
-        ProviderConfig.objects.filter(is_default=True).exclude(pk=config.pk).update(
-            is_default=False
-        )
+        _take_default_from_others(config.name, actor)
     config.plugin = plugin
     config.settings = settings
-    config.secrets = secrets
+    if secrets is not None:
+        config.secrets = secrets
     config.fallbacks = list(fallbacks)
     if "enabled" in changes:
         config.enabled = bool(changes["enabled"])
@@ -244,7 +276,7 @@ def provider_config_update_live(
     provider once more from the committed row, here and in the other workers.
     """
     settings = merge_partial(config.settings, changes.get("settings") or {})
-    secrets = merge_partial(config.secrets, changes.get("secrets") or {})
+    secrets = _new_secrets(config, changes) or {}
     fallbacks = changes.get("fallbacks", config.fallbacks)
     enabled = bool(changes.get("enabled", config.enabled))
     _raise_if(

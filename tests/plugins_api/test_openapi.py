@@ -32,6 +32,10 @@ DOCUMENTED = {
     "/api/providers/{name}/": {"get", "put", "patch", "delete"},
     "/api/health-checks/": {"get"},
     "/api/health-checks/{id}/": {"get"},
+    "/api/providers/{name}/history/": {"get"},
+    "/api/providers/{name}/history/export/": {"get"},
+    "/api/history/": {"get"},
+    "/api/history/export/": {"get"},
 }
 
 
@@ -74,6 +78,19 @@ def test_schema_documents_bodies_and_errors(schema):
     # Every $ref points at a component that exists.
     refs = set(re.findall(r"#/components/schemas/(\w+)", yaml.safe_dump(schema)))
     assert refs <= set(components)
+
+
+def test_schema_documents_the_history_exports(schema):
+    export = schema["paths"]["/api/providers/{name}/history/export/"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"application/json", "text/csv"}
+    fmt = next(p for p in export["parameters"] if p["name"] == "format")
+    assert fmt["schema"]["enum"] == ["csv", "json"]
+    listed = schema["paths"]["/api/history/"]["get"]
+    assert {"provider", "actor", "source", "action", "since", "until", "page"} <= {
+        p["name"] for p in listed["parameters"]
+    }
+    entry = schema["components"]["schemas"]["ProviderConfigChange"]["properties"]
+    assert {"changed_at", "actor", "source", "remote_addr", "changes"} <= set(entry)
 
 
 def test_schema_marks_the_public_health_check_and_the_auth_schemes(schema):

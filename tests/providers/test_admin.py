@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from providers import runtime
 from providers.base import AbstractAIProvider, PluginMetadata
-from providers.models import HealthCheck, ProviderConfig
+from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
 from providers.services import provider_config_create
 from providers.types import ChatRequest, ChatResponse, HealthStatus
 
@@ -612,3 +612,177 @@ def test_a_sparkline_is_safe_html(live_echo_config) -> None:
 
     assert "<script>" not in svg
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in svg
+
+
+# --- the audit trail --------------------------------------------------------
+
+
+def admin_entries(name: str) -> list[ProviderConfigChange]:
+    """Return the entries of NAME made in the admin, oldest first."""
+    return list(
+        ProviderConfigChange.objects.filter(provider_name=name, source="admin").order_by("id")
+    )
+
+
+def test_a_form_post_is_audited_once_with_the_user_and_a_masked_diff(
+    staff, securetest, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(securetest)
+    data = form_data(staff.get(url), setting__tier="paid", setting__api_key=OTHER_SECRET)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(url, data, REMOTE_ADDR="192.0.2.7").status_code == 302
+
+    (entry,) = admin_entries("secure")
+    assert (entry.action, entry.actor, entry.source, entry.remote_addr) == (
+        "updated",
+        "admin",
+        "admin",
+        "192.0.2.7",
+    )
+    assert entry.changes == [
+        {"field": "settings.tier", "before": None, "after": "paid"},
+        {
+            "field": "secrets.api_key",
+            "before": "sk-...cdef",
+            "after": "sk-...3210",
+            "secret": True,
+            "changed": True,
+        },
+    ]
+
+
+def test_a_refused_form_post_writes_no_entry(staff, securetest) -> None:
+    url = change_url(securetest)
+    response = staff.post(
+        url, form_data(staff.get(url), setting__api_key=OTHER_SECRET, setting__region="Mars")
+    )
+    assert response.status_code == 200
+    assert admin_entries("secure") == []
+
+
+def test_adding_and_deleting_in_the_admin_are_audited(
+    staff, db, django_capture_on_commit_callbacks
+) -> None:
+    url = reverse("admin:providers_providerconfig_add") + "?plugin=echo"
+    with django_capture_on_commit_callbacks(execute=True):
+        staff.post(url, form_data(staff.get(url), name="echo-two", setting__prefix="Two: "))
+    row = ProviderConfig.objects.get(name="echo-two")
+    delete_url = reverse("admin:providers_providerconfig_delete", args=[row.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(delete_url, {"post": "yes"}).status_code == 302
+
+    assert [e.action for e in admin_entries("echo-two")] == ["created", "deleted"]
+    assert "echo-two" not in runtime.registry
+
+
+def test_the_bulk_delete_action_audits_each_provider(
+    staff, live_echo_config, securetest, django_capture_on_commit_callbacks
+) -> None:
+    changelist = reverse(CHANGELIST)
+    data = {
+        "action": "delete_selected",
+        "_selected_action": [live_echo_config.pk, securetest.pk],
+        "post": "yes",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(changelist, data).status_code == 302
+
+    assert not ProviderConfig.objects.exists()
+    assert [e.action for e in admin_entries("echo")] == ["deleted"]
+    assert [e.action for e in admin_entries("secure")] == ["deleted"]
+
+
+def test_the_history_page_lists_every_change_with_export_links(staff, securetest) -> None:
+    from providers.audit import Actor
+    from providers.services import provider_config_update
+
+    provider_config_update(
+        config=securetest,
+        changes={"secrets": {"api_key": OTHER_SECRET}},
+        actor=Actor("key:ops", "api", "10.0.0.2"),
+    )
+    response = staff.get(reverse("admin:providers_providerconfig_history", args=[securetest.pk]))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    table = html[html.index('id="provider-change-history"') :]
+    assert "key:ops" in table and "10.0.0.2" in table and "api" in table
+    assert "secrets.api_key" in table and "sk-...cdef" in table and "sk-...3210" in table
+    assert SECRET not in html and OTHER_SECRET not in html and TOKEN not in html
+    change_page = staff.get(change_url(securetest)).content.decode()
+    assert "2 changes; the latest: updated" in change_page
+
+    csv_url = re.search(r'id="history-export-csv" href="([^"]+)"', html).group(1)
+    exported = staff.get(csv_url)
+    assert exported["Content-Type"].startswith("text/csv")
+    text = exported.content.decode()
+    assert text.startswith("changed_at,provider,action,actor,source,remote_addr,field,")
+    assert "key:ops" in text and SECRET not in text and OTHER_SECRET not in text
+    json_url = re.search(r'id="history-export-json" href="([^"]+)"', html).group(1)
+    records = staff.get(json_url).json()
+    assert [r["action"] for r in records] == ["updated", "created"]
+
+
+def test_provider_changes_are_listed_filterable_and_read_only(staff, securetest) -> None:
+    entry = ProviderConfigChange.objects.get(provider_name="secure")
+    listing = staff.get(
+        reverse("admin:providers_providerconfigchange_changelist")
+        + "?provider_name=secure&action__exact=created&source=system"
+    )
+    assert listing.status_code == 200
+    assert "secure" in listing.content.decode()
+    assert staff.get(reverse("admin:providers_providerconfigchange_add")).status_code == 403
+    detail = staff.get(reverse("admin:providers_providerconfigchange_change", args=[entry.pk]))
+    assert detail.status_code == 200
+    assert "secrets.api_key" in detail.content.decode()
+    assert SECRET not in detail.content.decode()
+    deleting = reverse("admin:providers_providerconfigchange_delete", args=[entry.pk])
+    assert staff.post(deleting, {"post": "yes"}).status_code == 403
+    assert ProviderConfigChange.objects.filter(pk=entry.pk).exists()
+
+
+# --- secrets that no key decrypts -----------------------------------------------
+
+
+@pytest.fixture
+def lost_key(settings, securetest) -> ProviderConfig:
+    """SECURETEST, after the key that encrypted its secrets left ECHO_ENCRYPTION_KEYS."""
+    from providers.secret_box import new_key
+
+    settings.ECHO_ENCRYPTION_KEYS = [new_key()]
+    runtime.run_in_serving_loop(runtime.load_provider_from_database, "secure")
+    return securetest
+
+
+def test_unreadable_secrets_show_a_note_in_the_list_and_the_form(staff, lost_key) -> None:
+    listing = staff.get(reverse(CHANGELIST))
+    assert listing.status_code == 200
+    assert "cannot be decrypted" in listing.content.decode()
+
+    page = staff.get(change_url(lost_key))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "cannot be decrypted" in html
+    assert "Current: " not in html  # no mask of a value nobody can read
+    assert (
+        staff.get(reverse("admin:providers_providerconfig_history", args=[lost_key.pk])).status_code
+        == 200
+    )
+
+
+def test_typing_the_secrets_again_replaces_unreadable_ones(
+    staff, lost_key, django_capture_on_commit_callbacks
+) -> None:
+    url = change_url(lost_key)
+    refused = staff.post(url, form_data(staff.get(url), setting__tier="paid"))
+    assert refused.status_code == 200
+    assert "cannot be decrypted" in str(refused.context["adminform"].form.non_field_errors())
+
+    data = form_data(staff.get(url), setting__api_key=OTHER_SECRET)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(url, data).status_code == 302
+
+    assert ProviderConfig.objects.get(name="secure").secrets == {"api_key": OTHER_SECRET}
+    assert runtime.registry.get("secure").config["api_key"] == OTHER_SECRET
+    (entry,) = admin_entries("secure")
+    assert entry.changes[-1]["before"] == "(cannot be decrypted)"

@@ -91,6 +91,16 @@ def test_taking_the_default_audits_the_provider_that_lost_it() -> None:
 
 
 @pytest.mark.django_db
+def test_making_another_provider_the_default_audits_both(db) -> None:
+    provider_config_create(name="echo", plugin="echo", is_default=True)
+    other = provider_config_create(name="other", plugin="echo")
+    provider_config_update(config=other, changes={"is_default": True}, actor=ALICE)
+    assert trail("echo")[-1].changes == [{"field": "is_default", "before": True, "after": False}]
+    assert trail("other")[-1].changes == [{"field": "is_default", "before": False, "after": True}]
+    assert trail("echo")[-1].actor == trail("other")[-1].actor == "alice"
+
+
+@pytest.mark.django_db
 def test_the_yaml_import_is_audited_as_such(tmp_path) -> None:
     from django.core.management import call_command
 
@@ -99,3 +109,150 @@ def test_the_yaml_import_is_audited_as_such(tmp_path) -> None:
     call_command("sync_providers", file=str(path), stdout=open("/dev/null", "w"))
     (entry,) = trail("echo")
     assert (entry.actor, entry.source) == ("sync_providers", "yaml-import")
+
+
+# --- who the actor is ---------------------------------------------------------
+
+
+def test_actor_for_request_names_the_user_the_key_and_the_address(rf, admin_user) -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    from plugins_api.authentication import ClientKeyUser
+    from plugins_api.client_keys import ClientIdentity
+    from providers.audit import actor_for_request
+
+    request = rf.get("/", REMOTE_ADDR="203.0.113.9")
+    request.user = admin_user
+    assert actor_for_request(request, "admin") == Actor("admin", "admin", "203.0.113.9")
+    request.user = ClientKeyUser(ClientIdentity(key_id=1, name="deploy-bot", scope="admin"))
+    assert actor_for_request(request, "api").name == "key:deploy-bot"
+    request.user = AnonymousUser()
+    request.META["REMOTE_ADDR"] = "not an address"
+    assert actor_for_request(request, "api") == Actor("anonymous", "api", None)
+
+
+# --- the YAML import ------------------------------------------------------------
+
+IMPORT_SECRET = "sk-yaml-0123456789abcdef"
+IMPORT_YAML = """
+ai_providers:
+  openai:
+    api_key: ${CANARY_OPENAI_KEY}
+    base_url: http://127.0.0.1:9/v1
+    timeout: %d
+"""
+
+
+def _sync(tmp_path, timeout: int) -> None:
+    from django.core.management import call_command
+
+    path = tmp_path / "providers.yaml"
+    path.write_text(IMPORT_YAML % timeout)
+    call_command("sync_providers", file=str(path), stdout=open("/dev/null", "w"))
+
+
+@pytest.mark.django_db
+def test_each_import_that_changes_something_writes_one_masked_entry(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CANARY_OPENAI_KEY", IMPORT_SECRET)
+    _sync(tmp_path, 30)
+    _sync(tmp_path, 30)  # nothing changed: no entry
+    _sync(tmp_path, 60)
+
+    created, updated = trail("openai")
+    assert (created.action, created.actor, created.source) == (
+        "created",
+        "sync_providers",
+        "yaml-import",
+    )
+    assert {
+        "field": "secrets.api_key",
+        "before": None,
+        "after": "sk-...cdef",
+        "secret": True,
+        "changed": True,
+    } in created.changes
+    assert updated.changes == [{"field": "settings.timeout", "before": 30, "after": 60}]
+    assert IMPORT_SECRET not in json.dumps([c.changes for c in trail("openai")])
+
+
+@pytest.mark.django_db
+def test_an_invalid_import_entry_writes_no_entry(tmp_path, monkeypatch) -> None:
+    from django.core.management.base import CommandError
+
+    monkeypatch.setenv("CANARY_OPENAI_KEY", IMPORT_SECRET)
+    _sync(tmp_path, 30)
+    with pytest.raises(CommandError):
+        _sync(tmp_path, -1)  # refused by the schema: the whole entry changes nothing
+    assert [c.action for c in trail("openai")] == ["created"]
+
+
+# --- secrets that no key decrypts -------------------------------------------------
+
+
+@pytest.fixture
+def unreadable(db, settings):
+    """An openai provider whose encryption key has left ECHO_ENCRYPTION_KEYS."""
+    from providers.secret_box import new_key
+
+    config = provider_config_create(
+        name="openai",
+        plugin="openai",
+        settings={"base_url": "http://127.0.0.1:9/v1"},
+        secrets={"api_key": OLD_KEY},
+    )
+    settings.ECHO_ENCRYPTION_KEYS = [new_key()]
+    return config
+
+
+def test_a_change_that_leaves_unreadable_secrets_enabled_is_refused(unreadable) -> None:
+    from providers.errors import ProviderConfigError
+
+    with pytest.raises(ProviderConfigError) as refused:
+        provider_config_update(config=unreadable, changes={"settings": {"timeout": 9}})
+    assert list(refused.value.errors) == ["secrets"]
+    assert "cannot be decrypted" in refused.value.errors["secrets"][0]
+    assert [c.action for c in trail("openai")] == ["created"]
+
+
+def test_unreadable_secrets_are_replaced_or_kept_never_merged(unreadable) -> None:
+    from providers.models import ProviderConfig
+
+    ciphertext = unreadable.secrets_encrypted
+    provider_config_update(config=unreadable, changes={"enabled": False}, actor=ALICE)
+    assert ProviderConfig.objects.get(name="openai").secrets_encrypted == ciphertext
+
+    provider_config_update(
+        config=unreadable, changes={"enabled": True, "secrets": {"api_key": NEW_KEY}}, actor=ALICE
+    )
+    assert ProviderConfig.objects.get(name="openai").secrets == {"api_key": NEW_KEY}
+    disabled, enabled = trail("openai")[1:]
+    assert disabled.changes == [{"field": "enabled", "before": True, "after": False}]
+    assert {
+        "field": "secrets.api_key",
+        "before": "(cannot be decrypted)",
+        "after": "sk-...3210",
+        "secret": True,
+        "changed": True,
+    } in enabled.changes
+
+
+def test_the_import_reports_unreadable_secrets_and_replaces_them_when_told(
+    unreadable, tmp_path, monkeypatch
+) -> None:
+    from providers.config_files import load_provider_entries
+    from providers.config_import import Outcome, sync_provider_configs
+    from providers.models import ProviderConfig
+
+    monkeypatch.setenv("CANARY_OPENAI_KEY", IMPORT_SECRET)
+    path = tmp_path / "providers.yaml"
+    path.write_text(IMPORT_YAML % 30)
+    entries = load_provider_entries(path)
+
+    (kept,) = sync_provider_configs(entries=entries).results
+    assert kept.outcome == Outcome.CONFLICT
+    assert "cannot be decrypted" in kept.conflict_cause
+    assert kept.differences[0].startswith("secrets: the stored ones cannot be decrypted")
+
+    (replaced,) = sync_provider_configs(entries=entries, overwrite=True).results
+    assert replaced.outcome == Outcome.OVERWRITTEN
+    assert ProviderConfig.objects.get(name="openai").secrets == {"api_key": IMPORT_SECRET}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -40,7 +43,7 @@ def test_secrets_are_encrypted_in_the_database() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_wrong_key_keeps_the_provider_out_of_service_and_sends_nothing(
-    settings, client, chat_key
+    settings, client, chat_key, admin_key
 ) -> None:
     with FakeOpenAI() as fake:
         provider_config_create(
@@ -51,6 +54,7 @@ def test_a_wrong_key_keeps_the_provider_out_of_service_and_sends_nothing(
             is_default=True,
         )
         assert "openai" in runtime.registry
+        ciphertext = stored_row("openai")[1]
         settings.ECHO_ENCRYPTION_KEYS = [new_key()]  # the old key is gone
         with pytest.raises(SecretDecryptionError, match="cannot be decrypted"):
             _ = ProviderConfig.objects.get(name="openai").secrets
@@ -64,17 +68,49 @@ def test_a_wrong_key_keeps_the_provider_out_of_service_and_sends_nothing(
             HTTP_AUTHORIZATION=f"Bearer {chat_key[1]}",
         )
         assert response.status_code == 404
-        assert fake.requests_to("/v1/chat/completions") == []
+        # Every other way in that could build the provider again sends nothing either.
+        admin = {"HTTP_AUTHORIZATION": f"Bearer {admin_key[1]}"}
+        assert client.get("/plugins/health?refresh=1", **admin).status_code == 200
+        status = client.get("/plugins/openai/status", **admin)
+        assert "cannot be decrypted" in status.json()["last_error"]
+        assert (
+            client.post(
+                "/plugins/openai/reload", {}, content_type="application/json", **admin
+            ).status_code
+            == 409
+        )
+        with pytest.raises(CommandError, match="Unavailable: openai"):
+            call_command("check_providers", stdout=open("/dev/null", "w"))
+        assert "openai" not in runtime.registry
+        assert fake.requests == []
+        assert SECRET not in ciphertext  # and the ciphertext was never sent as a key:
+        sent = json.dumps([dataclasses.asdict(r) for r in fake.requests])
+        assert ciphertext not in sent and ciphertext[:40] not in sent
 
 
 @pytest.mark.django_db
 def test_rotation_moves_every_secret_to_the_first_key(settings) -> None:
-    old, new = settings.ECHO_ENCRYPTION_KEYS[0], new_key()
-    provider_config_create(name="openai", plugin="openai", settings={}, secrets={"api_key": SECRET})
-    settings.ECHO_ENCRYPTION_KEYS = [new, old]
+    key_a, key_b = new_key(), new_key()
+    settings.ECHO_ENCRYPTION_KEYS = [key_a]
+    secrets = {
+        "openai": {"api_key": SECRET},
+        "backup": {"api_key": SECRET + "-backup", "organization": "org-0123456789"},
+        "anthropic": {"api_key": "sk-ant-0123456789abcdef"},
+    }
+    for name, values in secrets.items():
+        plugin = "anthropic" if name == "anthropic" else "openai"
+        provider_config_create(name=name, plugin=plugin, settings={}, secrets=values)
+    provider_config_create(name="echo", plugin="echo")  # no secrets: nothing to rotate
+    under_a = {name: stored_row(name)[1] for name in secrets}
+
+    settings.ECHO_ENCRYPTION_KEYS = [key_b, key_a]
     call_command("rotate_encryption_keys", stdout=open("/dev/null", "w"))
-    settings.ECHO_ENCRYPTION_KEYS = [new]
-    assert ProviderConfig.objects.get(name="openai").secrets == {"api_key": SECRET}
+    settings.ECHO_ENCRYPTION_KEYS = [key_b]  # A is dropped
+
+    for name, values in secrets.items():
+        assert stored_row(name)[1] != under_a[name]
+        assert ProviderConfig.objects.get(name=name).secrets == values
+    assert stored_row("echo")[1] == ""
 
 
 @pytest.mark.django_db

@@ -169,10 +169,9 @@ class Command(BaseCommand):
         for config in configs:
             if self._loaded.get(config.name) == config.updated_at:
                 continue
-            spec = config.to_spec() if config.enabled else None
-            await runtime.apply_config_state(
-                config.name, spec, config.disabled_reason or "Disabled."
-            )
+            # serving_spec: secrets no key decrypts keep it out, with the reason.
+            spec, reason = config.serving_spec()
+            await runtime.apply_config_state(config.name, spec, reason)
             self._loaded[config.name] = config.updated_at
         for gone in set(self._loaded) - {c.name for c in configs}:
             await runtime.registry.unregister(gone)
