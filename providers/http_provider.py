@@ -38,6 +38,7 @@ from providers.errors import (
     RateLimitError,
 )
 from providers.masking import redact
+from providers.types import HealthStatus
 from providers.upstream_policy import base_url_problem, resolved_problem
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
@@ -82,6 +83,10 @@ class SSEEvent:
 
     event: str
     data: str
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 @cache
@@ -281,6 +286,22 @@ class HTTPProvider(AbstractAIProvider):
             ProviderUnavailableError,
             f"Cannot reach {self.display_name}: {type(exc).__name__}: {exc}",
         )
+
+    # --- health --------------------------------------------------------
+
+    async def health_check(self) -> HealthStatus:
+        """Check the upstream by listing its models: it proves the key works and spends no tokens.
+
+        A failure is reported in the status (with its typed message), not raised.
+        """
+        started = time.perf_counter()
+        try:
+            models = await self.list_models()
+        except ProviderError as exc:
+            return HealthStatus(
+                available=False, error=exc.message, response_time_ms=_elapsed_ms(started)
+            )
+        return HealthStatus(available=True, models=models, response_time_ms=_elapsed_ms(started))
 
     # --- requests ------------------------------------------------------
 

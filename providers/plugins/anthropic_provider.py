@@ -9,7 +9,6 @@ check that spends no tokens.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -30,7 +29,7 @@ from providers.plugins.anthropic_wire import (
     parse_model_list,
     parse_response,
 )
-from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_API_VERSION = "2023-06-01"
@@ -191,23 +190,6 @@ class AnthropicProvider(HTTPProvider):
             if cursor is None:
                 break
         return models
-
-    async def health_check(self) -> HealthStatus:
-        """Check the key and the upstream by listing models: it costs no tokens."""
-        started = time.perf_counter()
-        try:
-            models = await self.list_models()
-        except ProviderError as exc:
-            return HealthStatus(
-                available=False,
-                error=exc.message,
-                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-        return HealthStatus(
-            available=True,
-            models=models,
-            response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
 
     def get_model_info(self, model_name: str) -> dict[str, Any] | None:
         return known_model_info("anthropic", model_name)

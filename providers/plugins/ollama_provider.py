@@ -17,7 +17,6 @@ arrives as ``BadRequestError``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from providers.errors import (
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
 from providers.model_info import known_model_info
 from providers.plugins import ollama_wire as wire
-from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
 DEFAULT_BASE_URL = "http://localhost:11434"
 
@@ -203,23 +202,6 @@ class OllamaProvider(HTTPProvider):
             return wire.model_names(await self.request_json("GET", wire.TAGS_PATH))
         except ProviderError as exc:
             raise self._named(exc) from None
-
-    async def health_check(self) -> HealthStatus:
-        """Check the server by listing its models: no model is loaded, no token spent."""
-        started = time.perf_counter()
-        try:
-            models = await self.list_models()
-        except ProviderError as exc:
-            return HealthStatus(
-                available=False,
-                error=exc.message,
-                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-        return HealthStatus(
-            available=True,
-            models=models,
-            response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
 
     def get_model_info(self, model_name: str) -> dict[str, Any] | None:
         """Return the facts of MODEL_NAME's family (``llama3:8b`` is ``llama3``), or None."""

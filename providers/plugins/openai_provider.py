@@ -11,7 +11,6 @@ joins the two.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -26,7 +25,7 @@ from providers.errors import (
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, SSEEvent
 from providers.model_info import known_model_info
 from providers.plugins import openai_wire
-from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -242,23 +241,6 @@ class OpenAIProvider(HTTPProvider):
     async def list_models(self) -> list[str]:
         answer = await self.request_json("GET", "/models")
         return self._read(openai_wire.parse_model_list, answer)
-
-    async def health_check(self) -> HealthStatus:
-        """Check the API by listing models: it proves the key works and costs no tokens."""
-        started = time.perf_counter()
-        try:
-            models = await self.list_models()
-        except ProviderError as exc:
-            return HealthStatus(
-                available=False,
-                error=exc.message,
-                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-        return HealthStatus(
-            available=True,
-            models=models,
-            response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
 
     def get_model_info(self, model_name: str) -> dict[str, Any] | None:
         return known_model_info("openai", model_name)
