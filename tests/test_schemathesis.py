@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -36,7 +38,21 @@ def admin_headers(admin_key) -> dict[str, str]:
 
 
 @pytest.fixture
-def echo_schema(db, admin_headers):
+def keep_test_connection():
+    """Stop requests from closing the test's database connection, as Django's test client does.
+
+    Schemathesis calls the WSGI application directly, so the request signals
+    would close the connection that holds the test's transaction.
+    """
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def echo_schema(db, admin_headers, keep_test_connection):
     """The app's schema, loaded through its own endpoint, set for bounded in-process runs."""
     loaded = schemathesis.openapi.from_wsgi(
         "/api/schema/?format=json", application, headers=admin_headers
