@@ -3,7 +3,7 @@
 ``manage.py startprovider`` and the guide's ``python utils/plugin_template.py``
 both call ``generate_plugin``. The text of the generated files lives in
 ``providers/plugin_templates/*.tmpl`` (``string.Template`` with ``$name``
-placeholders, so that the braces of Python and YAML need no escaping); this
+fields, so that the braces of Python and YAML need no escaping); this
 module only checks the options, fills the templates in and writes the files,
 refusing to overwrite any of them.
 
