@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -25,7 +26,13 @@ ECHO_ENV = echo_env()
 SECRET_KEY = secret_key(ECHO_ENV, VAR_DIR)
 # Provider secrets are encrypted at rest: the first key encrypts, all decrypt.
 ECHO_ENCRYPTION_KEYS = encryption_keys(ECHO_ENV, VAR_DIR)
-DEBUG = env_bool("DEBUG", ECHO_ENV == "development")
+# Off unless the developer asks (ECHO_DEBUG=1), in development too: a first run must
+# not serve debug pages. Even on, error pages never show secrets (see below).
+DEBUG = env_bool("ECHO_DEBUG", False)
+# Error reports (the debug page, error e-mails) hide secret-named values everywhere
+# and redact every 8-character run of a provider secret (echo_site.exception_reporting).
+DEFAULT_EXCEPTION_REPORTER = "echo_site.exception_reporting.EchoExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "echo_site.exception_reporting.EchoExceptionReporterFilter"
 
 HOST = env_str("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000)
@@ -62,6 +69,9 @@ INSTALLED_APPS = [
 # they do not send.
 MIDDLEWARE = [
     "echo_site.request_context.RequestIdMiddleware",
+    # A path with NUL or another control character is a 404, a query with NUL a 400,
+    # before any view (PostgreSQL refuses NUL: a provider lookup with one was a 500).
+    "echo_site.middleware.UrlCharactersMiddleware",
     "echo_site.middleware.BrowserMiddleware",
 ]
 ECHO_BROWSER_MIDDLEWARE = [
@@ -74,8 +84,16 @@ ECHO_BROWSER_MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# The admin looks for its middleware in MIDDLEWARE; BrowserMiddleware runs them.
-SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+# The admin and Django's deploy checks look for their middleware in MIDDLEWARE;
+# BrowserMiddleware runs them. echo_site.security_checks checks them where they are.
+SILENCED_SYSTEM_CHECKS = [
+    "admin.E408",
+    "admin.E409",
+    "admin.E410",
+    "security.W001",
+    "security.W002",
+    "security.W003",
+]
 
 ROOT_URLCONF = "echo_site.urls"
 ASGI_APPLICATION = "echo_site.asgi.application"
@@ -125,6 +143,20 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The shared cache holds state every worker must see alike (the login throttle's
+# counters, plugins_api.login_throttle): Redis when REDIS_URL is set, else this
+# process's memory, which is right only for one process.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("ECHO_CACHE_PREFIX", "echo"),
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -171,6 +203,93 @@ if ECHO_WS_MAX_FRAME_BYTES < 1024:
     raise ImproperlyConfigured("ECHO_WS_MAX_FRAME_BYTES must be at least 1024.")
 if ECHO_WS_MESSAGES_PER_MINUTE < 1:
     raise ImproperlyConfigured("ECHO_WS_MESSAGES_PER_MINUTE must be at least 1.")
+# Longest chat message a websocket frame may carry, in characters.
+ECHO_WS_MAX_MESSAGE_CHARS = env_int("ECHO_WS_MAX_MESSAGE_CHARS", 32_000)
+if ECHO_WS_MAX_MESSAGE_CHARS < 1:
+    raise ImproperlyConfigured("ECHO_WS_MAX_MESSAGE_CHARS must be at least 1.")
+# Origins (scheme://host[:port]) whose pages may open a chat socket besides the
+# site's own origin (the handshake's scheme and Host, the host in ALLOWED_HOSTS);
+# see plugins_api.websocket_origins. Defaults to CSRF_TRUSTED_ORIGINS.
+ECHO_WS_ALLOWED_ORIGINS = env_list("ECHO_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS)
+_not_origins = [
+    o for o in ECHO_WS_ALLOWED_ORIGINS if not re.fullmatch(r"https?://(\*\.)?[^/?#*@\s]+", o)
+]
+if _not_origins:
+    raise ImproperlyConfigured(
+        f"ECHO_WS_ALLOWED_ORIGINS: {_not_origins[0]!r} is not an origin like"
+        " https://chat.example.com (scheme, host, optional port, nothing after;"
+        " '*.' may start the host)."
+    )
+
+# The largest HTTP request body Echo reads (echo_site.request_body_limit), counted
+# as it streams in; base64 images need a few MB. Django's own cap on request.body
+# follows it, so a body under the limit is never refused by a smaller default.
+ECHO_MAX_BODY_BYTES = env_int("ECHO_MAX_BODY_BYTES", 8 * 1024 * 1024)
+if ECHO_MAX_BODY_BYTES < 64 * 1024:
+    raise ImproperlyConfigured("ECHO_MAX_BODY_BYTES must be at least 65536 (64 KiB).")
+DATA_UPLOAD_MAX_MEMORY_SIZE = ECHO_MAX_BODY_BYTES
+
+# Usage accounting (providers.usage) and metric labels (providers.metric_labels).
+# Rows wait in memory for the database at most this many; beyond, the oldest are
+# dropped and counted (echo_usage_rows_dropped_total), so an outage cannot eat memory.
+ECHO_USAGE_QUEUE_MAX = env_int("ECHO_USAGE_QUEUE_MAX", 10_000)
+ECHO_USAGE_FLUSH_SECONDS = env_int("ECHO_USAGE_FLUSH_SECONDS", 1)
+# Distinct model labels per provider in /metrics; further models count as "other".
+ECHO_METRICS_MODELS_PER_PROVIDER = env_int("ECHO_METRICS_MODELS_PER_PROVIDER", 100)
+if ECHO_USAGE_QUEUE_MAX < 1:
+    raise ImproperlyConfigured("ECHO_USAGE_QUEUE_MAX must be at least 1.")
+if ECHO_USAGE_FLUSH_SECONDS < 1:
+    raise ImproperlyConfigured("ECHO_USAGE_FLUSH_SECONDS must be at least 1.")
+if ECHO_METRICS_MODELS_PER_PROVIDER < 0:
+    raise ImproperlyConfigured("ECHO_METRICS_MODELS_PER_PROVIDER must be 0 or more.")
+
+# Login throttling for /admin/login/ and /accounts/login/ (plugins_api.login_throttle),
+# counted in the shared cache. After this many failures for one username, or from
+# one address, within the window, every attempt (the right password included) is
+# refused for the lockout. The address is REMOTE_ADDR; with ECHO_TRUSTED_PROXY_COUNT
+# proxies in front that append to X-Forwarded-For, the one the outermost proxy saw.
+ECHO_LOGIN_FAILURES_PER_USERNAME = env_int("ECHO_LOGIN_FAILURES_PER_USERNAME", 5)
+ECHO_LOGIN_FAILURES_PER_ADDRESS = env_int("ECHO_LOGIN_FAILURES_PER_ADDRESS", 20)
+ECHO_LOGIN_WINDOW_SECONDS = env_int("ECHO_LOGIN_WINDOW_SECONDS", 15 * 60)
+ECHO_LOGIN_LOCKOUT_SECONDS = env_int("ECHO_LOGIN_LOCKOUT_SECONDS", 15 * 60)
+ECHO_TRUSTED_PROXY_COUNT = env_int("ECHO_TRUSTED_PROXY_COUNT", 0)
+if ECHO_LOGIN_FAILURES_PER_USERNAME < 1 or ECHO_LOGIN_FAILURES_PER_ADDRESS < 1:
+    raise ImproperlyConfigured(
+        "ECHO_LOGIN_FAILURES_PER_USERNAME and ECHO_LOGIN_FAILURES_PER_ADDRESS must be at least 1."
+    )
+if ECHO_LOGIN_WINDOW_SECONDS < 1 or ECHO_LOGIN_LOCKOUT_SECONDS < 1:
+    raise ImproperlyConfigured(
+        "ECHO_LOGIN_WINDOW_SECONDS and ECHO_LOGIN_LOCKOUT_SECONDS must be at least 1."
+    )
+if ECHO_TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("ECHO_TRUSTED_PROXY_COUNT must be 0 (no proxy) or more.")
+AUTHENTICATION_BACKENDS = ["plugins_api.login_throttle.ThrottledModelBackend"]
+
+# GET /v1/models serves each provider's model list from memory for this long
+# (providers.model_lists); concurrent callers share one upstream call.
+ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60)
+if ECHO_MODEL_LIST_CACHE_SECONDS < 1:
+    raise ImproperlyConfigured("ECHO_MODEL_LIST_CACHE_SECONDS must be at least 1.")
+
+# Transport security for browsers (django.middleware.security, run by BrowserMiddleware),
+# on by default in production. SECURE_PROXY_SSL_HEADER is set only when
+# ECHO_PROXY_SETS_X_FORWARDED_PROTO says a TLS proxy in front sets (overwrites) the
+# header: without such a proxy any client could send it and pass for HTTPS. Behind
+# a TLS proxy that does not set it, turn SECURE_SSL_REDIRECT off, or every request
+# would be redirected again and again. /health stays reachable over plain HTTP for
+# load balancers' probes.
+_PRODUCTION = ECHO_ENV == "production"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", _PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", _PRODUCTION)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if _PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", _PRODUCTION)
+if SECURE_HSTS_SECONDS < 0:
+    raise ImproperlyConfigured("SECURE_HSTS_SECONDS must be 0 (no HSTS header) or more.")
+if env_bool("ECHO_PROXY_SETS_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -179,6 +298,13 @@ REST_FRAMEWORK = {
         "plugins_api.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["plugins_api.authentication.IsAdminClient"],
+    # DRF's defaults with JSON bounded in size, depth and characters: DRF's own
+    # JSONParser turns deep nesting into a 500 and passes NUL on to PostgreSQL.
+    "DEFAULT_PARSER_CLASSES": [
+        "plugins_api.bounded_json_parser.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "plugins_api.error_responses.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
@@ -205,7 +331,11 @@ LOG_FORMAT = env_str("LOG_FORMAT", "json" if ECHO_ENV == "production" else "text
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "echo_site.request_context.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "echo_site.request_context.RequestIdFilter"},
+        # Live provider secrets leave every record (providers.log_redaction).
+        "redact_secrets": {"()": "providers.log_redaction.SecretRedactingFilter"},
+    },
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
         "json": {"()": "echo_site.request_context.JsonLogFormatter"},
@@ -214,7 +344,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT if LOG_FORMAT in ("text", "json") else "text",
-            "filters": ["request_id"],
+            "filters": ["request_id", "redact_secrets"],
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -1,0 +1,26 @@
+"""Which URL paths are Echo's API, as opposed to pages for a browser.
+
+One list, read by every layer that treats the two differently: the ASGI body
+limit (API paths need a credential before their body is read), the browser
+middleware (API clients with a key skip sessions and CSRF), and the error
+views (API paths get JSON errors, browsers get pages).
+"""
+
+from __future__ import annotations
+
+#: Exact API paths. ``/chat/`` (with the slash) is the chat page, not the API.
+API_PATHS = frozenset({"/chat", "/metrics", "/health", "/plugins"})
+#: Prefixes under which every route is API.
+API_PATH_PREFIXES = ("/api/", "/plugins/", "/health/", "/v1/")
+#: API paths anyone may call: the load balancer's probe.
+PUBLIC_API_PATHS = frozenset({"/health"})
+
+
+def is_api_path(path: str) -> bool:
+    """Return whether PATH belongs to the API."""
+    return path in API_PATHS or path.startswith(API_PATH_PREFIXES)
+
+
+def requires_credential(path: str) -> bool:
+    """Return whether every route under PATH needs a client key or a session."""
+    return path not in PUBLIC_API_PATHS and is_api_path(path)
