@@ -48,7 +48,10 @@ class RequestUsage:
     @staticmethod
     def _overhead(total_ms: float, metadata: dict[str, Any]) -> float | None:
         upstream = metadata.get("upstream_ms")
-        return None if upstream is None else max(0.0, total_ms - upstream)
+        # Provider-supplied metadata: anything but a number is no measurement.
+        if not isinstance(upstream, int | float) or isinstance(upstream, bool):
+            return None
+        return max(0.0, total_ms - upstream)
 
     def answered(self, response: ChatResponse) -> float | None:
         """Record a whole answer; return the milliseconds Echo itself added."""

@@ -1,14 +1,16 @@
 """Echo's Prometheus metrics, in one registry of their own.
 
 Counters and histograms move as requests finish (``providers.usage``);
-breaker states are read from the live ModelManager when scraped.
+breaker states are read from the live ModelManager when scraped. Every label
+value comes from a bounded set (``providers.metric_labels``): a label made
+from what a client sent would grow these metrics, and the process, for good.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,6 +66,19 @@ FAILOVERS = Counter(
     "echo_failovers",
     "Requests that left a provider for the next route.",
     ["provider"],
+    registry=REGISTRY,
+)
+
+USAGE_ROWS_DROPPED = Counter(
+    "echo_usage_rows_dropped",
+    "Usage rows never written: queue_full (the database was away too long),"
+    " refused (the database refused the row), shutdown (unwritten at exit).",
+    ["reason"],
+    registry=REGISTRY,
+)
+USAGE_QUEUE_ROWS = Gauge(
+    "echo_usage_queue_rows",
+    "Usage rows waiting to be written to the database.",
     registry=REGISTRY,
 )
 
