@@ -41,7 +41,19 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from plugins_api.chat_requests import CLIENT_FORBIDDEN_FIELDS, RequestFieldError, parse_json
+from plugins_api.chat_requests import (
+    MAX_CONTENT_PARTS,
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    RequestFieldError,
+    bounded_list,
+    bounded_name,
+    optional_string,
+    parse_json,
+    parse_stop,
+    reject_upstream_settings,
+    required_string,
+)
 from plugins_api.openai_compat import (
     answered_by,
     event_stream_response,
@@ -135,8 +147,11 @@ def _image_part(block: dict[str, Any], at: str) -> dict[str, Any]:
     source = block.get("source")
     if not isinstance(source, dict):
         raise RequestFieldError(f"{at}.source", "Required: {'type': 'base64' | 'url', ...}.")
-    if source.get("type") == "url" and isinstance(source.get("url"), str):
-        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    if source.get("type") == "url":
+        url = required_string(source, "url", f"{at}.source")
+        if not url:
+            raise RequestFieldError(f"{at}.source.url", "Must not be empty.")
+        return {"type": "image_url", "image_url": {"url": url}}
     if source.get("type") == "base64":
         media_type = source.get("media_type")
         if media_type not in IMAGE_MEDIA_TYPES:
@@ -151,13 +166,17 @@ def _image_part(block: dict[str, Any], at: str) -> dict[str, Any]:
 
 
 def _blocks(content: Any, at: str) -> list[dict[str, Any]]:
-    """Return CONTENT (a string or a list of blocks) as a list of blocks."""
+    """Return CONTENT (a string or at most ``MAX_CONTENT_PARTS`` blocks) as a list of blocks."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
-    if not isinstance(content, list) or not all(
-        isinstance(b, dict) and isinstance(b.get("type"), str) for b in content
-    ):
+    if not isinstance(content, list):
         raise RequestFieldError(at, "Must be a string or a list of content blocks with a 'type'.")
+    bounded_list(content, at, MAX_CONTENT_PARTS, "content blocks")
+    for index, block in enumerate(content):
+        if not isinstance(block, dict):
+            raise RequestFieldError(f"{at}.{index}", "Must be a content block with a 'type'.")
+        if not isinstance(block.get("type"), str):
+            raise RequestFieldError(f"{at}.{index}.type", "Required: the block's type.")
     return content
 
 
@@ -166,8 +185,11 @@ def _text_of(blocks: list[dict[str, Any]], at: str) -> str:
     texts = []
     for index, block in enumerate(blocks):
         if block["type"] == "text":
-            texts.append(str(block.get("text") or ""))
-        elif block["type"] != "image":  # a tool result's image cannot travel as tool text
+            texts.append(required_string(block, "text", f"{at}.{index}"))
+        elif block["type"] == "image":
+            # A tool result's image cannot travel as tool text; it is checked, then left out.
+            _image_part(block, f"{at}.{index}")
+        else:
             raise RequestFieldError(f"{at}.{index}.type", "Only text blocks are accepted here.")
     return "\n\n".join(t for t in texts if t)
 
@@ -180,7 +202,7 @@ def _user_turn(blocks: list[dict[str, Any]], at: str) -> list[ChatMessage]:
         where = f"{at}.{index}"
         kind = block["type"]
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text") or "")})
+            parts.append({"type": "text", "text": required_string(block, "text", where)})
         elif kind == "image":
             parts.append(_image_part(block, where))
         elif kind == "tool_result":
@@ -189,8 +211,12 @@ def _user_turn(blocks: list[dict[str, Any]], at: str) -> list[ChatMessage]:
                 raise RequestFieldError(
                     f"{where}.tool_use_id", "Required: the tool_use it answers."
                 )
-            text = _text_of(_blocks(block.get("content", ""), f"{where}.content"), where)
-            if block.get("is_error"):
+            is_error = block.get("is_error")
+            if is_error is not None and not isinstance(is_error, bool):
+                raise RequestFieldError(f"{where}.is_error", "Must be true or false.")
+            content = _blocks(block.get("content", ""), f"{where}.content")
+            text = _text_of(content, f"{where}.content")
+            if is_error:
                 text = f"Error: {text}"
             results.append(ChatMessage(role="tool", content=text, tool_call_id=tool_use_id))
         else:
@@ -217,10 +243,12 @@ def _assistant_turn(blocks: list[dict[str, Any]], at: str) -> ChatMessage:
         where = f"{at}.{index}"
         kind = block["type"]
         if kind == "text":
-            texts.append(str(block.get("text") or ""))
+            texts.append(required_string(block, "text", where))
         elif kind == "tool_use":
-            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
-                raise RequestFieldError(where, "A tool_use block needs 'id' and 'name'.")
+            if not required_string(block, "id", where):
+                raise RequestFieldError(f"{where}.id", "Must not be empty.")
+            if not required_string(block, "name", where):
+                raise RequestFieldError(f"{where}.name", "Must not be empty.")
             tool_input = block.get("input", {})
             if not isinstance(tool_input, dict):
                 raise RequestFieldError(f"{where}.input", "Must be an object.")
@@ -237,7 +265,11 @@ def _assistant_turn(blocks: list[dict[str, Any]], at: str) -> ChatMessage:
 
 
 def parse_anthropic_messages(raw: Any, system: Any) -> list[ChatMessage]:
-    """Return a Messages API ``system`` and ``messages`` as a common conversation."""
+    """Return a Messages API ``system`` and ``messages`` as a common conversation.
+
+    At most ``MAX_MESSAGES`` messages of ``MAX_CONTENT_PARTS`` blocks each;
+    every field of every block is checked, naming its dotted path.
+    """
     messages: list[ChatMessage] = []
     if system is not None:
         text = _text_of(_blocks(system, "system"), "system")
@@ -245,19 +277,21 @@ def parse_anthropic_messages(raw: Any, system: Any) -> list[ChatMessage]:
             messages.append(ChatMessage(role="system", content=text))
     if not isinstance(raw, list) or not raw:
         raise RequestFieldError("messages", "Must be a non-empty list of messages.")
+    bounded_list(raw, "messages", MAX_MESSAGES, "messages")
     for index, message in enumerate(raw):
         at = f"messages.{index}"
         if not isinstance(message, dict):
             raise RequestFieldError(at, "Must be an object with 'role' and 'content'.")
-        blocks = _blocks(message.get("content"), f"{at}.content")
-        if message.get("role") == "user":
-            messages.extend(_user_turn(blocks, f"{at}.content"))
-        elif message.get("role") == "assistant":
-            messages.append(_assistant_turn(blocks, f"{at}.content"))
-        else:
+        role = message.get("role")
+        if role not in ("user", "assistant"):
             raise RequestFieldError(
                 f"{at}.role", "Must be 'user' or 'assistant' (the system prompt is 'system')."
             )
+        blocks = _blocks(message.get("content"), f"{at}.content")
+        if role == "user":
+            messages.extend(_user_turn(blocks, f"{at}.content"))
+        else:
+            messages.append(_assistant_turn(blocks, f"{at}.content"))
     return messages
 
 
@@ -265,13 +299,14 @@ def parse_anthropic_tools(raw: Any) -> list[dict[str, Any]] | None:
     """Return Anthropic tools (``name``, ``description``, ``input_schema``) as function tools."""
     if raw is None:
         return None
-    if not isinstance(raw, list):
-        raise RequestFieldError("tools", "Must be a list of tools.")
+    bounded_list(raw, "tools", MAX_TOOLS, "tools")
     tools = []
     for index, tool in enumerate(raw):
         at = f"tools.{index}"
-        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-            raise RequestFieldError(f"{at}.name", "Required.")
+        if not isinstance(tool, dict):
+            raise RequestFieldError(at, "Must be a tool: {'name', 'input_schema', ...}.")
+        if not required_string(tool, "name", at):
+            raise RequestFieldError(f"{at}.name", "Must not be empty.")
         if tool.get("type") not in (None, "custom") or not isinstance(
             tool.get("input_schema"), dict
         ):
@@ -280,9 +315,10 @@ def parse_anthropic_tools(raw: Any) -> list[dict[str, Any]] | None:
                 "Required: Echo passes on client tools with a JSON schema; "
                 "Anthropic's server tools are not available through it.",
             )
+        description = optional_string(tool, "description", at)
         function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
-        if tool.get("description"):
-            function["description"] = tool["description"]
+        if description:
+            function["description"] = description
         tools.append({"type": "function", "function": function})
     return tools or None
 
@@ -296,7 +332,7 @@ def parse_anthropic_tool_choice(raw: Any) -> str | dict[str, Any] | None:
         return kind
     if kind == "any":
         return "required"
-    if kind == "tool" and isinstance(raw.get("name"), str):
+    if kind == "tool" and isinstance(raw.get("name"), str) and raw["name"]:
         return {"type": "function", "function": {"name": raw["name"]}}
     raise RequestFieldError(
         "tool_choice", "Must be {'type': 'auto' | 'any' | 'none'} or {'type': 'tool', 'name'}."
@@ -320,38 +356,34 @@ def parse_messages_call(data: dict[str, Any]) -> MessagesCall:
     ``tool_choice``, ``metadata.user_id``, ``stream``. Options with no
     common equivalent (``top_k``, ``thinking``, ...) are ignored.
     """
-    for forbidden in CLIENT_FORBIDDEN_FIELDS:
-        if forbidden in data:
-            raise RequestFieldError(
-                forbidden, "Clients cannot set upstream settings; an admin configures the provider."
-            )
-    model = data.get("model")
-    if not isinstance(model, str) or not model.strip():
+    reject_upstream_settings(data)
+    model = bounded_name(data.get("model"), "model", "a model name")
+    if model is None or not model.strip():
         raise RequestFieldError("model", "Field required.")
     max_tokens = data.get("max_tokens")
     if max_tokens is None:
         raise RequestFieldError("max_tokens", "Field required.")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise RequestFieldError("max_tokens", "Must be a whole number of at least 1.")
-    stop = data.get("stop_sequences")
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise RequestFieldError("stop_sequences", "Must be a list of strings.")
+    stop = parse_stop(data.get("stop_sequences"), "stop_sequences", allow_string=False)
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestFieldError("stream", "Must be true or false.")
     metadata = data.get("metadata")
-    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise RequestFieldError("metadata", "Must be an object.")
+    user = optional_string(metadata or {}, "user_id", "metadata")
     request = ChatRequest(
         messages=parse_anthropic_messages(data.get("messages"), data.get("system")),
         model=model.strip(),
         temperature=_bounded(data, "temperature"),
         max_tokens=max_tokens,
         top_p=_bounded(data, "top_p"),
-        stop=stop or None,
+        stop=stop,
         stream=stream,
         tools=parse_anthropic_tools(data.get("tools")),
         tool_choice=parse_anthropic_tool_choice(data.get("tool_choice")),
-        user=user if isinstance(user, str) else None,
+        user=user,
     )
     return MessagesCall(request=request, stream=stream)
 

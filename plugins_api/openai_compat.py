@@ -44,10 +44,16 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from plugins_api.chat_requests import (
-    CLIENT_FORBIDDEN_FIELDS,
+    MAX_TOOLS,
     RequestFieldError,
+    bounded_list,
+    bounded_name,
+    optional_string,
     parse_json,
-    parse_message,
+    parse_messages,
+    parse_stop,
+    reject_upstream_settings,
+    required_string,
 )
 from plugins_api.error_responses import provider_error_body
 from plugins_api.request_auth import Denial, check_chat_client
@@ -60,6 +66,7 @@ from providers.errors import (
     ProviderTimeoutError,
 )
 from providers.manager import Route, plugin_failure
+from providers.model_lists import model_lists
 from providers.retry_policy import routing_setting
 from providers.runtime import manager, registry
 from providers.types import ChatRequest, ChatResponse, StreamingChunk, ToolCall
@@ -225,31 +232,35 @@ def _whole(data: dict[str, Any], key: str) -> int | None:
 
 
 def _model(data: dict[str, Any]) -> str:
-    model = data.get("model")
-    if not isinstance(model, str) or not model.strip():
+    model = bounded_name(data.get("model"), "model", "a model name")
+    if model is None or not model.strip():
         raise RequestFieldError(
             "model", "Required: a model, as 'provider/model' or a name the default provider knows."
         )
     return model.strip()
 
 
-def _tools(raw: Any) -> list[dict[str, Any]] | None:
+def parse_function_tools(raw: Any, field: str = "tools") -> list[dict[str, Any]] | None:
+    """Return OpenAI function tools (at most ``MAX_TOOLS``), every field a provider reads checked."""
     if raw is None:
         return None
-    if not isinstance(raw, list):
-        raise RequestFieldError("tools", "Must be a list of function tools.")
+    bounded_list(raw, field, MAX_TOOLS, "function tools")
     for index, tool in enumerate(raw):
+        at = f"{field}.{index}"
         function = tool.get("function") if isinstance(tool, dict) else None
         if (
             not isinstance(tool, dict)
             or tool.get("type", "function") != "function"
             or not isinstance(function, dict)
-            or not isinstance(function.get("name"), str)
-            or not function["name"]
         ):
-            raise RequestFieldError(
-                f"tools.{index}", "Must be {'type': 'function', 'function': {'name', ...}}."
-            )
+            raise RequestFieldError(at, "Must be {'type': 'function', 'function': {'name', ...}}.")
+        if not required_string(function, "name", f"{at}.function"):
+            raise RequestFieldError(f"{at}.function.name", "Must not be empty.")
+        optional_string(function, "description", f"{at}.function")
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            raise RequestFieldError(f"{at}.function.parameters", "Must be a JSON schema object.")
+        if function.get("strict") is not None and not isinstance(function["strict"], bool):
+            raise RequestFieldError(f"{at}.function.strict", "Must be true or false.")
     return raw or None
 
 
@@ -261,12 +272,31 @@ def _tool_choice(raw: Any) -> str | dict[str, Any] | None:
         and raw.get("type") == "function"
         and isinstance(raw.get("function"), dict)
         and isinstance(raw["function"].get("name"), str)
+        and raw["function"]["name"]
     ):
         return raw
     raise RequestFieldError(
         "tool_choice",
         "Must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name'}}.",
     )
+
+
+def _include_usage(data: dict[str, Any]) -> bool:
+    options = data.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestFieldError("stream_options", "Must be an object.")
+    include_usage = options.get("include_usage", False)
+    if include_usage is None:
+        return False
+    if not isinstance(include_usage, bool):
+        raise RequestFieldError("stream_options.include_usage", "Must be true or false.")
+    return include_usage
+
+
+#: OpenAI's newer name for system instructions; every provider knows "system".
+OPENAI_ROLE_ALIASES = {"developer": "system"}
 
 
 def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
@@ -280,49 +310,29 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
     (``seed``, penalties, ``logprobs``, ...) are ignored; ``n`` above 1 is
     refused, since every provider answers once.
     """
-    for forbidden in CLIENT_FORBIDDEN_FIELDS:
-        if forbidden in data:
-            raise RequestFieldError(
-                forbidden, "Clients cannot set upstream settings; an admin configures the provider."
-            )
+    reject_upstream_settings(data)
     model = _model(data)
-    raw_messages = data.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise RequestFieldError("messages", "Must be a non-empty list of messages.")
-    messages = []
-    for index, raw in enumerate(raw_messages):
-        if isinstance(raw, dict) and raw.get("role") == "developer":
-            # OpenAI's newer name for system instructions; every provider knows "system".
-            raw = {**raw, "role": "system"}
-        messages.append(parse_message(raw, f"messages.{index}"))
+    messages = parse_messages(data.get("messages"), role_aliases=OPENAI_ROLE_ALIASES)
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestFieldError("stream", "Must be true or false.")
-    options = data.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise RequestFieldError("stream_options", "Must be an object.")
-    include_usage = bool((options or {}).get("include_usage", False))
+    include_usage = _include_usage(data)
     n = data.get("n")
-    if n is not None and n != 1:
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise RequestFieldError("n", "Echo answers with one choice: n must be 1.")
-    max_tokens = _whole(data, "max_completion_tokens") or _whole(data, "max_tokens")
-    stop = data.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise RequestFieldError("stop", "Must be a string or a list of strings.")
-    user = data.get("user")
+    max_completion_tokens = _whole(data, "max_completion_tokens")
+    max_tokens = _whole(data, "max_tokens")
     request = ChatRequest(
         messages=messages,
         model=model,
         temperature=_number(data, "temperature", 0, 2),
-        max_tokens=max_tokens,
+        max_tokens=max_completion_tokens or max_tokens,
         top_p=_number(data, "top_p", 0, 1),
-        stop=stop or None,
+        stop=parse_stop(data.get("stop")),
         stream=stream,
-        tools=_tools(data.get("tools")),
+        tools=parse_function_tools(data.get("tools")),
         tool_choice=_tool_choice(data.get("tool_choice")),
-        user=user if isinstance(user, str) else None,
+        user=optional_string(data, "user"),
     )
     return CompletionCall(request=request, stream=stream, include_usage=include_usage)
 
@@ -492,18 +502,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
 
 async def _provider_models(name: str) -> list[str]:
-    """Return the models of live provider NAME: its live list, else the ones it declares."""
-    try:
-        async with registry.lease(name) as provider:
-            try:
-                async with asyncio.timeout(MODEL_LIST_SECONDS):
-                    models = await provider.list_models()
-            except Exception as exc:  # a down upstream or a plugin's bug: fall back, never fail
-                logger.info("models of %s: live list failed (%s)", name, type(exc).__name__)
-                models = list(provider.metadata.models)
-    except ProviderNotFoundError:
-        return []  # taken out of service meanwhile
-    return list(dict.fromkeys(models))
+    """Return the models of live provider NAME, kept a short while (``providers.model_lists``).
+
+    Any chat client may call these views: they never ask an upstream per
+    request, and concurrent callers share one upstream call.
+    """
+    return await model_lists.models(name, timeout=MODEL_LIST_SECONDS)
 
 
 def _model_object(provider: str, model: str) -> dict[str, Any]:

@@ -108,6 +108,20 @@ class UnsupportedCapabilityError(ProviderError):
     http_status = 400
 
 
+class PluginError(ProviderError):
+    """A provider plugin raised something that is not a ProviderError: a bug in its code.
+
+    Not retryable, and never counted by the circuit breaker: the same code
+    fails the same way on a retry, and one request that trips a plugin's bug
+    must not take the provider away from every other client. The status is
+    502: the request passed Echo's validation, so the gateway's plugin, not
+    the client, is at fault.
+    """
+
+    kind = "plugin_error"
+    http_status = 502
+
+
 class ProviderNotFoundError(ProviderError):
     """No live provider has that name."""
 

@@ -13,8 +13,12 @@ request has one deadline (the first provider's ``deadline_seconds``), and
 each attempt may use only the share of what is left that leaves every
 untried route an equal part, so that a hanging provider cannot eat its
 fallbacks' time. A bad request is neither retried nor failed over: it would
-fail everywhere. An authentication failure is not retried either: it marks
-the provider misconfigured and fails over.
+fail everywhere. Nor is a plugin's bug (an exception that is no
+``ProviderError``, see ``plugin_failure``): the request would trip it again,
+and it says nothing of the upstream's health. Neither counts toward the
+circuit breaker, so no client can open it for the others. An authentication
+failure is not retried either: it marks the provider misconfigured and fails
+over.
 
 Each provider has a circuit breaker: a provider whose breaker is open gets
 no traffic and its route is skipped. A stream retries and fails over only
@@ -39,10 +43,13 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+import httpx
+
 from providers.base import AbstractAIProvider, secret_fields
 from providers.circuit_breaker import HALF_OPEN, CircuitBreaker
 from providers.errors import (
     AuthenticationError,
+    PluginError,
     ProtocolError,
     ProviderError,
     ProviderNotFoundError,
@@ -84,15 +91,30 @@ class AttemptTimeoutError(ProviderTimeoutError):
 
 
 def plugin_failure(route: Route, exc: Exception) -> ProviderError:
-    """Return a plugin's unexpected exception as a retryable provider error.
+    """Return the typed error for an exception a plugin let escape.
 
-    A bug in one plugin must not reach the client as a bare 500, and another
-    provider may well answer; the traceback goes to the log, not the client.
+    A timeout or a lost connection the plugin did not wrap is still an
+    upstream failure: retryable, and counted by the breaker. Anything else
+    is the plugin's bug, most likely tripped by this very request: a
+    ``PluginError``, which is neither retried, nor failed over, nor counted,
+    so that no client can open a provider's breaker for everyone else. The
+    traceback goes to the log, never to the client.
     """
-    logger.error("provider %s raised %s", route.provider, type(exc).__name__, exc_info=exc)
-    return ProviderUnavailableError(
-        f"Provider {route.provider!r} failed unexpectedly ({type(exc).__name__}).",
-        provider=route.provider,
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        logger.warning("provider %s timed out (%s)", route.provider, name)
+        return ProviderTimeoutError(
+            f"Provider {route.provider!r} timed out ({name}).", provider=route.provider
+        )
+    if isinstance(exc, ConnectionError | httpx.TransportError):
+        logger.warning("provider %s lost its connection (%s)", route.provider, name)
+        return ProviderUnavailableError(
+            f"Provider {route.provider!r} could not reach its upstream ({name}).",
+            provider=route.provider,
+        )
+    logger.error("provider %s raised %s", route.provider, name, exc_info=exc)
+    return PluginError(
+        f"Provider {route.provider!r} failed unexpectedly ({name}).", provider=route.provider
     )
 
 
@@ -432,9 +454,9 @@ class ModelManager:
         """Feed failure EXC of PROVIDER to its BREAKER; re-raise EXC when it is the caller's fault.
 
         An authentication failure also marks the provider misconfigured (its
-        message kept with the secrets masked). A bad request says nothing of
-        the provider's health: it is not counted, and a PROBE it took is
-        given back.
+        message kept with the secrets masked). A bad request or a plugin's
+        bug says nothing of the upstream's health: it is not counted, and a
+        PROBE it took is given back.
         """
         if isinstance(exc, AuthenticationError):
             breaker.record_failure(exc.kind)
@@ -549,7 +571,11 @@ class ModelManager:
                 raise error from unexpected
 
     def _stream_broke(self, route: Route, exc: ProviderError) -> None:
-        """Count a failure after the first chunk: the provider broke, but there is no failover."""
+        """Count a failure after the first chunk: there is no failover either way.
+
+        Only the upstream's failures count toward the breaker; a bad request
+        or a plugin's bug (``PluginError``) is logged and left uncounted.
+        """
         if exc.retryable or isinstance(exc, AuthenticationError):
             self.breaker(route.provider).record_failure(exc.kind)
             self.counters(route.provider).failures += 1

@@ -53,7 +53,7 @@ def test_log_lines_carry_the_request_id(client, chat_key, caplog) -> None:
             HTTP_X_REQUEST_ID="req-7",
         )
         logging.getLogger("echo").warning("outside the request")
-    assert response.status_code == 503
+    assert response.status_code == 502  # a plugin's bug (PluginError), not an outage
     served = [r for r in caplog.records if r.name == "providers.manager"]
     assert served and {r.request_id for r in served} == {"req-7"}
     assert caplog.records[-1].request_id == "-"

@@ -18,6 +18,7 @@ from providers.errors import (
     AuthenticationError,
     BadRequestError,
     ModelNotFoundError,
+    PluginError,
     ProtocolError,
     ProviderNotFoundError,
     ProviderTimeoutError,
@@ -551,19 +552,19 @@ class BuggyProvider(EchoProvider):
         yield  # pragma: no cover
 
 
-async def test_a_plugin_bug_becomes_a_typed_error_and_fails_over(manager) -> None:
+async def test_a_plugin_bug_is_a_typed_error_that_neither_fails_over_nor_counts(manager) -> None:
+    # A bug is tripped by the request, not by the upstream's health: failing
+    # over would trip other plugins' bugs, and counting it would let one
+    # client open the breaker for everyone (tests/providers/test_request_errors_and_breakers.py).
     manager.registry.register(BuggyProvider, "buggy")
-    await manager.registry.apply(
-        ProviderSpec("buggy", "buggy", {"max_retries": 0}, fallbacks=("backup",))
-    )
-    response = await manager.chat_completion(ask(), "buggy")
-    assert response.provider == "backup"
-    chunks = [c async for c in manager.chat_completion_stream(ask(), "buggy")]
-    assert chunks[-1].metadata["provider"] == "backup"
-    await manager.registry.unregister("echo")
-    await manager.registry.apply(ProviderSpec("buggy", "buggy", {"max_retries": 0}))
-    with pytest.raises(ProviderUnavailableError, match="failed unexpectedly \\(KeyError\\)"):
+    await manager.registry.apply(ProviderSpec("buggy", "buggy", {}, fallbacks=("backup",)))
+    with pytest.raises(PluginError, match="failed unexpectedly \\(KeyError\\)") as caught:
         await manager.chat_completion(ask(), "buggy")
+    assert caught.value.http_status == 502 and not caught.value.retryable
+    with pytest.raises(PluginError):
+        [c async for c in manager.chat_completion_stream(ask(), "buggy")]
+    assert manager.breaker("buggy").consecutive_failures == 0
+    assert manager.counters("backup").attempts == 0
 
 
 # --- settings ------------------------------------------------------------------
