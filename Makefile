@@ -21,7 +21,8 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py sync_providers
 	$(BIN)/python manage.py bootstrap_local
-	$(BIN)/daphne -b $(HOST) -p $(PORT) echo_site.asgi:application
+	$(BIN)/uvicorn echo_site.asgi:application --host $(HOST) --port $(PORT) \
+		--loop uvloop --http httptools --ws websockets-sansio --lifespan on
 
 lint: install
 	$(BIN)/ruff check .

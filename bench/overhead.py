@@ -1,6 +1,6 @@
 """What Echo adds to a request: Echo in front of the fake OpenAI upstream vs the upstream alone.
 
-One run starts the fake OpenAI upstream and one Echo worker (daphne, as
+One run starts the fake OpenAI upstream and one Echo worker (uvicorn, as
 `make run` serves it), then sends the same chat request alternately to the
 upstream directly and through Echo's ``/chat`` (and ``/chat`` streamed),
 one at a time on kept-alive connections, and reports the latency of each
@@ -69,6 +69,10 @@ SERVERS = {
         "warning",
         "--lifespan",
         "on",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
         "echo_site.asgi:application",
     ],
 }
@@ -222,7 +226,7 @@ def report(timings: dict[str, list[float]], requests: int, server: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--server", choices=sorted(SERVERS), default="daphne")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="uvicorn")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     table = report(run(args.requests, args.server), args.requests, args.server)

@@ -1,8 +1,11 @@
 """ASGI entry point: HTTP and websockets through Channels, with the provider runtime.
 
-Daphne does not speak the ASGI lifespan protocol, so the runtime also starts
-on the first request of each process; servers that do (uvicorn) start it at
-boot. Static files (the admin's, the chat page's) are served from the apps'
+Serve it with uvicorn (``make run``): it speaks the ASGI lifespan protocol, so
+the runtime starts at boot and stops (flushing usage) at shutdown, and it
+streams request bodies with flow control, so ``RequestBodyLimit`` refuses an
+unauthenticated or oversized body before it is read. Daphne, which buffers
+whole bodies and has no lifespan, still works: the runtime then starts on the
+first request of each process. Static files (the admin's, the chat page's) are served from the apps'
 ``static/`` directories, with no collectstatic step.
 """
 
@@ -19,12 +22,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
 from plugins_api.routing import websocket_application  # noqa: E402
 from providers.lifecycle import lifecycle  # noqa: E402
 
 router = ProtocolTypeRouter(
     {
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": RequestBodyLimit(ASGIStaticFilesHandler(django_asgi_app)),
         "websocket": websocket_application(),
     }
 )

@@ -1,4 +1,4 @@
-"""WSGI entry point, for management tooling only: Echo serves over ASGI (daphne)."""
+"""WSGI entry point, for management tooling only: Echo serves over ASGI (uvicorn, `make run`)."""
 
 import os
 

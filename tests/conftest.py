@@ -59,6 +59,7 @@ class LiveEcho:
             host="127.0.0.1",
             port=0,
             lifespan="on",
+            ws="websockets-sansio",  # as `make run` serves
             log_level="warning",
             timeout_graceful_shutdown=2,
         )
