@@ -8,7 +8,12 @@ class PluginsApiConfig(AppConfig):
     verbose_name = "Echo API"
 
     def ready(self) -> None:
+        from django.core import checks
         from django.db.models.signals import post_delete, post_save
+
+        from echo_site.security_checks import check_browser_security
+
+        checks.register(check_browser_security, checks.Tags.security, deploy=True)
 
         from plugins_api import provider_push
         from providers.models import ProviderConfig
@@ -24,4 +29,18 @@ class PluginsApiConfig(AppConfig):
             provider_push.provider_config_deleted,
             sender=ProviderConfig,
             dispatch_uid="plugins_api.provider_push.deleted",
+        )
+        # A revoked, deleted or re-scoped key's open chat sockets close in every worker.
+        from plugins_api import client_key_push
+        from plugins_api.models import ClientAPIKey
+
+        post_save.connect(
+            client_key_push.client_key_saved,
+            sender=ClientAPIKey,
+            dispatch_uid="plugins_api.client_key_push.saved",
+        )
+        post_delete.connect(
+            client_key_push.client_key_deleted,
+            sender=ClientAPIKey,
+            dispatch_uid="plugins_api.client_key_push.deleted",
         )

@@ -3,6 +3,9 @@
 Client frames (JSON text):
 ``{"type": "chat", "conversation": id|null, "message": "...", "provider"?, "model"?}``,
 ``{"type": "cancel"}`` and ``{"type": "providers"}`` (send the provider list again).
+Frames are parsed with ``bounded_json`` (no deep nesting, NUL or lone
+surrogate anywhere), and every value a chat stores is bounded, so nothing a
+client sends can fail the database write behind it.
 
 Server frames: ``providers``; for each answer ``start``, ``chunk`` per piece
 of text, then ``done`` or ``error``. Errors have the API's one shape,
@@ -11,15 +14,19 @@ of text, then ``done`` or ``error``. Errors have the API's one shape,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from plugins_api.bounded_json import JsonInputError, loads_bounded
 from plugins_api.chat_requests import CLIENT_FORBIDDEN_FIELDS
 from plugins_api.error_responses import error_body, provider_error_body
 from providers.errors import ProviderError
 
 CLIENT_FRAME_TYPES = ("chat", "cancel", "providers")
+#: Longest provider or model name a client may send (the stored model column's length).
+NAME_MAX_CHARS = 200
+#: Largest conversation id: the database's bigint; a larger one fails the lookup itself.
+CONVERSATION_ID_MAX = 2**63 - 1
 
 
 class FrameError(ValueError):
@@ -61,15 +68,21 @@ def _optional_name(data: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise FrameError("Must be a string or null.", field=key)
-    return value.strip() or None
+    name = value.strip()
+    if len(name) > NAME_MAX_CHARS:
+        raise FrameError(f"Must be at most {NAME_MAX_CHARS} characters.", field=key)
+    return name or None
 
 
-def parse_frame(text: str) -> ClientFrame:
-    """Return the client frame TEXT describes, or raise ``FrameError`` naming the field."""
+def parse_frame(text: str, *, max_message_chars: int) -> ClientFrame:
+    """Return the client frame TEXT describes, or raise ``FrameError`` naming the field.
+
+    A chat ``message`` longer than MAX_MESSAGE_CHARS characters is refused.
+    """
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise FrameError(f"The frame is not valid JSON: {exc}.") from None
+        data = loads_bounded(text)
+    except JsonInputError as exc:
+        raise FrameError(exc.message, field=exc.field) from None
     if not isinstance(data, dict):
         raise FrameError("The frame must be a JSON object with a 'type'.")
     kind = data.get("type")
@@ -88,9 +101,13 @@ def parse_frame(text: str) -> ClientFrame:
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
         raise FrameError("Must be a non-empty string.", field="message")
+    if len(message) > max_message_chars:
+        raise FrameError(f"Must be at most {max_message_chars} characters.", field="message")
     conversation = data.get("conversation")
     if conversation is not None and (
-        isinstance(conversation, bool) or not isinstance(conversation, int) or conversation < 1
+        isinstance(conversation, bool)
+        or not isinstance(conversation, int)
+        or not 1 <= conversation <= CONVERSATION_ID_MAX
     ):
         raise FrameError(
             "Must be a conversation id (a positive integer) or null.", field="conversation"

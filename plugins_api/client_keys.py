@@ -3,8 +3,10 @@
 Verification sits on every request, so it must not cost a database query
 each time: a verified key is cached for ``CACHE_SECONDS``; a key saved or
 revoked in this process drops out of the cache at once (other workers see a
-revocation within ``CACHE_SECONDS``). ``last_used_at`` is written at most
-once a minute per key, off the request's path.
+revocation within ``CACHE_SECONDS``). Open chat websockets of a key that is
+revoked, deleted or loses its chat scope are closed in every worker
+(``client_key_push``, on any save of the row). ``last_used_at`` is written at
+most once a minute per key, off the request's path.
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def client_key_issue(*, name: str, scope: str) -> tuple[ClientAPIKey, str]:
 
 @transaction.atomic
 def client_key_revoke(*, name: str) -> ClientAPIKey:
-    """Revoke the key called NAME; it stops working at once in this process."""
+    """Revoke the key called NAME; it stops working at once in this process.
+
+    Once committed, the save closes the key's open chat sockets in every worker.
+    """
     row = ClientAPIKey.objects.select_for_update().get(name=name)
     if row.revoked_at is None:
         row.revoked_at = timezone.now()

@@ -8,7 +8,15 @@ connection closing) can cancel the task, and with it the upstream call.
 
 Limits per connection: a frame over ``ECHO_WS_MAX_FRAME_BYTES`` and frames
 over ``ECHO_WS_MESSAGES_PER_MINUTE`` get an error frame and are dropped; a
-client that goes on sending at twice the rate is closed (code 1008).
+client that goes on sending at twice the rate is closed (code 1008, or 4008
+where the server refuses 1008: daphne accepts only 1000 and 3000-4999).
+Whatever goes wrong with one frame, the client gets an ``error`` frame and
+the connection stays open.
+
+A key client's socket closes (4401, or 4403 without the chat scope) when its
+key is revoked or deleted: at once through the key's group
+(``client_key_push``), and, should that message be lost, at its next frame,
+which verifies the key again (cached for ``client_keys.CACHE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
-from plugins_api import provider_push
+from plugins_api import client_key_push, provider_push
 from plugins_api.chat_protocol import (
     CancelFrame,
     ChatFrame,
@@ -38,7 +46,7 @@ from plugins_api.chat_protocol import (
     provider_error_frame,
 )
 from plugins_api.chat_providers import chat_provider_list
-from plugins_api.client_keys import averify_key, bearer_token
+from plugins_api.client_keys import ClientIdentity, averify_key, bearer_token, forget_cached_keys
 from plugins_api.conversations import (
     ChatTurn,
     ConversationNotFound,
@@ -50,6 +58,7 @@ from plugins_api.models import ClientAPIKey, ConversationMessage
 from plugins_api.request_usage import RequestUsage
 from providers.errors import ProviderError
 from providers.runtime import manager, registry
+from providers.storable import storable_json, storable_text
 from providers.types import ChatRequest, StreamingChunk, Usage
 
 logger = logging.getLogger(__name__)
@@ -58,6 +67,13 @@ USAGE_ENDPOINT = "/ws/chat/"
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_POLICY_VIOLATION = 1008
+# What daphne sends instead: its websocket library refuses codes outside 1000
+# and 3000-4999 (raising before anything is sent), and 4000-4999 are ours.
+CLOSE_POLICY_VIOLATION_PRIVATE = 4008
+# The stored answer's column lengths (ConversationMessage).
+STORED_PROVIDER_CHARS = 64
+STORED_MODEL_CHARS = 200
+STORED_FINISH_REASON_CHARS = 32
 RATE_WINDOW_SECONDS = 60.0
 # How long a worker waits for its own registry to catch up with a change
 # another worker made (its broadcast listener reloads it) before it answers.
@@ -79,6 +95,17 @@ def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 3)
 
 
+def _key_refusal(identity: ClientIdentity | None) -> tuple[int, dict[str, Any]] | None:
+    """Return None if IDENTITY may chat, else the close code and the error frame saying why."""
+    if identity is None:
+        message = "This client key is not valid (unknown or revoked); the connection is closed."
+        return CLOSE_UNAUTHENTICATED, error_frame("key_revoked", message)
+    if not identity.allows(ClientAPIKey.SCOPE_CHAT):
+        message = "This client key may not chat (its scope); the connection is closed."
+        return CLOSE_FORBIDDEN, error_frame("forbidden", message)
+    return None
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     """Chat over a websocket: questions in, streamed answers out, stored as conversations."""
 
@@ -87,11 +114,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.answering = None
+        # Whether the answer under way was asked to stop: a second "cancel" must
+        # not cancel the task again while it stores the first one's outcome.
+        self.cancel_requested = False
         self.background: set[asyncio.Task[None]] = set()
         self.frame_times: deque[float] = deque()
         self.rejected_times: deque[float] = deque()
-        self.in_group = False
+        self.groups_joined: list[str] = []
         self.closing = False
+        # A key client's key, checked again before each frame (None: a session).
+        self.key_token: str | None = None
         caller = await self._authenticate()
         if isinstance(caller, int):
             await self.close(code=caller)
@@ -99,8 +131,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.owner, self.client_label = caller
         await self.accept()
         if self.channel_layer is not None:
-            await self.channel_layer.group_add(provider_push.GROUP, self.channel_name)
-            self.in_group = True
+            groups = [provider_push.GROUP]
+            if self.owner.key_id is not None:
+                groups.append(client_key_push.key_group(self.owner.key_id))
+            for group in groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+                self.groups_joined.append(group)
         await self.send_frame({"type": "providers", "providers": chat_provider_list()})
 
     async def _authenticate(self) -> tuple[ConversationOwner, str] | int:
@@ -112,10 +148,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if header is not None:
             token = bearer_token(header)
             identity = await averify_key(token) if token else None
-            if identity is None:
+            if token is None or identity is None:
                 return CLOSE_UNAUTHENTICATED
             if not identity.allows(ClientAPIKey.SCOPE_CHAT):
                 return CLOSE_FORBIDDEN
+            self.key_token = token
             # Named as request_usage.client_label names key clients.
             return ConversationOwner(key_id=identity.key_id), f"key:{identity.name}"
         user = self.scope.get("user")
@@ -125,8 +162,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
-        if self.in_group and self.channel_layer is not None:
-            await self.channel_layer.group_discard(provider_push.GROUP, self.channel_name)
+        if self.channel_layer is not None:
+            for group in self.groups_joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined = []
         tasks = [t for t in [self.answering, *self.background] if t is not None]
         for task in tasks:
             task.cancel()
@@ -142,29 +181,64 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:  # the server refuses sends once the client has gone
             self.closing = True
 
+    async def _close(self, code: int) -> None:
+        """Close the connection with CODE; 1008 becomes 4008 on a server that refuses 1008."""
+        try:
+            await self.close(code=code)
+        except Exception:
+            if code != CLOSE_POLICY_VIOLATION:
+                raise
+            await self.close(code=CLOSE_POLICY_VIOLATION_PRIVATE)
+
+    async def _end(self, frame: dict[str, Any], code: int) -> None:
+        """Send FRAME, stop the answer under way (its partial text is kept), close with CODE."""
+        if self.closing:
+            return
+        await self.send_frame(frame)
+        self.closing = True
+        if self.answering is not None:
+            self.answering.cancel()
+        await self._close(code)
+
     # --- frames in --------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one frame; whatever fails, answer with an error frame and keep the connection."""
+        try:
+            await self._receive(text_data)
+        except Exception as exc:
+            logger.exception("a chat websocket frame failed")
+            await self.send_frame(
+                error_frame("internal_error", f"The frame failed ({type(exc).__name__}).")
+            )
+
+    async def _receive(self, text_data: str | None) -> None:
+        if self.closing:  # closed by us (rate limit, key revoked): nothing more is served
+            return
         retry_after = self._rate_refusal()
         if retry_after is not None:
             await self._refuse(retry_after)
+            return
+        if self.key_token is not None and not await self._key_still_valid():
             return
         if text_data is None:
             await self.send_frame(error_frame("invalid_message", "Send JSON in text frames."))
             return
         limit = settings.ECHO_WS_MAX_FRAME_BYTES
-        if len(text_data.encode()) > limit:
+        # "surrogatepass": a lone surrogate is counted here and refused by the parser.
+        if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
             await self.send_frame(
                 error_frame("frame_too_large", f"Frames may be at most {limit} bytes.", limit=limit)
             )
             return
         try:
-            frame = parse_frame(text_data)
+            frame = parse_frame(text_data, max_message_chars=settings.ECHO_WS_MAX_MESSAGE_CHARS)
         except FrameError as exc:
             await self.send_frame(frame_error_frame(exc))
             return
         if isinstance(frame, CancelFrame):
-            if self.answering is not None:
+            if self.answering is not None and not self.cancel_requested:
+                self.cancel_requested = True
                 self.answering.cancel()
         elif isinstance(frame, ProvidersFrame):
             await self.send_frame({"type": "providers", "providers": chat_provider_list()})
@@ -200,7 +274,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if len(self.rejected_times) >= limit and not self.closing:
             logger.warning("closing a chat websocket that keeps exceeding the rate limit")
             self.closing = True
-            await self.close(code=CLOSE_POLICY_VIOLATION)
+            await self._close(CLOSE_POLICY_VIOLATION)
+
+    async def _key_still_valid(self) -> bool:
+        """Verify the connection's key again (cached); close the connection and return False if not.
+
+        The backstop for a lost ``client_key.changed`` message.
+        """
+        assert self.key_token is not None
+        refused = _key_refusal(await averify_key(self.key_token))
+        if refused is None:
+            return True
+        await self._end(refused[1], refused[0])
+        return False
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         self.background.add(task)
@@ -226,6 +312,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         model = route.model
         if model is None and route.provider in registry:
             model = registry.get(route.provider).config.get("default_model")
+        # An admin's default model is not bounded like a client's: it must store all the same.
+        model = storable_text(model, STORED_MODEL_CHARS) or None
         try:
             turn = await chat_turn_begin_async(
                 owner=self.owner,
@@ -248,6 +336,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
         request = ChatRequest(messages=turn.history, model=frame.model, stream=True)
+        self.cancel_requested = False
         self.answering = asyncio.get_running_loop().create_task(
             self._answer(turn, request, frame.provider, received, accounting)
         )
@@ -320,24 +409,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
         except Exception:  # accounting must not cost the person their answer
             logger.exception("could not record the usage of chat answer %s", answer.pk)
+        content = "".join(parts)
+        # What the upstream chose (its text, its model's name) is made storable:
+        # PostgreSQL refuses NUL, lone surrogates and over-long names.
         finish = chat_turn_finish_async(
             answer_id=answer.pk,
-            content="".join(parts),
+            content=storable_text(content, len(content)),
             status=status,
-            provider=who["provider"],
-            model=who["model"],
+            provider=storable_text(who["provider"], STORED_PROVIDER_CHARS),
+            model=storable_text(who["model"], STORED_MODEL_CHARS),
             usage=usage,
-            finish_reason=finish_reason,
-            error=error["error"] if error else None,
+            finish_reason=storable_text(finish_reason, STORED_FINISH_REASON_CHARS),
+            error=storable_json(error["error"]) if error else None,
             first_chunk_ms=first_chunk_ms,
             latency_ms=latency_ms,
         )
         try:
-            # Shielded: a second cancel (the client leaves just after "cancel")
-            # must not lose the answer's final state.
+            # Shielded: the client leaving just after "cancel" must not lose the
+            # answer's final state.
             await asyncio.shield(finish)
         except asyncio.CancelledError:
             return
+        except Exception as exc:
+            logger.exception("could not store chat answer %s", answer.pk)
+            error = error or error_frame(
+                "internal_error", f"The answer could not be stored ({type(exc).__name__}).", **ids
+            )
         if error is not None:
             await self.send_frame(error)
             return
@@ -361,6 +458,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Send the page the provider list after an admin changed provider EVENT["name"]."""
         task = asyncio.get_running_loop().create_task(self._push_providers(event))
         self._keep(task)
+
+    async def client_key_changed(self, event: dict[str, Any]) -> None:
+        """Close this connection if its key (EVENT["key_id"]) was revoked or may no longer chat."""
+        if self.owner.key_id != event.get("key_id"):
+            return
+        # This worker's cached verification is out of date too (another worker changed the key).
+        forget_cached_keys()
+        identity = None
+        if not event.get("revoked"):
+            identity = ClientIdentity(
+                key_id=self.owner.key_id,
+                name=self.client_label.removeprefix("key:"),
+                scope=str(event.get("scope")),
+            )
+        refused = _key_refusal(identity)
+        if refused is not None:
+            await self._end(refused[1], refused[0])
 
     async def _push_providers(self, event: dict[str, Any]) -> None:
         if not isinstance(self.channel_layer, InMemoryChannelLayer):

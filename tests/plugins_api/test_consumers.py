@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from echo_site.asgi import router
+from echo_site.asgi import router as echo_router
 from plugins_api.client_keys import client_key_revoke
 from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
 from providers import runtime
@@ -33,6 +33,16 @@ from tests.echo_site.test_settings import settings_of
 from tests.services import require_redis
 
 ORIGIN = (b"origin", b"http://testserver")
+
+
+async def router(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echo's router, given the Host header of a real handshake (the communicator sends none).
+
+    The origin check compares Origin with the handshake's own scheme and Host.
+    """
+    if not any(name == b"host" for name, _ in scope["headers"]):
+        scope = {**scope, "headers": [(b"host", b"testserver"), *scope["headers"]]}
+    await echo_router(scope, receive, send)
 
 
 class Endless:
@@ -457,8 +467,11 @@ async def test_origins_follow_allowed_hosts(user_session: tuple[Any, str], setti
     settings.ALLOWED_HOSTS = ["chat.example.com"]
     cookie = (b"cookie", user_session[1].encode())
     allowed = WebsocketCommunicator(
-        router, "/ws/chat/", headers=[(b"origin", b"https://chat.example.com"), cookie]
+        router,
+        "/ws/chat/",
+        headers=[(b"host", b"chat.example.com"), (b"origin", b"https://chat.example.com"), cookie],
     )
+    allowed.scope["scheme"] = "wss"
     assert (await allowed.connect())[0] is True
     await allowed.disconnect()
     old_host = WebsocketCommunicator(router, "/ws/chat/", headers=[ORIGIN, cookie])
