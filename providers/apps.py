@@ -16,10 +16,13 @@ class ProvidersConfig(AppConfig):
             signals,
             system_checks,
         )
+        from providers.log_redaction import install_log_redaction
         from providers.models import ProviderConfig
         from providers.runtime import register_builtin_plugins
 
         register_builtin_plugins()
+        # Every log record of the process, not only Echo's handlers', loses live secrets.
+        install_log_redaction()
         post_save.connect(
             signals.provider_config_saved,
             sender=ProviderConfig,

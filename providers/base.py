@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -103,7 +105,8 @@ ROUTING_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
         "description": "How long an open breaker keeps traffic away before it lets one "
         "probe request through.",
         "default": 30,
-        "minimum": 0,
+        # Under a second the breaker would let a failing provider be hammered.
+        "minimum": 1,
         "maximum": 3600,
     },
     "deadline_seconds": {
@@ -114,7 +117,7 @@ ROUTING_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
         "a hanging provider leaves time for its fallbacks. For a stream it bounds the "
         "wait for the first chunk.",
         "default": 120,
-        "exclusiveMinimum": 0,
+        "minimum": 0.1,
         "maximum": 3600,
     },
 }
@@ -168,15 +171,63 @@ def secret_fields(schema: dict[str, Any]) -> set[str]:
     return names
 
 
+# C0 (NUL, TAB, CR, LF, ...), DEL and C1: none belongs in a key or a header,
+# and CR/LF in a header value is a request-splitting attempt.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTER_MESSAGE = (
+    "Must not contain control characters (CR, LF, NUL, TAB, DEL or C1): "
+    "remove any line break pasted with it."
+)
+# A property marked so is sent as an HTTP header value (or, for an object, as
+# headers): plugins should mark such settings; the names below are caught
+# even when they do not (organization, anthropic_version, extra_headers ...).
+HEADER_MARKER = "x-echo-header"
+HEADER_NAME = re.compile(r"(^|_)(headers?|organization|org|project|version|user_agent)$")
+
+
+def header_fields(schema: dict[str, Any]) -> set[str]:
+    """Return the names of the properties of SCHEMA whose values go into HTTP headers."""
+    names = set()
+    for name, prop in (schema.get("properties") or {}).items():
+        prop = prop if isinstance(prop, dict) else {}
+        if prop.get(HEADER_MARKER) or HEADER_NAME.search(name):
+            names.add(name)
+    return names
+
+
+def has_control_characters(value: Any) -> bool:
+    """Return whether VALUE (a string, or the keys and values inside lists and objects) holds one."""
+    if isinstance(value, str):
+        return CONTROL_CHARACTERS.search(value) is not None
+    if isinstance(value, dict):
+        return any(has_control_characters(k) or has_control_characters(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_control_characters(item) for item in value)
+    return False
+
+
+def control_character_errors(
+    schema: dict[str, Any], config: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Return an error for each secret or header-bound setting of CONFIG holding a control character."""
+    guarded = secret_fields(schema) | header_fields(schema)
+    return {
+        name: [CONTROL_CHARACTER_MESSAGE]
+        for name, value in (config.items() if isinstance(config, dict) else ())
+        if name in guarded and has_control_characters(value)
+    }
+
+
 def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> dict[str, list[str]]:
     """Validate CONFIG against SCHEMA; return a message list per field (empty when valid).
 
     Fields are named by their dotted path; an error about the whole object is
     filed under the field it concerns (a missing or unknown property) or under
-    ``"config"``.
+    ``"config"``. Secrets and header-bound settings must hold no control
+    character (see ``control_character_errors``).
     """
     schema = normalize_config_schema(schema)
-    errors: dict[str, list[str]] = {}
+    errors: dict[str, list[str]] = control_character_errors(schema, config)
     validator = Draft202012Validator(schema)
     for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(p) for p in error.absolute_path)
@@ -194,7 +245,27 @@ def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> dict[str, l
                     errors.setdefault(key, []).append("Unknown setting.")
             continue
         errors.setdefault(path or "config", []).append(_readable(error))
+    for path, value in _numbers(config):
+        # NaN passes every minimum and maximum (each comparison is false), and
+        # JSON bodies and YAML files can both spell it (NaN, .nan, .inf).
+        if not math.isfinite(value):
+            errors.setdefault(path or "config", []).append("Must be a finite number.")
     return errors
+
+
+def _numbers(value: Any) -> list[tuple[str, float]]:
+    """Return (dotted path, value) for every float inside VALUE."""
+    found: list[tuple[str, float]] = []
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float):
+            found.append((path, item))
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(item))
+    return found
 
 
 def _readable(error: Any) -> str:
@@ -349,8 +420,34 @@ class AbstractAIProvider(ABC):
         """Return the JSON Schema of this plugin's configuration."""
 
     def get_config_errors(self, config: dict[str, Any]) -> dict[str, list[str]]:
-        """Return the schema errors of CONFIG per field; empty when it is valid."""
-        return config_errors(self.get_config_schema(), config)
+        """Return the schema errors of CONFIG per field; empty when it is valid.
+
+        A setting with a control character that the plugin would send in a
+        header is an error too, even when its name does not say so.
+        """
+        errors = config_errors(self.get_config_schema(), config)
+        for name in self._header_settings_with_control_characters(config):
+            errors.setdefault(name, [CONTROL_CHARACTER_MESSAGE])
+        return errors
+
+    def _header_settings_with_control_characters(self, config: dict[str, Any]) -> list[str]:
+        """Return the settings of CONFIG with a control character, if they reach a header.
+
+        A plugin that sends headers (``default_headers``, as HTTP providers
+        do) is built with CONFIG, without I/O, and asked for them; when one
+        holds a control character, every setting that has one is to blame.
+        """
+        if not isinstance(config, dict):
+            return []
+        suspects = [name for name, value in config.items() if has_control_characters(value)]
+        headers_of = getattr(type(self), "default_headers", None)
+        if not suspects or not callable(headers_of):
+            return []
+        try:
+            headers = headers_of(type(self)(config, name=getattr(self, "name", None)))
+        except Exception:  # a plugin's bug, or a config it cannot build: no headers to check
+            return []
+        return suspects if has_control_characters(dict(headers or {})) else []
 
     def validate_config(self, config: dict[str, Any]) -> bool:
         """Return whether CONFIG is valid (see ``get_config_errors`` for why not)."""

@@ -1,7 +1,7 @@
 """Import providers from the YAML configuration into the database, never over an admin's edit.
 
 The import remembers what it wrote: ``ProviderConfig.import_fingerprint`` is
-a hash of the values it last saved. A row that still hashes to it is the
+a keyed hash (HMAC under SECRET_KEY) of the values it last saved. A row that still hashes to it is the
 import's own and follows the file (the YAML changed, or a variable was set
 since). A row that does not was created or edited outside the import (the
 admin, the API); where it differs from the file, the difference is reported
@@ -16,6 +16,7 @@ in front of this module.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 from providers import services
 from providers.audit import SOURCE_YAML_IMPORT, Actor
@@ -159,12 +162,61 @@ class ImportedValues:
             disabled_reason="" if row.enabled else row.disabled_reason,
         )
 
-    def fingerprint(self) -> str:
-        """Return the sha256 of these values as canonical JSON (secrets only enter the hash)."""
-        canonical = json.dumps(
+    def canonical(self) -> bytes:
+        """Return these values as canonical JSON: the same values, the same bytes."""
+        return json.dumps(
             dataclasses.asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        ).encode()
+
+    def fingerprint(self) -> str:
+        """Return the HMAC-SHA256 of these values keyed by SECRET_KEY, as ``h1:<base64url>``.
+
+        The values include the plaintext secrets: a plain hash would let anyone
+        with a database dump test guesses of a key offline. Keyed, it is stable
+        for as long as SECRET_KEY is, which is what "no one edited it since the
+        import" needs.
+        """
+        return _keyed_fingerprint(self.canonical(), settings.SECRET_KEY)
+
+    def matches(self, stored: str) -> bool:
+        """Return whether STORED is the fingerprint of these values.
+
+        A fingerprint made with a key of SECRET_KEY_FALLBACKS matches too, so
+        that rotating SECRET_KEY does not make every imported row look edited.
+        """
+        if not stored.startswith(FINGERPRINT_PREFIX):
+            return False
+        canonical = self.canonical()
+        keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+        return any(constant_time_compare(stored, _keyed_fingerprint(canonical, k)) for k in keys)
+
+
+FINGERPRINT_PREFIX = "h1:"
+FINGERPRINT_SALT = "providers.config_import.ImportedValues.fingerprint"
+
+
+def _keyed_fingerprint(canonical: bytes, secret: str) -> str:
+    digest = salted_hmac(FINGERPRINT_SALT, canonical, secret=secret, algorithm="sha256").digest()
+    return FINGERPRINT_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _replace_unkeyed_fingerprint(row: ProviderConfig, current: ImportedValues) -> None:
+    """Replace ROW's fingerprint of the old unkeyed form (a bare sha256 of its values).
+
+    One that still matches CURRENT (no one edited the row since) becomes its
+    keyed fingerprint; one that does not becomes a keyed one that matches no
+    values, so the row still counts as edited since the import. Either way
+    the guessable hash leaves the database.
+    """
+    stored = row.import_fingerprint
+    if not stored or stored.startswith(FINGERPRINT_PREFIX):
+        return
+    if constant_time_compare(stored, hashlib.sha256(current.canonical()).hexdigest()):
+        replacement = current.fingerprint()
+    else:
+        replacement = _keyed_fingerprint(b"edited since:" + stored.encode(), settings.SECRET_KEY)
+    ProviderConfig.objects.filter(pk=row.pk).update(import_fingerprint=replacement)
+    row.import_fingerprint = replacement
 
 
 def sync_provider_configs(
@@ -240,6 +292,7 @@ def _apply(
         return ProviderSyncResult(name, Outcome.CREATED, disabled_reason=reason, notes=notes)
 
     current = ImportedValues.from_row(row)
+    _replace_unkeyed_fingerprint(row, current)
     differences = _differences(current, desired)
     unreadable = row.readable_secrets() is None
     if unreadable:
@@ -250,17 +303,14 @@ def _apply(
     if not differences:
         if row.import_fingerprint != current.fingerprint():
             # The row already says what the file says (an admin made the same
-            # change, or created it so): from now on it follows the file.
+            # change, or created it so), or was fingerprinted under a key now
+            # only in SECRET_KEY_FALLBACKS: from now on it follows the file.
             ProviderConfig.objects.filter(pk=row.pk).update(
                 import_fingerprint=current.fingerprint()
             )
         return ProviderSyncResult(name, Outcome.UNCHANGED, disabled_reason=reason)
 
-    owned = (
-        not unreadable
-        and row.import_fingerprint != ""
-        and row.import_fingerprint == current.fingerprint()
-    )
+    owned = not unreadable and current.matches(row.import_fingerprint)
     if owned:
         if written == current:
             # Only the default differs, and it stays where the admin put it.

@@ -296,12 +296,15 @@ class HealthMonitor:
 
 
 def _row(config: ProviderConfig, health: ProviderHealth) -> HealthCheck:
+    # Redacted where every stored row is made, whichever path built HEALTH (a
+    # check, or why the provider is not serving): a row is kept for days.
+    error = redact(health.error or "", provider_secret_values(name=config.name, config=config))
     return HealthCheck(
         provider=config,
         available=bool(health.available),
         response_time_ms=health.response_time_ms,
         models=list(health.models),
-        error=health.error or "",
+        error=error,
         checked_at=health.checked_at or timezone.now(),
     )
 

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.views.decorators.debug import sensitive_variables
 
 
 class SecretDecryptionError(Exception):
@@ -40,6 +41,8 @@ def _forget_keys(*, setting: str, **kwargs: Any) -> None:
         _box.cache_clear()
 
 
+# Error reports show no local of these: they hold the plaintext secrets.
+@sensitive_variables()
 def encrypt_secrets(secrets: dict[str, Any]) -> str:
     """Return SECRETS encrypted under the first key ("" for none)."""
     if not secrets:
@@ -47,6 +50,7 @@ def encrypt_secrets(secrets: dict[str, Any]) -> str:
     return _box().encrypt(json.dumps(secrets, sort_keys=True).encode()).decode()
 
 
+@sensitive_variables()
 def decrypt_secrets(token: str) -> dict[str, Any]:
     """Return the secrets in TOKEN; raise ``SecretDecryptionError`` if no key opens it."""
     if not token:

@@ -5,9 +5,10 @@ given the key ``sk-canary-<random>`` through ``POST /api/providers/``. Then
 every part of the API is exercised over real HTTP (a live Echo), upstream
 failures included (each quoting the key back, as careless upstreams do),
 and the admin pages are read by a logged-in user. Afterwards every response
-body and header, every log record of every logger at DEBUG, every audit row
-and every table of the database are searched: the canary is in none of
-them. The fake upstream, and only it, must have received it.
+body and header, every log record of every logger at DEBUG, every audit row,
+every table of the database, the metrics and a debug page are searched: no
+8-character run of the canary is in any of them (upstreams quote keys cut or
+a character short, too). The fake upstream, and only it, must have received it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import sys
 import traceback
 from typing import Any
 
 import httpx
 import pytest
 from django.db import connection
+from django.test import RequestFactory
 from django.urls import reverse
+from django.views.debug import technical_500_response
 
 from providers.models import ProviderConfig, ProviderConfigChange
 from providers.testing.fake_openai import FakeOpenAI
 
 CANARY = f"sk-canary-{secrets.token_hex(16)}"
 CANARY_MASK = f"sk-...{CANARY[-4:]}"
+WINDOW = 8
+CANARY_WINDOWS = {CANARY[i : i + WINDOW] for i in range(len(CANARY) - WINDOW + 1)}
 
 
 class Seen:
@@ -46,7 +52,8 @@ class Seen:
         return response
 
     def leaks(self) -> list[str]:
-        return [where for where, text in self.texts if CANARY in text]
+        """Return where any 8-character run of the canary was seen."""
+        return [where for where, text in self.texts if any(w in text for w in CANARY_WINDOWS)]
 
 
 def _record_text(record: logging.LogRecord) -> str:
@@ -185,6 +192,33 @@ def test_the_canary_key_appears_nowhere(
         assert failed.status_code >= 400, fault
         fake.inject(**fault)
         call("POST", "/chat", json={**chat, "stream": True})
+    # Partial echoes: the key a character short, and cut by a 200-character limit.
+    for message in [f"bad key {CANARY[:-1]}", ("invalid key: " + "x" * 180 + CANARY)[:200]]:
+        for status in (401, 500):
+            fake.inject(status=status, message=message)
+            assert call("POST", "/chat", json=chat).status_code >= 400
+            fake.inject(status=status, message=message)
+            call("POST", "/chat", json={**chat, "stream": True})
+            fake.inject(status=status, message=message, path="/v1/models")
+            call("GET", "/plugins/openai/status")
+            fake.inject(status=status, message=message, path="/v1/models")
+            call("GET", "/plugins/health?refresh=1")
+    # A key with CR/LF (a header injection): refused on every write path, quoted nowhere.
+    crlf = f"{CANARY}\r\nX-Injected: 1"
+    refused = [
+        call(
+            "POST",
+            "/api/providers/",
+            json={"name": "crlf", "plugin": "openai", "secrets": {"api_key": crlf}},
+        ),
+        call("PATCH", "/api/providers/openai/", json={"secrets": {"api_key": crlf}}),
+        call("PUT", "/plugins/openai/config", json={"api_key": crlf}),
+        call(
+            "POST", "/plugins/openai/reload", json={"config": {**reload["config"], "api_key": crlf}}
+        ),
+    ]
+    assert [r.status_code for r in refused] == [400] * 4
+    assert not any("x-injected" in {k.lower() for k in r.headers} for r in fake.requests)
     # The OpenAI- and Anthropic-compatible endpoints, and the metrics.
     completion = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     assert call("POST", "/v1/chat/completions", json=completion).status_code == 200
@@ -240,6 +274,20 @@ def test_the_canary_key_appears_nowhere(
     )
     assert failing.status_code == 200
     seen.add("admin failing form", failing.content.decode())
+
+    # A debug page (DEBUG on, as `ECHO_DEBUG=1 make run`) for an error with the key in scope.
+    def failing_view(api_key: str) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        cut = api_key[:-1]
+        raise RuntimeError(f"upstream refused {cut} ({headers})")
+
+    try:
+        failing_view(config.secrets["api_key"])
+    except RuntimeError:
+        request = RequestFactory().get("/chat", HTTP_AUTHORIZATION=f"Bearer {CANARY}")
+        page = technical_500_response(request, *sys.exc_info())
+        assert b"failing_view" in page.content
+        seen.add("debug page", page.content.decode())
 
     # Now search everything.
     for record in caplog.records:

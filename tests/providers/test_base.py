@@ -79,7 +79,7 @@ def test_every_schema_gets_the_routing_settings_unless_it_defines_them() -> None
     assert config_errors(schema, {"breaker_cooldown_seconds": 10, "deadline_seconds": 5}) == {}
     assert config_errors(schema, {"breaker_failure_threshold": 0, "deadline_seconds": 0}) == {
         "breaker_failure_threshold": ["Must be at least 1."],
-        "deadline_seconds": ["Must be greater than 0."],
+        "deadline_seconds": ["Must be at least 0.1."],
     }
     assert config_errors(GUIDE_SCHEMA, {"api_key": "k", "max_retries": 11}) == {
         "max_retries": ["Must be at most 10."]
