@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
 
 from providers.audit import SYSTEM, Actor, record_change, snapshot
 from providers.base import secret_fields
@@ -47,6 +48,9 @@ def split_config(plugin: str, config: dict[str, Any]) -> tuple[dict[str, Any], d
     return settings, secrets
 
 
+# Error reports show none of these locals: they hold plaintext secrets, new ones
+# included (neither live nor stored yet, so no redaction would know them).
+@sensitive_variables("secrets", "merged")
 def provider_config_errors(
     *,
     plugin: str,
@@ -264,6 +268,7 @@ def provider_config_update(
     return config
 
 
+@sensitive_variables("secrets", "spec", "changes")
 def provider_config_update_live(
     *, config: ProviderConfig, changes: dict[str, Any], actor: Actor = SYSTEM
 ) -> ProviderConfig:
