@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from providers.base import secret_fields
 from providers.errors import ProviderError, RateLimitError
 from providers.masking import redact
+from providers.retry_policy import retry_after_seconds
 
 
 def _provider_secrets(name: str | None) -> list[str]:
@@ -35,8 +36,10 @@ def provider_error_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[s
     body = exc.as_dict()
     body["message"] = redact(body["message"], _provider_secrets(exc.provider))
     headers = {}
-    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    # Clamped: a plugin's inf or NaN retry_after would make ceil() raise (a 500).
+    retry_after = retry_after_seconds(exc.retry_after)
+    if isinstance(exc, RateLimitError) and retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return exc.http_status, {"error": body}, headers
 
 
@@ -127,7 +130,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, drf.NotFound):
         return Response(error_body("not_found", str(exc.detail)), status=404)
     if isinstance(exc, drf.ParseError):
-        return Response(error_body("invalid_json", str(exc.detail)), status=400)
+        # BoundedJSONParser's errors name the culprit (``messages.0.content``).
+        field = getattr(exc, "field", None)
+        return Response(error_body("invalid_json", str(exc.detail), field=field), status=400)
     if isinstance(exc, drf.Throttled):
         headers = {"Retry-After": str(exc.wait)} if exc.wait else {}
         return Response(error_body("rate_limited", str(exc.detail)), status=429, headers=headers)

@@ -4,15 +4,15 @@ A provider built on it is mostly its wire format: it says how to
 authenticate, how to read an upstream's error body, and how to build and
 parse its requests. This module owns the rest, once: a pooled
 ``httpx.AsyncClient`` per instance (per event loop), timeouts from settings,
-no redirects and no retries of its own (the ModelManager owns retries), the
-mapping of every failure to a typed ``ProviderError`` with secrets stripped,
-and the SSE and NDJSON stream readers.
+every new connection checked against the upstream policy after DNS
+(``providers.upstream_connections``), no redirects and no retries of its own
+(the ModelManager owns retries), the mapping of every failure to a typed
+``ProviderError`` with secrets stripped, and the SSE and NDJSON stream readers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import ssl
 import time
@@ -38,8 +38,14 @@ from providers.errors import (
     RateLimitError,
 )
 from providers.masking import redact
+from providers.retry_policy import parse_retry_after
 from providers.types import HealthStatus
-from providers.upstream_policy import base_url_problem, resolved_problem
+from providers.upstream_connections import (
+    BlockedUpstreamError,
+    PolicyCheckedTransport,
+    resolved_problem,
+)
+from providers.upstream_policy import base_url_problem
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
 HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
@@ -55,7 +61,8 @@ HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
         "title": "Read timeout (seconds)",
         "description": "How long to wait for the upstream to send the next bytes.",
         "default": 60,
-        "exclusiveMinimum": 0,
+        # Below a tenth of a second no upstream can answer: a typo, not a setting.
+        "minimum": 0.1,
         "maximum": 3600,
     },
     "connect_timeout": {
@@ -63,7 +70,7 @@ HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
         "title": "Connect timeout (seconds)",
         "description": "How long to wait to open a connection to the upstream.",
         "default": 5,
-        "exclusiveMinimum": 0,
+        "minimum": 0.1,
         "maximum": 300,
     },
     "max_connections": {
@@ -97,28 +104,6 @@ def shared_ssl_context() -> ssl.SSLContext:
     more: paid once per process rather than on every hot swap, on the loop.
     """
     return httpx.create_ssl_context()
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Return the wait the upstream asked for, in seconds (``retry-after-ms`` or ``Retry-After``)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class HTTPProvider(AbstractAIProvider):
@@ -199,18 +184,22 @@ class HTTPProvider(AbstractAIProvider):
         """
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
+            limits = httpx.Limits(
+                max_connections=int(self.config["max_connections"]),
+                max_keepalive_connections=int(self.config["max_connections"]),
+            )
             self._client = httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=self.default_headers(),
                 timeout=httpx.Timeout(
                     float(self.config["timeout"]), connect=float(self.config["connect_timeout"])
                 ),
-                limits=httpx.Limits(
-                    max_connections=int(self.config["max_connections"]),
-                    max_keepalive_connections=int(self.config["max_connections"]),
-                ),
+                limits=limits,
                 follow_redirects=False,
                 verify=shared_ssl_context(),
+                # Every new connection is checked against the upstream policy
+                # after DNS, so a name that resolves elsewhere later is refused.
+                transport=PolicyCheckedTransport(verify=shared_ssl_context(), limits=limits),
             )
             self._client_loop = loop
         return self._client
@@ -276,6 +265,11 @@ class HTTPProvider(AbstractAIProvider):
         return self.error_for_status(response.status_code, message, response.headers)
 
     def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
+        if isinstance(exc.__cause__, BlockedUpstreamError):
+            return self._error(
+                ProviderUnavailableError,
+                f"Echo refused to connect to {self.display_name}: {exc.__cause__}",
+            )
         if isinstance(exc, httpx.TimeoutException):
             return self._error(
                 ProviderTimeoutError, f"{self.display_name} timed out ({type(exc).__name__})."

@@ -12,7 +12,12 @@ waiting.
 
 from __future__ import annotations
 
+import email.utils
+import math
 import random
+import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +26,65 @@ from providers.errors import ProviderError
 
 #: The first backoff bound in seconds; it doubles with each retry.
 BACKOFF_BASE_SECONDS = 0.25
+
+#: The longest wait an upstream may ask for, in seconds (a day). A longer ask,
+#: infinite included, counts as this: more than any retry cap allows, so the
+#: request fails over, and the client is told a Retry-After it can print.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+
+# A plain decimal number, as upstreams send in Retry-After and retry-after-ms.
+# float() alone would also take "inf", "nan", "1_000" and surrounding spaces.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Longer text is no delay anyone means; do not spend time parsing it.
+_MAX_HEADER_LENGTH = 64
+
+
+def retry_after_seconds(value: Any) -> float | None:
+    """Return VALUE (seconds) as a wait between 0 and ``MAX_RETRY_AFTER_SECONDS``.
+
+    None when VALUE is no number (None, NaN, text): the caller then backs off
+    on its own schedule. Infinite and huge values are clamped to the maximum.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float's range
+        return MAX_RETRY_AFTER_SECONDS if value > 0 else 0.0
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _header_number(text: str) -> float | None:
+    text = text.strip()
+    if len(text) > _MAX_HEADER_LENGTH or not _NUMBER.fullmatch(text):
+        return None
+    return float(text)  # a huge exponent gives inf, which retry_after_seconds clamps
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Return the wait an upstream asked for in HEADERS, in seconds, or None.
+
+    ``retry-after-ms`` (OpenAI's) wins over ``Retry-After``, which is either
+    seconds or an HTTP date. Whatever the upstream sends (negative, infinite,
+    NaN, a date in year 9999, garbage), the answer is None or a number
+    between 0 and ``MAX_RETRY_AFTER_SECONDS``.
+    """
+    millis = _header_number(headers.get("retry-after-ms") or "")
+    if millis is not None:
+        return retry_after_seconds(millis / 1000)
+    value = (headers.get("retry-after") or "").strip()
+    if not value or len(value) > _MAX_HEADER_LENGTH:
+        return None
+    seconds = _header_number(value)
+    if seconds is not None:
+        return retry_after_seconds(seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, OSError, IndexError):
+        return None
+    return retry_after_seconds(when - time.time())
 
 
 def routing_setting(config: dict[str, Any], name: str) -> Any:
@@ -63,8 +127,11 @@ class RetryPolicy:
         """
         if not error.retryable or retry >= self.max_retries:
             return None
-        if error.retry_after is not None:
-            wait = float(error.retry_after)
+        # A plugin may set any retry_after; a NaN or infinite one must not
+        # reach asyncio.sleep or the Retry-After the client is sent.
+        asked = retry_after_seconds(error.retry_after)
+        if asked is not None:
+            wait = asked
             if wait > self.max_wait:
                 return None
         else:

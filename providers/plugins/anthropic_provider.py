@@ -93,6 +93,7 @@ class AnthropicProvider(HTTPProvider):
                     "description": "Where the Messages API lives; change it for a proxy or gateway.",
                     "default": DEFAULT_BASE_URL,
                     "pattern": "^https?://",
+                    "maxLength": 2048,
                 },
                 "anthropic_version": {
                     "type": "string",
@@ -110,6 +111,8 @@ class AnthropicProvider(HTTPProvider):
                     ),
                     "default": 1024,
                     "minimum": 1,
+                    # Far above any model's output limit, and a bound on what is sent.
+                    "maximum": 1_000_000,
                 },
                 "default_model": {
                     "type": "string",

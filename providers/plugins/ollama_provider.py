@@ -82,6 +82,7 @@ class OllamaProvider(HTTPProvider):
                     "default": DEFAULT_BASE_URL,
                     "format": "uri",
                     "pattern": "^https?://",
+                    "maxLength": 2048,
                 },
                 "default_model": {
                     "type": "string",

@@ -89,6 +89,7 @@ class OpenAIProvider(HTTPProvider):
                     "type": "string",
                     "format": "uri",
                     "pattern": "^https?://",
+                    "maxLength": 2048,
                     "title": "Base URL",
                     "description": "Where the API lives; '/chat/completions', '/models' and "
                     "'/embeddings' are added to it. Change it to reach an "

@@ -30,15 +30,67 @@ KEY = "sk-policy-0000000000000"
         ("http://[fe80::1]/", "blocked range"),
         ("http://[::ffff:169.254.169.254]/", "blocked range"),
         ("https://", "Must name a host"),
+        # 0.0.0.0 and :: reach the machine's own services, whatever is blocked.
+        ("http://0.0.0.0:8000/", "blocked range (0.0.0.0/8)"),
+        ("http://0/", "blocked range (0.0.0.0/8)"),
+        ("http://[::]:8000/", "blocked range (::/128)"),
+        # IPv6 addresses that carry the metadata IPv4 address.
+        ("http://[::169.254.169.254]/", "(that is 169.254.169.254)"),
+        ("http://[::ffff:0:a9fe:a9fe]/", "(that is 169.254.169.254)"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "(that is 169.254.169.254)"),
+        ("http://[64:ff9b:1::a9fe:a9fe]/", "(that is 169.254.169.254)"),
+        ("http://[2002:a9fe:a9fe::]/", "(that is 169.254.169.254)"),
+        ("http://[2001:0:a9fe:a9fe::1]/", "(that is 169.254.169.254)"),  # Teredo server
+        # The legacy IPv4 spellings inet_aton (and so getaddrinfo) accepts.
+        ("http://0xa9fea9fe/", "169.254.169.254 is in a blocked range"),
+        ("http://2852039166/", "169.254.169.254 is in a blocked range"),
+        ("http://169.254.43518/", "169.254.169.254 is in a blocked range"),
+        ("http://0xa9.0xfe.0xa9.0xfe/", "169.254.169.254 is in a blocked range"),
+        ("http://0251.0376.0251.0376/", "Invalid IPv4 address"),
+        ("http://999.1.1.1/", "Invalid IPv4 address"),
+        # Metadata names, which resolve only inside the cloud.
+        ("http://metadata.google.internal/", "cloud metadata service"),
+        ("http://METADATA.Google.Internal./", "cloud metadata service"),
+        (
+            "http://metadata\u3002google\u3002internal/",
+            "cloud metadata service",
+        ),  # ideographic dots
+        ("http://metadata/computeMetadata/v1/", "cloud metadata service"),
+        ("http://instance-data/latest/", "cloud metadata service"),
+        ("http://instance-data.us-west-2.compute.internal/", "cloud metadata service"),
     ],
 )
 def test_bad_base_urls_are_refused(url: str, problem: str) -> None:
     assert problem in base_url_problem(url)
 
 
-def test_good_base_urls_pass() -> None:
-    assert base_url_problem("https://api.openai.com/v1") is None
-    assert base_url_problem("http://127.0.0.1:11434") is None
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.openai.com/v1",
+        "http://127.0.0.1:11434",  # loopback stays allowed unless ECHO_UPSTREAM_BLOCK adds it
+        "http://localhost:11434",
+        "http://[::1]:11434",
+        "http://10.0.0.5:8080/v1",
+        "https://metadata-service.example.com/v1",  # only the metadata names themselves
+        "http://[2001:db8::1]/",
+    ],
+)
+def test_good_base_urls_pass(url: str) -> None:
+    assert base_url_problem(url) is None
+
+
+def test_the_block_list_applies_to_every_spelling(settings) -> None:
+    settings.ECHO_UPSTREAM_BLOCK = ["127.0.0.0/8"]
+    for host in [
+        "127.0.0.1",
+        "127.1",
+        "0x7f000001",
+        "2130706433",
+        "017700000001",
+        "[::ffff:127.0.0.1]",
+    ]:
+        assert "blocked range (127.0.0.0/8)" in base_url_problem(f"http://{host}:8080/"), host
 
 
 def test_the_allow_list_restricts_hosts(settings) -> None:
@@ -116,6 +168,63 @@ def test_put_plugin_config_refuses_a_bad_base_url(admin_api, openai_config, url)
     assert ProviderConfig.objects.get(name="openai").settings["base_url"] == "http://127.0.0.1:9/v1"
     assert ProviderConfigChange.objects.filter(provider_name="openai").count() == 1  # created
     assert "pass@" not in response.content.decode()
+
+
+# Saved through PATCH before (only the live load refused them).
+SPELLED_URLS = [
+    "http://0xa9fea9fe/v1",
+    "http://2852039166/v1",
+    "http://0251.0376.0251.0376/v1",
+    "http://169.254.43518/v1",
+    "http://0.0.0.0:8000/v1",
+    "http://[64:ff9b::a9fe:a9fe]/v1",
+    "http://metadata.google.internal/v1",
+]
+
+
+@pytest.mark.parametrize("url", SPELLED_URLS)
+def test_patch_refuses_every_spelling_of_a_blocked_host(admin_api, openai_config, url) -> None:
+    from providers.models import ProviderConfig, ProviderConfigChange
+
+    body = {"settings": {"base_url": url}}
+    response = admin_api.patch("/api/providers/openai/", body, format="json")
+    assert _refused_field(response) == "base_url"
+    assert ProviderConfig.objects.get(name="openai").settings["base_url"] == "http://127.0.0.1:9/v1"
+    assert ProviderConfigChange.objects.filter(provider_name="openai").count() == 1  # created
+
+
+@pytest.mark.parametrize("url", ["http://0xa9fea9fe/v1", "http://metadata.google.internal/v1"])
+def test_the_admin_form_refuses_a_blocked_host(client, admin_user, openai_config, url) -> None:
+    from django.urls import reverse
+
+    from providers.models import ProviderConfig
+    from tests.providers.test_admin import form_data
+
+    client.force_login(admin_user)
+    page = reverse("admin:providers_providerconfig_change", args=[openai_config.pk])
+    response = client.post(page, form_data(client.get(page), setting__base_url=url))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["setting__base_url"]
+    assert "blocked range" in errors[0] or "cloud metadata" in errors[0]
+    assert ProviderConfig.objects.get(name="openai").settings["base_url"] == "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize("url", ["http://0xa9fea9fe/v1", "http://metadata.google.internal/v1"])
+def test_the_yaml_import_refuses_a_blocked_host(db, tmp_path, url) -> None:
+    import io
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from providers.models import ProviderConfig
+
+    path = tmp_path / "providers.yaml"
+    path.write_text(f"ai_providers:\n  openai:\n    api_key: {KEY}\n    base_url: {url}\n")
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="invalid and were not imported"):
+        call_command("sync_providers", "--file", str(path), stdout=out, stderr=out)
+    assert "base_url:" in out.getvalue()
+    assert not ProviderConfig.objects.filter(name="openai").exists()
 
 
 @pytest.mark.parametrize("url", REFUSED_URLS)
