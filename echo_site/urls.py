@@ -3,11 +3,16 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from plugins_api import page_views
+from plugins_api import login_throttle, page_views
+
+# Both logins are throttled (plugins_api.login_throttle): these say why they refuse.
+admin.site.login_form = login_throttle.ThrottledAdminAuthenticationForm
 
 urlpatterns = [
+    path("admin/login/", login_throttle.admin_login_view),
     path("admin/", admin.site.urls),
-    # Login, logout and password change for the chat page (templates/registration/).
+    path("accounts/login/", login_throttle.login_view, name="login"),
+    # Logout and password change for the chat page (templates/registration/).
     path("accounts/", include("django.contrib.auth.urls")),
     path("", page_views.chat_page, name="chat-page"),
     # With the slash: "POST /chat" (no slash) is the JSON chat API.

@@ -11,8 +11,11 @@ A configured provider that is not live (disabled, or its load failed) is
 reported unavailable with the reason. Disabled providers are reported but
 not recorded, since "down on purpose" is not an outage.
 
-The public summary for load balancers caches each live instance's result for
-a few seconds, so frequent probes do not reach paid upstream APIs each time.
+The public summary for load balancers never fans out upstream per request:
+it reads the periodic checks' latest results when they are recent and about
+the instance now serving; otherwise one probe per instance, shared by every
+concurrent caller, is kept for a few seconds. Asked-for checks are
+coalesced too: concurrent refreshes share one round.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from providers.masking import redact
 from providers.models import ProviderConfig
 from providers.runtime import manager, registry, run_in_serving_loop
 from providers.selectors import provider_secret_values
-from providers.types import HealthStatus
+from providers.single_flight import SingleFlight
 
 PUBLIC_TIMEOUT = 2.0
 PUBLIC_CACHE_SECONDS = 5.0
 
 # (name, generation, loaded_at) of a live instance -> (expires at, available).
 _public_cache: dict[tuple[str, Any, Any], tuple[float, bool]] = {}
+# Concurrent probes of one instance, and concurrent check rounds, share one call.
+_probes: SingleFlight[bool] = SingleFlight()
+_rounds: SingleFlight[dict[str, ProviderHealth]] = SingleFlight()
 
 
 def breaker_state(name: str, config: ProviderConfig | None = None) -> dict[str, Any]:
@@ -79,7 +85,9 @@ def provider_health_latest() -> dict[str, dict[str, Any]]:
 
 
 async def _check(names: list[str] | None, timeout: float) -> dict[str, ProviderHealth]:
-    return await monitor.check_all(timeout=timeout, names=names)
+    """Check NAMES (all when None) through the monitor; concurrent asks for the same share a round."""
+    key = tuple(sorted(names)) if names is not None else None
+    return await _rounds.run(key, lambda: monitor.check_all(timeout=timeout, names=names))
 
 
 def provider_health_check_all(*, timeout: float | None = None) -> dict[str, dict[str, Any]]:
@@ -114,8 +122,10 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     """Return the minimal public health: ``{"status", "providers": {name: available}}``.
 
     STATUS is ``ok`` when every enabled provider is available, ``down`` when
-    none is (or none is configured), ``degraded`` in between. Results of a
-    live instance are reused for MAX_AGE seconds; nothing is recorded.
+    none is (or none is configured), ``degraded`` in between. A live
+    instance's availability comes from the periodic checks when they saw
+    this instance recently; otherwise from a probe of it, shared by
+    concurrent callers and reused for MAX_AGE seconds. Nothing is recorded.
     """
     timeout = PUBLIC_TIMEOUT if timeout is None else timeout
     max_age = PUBLIC_CACHE_SECONDS if max_age is None else max_age
@@ -125,22 +135,25 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     for key, (expires, _) in list(_public_cache.items()):  # a copy: probes run in threads
         if expires <= now:
             _public_cache.pop(key, None)
+    latest = monitor.latest()
+    trusted_for = _checks_trusted_for(max_age)
     providers: dict[str, bool] = {}
-    stale: dict[str, tuple[str, Any, Any]] = {}
+    unknown: dict[str, tuple[str, Any, Any]] = {}
     for name in names:
         if name not in registry:
             providers[name] = False
             continue
-        key = _instance_key(name)
+        key = _instance_key(name)  # taken before any check: a swap meanwhile must not inherit it
+        checked = _recent_check(latest.get(name), key, trusted_for)
         cached = _public_cache.get(key)
-        if cached is not None:
+        if checked is not None:
+            providers[name] = checked
+        elif cached is not None:
             providers[name] = cached[1]
         else:
-            stale[name] = key  # taken before the check: a swap meanwhile must not inherit it
-    if stale:
-        for name, status in run_in_serving_loop(_probe, list(stale), timeout).items():
-            providers[name] = status.available
-            _public_cache[stale[name]] = (now + max_age, status.available)
+            unknown[name] = key
+    if unknown:
+        providers.update(run_in_serving_loop(_probe_all, unknown, timeout, max_age))
     up = sum(providers.values())
     if up and up == len(providers):
         overall = "ok"
@@ -151,10 +164,51 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     return {"status": overall, "providers": dict(sorted(providers.items()))}
 
 
-async def _probe(names: list[str], timeout: float) -> dict[str, HealthStatus]:
-    """Check the live providers NAMES concurrently, recording nothing (load-balancer probes)."""
-    results = await asyncio.gather(*(registry.health_check(n, timeout=timeout) for n in names))
+def _checks_trusted_for(max_age: float) -> float:
+    """Return how old a periodic check may be and still answer the public probe.
+
+    Two intervals and a timeout: one round late is normal, two is a stalled
+    monitor, which then falls back to probes.
+    """
+    interval = settings.ECHO_HEALTH_INTERVAL_SECONDS
+    if interval <= 0:
+        return max_age  # only asked-for checks: as fresh as the probes' own results
+    return max(max_age, 2 * interval + settings.ECHO_HEALTH_TIMEOUT_SECONDS)
+
+
+def _recent_check(
+    health: ProviderHealth | None, key: tuple[str, Any, Any], trusted_for: float
+) -> bool | None:
+    """Return what HEALTH says of the instance KEY, or None when it is too old or of another."""
+    if health is None or health.available is None or health.checked_at is None:
+        return None
+    checked_at = health.checked_at.timestamp()
+    loaded_at = key[2] or 0.0
+    if checked_at < loaded_at or time.time() - checked_at > trusted_for:
+        return None
+    return bool(health.available)
+
+
+async def _probe_all(
+    unknown: dict[str, tuple[str, Any, Any]], timeout: float, max_age: float
+) -> dict[str, bool]:
+    """Probe the live instances UNKNOWN concurrently, each once however many callers ask."""
+    names = list(unknown)
+    results = await asyncio.gather(*(_probe(n, unknown[n], timeout, max_age) for n in names))
     return dict(zip(names, results, strict=True))
+
+
+async def _probe(name: str, key: tuple[str, Any, Any], timeout: float, max_age: float) -> bool:
+    cached = _public_cache.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]  # a shared probe ended while this caller was on its way
+
+    async def check() -> bool:
+        status = await registry.health_check(name, timeout=timeout)
+        _public_cache[key] = (time.monotonic() + max_age, status.available)
+        return status.available
+
+    return await _probes.run(key, check)
 
 
 def _instance_key(name: str) -> tuple[str, Any, Any]:
