@@ -1,39 +1,111 @@
-"""BrowserMiddleware: Django's cookie-based middleware, skipped for API clients with a key.
+"""Echo's own middleware: refuse unusable URLs, and skip the browser middleware for API keys.
 
-Sessions, CSRF, authentication, messages and the security headers are for
-people in a browser. In an async server each of those Django middleware
-costs thread hops on every request; a client that authenticates with
-``Authorization: Bearer`` carries no cookie for them to read, so its requests
-(outside the admin) go straight to the view. Every other request runs the
-whole list in ``settings.ECHO_BROWSER_MIDDLEWARE``, CSRF checks included.
+``UrlCharactersMiddleware`` answers 404 to a path with NUL or another control
+character (no route means such a name) and 400 to a query parameter with
+NUL: PostgreSQL refuses NUL in a query, so a provider lookup with one was a 500.
+
+``BrowserMiddleware``: sessions, CSRF, authentication, messages and the
+security headers are for people in a browser. In an async server each of
+those Django middleware costs thread hops on every request; a client that
+authenticates with ``Authorization: Bearer`` (or ``x-api-key``) carries no
+cookie for them to read, so its requests to the API go straight to the view,
+as an anonymous user (its key is checked by the view). Every other request,
+the pages, the login and the admin included, runs the whole list in
+``settings.ECHO_BROWSER_MIDDLEWARE``, CSRF checks included.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
+
+from plugins_api.api_paths import is_api_path
+from plugins_api.error_views import bad_request, unusable_path
 
 ViewHook = Callable[[HttpRequest, Callable[..., Any], tuple, dict], HttpResponse | None]
 
 
+# C0 controls, DEL and lone surrogates: no name Echo serves holds one.
+_UNUSABLE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def uses_bearer_key(request: HttpRequest) -> bool:
-    """Return whether REQUEST is an API client's, authenticated by a key, outside the admin.
+    """Return whether REQUEST is an API client's, to the API, authenticated by a key.
 
     The key comes as ``Authorization: Bearer`` or, from Anthropic's SDK, ``x-api-key``.
     """
-    if request.path.startswith("/admin/"):
+    # Pages (the chat page at ``/`` and ``/chat/``, ``/accounts/``, ``/admin/``)
+    # always run the browser middleware, whatever header a client sends.
+    if not is_api_path(request.path_info):
         return False
     authorization = request.META.get("HTTP_AUTHORIZATION", "")
     return authorization[:7].lower() == "bearer " or "HTTP_X_API_KEY" in request.META
 
 
+async def _anonymous_user() -> AnonymousUser:
+    return AnonymousUser()
+
+
+def _as_key_client(request: HttpRequest) -> HttpRequest:
+    """Give REQUEST, which skips the session, the user Django would: anonymous.
+
+    Views read ``request.user`` / ``request.auser()`` whatever the client sent;
+    without AuthenticationMiddleware neither would exist (a 500).
+    """
+    request.user = AnonymousUser()
+    request.auser = _anonymous_user
+    return request
+
+
+def refuse_unusable_url(request: HttpRequest) -> HttpResponse | None:
+    """Return the answer to a URL Echo cannot serve, or None when REQUEST's URL is fine.
+
+    A control character in the path names nothing: 404, as for any unknown
+    path (so every documented path keeps its documented answers). NUL in a
+    query parameter: 400 naming the parameter.
+    """
+    if _UNUSABLE_PATH_CHARACTERS.search(request.path_info):
+        return unusable_path(request)
+    query = request.META.get("QUERY_STRING", "")
+    # The query is decoded only when it may hold a NUL: most requests have none.
+    if "%00" in query or "\x00" in query:
+        for key, values in request.GET.lists():
+            if "\x00" in key or any("\x00" in value for value in values):
+                field = key.replace("\x00", "") or "query"
+                return bad_request(request, "Query parameters must not contain NUL.", field=field)
+    return None
+
+
+class UrlCharactersMiddleware:
+    """Refuse a URL whose path holds a control character (404) or whose query holds NUL (400)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return refuse_unusable_url(request) or self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        return refuse_unusable_url(request) or await self.get_response(request)
+
+
 class BrowserMiddleware:
-    """Run the browser middleware, except for requests that carry a Bearer key."""
+    """Run the browser middleware, except for API requests that carry a key."""
 
     sync_capable = True
     async_capable = True
@@ -62,12 +134,12 @@ class BrowserMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         if uses_bearer_key(request):
-            return self.get_response(request)
+            return self.get_response(_as_key_client(request))
         return self.browser_chain(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         if uses_bearer_key(request):
-            return await self.get_response(request)
+            return await self.get_response(_as_key_client(request))
         return await self.browser_chain(request)
 
     def _process_view(self, request: HttpRequest, view: Any, args: tuple, kwargs: dict) -> Any:

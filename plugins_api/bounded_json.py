@@ -4,7 +4,9 @@ Python's ``json`` accepts what the rest of Echo cannot carry: nesting deep
 enough to exhaust the interpreter's recursion (a ``RecursionError`` is a 500),
 ``\\u0000`` (PostgreSQL refuses it in text, so one such model name used to stop
 usage accounting), and lone surrogates such as ``\\ud800`` (they cannot be
-encoded to UTF-8, so logging, the database and the upstream call fail). Every
+encoded to UTF-8, so logging, the database and the upstream call fail), and
+``NaN``/``Infinity``/``1e999`` (no JSON can carry them back out, and
+PostgreSQL's jsonb refuses them). Every
 endpoint, the websocket included, reads client JSON through ``loads_bounded``,
 which refuses each of them with the dotted path of the culprit
 (``messages.0.content.0.text``), so the client gets a 400 naming the field.
@@ -13,6 +15,7 @@ which refuses each of them with the dotted path of the culprit
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -47,7 +50,8 @@ def _check_string(value: str, parts: tuple[str | int, ...]) -> None:
 
 
 def check_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH, field: str | None = None) -> None:
-    """Raise ``JsonInputError`` if VALUE (parsed JSON) is too deep or holds a forbidden character.
+    """Raise ``JsonInputError`` if VALUE (parsed JSON) is too deep, holds a forbidden
+    character or a number that is not finite.
 
     FIELD prefixes the reported paths (for a value found inside a larger document).
     The walk is iterative, so no input can exhaust the recursion limit here.
@@ -58,6 +62,8 @@ def check_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH, field: str | Non
         item, parts, depth = stack.pop()
         if isinstance(item, str):
             _check_string(item, parts)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise JsonInputError(_path(parts), "Numbers must be finite (no NaN or Infinity).")
         elif isinstance(item, dict | list):
             if depth >= max_depth:
                 raise JsonInputError(

@@ -1,7 +1,7 @@
 """``GET /metrics``: Echo's Prometheus metrics, for an admin key or a staff login.
 
 Point Prometheus at it with ``authorization: {credentials_file: ...}`` holding
-an admin-scoped client key.
+an admin-scoped client key (``x-api-key`` works too, as on the chat endpoints).
 """
 
 from __future__ import annotations
@@ -12,13 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from plugins_api.client_keys import averify_key, bearer_token
 from plugins_api.error_responses import error_body
+from plugins_api.request_auth import API_KEY_HEADER
 from providers.metrics import REGISTRY
 
 
 @require_GET
 async def metrics(request: HttpRequest) -> HttpResponse:
     """Answer the metrics in Prometheus' text format."""
-    token = bearer_token(request.headers.get("Authorization"))
+    # The key comes as Echo's other endpoints take it: a Bearer token or x-api-key.
+    authorization = request.headers.get("Authorization")
+    token = bearer_token(authorization)
+    if token is None and not authorization:
+        token = (request.headers.get(API_KEY_HEADER) or "").strip() or None
     if token is not None:
         identity = await averify_key(token)
         if identity is None:

@@ -32,12 +32,12 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from plugins_api.bounded_json_parser import BoundedJSONParser
 from plugins_api.serializers import (
     ConfigSchemaSerializer,
     DiscoveryReportSerializer,
@@ -186,7 +186,7 @@ class PluginHealthView(APIView):
 class PluginDiscoverView(APIView):
     """Plugin discovery in the configured directories and entry points."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     @extend_schema(
         tags=TAGS,
@@ -269,7 +269,7 @@ class ProviderReloadView(APIView):
     old instance keeps serving.
     """
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     @extend_schema(
         tags=TAGS,
@@ -337,7 +337,7 @@ class ProviderConfigView(APIView):
     with reload, the new instance is built before the change is saved.
     """
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     @extend_schema(
         tags=TAGS,
@@ -468,8 +468,10 @@ class HealthView(APIView):
         summary="Report whether this worker can serve (public, for load balancers)",
         description=(
             "`ok` when every enabled provider is available, `degraded` when some are, "
-            "`down` (HTTP 503) when none is. Results are cached for a few seconds and "
-            "not recorded."
+            "`down` (HTTP 503) when none is. Answered from the periodic health checks "
+            "when they are recent; otherwise from one probe per provider, shared by "
+            "concurrent callers and kept for a few seconds. However many probes arrive, "
+            "no request makes its own upstream call, and nothing is recorded."
         ),
         auth=[],
         responses={200: HealthSummarySerializer, 503: HealthSummarySerializer},

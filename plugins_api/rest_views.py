@@ -34,7 +34,6 @@ from drf_spectacular.utils import (
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import generics, viewsets
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -42,6 +41,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from plugins_api.authentication import IsAdminClient
+from plugins_api.bounded_json_parser import BoundedJSONParser
 from plugins_api.serializers import (
     ErrorSerializer,
     ExportFormatSerializer,
@@ -97,7 +97,7 @@ class ProviderConfigViewSet(viewsets.ModelViewSet):
     lookup_field = "name"
     # Any name reaches the view, so that an unknown one gets a JSON 404, not the site's page.
     lookup_value_regex = "[^/]+"
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     def get_queryset(self) -> QuerySet[ProviderConfig]:
         return selectors.provider_config_list()

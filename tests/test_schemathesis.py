@@ -76,7 +76,8 @@ def _echo_exists() -> None:
 schema = (
     schemathesis.pytest.from_fixture("echo_schema")
     .include(
-        path_regex=r"^/(plugins/|api/|chat$)", method=["GET", "PUT", "POST", "PATCH", "DELETE"]
+        path_regex=r"^/(plugins/|api/|chat$|health)",
+        method=["GET", "PUT", "POST", "PATCH", "DELETE"],
     )
     # Discovery imports code from disk: not for random input. The schema itself is
     # checked by `spectacular --validate` (tests/plugins_api/test_openapi.py) and is
