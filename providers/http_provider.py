@@ -197,6 +197,9 @@ class HTTPProvider(AbstractAIProvider):
                 limits=limits,
                 follow_redirects=False,
                 verify=shared_ssl_context(),
+                # No proxy from the environment (HTTPS_PROXY...): a proxy would
+                # resolve and connect itself, past the policy's address check.
+                trust_env=False,
                 # Every new connection is checked against the upstream policy
                 # after DNS, so a name that resolves elsewhere later is refused.
                 transport=PolicyCheckedTransport(verify=shared_ssl_context(), limits=limits),

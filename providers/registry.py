@@ -51,7 +51,8 @@ class ProviderSpec:
 
     name: str
     plugin: str
-    config: dict[str, Any] = field(default_factory=dict)
+    # Left out of repr: it holds the decrypted secrets, and reprs end up in logs.
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
     fallbacks: tuple[str, ...] = ()
     is_default: bool = False
 

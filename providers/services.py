@@ -27,6 +27,7 @@ from providers.models import ProviderConfig
 from providers.registry import ProviderSpec
 from providers.runtime import registry, run_in_serving_loop
 from providers.secret_box import DECRYPTION_FAILED
+from providers.upstream_policy import base_url_problem
 
 FALLBACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/.+)?$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -101,7 +102,28 @@ def provider_config_errors(
         if not enabled and messages == [REQUIRED_MESSAGE]:
             continue
         errors[field] = messages
+    # Every plugin's upstream URLs obey the policy, not only HTTPProvider's
+    # (which checks base_url itself, and each connection it opens).
+    for field in url_settings(schema, merged):
+        problem = None if field in errors else base_url_problem(merged[field])
+        if problem:
+            errors[field] = [problem]
     return errors
+
+
+def url_settings(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Return the keys of CONFIG that name an upstream URL: ``base_url``, ``*_url``, or ``format: uri``."""
+    properties = schema.get("properties") or {}
+    return [
+        key
+        for key, value in config.items()
+        if isinstance(value, str)
+        and (
+            key == "base_url"
+            or key.endswith("_url")
+            or (properties.get(key) or {}).get("format") == "uri"
+        )
+    ]
 
 
 def _raise_if(errors: dict[str, list[str]]) -> None:

@@ -299,3 +299,43 @@ async def test_a_redirect_to_an_internal_address_is_not_followed() -> None:
             await provider.shutdown()
         assert "redirect to http://169.254.169.254;" in refused.value.message
         assert "token" not in refused.value.message
+
+
+
+
+def test_a_plugin_not_built_on_http_provider_gets_the_url_policy_too(clean_runtime) -> None:
+    from providers.plugins.echo_provider import EchoProvider
+    from providers.services import provider_config_errors
+
+    class CustomProvider(EchoProvider):
+        def get_config_schema(self) -> dict[str, Any]:
+            return {
+                "type": "object",
+                "properties": {
+                    "endpoint": {"type": "string", "format": "uri"},
+                    "callback_url": {"type": "string"},
+                    "prefix": {"type": "string"},
+                },
+            }
+
+    clean_runtime.register(CustomProvider, "custom-url")
+    errors = provider_config_errors(
+        plugin="custom-url",
+        settings={
+            "endpoint": "http://0xa9fea9fe/",
+            "callback_url": "http://metadata.google.internal/",
+            "prefix": "http://169.254.169.254/ is only text here",
+        },
+        secrets={},
+    )
+    assert "blocked range" in errors["endpoint"][0]
+    assert "cloud metadata service" in errors["callback_url"][0]
+    assert "prefix" not in errors
+    assert not provider_config_errors(
+        plugin="custom-url", settings={"endpoint": "http://127.0.0.1:9000/"}, secrets={}
+    )
+
+
+def test_a_provider_spec_never_shows_its_config_in_a_repr() -> None:
+    spec = ProviderSpec(name="openai", plugin="openai", config={"api_key": KEY})
+    assert KEY[3:11] not in repr(spec)
