@@ -301,8 +301,6 @@ async def test_a_redirect_to_an_internal_address_is_not_followed() -> None:
         assert "token" not in refused.value.message
 
 
-
-
 def test_a_plugin_not_built_on_http_provider_gets_the_url_policy_too(clean_runtime) -> None:
     from providers.plugins.echo_provider import EchoProvider
     from providers.services import provider_config_errors
