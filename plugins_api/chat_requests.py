@@ -100,11 +100,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def json_type(value: Any) -> str:
+    """Return the JSON name of VALUE's type, for messages ("a number", "an object")."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else "a string"
+
+
 def required_string(container: Mapping[str, Any], key: str, path: str) -> str:
     """Return CONTAINER[KEY], which must be a string; PATH names the container."""
     value = container.get(key)
-    if not isinstance(value, str):
+    if value is None:
         raise RequestFieldError(f"{path}.{key}", "Required: a string.")
+    if not isinstance(value, str):
+        raise RequestFieldError(f"{path}.{key}", f"Must be a string, not {json_type(value)}.")
     return value
 
 

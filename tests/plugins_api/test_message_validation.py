@@ -526,3 +526,12 @@ def test_a_nul_in_a_model_name_or_a_key_is_refused(echo, api: Client, path: str)
     assert refused_field(path, post(api, path, body)) == "model"
     keyed = json.dumps(body_for(path, user("hi", **{"na\u0000me": "x"}))).encode()
     assert refused_field(path, post(api, path, keyed)) == "messages.0"
+
+
+def test_a_wrong_type_says_what_was_sent_and_a_missing_field_says_it_is_required(
+    echo, api: Client
+) -> None:
+    wrong = post(api, CHAT, {"messages": user([{"type": "text", "text": 5}]), "provider": "echo"})
+    assert wrong.json()["error"]["message"] == "Must be a string, not a number."
+    missing = post(api, CHAT, {"messages": user([{"type": "text"}]), "provider": "echo"})
+    assert missing.json()["error"]["message"] == "Required: a string."
