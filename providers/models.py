@@ -49,6 +49,20 @@ class ProviderConfig(models.Model):
     disabled_reason = models.TextField(
         blank=True, help_text="Why the provider is disabled, when Echo disabled it."
     )
+    revision = models.PositiveBigIntegerField(
+        default=1,
+        editable=False,
+        help_text="Raised by every saved change; every worker serves the newest it has read.",
+    )
+    missing_secrets = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text=(
+            "Secrets whose absence alone keeps the provider disabled (set by the YAML import"
+            " when their environment variable is unset); supplying them enables it."
+        ),
+    )
     import_fingerprint = models.CharField(
         max_length=64,
         blank=True,
