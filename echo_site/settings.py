@@ -271,6 +271,13 @@ ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60)
 if ECHO_MODEL_LIST_CACHE_SECONDS < 1:
     raise ImproperlyConfigured("ECHO_MODEL_LIST_CACHE_SECONDS must be at least 1.")
 
+# Configuration repair pass (providers.config_sync): every serving worker compares
+# the revision it serves of each provider with the database's this often (one query)
+# and applies what differs, so lost broadcasts, SQL changes and restores converge.
+ECHO_CONFIG_REPAIR_SECONDS = env_int("ECHO_CONFIG_REPAIR_SECONDS", 5)
+if ECHO_CONFIG_REPAIR_SECONDS < 1:
+    raise ImproperlyConfigured("ECHO_CONFIG_REPAIR_SECONDS must be at least 1.")
+
 # Transport security for browsers (django.middleware.security, run by BrowserMiddleware),
 # on by default in production. SECURE_PROXY_SSL_HEADER is set only when
 # ECHO_PROXY_SETS_X_FORWARDED_PROTO says a TLS proxy in front sets (overwrites) the

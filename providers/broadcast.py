@@ -1,18 +1,18 @@
-"""Tell every other worker that a provider's configuration changed.
+"""Tell every worker that a provider's configuration changed, and listen for it.
 
-Workers share the channel layer (Redis in a multi-process deployment). Each
-serving process runs ``listen_for_provider_changes``; a message names the
-provider, and the receiving worker reloads it from the database, which is
-the source of truth. With the in-memory layer there is only one process and
-nothing to tell.
+Workers share the channel layer (Redis in a multi-process deployment). A
+message carries ``(name, revision, force)`` and is only a hint to look:
+every serving process runs ``listen_for_provider_changes``, which hands each
+message to ``providers.config_sync``; that re-reads the row, the source of
+truth, unless the revision is not newer than the one it serves. The sender
+receives its own message too and drops it by revision. With the in-memory
+layer there is only one process and nothing to tell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import uuid
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 GROUP = "echo.providers"
 EVENT_TYPE = "provider.changed"
-ORIGIN = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+# A subscription is renewed this often, as a backstop for a group membership
+# that expired in Redis; the repair pass runs after each one.
 RESUBSCRIBE_SECONDS = 3600
 
 
@@ -32,12 +33,17 @@ def _shared_layer():
     return layer
 
 
-def publish_provider_changed(name: str) -> None:
-    """Broadcast that provider NAME changed; a failure is logged, never raised."""
+def publish_provider_changed(
+    name: str, revision: int | None = None, *, force: bool = False
+) -> None:
+    """Broadcast that provider NAME changed (to REVISION, when known); log a failure, never raise.
+
+    FORCE asks every worker to rebuild the provider even from the revision it serves.
+    """
     layer = _shared_layer()
     if layer is None:
         return
-    message = {"type": EVENT_TYPE, "name": name, "origin": ORIGIN}
+    message = {"type": EVENT_TYPE, "name": name, "revision": revision, "force": force}
     try:
         async_to_sync(layer.group_send)(GROUP, message)
     except Exception:
@@ -45,12 +51,12 @@ def publish_provider_changed(name: str) -> None:
 
 
 async def listen_for_provider_changes() -> None:
-    """Reload providers that other processes changed, until cancelled.
+    """Apply the changes other processes announce, until cancelled.
 
-    After each (re)subscription every provider is reloaded from the database,
-    so that a change broadcast while this worker was not listening is not lost.
+    After each (re)subscription the repair pass runs, so that a change
+    broadcast while this worker was not listening is not lost.
     """
-    from providers.runtime import load_all_from_database, load_provider_from_database
+    from providers import config_sync
 
     layer = _shared_layer()
     if layer is None:
@@ -60,7 +66,7 @@ async def listen_for_provider_changes() -> None:
         try:
             channel = await layer.new_channel()
             await layer.group_add(GROUP, channel)
-            await load_all_from_database()
+            await config_sync.repair_all()
             delay = 1.0
             loop = asyncio.get_running_loop()
             resubscribe_at = loop.time() + RESUBSCRIBE_SECONDS
@@ -69,10 +75,8 @@ async def listen_for_provider_changes() -> None:
                     message = await asyncio.wait_for(layer.receive(channel), RESUBSCRIBE_SECONDS)
                 except TimeoutError:
                     break
-                if message.get("type") != EVENT_TYPE or message.get("origin") == ORIGIN:
-                    continue
-                logger.info("provider %s changed in another worker; reloading", message["name"])
-                await load_provider_from_database(message["name"])
+                if message.get("type") == EVENT_TYPE:
+                    await config_sync.handle_message(message)
             await layer.group_discard(GROUP, channel)
         except asyncio.CancelledError:
             raise

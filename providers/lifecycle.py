@@ -3,7 +3,8 @@
 ``start`` runs once per process on its event loop, before the first request
 (or at ASGI lifespan startup where the server supports it): it discovers
 plugins, loads every configured provider from the database, starts
-listening for changes made by other workers and, when
+listening for changes made by other workers, starts the configuration
+repair pass (every ``ECHO_CONFIG_REPAIR_SECONDS``) and, when
 ``ECHO_HEALTH_INTERVAL_SECONDS`` is above 0, starts the periodic health
 checks. Their first round runs in the background: start-up, and so the
 first request, never waits on an upstream.
@@ -19,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from providers import broadcast, runtime
+from providers import broadcast, config_sync, runtime
 from providers.health_monitor import monitor
 from providers.registry import DiscoveryResult
 from providers.usage import usage_recorder
@@ -35,6 +36,7 @@ class ProviderLifecycle:
         self._starting: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._repair: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
@@ -71,7 +73,17 @@ class ProviderLifecycle:
         for name, error in errors.items():
             if error:
                 logger.warning("provider %s is not serving: %s", name, error)
-        self._listener = loop.create_task(broadcast.listen_for_provider_changes())
+        # Empty contexts, for the reason given for the health monitor below.
+        self._listener = loop.create_task(
+            broadcast.listen_for_provider_changes(),
+            name="echo-provider-listener",
+            context=contextvars.Context(),
+        )
+        self._repair = loop.create_task(
+            config_sync.repair_forever(settings.ECHO_CONFIG_REPAIR_SECONDS),
+            name="echo-config-repair",
+            context=contextvars.Context(),
+        )
         interval = settings.ECHO_HEALTH_INTERVAL_SECONDS
         if interval > 0:
             monitor.reset()
@@ -87,18 +99,20 @@ class ProviderLifecycle:
             )
 
     async def stop(self) -> None:
-        """Stop the health checks and listening, and shut every provider down."""
-        for task in (self._monitor, self._listener):
+        """Stop the health checks, the repair pass and listening; shut every provider down."""
+        for task in (self._monitor, self._repair, self._listener):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._monitor = None
+        self._repair = None
         self._listener = None
         try:
             await usage_recorder.stop()
         except Exception:
             logger.exception("usage rows could not be written at shutdown")
         await runtime.registry.shutdown_all()
+        config_sync.forget_all()
         runtime.set_serving_loop(None)
         # The start-up queries left a connection open in the ORM's thread.
         await sync_to_async(connections.close_all)()

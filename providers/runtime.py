@@ -18,6 +18,7 @@ from django.utils.module_loading import import_string
 
 from providers.errors import ProviderError
 from providers.manager import ModelManager
+from providers.masking import redact
 from providers.plugins import BUILTIN_PLUGINS
 from providers.registry import ProviderRegistry, ProviderSpec
 
@@ -53,12 +54,13 @@ def serving_loop() -> asyncio.AbstractEventLoop | None:
     return _serving_loop
 
 
-def run_in_serving_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+def run_in_serving_loop(func: Callable[..., Awaitable[T]], *args: Any, timeout: float = 120.0) -> T:
     """Run the coroutine function FUNC from sync code and return its result.
 
     Inside a serving process it runs on the serving loop, so that provider
-    instances and their HTTP clients stay on the loop that uses them;
-    elsewhere (a management command, a sync test) on a loop of its own.
+    instances and their HTTP clients stay on the loop that uses them; past
+    TIMEOUT seconds the caller gets ``TimeoutError`` while FUNC goes on.
+    Elsewhere (a management command, a sync test) it runs on a loop of its own.
     """
     loop = _serving_loop
     if loop is not None and loop.is_running() and not loop.is_closed():
@@ -71,7 +73,7 @@ def run_in_serving_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
             # asgiref to run the coroutine's ORM calls on the caller's own
             # thread, which is blocked right here waiting for the result.
             future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, func(*args), loop)
-            return future.result(timeout=120)
+            return future.result(timeout=timeout)
     return async_to_sync(func)(*args)
 
 
@@ -79,16 +81,24 @@ async def apply_config_state(name: str, spec: ProviderSpec | None, reason: str =
     """Make provider NAME live with SPEC, or take it out of service when SPEC is None.
 
     Return the error that kept it from loading, or None. Never raises: the
-    database change that led here has already committed.
+    database change that led here has already committed, and one plugin's
+    bug must not stop the others from loading.
     """
-    if spec is None:
-        await registry.unregister(name, reason=reason or None)
-        return reason or None
     try:
+        if spec is None:
+            await registry.unregister(name, reason=reason or None)
+            return reason or None
         await registry.apply(spec)
     except ProviderError as exc:
         logger.warning("provider %s was not (re)loaded: %s", name, exc.message)
         return exc.message
+    except Exception as exc:
+        # Any string of the config may be a secret: the plugin's schema, which
+        # says which are, may be the very code that raised.
+        values = spec.config.values() if spec is not None else ()
+        message = redact(f"{type(exc).__name__}: {exc}", [v for v in values if isinstance(v, str)])
+        logger.error("provider %s was not (re)loaded: %s", name, message)
+        return message
     # A new configuration (a fixed key, say) deserves traffic at once, not
     # after the breaker's cooldown for the old one.
     manager.breaker(name).reset()
@@ -96,27 +106,19 @@ async def apply_config_state(name: str, spec: ProviderSpec | None, reason: str =
 
 
 async def load_provider_from_database(name: str) -> str | None:
-    """Bring provider NAME in line with its row in the database; return its load error."""
-    from providers.models import ProviderConfig
+    """Rebuild provider NAME from its row in the database (or remove it); return its load error."""
+    from providers import config_sync
 
-    row = await ProviderConfig.objects.filter(name=name).afirst()
-    if row is None:
-        await registry.unregister(name)
-        return None
-    spec, reason = row.serving_spec()
-    return await apply_config_state(name, spec, reason)
+    return await config_sync.sync_provider(name, force=True)
 
 
 async def load_all_from_database() -> dict[str, str | None]:
-    """Load every configured provider; return each one's load error (None when live)."""
+    """Rebuild every configured provider, remove the others; return each one's load error."""
+    from providers import config_sync
     from providers.models import ProviderConfig
 
-    results: dict[str, str | None] = {}
-    names = set()
-    async for row in ProviderConfig.objects.all():
-        names.add(row.name)
-        spec, reason = row.serving_spec()
-        results[row.name] = await apply_config_state(row.name, spec, reason)
-    for stale in set(registry.names()) - names:
-        await registry.unregister(stale)
+    names = [name async for name in ProviderConfig.objects.values_list("name", flat=True)]
+    results = {name: await config_sync.sync_provider(name, force=True) for name in names}
+    for stale in set(registry.names()) - set(names):
+        await config_sync.sync_provider(stale)
     return results

@@ -1,36 +1,35 @@
-"""Reload providers after their configuration commits, here and in every other worker.
+"""After a provider's configuration commits, apply it here and announce it to every worker.
 
-Signals only connect: they hand the committed state to the runtime (this
-process) and to the broadcast (the other processes). Saves from the admin,
-the API and the YAML import all pass through here.
+Signals only connect: every save or delete of a ``ProviderConfig`` (admin,
+API, YAML import, management commands) schedules ``config_sync.after_commit``
+for when its transaction commits, so that no write path publishes by itself
+and a rolled-back change is never applied. The hook is robust: whatever it
+raises is logged by Django and never becomes the error of a request whose
+change has committed (``after_commit`` itself logs and swallows, too).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
 
-from providers import broadcast
-from providers.runtime import apply_config_state, run_in_serving_loop
-
-logger = logging.getLogger(__name__)
+from providers import config_sync
 
 
-def provider_config_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """After commit, reload (or disable) the saved provider and tell the other workers."""
-    name = instance.name
-    spec, reason = instance.serving_spec()
-    transaction.on_commit(lambda: _apply_and_publish(name, spec, reason))
+def provider_config_saved(
+    sender: Any, instance: Any, using: str | None = None, **kwargs: Any
+) -> None:
+    """After commit, apply the saved provider and tell the other workers."""
+    _after_commit(instance.name, using)
 
 
-def provider_config_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """After commit, remove the deleted provider here and in the other workers."""
-    name = instance.name
-    transaction.on_commit(lambda: _apply_and_publish(name, None, ""))
+def provider_config_deleted(
+    sender: Any, instance: Any, using: str | None = None, **kwargs: Any
+) -> None:
+    """After commit, remove the deleted provider here and tell the other workers."""
+    _after_commit(instance.name, using)
 
 
-def _apply_and_publish(name: str, spec: Any, reason: str) -> None:
-    run_in_serving_loop(apply_config_state, name, spec, reason)
-    broadcast.publish_provider_changed(name)
+def _after_commit(name: str, using: str | None) -> None:
+    transaction.on_commit(lambda: config_sync.after_commit(name), using=using, robust=True)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from providers import runtime
+from providers import config_sync, runtime
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -22,10 +22,25 @@ def clean_runtime():
     runtime.manager.__init__(runtime.registry)
     runtime.register_builtin_plugins()
     runtime.set_serving_loop(None)
+    config_sync.forget_all()
     yield runtime.registry
     runtime.registry.__init__()
     runtime.manager.__init__(runtime.registry)
     runtime.set_serving_loop(None)
+    config_sync.forget_all()
+
+
+@pytest.fixture
+def serving_loop():
+    """Run a serving loop in a thread, as a worker has: committed saves start providers on it.
+
+    A process with no serving loop (a management command, a plain test) starts
+    no provider for a save; it only tells the workers.
+    """
+    from tests.serving_loop_thread import serving_loop_thread
+
+    with serving_loop_thread() as loop:
+        yield loop
 
 
 @pytest.fixture

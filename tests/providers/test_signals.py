@@ -1,17 +1,28 @@
-"""A committed save reloads the provider in this process; a rollback does not."""
+"""A committed save reloads the provider in this process; a rollback does not.
+
+These run with a serving loop, as a worker's request threads do; a process
+with none (a management command) starts no provider for a save.
+"""
 
 from __future__ import annotations
 
 import pytest
 from django.db import transaction
 
-from providers import runtime
+from providers import config_sync, runtime
 from providers.models import ProviderConfig
 from providers.services import (
     provider_config_create,
     provider_config_delete,
     provider_config_update,
 )
+from tests.serving_loop_thread import serving_loop_thread
+
+
+@pytest.fixture(autouse=True)
+def serving_loop():
+    with serving_loop_thread() as loop:
+        yield loop
 
 
 @pytest.mark.django_db(transaction=True)
@@ -54,3 +65,11 @@ def test_invalid_update_changes_nothing() -> None:
     assert set(caught.value.errors) == {"delay_ms", "fallbacks"}
     assert ProviderConfig.objects.get(name="echo").settings == {"prefix": "kept: "}
     assert runtime.registry.get("echo").config["delay_ms"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_that_serves_nothing_starts_no_provider_for_a_save() -> None:
+    runtime.set_serving_loop(None)  # a management command: no serving loop
+    provider_config_create(name="echo", plugin="echo", settings={"prefix": "one: "})
+    assert "echo" not in runtime.registry
+    assert config_sync.served_revision("echo") is None
