@@ -15,21 +15,8 @@ class PluginsApiConfig(AppConfig):
 
         checks.register(check_browser_security, checks.Tags.security, deploy=True)
 
-        from plugins_api import provider_push
-        from providers.models import ProviderConfig
-
-        # Connected after the providers app's own receivers (INSTALLED_APPS
-        # order), so that on commit this process reloads before pages are told.
-        post_save.connect(
-            provider_push.provider_config_saved,
-            sender=ProviderConfig,
-            dispatch_uid="plugins_api.provider_push.saved",
-        )
-        post_delete.connect(
-            provider_push.provider_config_deleted,
-            sender=ProviderConfig,
-            dispatch_uid="plugins_api.provider_push.deleted",
-        )
+        # Chat pages learn of provider changes from this process's registry
+        # (``registry.subscribe`` in the consumer), not from a signal here.
         # A revoked, deleted or re-scoped key's open chat sockets close in every worker.
         from plugins_api import client_key_push
         from plugins_api.models import ClientAPIKey

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.errors import ProviderNotFoundError
+from providers.errors import ProviderError, ProviderNotFoundError
 from providers.health_monitor import monitor
 from providers.runtime import manager, registry
 
 
 def _models(name: str, health_models: list[str]) -> tuple[list[str], str | None]:
-    provider = registry.get(name)
-    default = provider.config.get("default_model") or None
+    """Return provider NAME's models (its default first) and its default model.
+
+    Its metadata comes through the registry's guard: a plugin that raises
+    there has the error recorded as its status and offers no listed models.
+    """
+    default = registry.get(name).config.get("default_model") or None
+    try:
+        listed = list(registry.metadata(name).models)
+    except ProviderError as exc:
+        if isinstance(exc, ProviderNotFoundError):
+            raise
+        listed = []
     models: list[str] = []
-    for model in [default, *provider.metadata.models, *health_models]:
-        if model and model not in models:
+    for model in [default, *listed, *health_models]:
+        if model and isinstance(model, str) and model not in models:
             models.append(model)
     return models, default
 

@@ -13,6 +13,11 @@ where the server refuses 1008: daphne accepts only 1000 and 3000-4999).
 Whatever goes wrong with one frame, the client gets an ``error`` frame and
 the connection stays open.
 
+The page's provider list is pushed again whenever this process's registry
+applies, replaces or removes a provider (``registry.subscribe``): every
+worker applies each saved revision itself, so every worker's pages follow
+their own registry, with no broadcast of their own and no polling.
+
 A key client's socket closes (4401, or 4403 without the chat scope) when its
 key is revoked or deleted: at once through the key's group
 (``client_key_push``), and, should that message be lost, at its next frame,
@@ -31,10 +36,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
-from plugins_api import client_key_push, provider_push
+from plugins_api import client_key_push
 from plugins_api.chat_protocol import (
     CancelFrame,
     ChatFrame,
@@ -57,6 +61,7 @@ from plugins_api.conversations import (
 from plugins_api.models import ClientAPIKey, ConversationMessage
 from plugins_api.request_usage import RequestUsage
 from providers.errors import ProviderError
+from providers.registry import ProviderChange
 from providers.runtime import manager, registry
 from providers.storable import storable_json, storable_text
 from providers.types import ChatRequest, StreamingChunk, Usage
@@ -75,10 +80,6 @@ STORED_PROVIDER_CHARS = 64
 STORED_MODEL_CHARS = 200
 STORED_FINISH_REASON_CHARS = 32
 RATE_WINDOW_SECONDS = 60.0
-# How long a worker waits for its own registry to catch up with a change
-# another worker made (its broadcast listener reloads it) before it answers.
-PROVIDER_SETTLE_SECONDS = 2.0
-SETTLE_POLL_SECONDS = 0.05
 
 chat_turn_begin_async = database_sync_to_async(chat_turn_begin)
 chat_turn_finish_async = database_sync_to_async(chat_turn_finish)
@@ -111,6 +112,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     owner: ConversationOwner
     answering: asyncio.Task[None] | None
+    socket_loop: asyncio.AbstractEventLoop
 
     async def connect(self) -> None:
         self.answering = None
@@ -122,6 +124,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rejected_times: deque[float] = deque()
         self.groups_joined: list[str] = []
         self.closing = False
+        # Whether a provider-list push is queued: a burst of registry changes
+        # (a start-up, a discovery) sends the page one list, not one per change.
+        self.providers_push_queued = False
+        self.subscribed = False
         # A key client's key, checked again before each frame (None: a session).
         self.key_token: str | None = None
         caller = await self._authenticate()
@@ -130,13 +136,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.owner, self.client_label = caller
         await self.accept()
-        if self.channel_layer is not None:
-            groups = [provider_push.GROUP]
-            if self.owner.key_id is not None:
-                groups.append(client_key_push.key_group(self.owner.key_id))
-            for group in groups:
-                await self.channel_layer.group_add(group, self.channel_name)
-                self.groups_joined.append(group)
+        if self.channel_layer is not None and self.owner.key_id is not None:
+            group = client_key_push.key_group(self.owner.key_id)
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.append(group)
+        # The loop this connection lives on: registry changes are scheduled onto it.
+        self.socket_loop = asyncio.get_running_loop()
+        # Held weakly by the registry, and dropped in disconnect.
+        registry.subscribe(self.providers_changed)
+        self.subscribed = True
         await self.send_frame({"type": "providers", "providers": chat_provider_list()})
 
     async def _authenticate(self) -> tuple[ConversationOwner, str] | int:
@@ -162,6 +170,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        if self.subscribed:
+            registry.unsubscribe(self.providers_changed)
+            self.subscribed = False
         if self.channel_layer is not None:
             for group in self.groups_joined:
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -452,12 +463,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
-    # --- group events -----------------------------------------------------
+    # --- registry and group events ---------------------------------------
 
-    async def providers_changed(self, event: dict[str, Any]) -> None:
-        """Send the page the provider list after an admin changed provider EVENT["name"]."""
-        task = asyncio.get_running_loop().create_task(self._push_providers(event))
-        self._keep(task)
+    def providers_changed(self, change: ProviderChange) -> None:
+        """Queue the page's provider list after the registry changed provider CHANGE.name.
+
+        Called by the registry, on the loop that applied the change (normally
+        this connection's): the push itself runs as a task on this
+        connection's loop, so the registry never waits on a socket.
+        """
+        if self.closing or self.providers_push_queued:
+            return
+        self.providers_push_queued = True
+        try:
+            self.socket_loop.call_soon_threadsafe(self._start_providers_push)
+        except RuntimeError:  # the connection's loop has closed: nobody to tell
+            self.providers_push_queued = False
+
+    def _start_providers_push(self) -> None:
+        self._keep(self.socket_loop.create_task(self._push_providers()))
 
     async def client_key_changed(self, event: dict[str, Any]) -> None:
         """Close this connection if its key (EVENT["key_id"]) was revoked or may no longer chat."""
@@ -476,12 +500,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if refused is not None:
             await self._end(refused[1], refused[0])
 
-    async def _push_providers(self, event: dict[str, Any]) -> None:
-        if not isinstance(self.channel_layer, InMemoryChannelLayer):
-            # Another worker's change: wait (a little) for this worker's registry to reload.
-            # Polled: the registry has no change event to wait on.
-            for _ in range(round(PROVIDER_SETTLE_SECONDS / SETTLE_POLL_SECONDS)):
-                if (event["name"] in registry) == event["serving"]:
-                    break
-                await asyncio.sleep(SETTLE_POLL_SECONDS)
-        await self.send_frame({"type": "providers", "providers": chat_provider_list()})
+    async def _push_providers(self) -> None:
+        """Send the page the provider list as this process's registry has it now."""
+        # Cleared before the list is read: a change from here on queues another push.
+        self.providers_push_queued = False
+        try:
+            providers = chat_provider_list()
+        except Exception:  # the page keeps its list; the next change or ask sends one
+            logger.exception("could not list the providers for a chat page")
+            return
+        await self.send_frame({"type": "providers", "providers": providers})

@@ -14,7 +14,6 @@ from django.http import JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from providers.base import secret_fields
 from providers.errors import ProviderError, RateLimitError
 from providers.masking import redact
 from providers.retry_policy import retry_after_seconds
@@ -24,11 +23,11 @@ def _provider_secrets(name: str | None) -> list[str]:
     """Return the secret values of live provider NAME, to strip them from messages."""
     from providers.runtime import registry
 
-    if not name or name not in registry:
+    if not name:
         return []
-    provider = registry.get(name)
-    names = secret_fields(provider.get_config_schema())
-    return [str(v) for k, v in provider.config.items() if k in names and v]
+    # The secret names the registry read when it built the instance: asking
+    # the plugin again here would let a plugin that raises turn a 4xx into a 500.
+    return registry.secret_values(name)
 
 
 def provider_error_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -27,11 +27,15 @@ from typing import Any
 from django.conf import settings
 
 from providers.errors import ProviderNotFoundError
-from providers.health_monitor import ProviderHealth, health_not_serving, monitor
+from providers.health_monitor import (
+    ProviderHealth,
+    guarded_secret_values,
+    health_not_serving,
+    monitor,
+)
 from providers.masking import redact
 from providers.models import ProviderConfig
 from providers.runtime import manager, registry, run_in_serving_loop
-from providers.selectors import provider_secret_values
 from providers.single_flight import SingleFlight
 
 PUBLIC_TIMEOUT = 2.0
@@ -50,7 +54,7 @@ def breaker_state(name: str, config: ProviderConfig | None = None) -> dict[str, 
     # Its reasons may quote an upstream's message, which may quote the key.
     reasons = [key for key, value in state.items() if isinstance(value, str) and value]
     if reasons:
-        secrets = provider_secret_values(name=name, config=config)
+        secrets = guarded_secret_values(name, config)
         for key in reasons:
             state[key] = redact(state[key], secrets)
     return state

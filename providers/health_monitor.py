@@ -100,12 +100,26 @@ class ProviderHealth:
         }
 
 
+def guarded_secret_values(name: str, config: ProviderConfig | None) -> list[str]:
+    """Return provider NAME's secrets, stored and live, to mask them; never raises.
+
+    ``provider_secret_values`` asks the live plugin for its schema: should
+    the plugin raise there, the secret names the registry read when it built
+    the instance serve instead, so that one plugin cannot break a health round.
+    """
+    try:
+        return provider_secret_values(name=name, config=config)
+    except Exception:
+        stored = (config.readable_secrets() or {}) if config else {}
+        return [str(v) for v in stored.values() if v] + runtime.registry.secret_values(name)
+
+
 def health_from_status(
     name: str, status: HealthStatus, config: ProviderConfig | None
 ) -> ProviderHealth:
     """Return the health of live provider NAME from its check STATUS, secrets masked."""
     # Plugins must keep secrets out of their messages; this catches the ones that do not.
-    secrets = provider_secret_values(name=name, config=config)
+    secrets = guarded_secret_values(name, config)
     last_error = provider_last_error(config) if config else runtime.registry.last_error(name)
     return ProviderHealth(
         name=name,
@@ -298,7 +312,7 @@ class HealthMonitor:
 def _row(config: ProviderConfig, health: ProviderHealth) -> HealthCheck:
     # Redacted where every stored row is made, whichever path built HEALTH (a
     # check, or why the provider is not serving): a row is kept for days.
-    error = redact(health.error or "", provider_secret_values(name=config.name, config=config))
+    error = redact(health.error or "", guarded_secret_values(config.name, config))
     return HealthCheck(
         provider=config,
         available=bool(health.available),

@@ -11,7 +11,6 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from providers.base import secret_fields
 from providers.errors import ProviderNotFoundError
 from providers.masking import mask_secret, redact
 from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
@@ -67,11 +66,9 @@ def provider_secret_values(*, name: str, config: ProviderConfig | None = None) -
     """Return the secret values of provider NAME, stored and live, to keep them out of messages."""
     stored = (config.readable_secrets() or {}) if config else {}
     values = [str(v) for v in stored.values() if v]
-    if name in registry:
-        provider = registry.get(name)
-        names = secret_fields(provider.get_config_schema())
-        values += [str(v) for k, v in provider.config.items() if k in names and v]
-    return values
+    # The secret names the registry read when it built the instance (never the
+    # plugin again: one that raises must not break a status page or a health round).
+    return values + registry.secret_values(name)
 
 
 def _redacted(text: str | None, name: str, config: ProviderConfig | None) -> str | None:

@@ -99,9 +99,14 @@ class RecordingProvider(EchoProvider):
 
 
 def add_provider(name: str, cls: type[EchoProvider], **fields: Any) -> None:
-    """Register CLS as plugin NAME and configure a provider of it (live once committed)."""
+    """Register CLS as plugin NAME, configure a provider of it and load it.
+
+    This test process has no serving loop, so a save starts nothing here (it
+    would in a worker): the row is loaded as a worker's start-up loads it.
+    """
     runtime.registry.register(cls, name)
     provider_config_create(name=name, plugin=name, **fields)
+    runtime.run_in_serving_loop(runtime.load_provider_from_database, name)
 
 
 @pytest.fixture
@@ -127,6 +132,9 @@ def providers(transactional_db) -> Iterator[None]:
     add_provider("refusing", RefusingProvider)
     add_provider("dies", DiesMidStreamProvider)
     add_provider("recording", RecordingProvider, settings={"prefix": "Heard: "})
+    # This test process has no serving loop: a save starts nothing here (it would
+    # in a worker), so the rows are loaded as a worker's start-up loads them.
+    runtime.run_in_serving_loop(runtime.load_all_from_database)
     assert {"echo", "parrot", "endless", "refusing", "dies", "recording"} <= set(
         runtime.registry.names()
     )
@@ -656,8 +664,14 @@ async def test_another_owners_conversation_is_not_found(
 # --- provider changes pushed ------------------------------------------------
 
 
+@pytest.fixture
+async def serving_here() -> None:
+    """Make the test's loop this process's serving loop, as a worker's is: saves apply on it."""
+    runtime.set_serving_loop(asyncio.get_running_loop())
+
+
 async def test_provider_changes_reach_open_sockets_and_the_next_question(
-    browser: WebsocketCommunicator,
+    serving_here: None, browser: WebsocketCommunicator
 ) -> None:
     def names(frame: dict[str, Any]) -> set[str]:
         return {p["name"] for p in frame["providers"]}
@@ -692,10 +706,10 @@ async def test_provider_changes_reach_open_sockets_and_the_next_question(
     assert "newcomer" not in names(await until(browser, "providers"))
 
 
-async def test_provider_changes_reach_sockets_through_a_redis_channel_layer(
-    user_session: tuple[Any, str], settings: Any
+async def test_provider_changes_reach_sockets_with_a_redis_channel_layer(
+    serving_here: None, user_session: tuple[Any, str], settings: Any
 ) -> None:
-    """With Redis (several workers), the push goes through the shared layer."""
+    """With Redis (several workers), each worker's pages follow its own registry's change."""
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
