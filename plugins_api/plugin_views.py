@@ -21,8 +21,10 @@ A provider name that collides with a fixed path (``health``, ``metadata``,
 ``instances``, ``discover``) is reachable through ``/api/providers/``.
 
 Changes (``PUT .../config``, ``POST .../reload`` with a config, ``DELETE``)
-are audited with the caller as actor (a staff user's username, or
-``key:<key name>``) and source ``plugins-api``.
+go through ``providers.services`` like every other write (merged, validated,
+a candidate started, then saved with a new revision; every worker applies
+it after commit) and are audited with the caller as actor (a staff user's
+username, or ``key:<key name>``) and source ``plugins-api``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from plugins_api.serializers import (
     ProviderStatusSerializer,
     ReloadRequestSerializer,
 )
-from providers import health, runtime, selectors
+from providers import config_sync, health, runtime, selectors
 from providers.audit import SOURCE_PLUGINS_API, Actor, actor_for_request
 from providers.base import AbstractAIProvider, secret_fields
 from providers.errors import (
@@ -67,7 +69,7 @@ from providers.errors import (
 from providers.models import ProviderConfig
 from providers.services import (
     provider_config_delete,
-    provider_config_update_live,
+    provider_config_update,
     split_config,
 )
 
@@ -259,14 +261,15 @@ class ProviderStatusView(APIView):
 class ProviderReloadView(APIView):
     """Reload a provider.
 
-    Without ``config``, reload the stored configuration. With it, ``config``
-    is the provider's whole flat configuration, as in the guide: settings
-    the body leaves out are removed, but stored secrets it leaves out are
-    kept, so that a reload with settings only does not wipe the API key (a
-    null value removes a secret; a masked value leaves it unchanged). The
-    new instance is built before anything is saved: a configuration that
-    fails validation (400) or initialization (409) changes nothing, and the
-    old instance keeps serving.
+    Without ``config``, every worker re-reads the provider's row from the
+    database and applies it, even when it believes it serves that revision
+    already (after an SQL change or a restore, say). With ``config``, the
+    body is merged into the stored configuration exactly as ``PUT
+    .../config`` does (keys left out are kept, a null value removes one, a
+    masked secret leaves it unchanged); ``"replace": true`` makes the
+    settings sent the whole settings. The new configuration is validated
+    (400) and its instance started (409) before anything is saved; either
+    way nothing changes and the old instance keeps serving.
     """
 
     parser_classes = [BoundedJSONParser]
@@ -274,7 +277,7 @@ class ProviderReloadView(APIView):
     @extend_schema(
         tags=TAGS,
         operation_id="plugins_reload",
-        summary="Reload a provider, from its stored configuration or a new one",
+        summary="Reload a provider in every worker, from its stored configuration or a change",
         parameters=[NAME],
         request=ReloadRequestSerializer,
         responses={
@@ -294,47 +297,53 @@ class ProviderReloadView(APIView):
             raise exceptions.ValidationError(
                 {"provider_name": [f"Must be {name!r}, the provider in the URL."]}
             )
+        if body.validated_data["replace"] and "config" not in body.validated_data:
+            raise exceptions.ValidationError(
+                {"replace": ["Replaces the stored settings with 'config': send one."]}
+            )
         config = selectors.provider_config_get(name=name)
         if not config.enabled:
             raise ProviderDisabled(
                 f"Provider {name!r} is disabled ({config.disabled_reason or 'no reason given'}); "
                 "enable it to reload it."
             )
-        if "config" not in body.validated_data:
-            spec, reason = config.serving_spec()
-            if spec is None:
-                # Secrets no key decrypts: reloading would only take it out of service.
-                raise ProviderInitializationError(
-                    f"Provider {name!r} cannot serve: {reason}", provider=name
-                )
-            # The row is read here, not by runtime.load_provider_from_database on the
-            # serving loop: the coroutine inherits this request's thread-sensitive
-            # context, so its async ORM call would wait for this very thread.
-            error = runtime.run_in_serving_loop(runtime.apply_config_state, name, spec, "")
-            if error:
-                raise ProviderInitializationError(error, provider=name)
-        else:
-            new_settings, new_secrets = split_config(config.plugin, body.validated_data["config"])
-            removed = {key: None for key in config.settings or {} if key not in new_settings}
-            config = provider_config_update_live(
+        if "config" in body.validated_data:
+            settings_changes, secret_changes = split_config(
+                config.plugin, body.validated_data["config"]
+            )
+            config = provider_config_update(
                 config=config,
                 changes={
-                    "settings": {**removed, **new_settings},
-                    "secrets": selectors.secret_changes(config=config, secrets=new_secrets),
+                    "settings": settings_changes,
+                    "secrets": secret_changes,
+                    "replace_settings": body.validated_data["replace"],
                 },
                 actor=_actor(request),
             )
-        return Response(_provider_data(config))
+            return Response(_provider_data(config))
+        _, reason = config.serving_spec()
+        if reason:
+            # Secrets no key decrypts: reloading would only take it out of service.
+            raise ProviderInitializationError(
+                f"Provider {name!r} cannot serve: {reason}", provider=name
+            )
+        error = config_sync.request_reload_everywhere(name)
+        if error:
+            raise ProviderInitializationError(
+                f"Provider {name!r} was not reloaded: {error}", provider=name
+            )
+        return Response(_provider_data(selectors.provider_config_get(name=name)))
 
 
 class ProviderConfigView(APIView):
-    """Merge a partial configuration into a provider's and hot-reload it.
+    """Merge a partial configuration into a provider's and hot-reload it in every worker.
 
     The body is a flat partial configuration (``{"timeout": 30}``, or
     ``{"api_key": "..."}``), split into settings and secrets by the plugin's
     schema and merged into the stored ones; a null value removes a key.
     Unlike the guide's reference implementation, keys not sent are kept. As
-    with reload, the new instance is built before the change is saved.
+    with every write, the new instance is started before the change is
+    saved, and only the saved change is ever served.
     """
 
     parser_classes = [BoundedJSONParser]
@@ -358,12 +367,9 @@ class ProviderConfigView(APIView):
         changes = _body_object(request, "config")
         config = selectors.provider_config_get(name=name)
         settings_changes, secret_changes = split_config(config.plugin, changes)
-        config = provider_config_update_live(
+        config = provider_config_update(
             config=config,
-            changes={
-                "settings": settings_changes,
-                "secrets": selectors.secret_changes(config=config, secrets=secret_changes),
-            },
+            changes={"settings": settings_changes, "secrets": secret_changes},
             actor=_actor(request),
         )
         return Response(_provider_data(config))
@@ -407,12 +413,14 @@ class ProviderMetadataView(APIView):
         responses={200: MetadataSerializer, 401: ERROR, 403: ERROR, 404: ERROR, 503: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
-        return Response(MetadataSerializer(_live_provider(name).metadata.as_dict()).data)
+        _live_provider(name)
+        metadata = runtime.registry.metadata(name)  # guarded: a plugin's bug is a plugin_error
+        return Response(MetadataSerializer(metadata.as_dict()).data)
 
 
 async def _list_models(name: str) -> list[str]:
-    async with runtime.registry.lease(name) as provider:
-        return await provider.list_models()
+    # Through the registry's guard: a plugin's bug is a 502 plugin_error, recorded in its status.
+    return await runtime.registry.list_models(name, timeout=settings.ECHO_HEALTH_TIMEOUT_SECONDS)
 
 
 class ProviderModelsView(APIView):
@@ -450,7 +458,8 @@ class ProviderModelInfoView(APIView):
         responses={200: ModelInfoSerializer, 401: ERROR, 403: ERROR, 404: ERROR, 503: ERROR},
     )
     def get(self, request: Request, name: str, model: str) -> Response:
-        info = _live_provider(name).get_model_info(model)
+        _live_provider(name)
+        info = runtime.registry.model_info(name, model)  # guarded: a plugin's bug is a plugin_error
         if info is None:
             raise ModelNotFoundError(f"Provider {name!r} has no model {model!r}.", provider=name)
         return Response(ModelInfoSerializer({"provider": name, "model": model, "info": info}).data)

@@ -1,9 +1,11 @@
 """Serializers of the management API: input validation, output shapes and their OpenAPI schema.
 
-Writes never happen here directly: ``ProviderConfigSerializer`` hands its
-validated data to ``providers.services``, which validates against the
-plugin's schema and saves (the post-save signal then reloads the provider);
-the view passes the request's ``actor`` to ``save()`` for the audit trail.
+Writes never happen here directly: ``ProviderConfigSerializer`` only
+translates its validated data into a change for ``providers.services``,
+which merges it (``merge_provider_config``), validates it against the
+plugin's schema, starts a candidate instance and saves (the post-save
+signal then applies it in every worker); the view passes the request's
+``actor`` to ``save()`` for the audit trail.
 Secrets are accepted in clear and always rendered masked; secrets that no
 key decrypts render as ``{}`` with the reason in ``secrets_error``.
 """
@@ -15,7 +17,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from providers import selectors
+from providers import config_sync, selectors
 from providers.audit import SYSTEM
 from providers.audit_export import change_record
 from providers.masking import mask_secret
@@ -61,13 +63,21 @@ class LiveStatusSerializer(serializers.Serializer):
     active_requests = serializers.IntegerField()
 
 
+class RevisionSerializer(serializers.Serializer):
+    """The revision this worker serves against the database's."""
+
+    serving = serializers.IntegerField(allow_null=True)
+    database = serializers.IntegerField()
+
+
 class ProviderConfigSerializer(serializers.ModelSerializer):
     """A configured provider: stored configuration (secrets masked) and live status.
 
     PATCH merges ``settings`` and ``secrets`` key by key (a null removes a
     key); PUT replaces ``settings`` and still merges ``secrets``, so that a
     client that never saw them cannot wipe them. A secret sent back in its
-    masked form is left unchanged.
+    masked form is left unchanged. ``revision`` says which revision this
+    worker serves and which the database holds, so that drift shows.
     """
 
     settings = serializers.DictField(
@@ -90,6 +100,10 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
     )
     capabilities = serializers.SerializerMethodField()
     live = serializers.SerializerMethodField()
+    revision = serializers.SerializerMethodField(
+        help_text="'serving': the revision this worker serves (null: none yet); "
+        "'database': the saved one. They differ only while a change is being applied."
+    )
 
     class Meta:
         model = ProviderConfig
@@ -105,6 +119,7 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
             "disabled_reason",
             "capabilities",
             "live",
+            "revision",
             "created_at",
             "updated_at",
         ]
@@ -124,6 +139,10 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
             selectors.provider_live_status(name=config.name, config=config)
         ).data
 
+    @extend_schema_field(RevisionSerializer)
+    def get_revision(self, config: ProviderConfig) -> dict[str, int | None]:
+        return {"serving": config_sync.served_revision(config.name), "database": config.revision}
+
     def validate_name(self, value: str) -> str:
         if self.instance is not None and value != self.instance.name:
             raise serializers.ValidationError("A provider cannot be renamed.")
@@ -135,16 +154,8 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
     def update(self, instance: ProviderConfig, validated_data: dict[str, Any]) -> ProviderConfig:
         actor = validated_data.pop("actor", SYSTEM)
         changes = {k: v for k, v in validated_data.items() if k != "name"}
-        if "secrets" in changes:
-            changes["secrets"] = selectors.secret_changes(
-                config=instance, secrets=changes["secrets"]
-            )
         if not self.partial and "settings" in changes:
-            # PUT replaces the settings: a stored key the body leaves out goes.
-            removed = {
-                key: None for key in instance.settings or {} if key not in changes["settings"]
-            }
-            changes["settings"] = {**removed, **changes["settings"]}
+            changes["replace_settings"] = True  # PUT: the settings sent are the whole settings
         return provider_config_update(config=instance, changes=changes, actor=actor)
 
 
@@ -300,9 +311,17 @@ class ReloadRequestSerializer(serializers.Serializer):
     config = serializers.DictField(
         required=False,
         help_text=(
-            "The provider's whole flat configuration (settings and secrets together). "
-            "Settings left out are removed; secrets left out are kept. Without it, the "
-            "stored configuration is reloaded."
+            "A flat configuration (settings and secrets together), merged into the stored "
+            "one as PUT /plugins/{name}/config does: keys left out are kept, a null value "
+            "removes one. Without it, every worker reloads the stored configuration."
+        ),
+    )
+    replace = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text=(
+            "With `config`: the settings sent replace the stored settings whole (those left "
+            "out are removed, back to their defaults). Stored secrets left out are kept."
         ),
     )
 

@@ -46,7 +46,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from providers import broadcast, runtime, selectors
+from providers import config_sync, runtime, selectors
 from providers.admin_forms import (
     EXTRA_SETTINGS,
     ProviderConfigForm,
@@ -421,29 +421,15 @@ class ProviderConfigAdmin(admin.ModelAdmin):
         The audit entry names the admin user, source "admin" and the request's address.
         """
         actor = _admin_actor(request)
+        # The change the form's validation checked (its candidate started):
+        # saved as is, unless another write moved the row in between.
+        checked = getattr(form, "checked_change", None)
         if change:
             saved = provider_config_update(
-                config=obj,
-                changes={
-                    "enabled": obj.enabled,
-                    "is_default": obj.is_default,
-                    "fallbacks": list(obj.fallbacks or []),
-                    "settings": form.settings_changes(),
-                    "secrets": form.secrets_changes(),
-                },
-                actor=actor,
+                config=obj, changes=form.update_changes(), actor=actor, checked=checked
             )
         else:
-            saved = provider_config_create(
-                name=obj.name,
-                plugin=obj.plugin,
-                settings={k: v for k, v in form.settings_changes().items() if v is not None},
-                secrets={k: v for k, v in form.secrets_changes().items() if v is not None},
-                enabled=obj.enabled,
-                is_default=obj.is_default,
-                fallbacks=list(obj.fallbacks or []),
-                actor=actor,
-            )
+            saved = provider_config_create(**form.create_arguments(), actor=actor, checked=checked)
         # The admin goes on with OBJ (log entry, redirect): give it the saved row.
         obj.pk = saved.pk
         obj.refresh_from_db()
@@ -680,9 +666,8 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     def reload_providers(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
         """Rebuild the selected providers from the database, here and in the other workers."""
         for config in queryset:
-            error = runtime.run_in_serving_loop(runtime.load_provider_from_database, config.name)
-            # This worker reloaded itself; the others reload when told (a no-op with one process).
-            broadcast.publish_provider_changed(config.name)
+            # A new instance from the row here, and a forced re-read in every other worker.
+            error = config_sync.request_reload_everywhere(config.name)
             if not config.enabled:
                 self.message_user(
                     request,

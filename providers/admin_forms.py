@@ -13,9 +13,13 @@ does not pin every schema default into the database. A blank field removes
 the setting: the plugin's default applies again. A blank secret keeps the
 stored one; its "remove" checkbox deletes it.
 
-Validation is ``providers.services.provider_config_errors``, the same check
-the API and the YAML import use; each of its errors is shown next to the
-field it names.
+The form only translates what the admin typed into a change; validation is
+the provider services' own (``provider_config_check_update`` /
+``provider_config_check_create``: the merge, the plugin's schema, then a
+candidate instance started without serving it), the same path as the API
+and the YAML import. Each error is shown next to the field it names, a
+provider that fails to start included; ``ModelAdmin.save_model`` then saves
+the very change checked here.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from providers.base import secret_fields
-from providers.errors import ProviderNotFoundError
+from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
 from providers.masking import mask_secret
 from providers.models import ProviderConfig
 from providers.runtime import registry
-from providers.services import provider_config_errors
+from providers.services import (
+    ProviderConfigPlan,
+    provider_config_check_create,
+    provider_config_check_update,
+)
 
 SETTING_PREFIX = "setting__"
 CLEAR_PREFIX = "clear_secret__"
@@ -187,17 +195,6 @@ def _looks_secret(key: str) -> bool:
     return bool(secret_fields({"properties": {key: {}}}))
 
 
-def _merged(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Return STORED updated by CHANGES, where None removes a key (as the services do)."""
-    merged = dict(stored)
-    for key, value in changes.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
-
-
 class ProviderConfigForm(forms.ModelForm):
     """Edit a provider: routing fields, plus one field per property of its plugin's schema.
 
@@ -278,6 +275,34 @@ class ProviderConfigForm(forms.ModelForm):
                 changes[prop] = None
         return changes
 
+    def update_changes(self) -> dict[str, Any]:
+        """Return the change to the edited provider, for ``providers.services``."""
+        cleaned = self.cleaned_data
+        changes: dict[str, Any] = {
+            "is_default": bool(cleaned.get("is_default", self.instance.is_default)),
+            "fallbacks": list(cleaned.get("fallbacks", self.instance.fallbacks or [])),
+            "settings": self.settings_changes(),
+            "secrets": self.secrets_changes(),
+        }
+        # Sent only when the admin ticked or unticked it: a provider the import
+        # disabled for want of a key is then enabled by typing the key.
+        if "enabled" in self.changed_data:
+            changes["enabled"] = bool(cleaned.get("enabled"))
+        return changes
+
+    def create_arguments(self) -> dict[str, Any]:
+        """Return the new provider, as ``providers.services.provider_config_create`` takes it."""
+        cleaned = self.cleaned_data
+        return {
+            "name": cleaned.get("name"),
+            "plugin": self.plugin_name or cleaned.get("plugin"),
+            "settings": self.settings_changes(),
+            "secrets": self.secrets_changes(),
+            "enabled": bool(cleaned.get("enabled", True)),
+            "is_default": bool(cleaned.get("is_default", False)),
+            "fallbacks": list(cleaned.get("fallbacks") or []),
+        }
+
     # --- validation -------------------------------------------------------
 
     def clean_extra_settings(self) -> dict[str, Any] | None:
@@ -311,25 +336,37 @@ class ProviderConfigForm(forms.ModelForm):
                 self.add_error(
                     clear_field_name(prop), "Either type a new value or remove it, not both."
                 )
-        adding = self.instance._state.adding
-        plugin = self.plugin_name or cleaned.get("plugin") or self.instance.plugin
-        fallbacks = cleaned.get("fallbacks", list(self.instance.fallbacks or []))
-        errors = provider_config_errors(
-            plugin=plugin,
-            settings=_merged(self.stored_settings, self.settings_changes()),
-            secrets=_merged(self.stored_secrets, self.secrets_changes()),
-            fallbacks=fallbacks if isinstance(fallbacks, list) else [],
-            name=cleaned.get("name") if adding else self.instance.name,
-        )
+        # The services' check: the merge, the plugin's schema and, when the
+        # form has no other error, the candidate instance started.
+        self.checked_change: ProviderConfigPlan | None = None
+        start = not self.errors
+        try:
+            if self.instance._state.adding:
+                self.checked_change = provider_config_check_create(
+                    **self.create_arguments(), start=start
+                )
+            else:
+                self.checked_change = provider_config_check_update(
+                    config=self.instance, changes=self.update_changes(), start=start
+                )
+        except ProviderConfigError as exc:
+            self._add_service_errors(exc.errors)
+        except ProviderError as exc:
+            # A provider that cannot start: next to the field its error names, if any.
+            self._add_service_errors({exc.field or "config": [exc.message]})
+        return cleaned
+
+    def _add_service_errors(self, errors: dict[str, list[str]]) -> None:
         # A field Django already rejected would get a second, confusing message for the same input.
         already_wrong = set(self.errors)
         for key, messages in errors.items():
+            if key == "secrets" and self.secrets_unreadable:
+                continue  # said above, in the admin's words
             field, prefix = self._field_for_error(key)
             if field in already_wrong:
                 continue
             for message in messages:
                 self.add_error(field, f"{prefix}{message}")
-        return cleaned
 
     def _field_for_error(self, key: str) -> tuple[str | None, str]:
         """Return (form field, message prefix) for an error the services file under KEY."""

@@ -7,11 +7,14 @@ since). A row that does not was created or edited outside the import (the
 admin, the API); where it differs from the file, the difference is reported
 as a conflict and the row is kept, unless the caller asks to overwrite it.
 
-Writes go through ``providers.services``, so validation, reload and
-broadcast happen as for every other change; a provider imported disabled
-because a variable is unset may lack its required keys, which the services
-accept for a disabled provider. ``manage.py sync_providers`` is the command
-in front of this module.
+Writes go through ``providers.services``, so validation, the candidate
+instance, the revision and the reload in every worker happen as for every
+other change; a provider imported disabled because a variable is unset may
+lack its required keys, which the services accept for a disabled provider.
+When only secrets are missing, their names are kept in
+``ProviderConfig.missing_secrets``: whoever supplies them later (the admin,
+either API) enables the provider. ``manage.py sync_providers`` is the
+command in front of this module.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from providers import services
 from providers.audit import SOURCE_YAML_IMPORT, Actor
 from providers.base import secret_fields
 from providers.config_files import ProviderEntry
-from providers.errors import ProviderConfigError, ProviderNotFoundError
+from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
 from providers.models import ProviderConfig
 
 IMPORT_ACTOR = Actor(name="sync_providers", source=SOURCE_YAML_IMPORT)
@@ -147,6 +150,9 @@ class ImportedValues:
     settings: dict[str, Any]
     secrets: dict[str, Any]
     disabled_reason: str
+    # Not fingerprinted (``canonical`` leaves it out): it follows from the
+    # variables, which the reason already names.
+    missing_secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: ProviderConfig) -> ImportedValues:
@@ -160,12 +166,15 @@ class ImportedValues:
             secrets=dict(row.readable_secrets() or {}),
             # A reason on an enabled row means nothing; the services clear it.
             disabled_reason="" if row.enabled else row.disabled_reason,
+            missing_secrets=tuple(row.missing_secrets or ()) if not row.enabled else (),
         )
 
     def canonical(self) -> bytes:
         """Return these values as canonical JSON: the same values, the same bytes."""
+        values = dataclasses.asdict(self)
+        del values["missing_secrets"]  # fingerprints made before the field must still match
         return json.dumps(
-            dataclasses.asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            values, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
 
     def fingerprint(self) -> str:
@@ -264,6 +273,11 @@ def _sync_entry(entry: ProviderEntry, *, overwrite: bool) -> ProviderSyncResult:
     except ProviderConfigError as exc:
         # The services validate again; whatever they refuse changed nothing.
         return ProviderSyncResult(entry.name, Outcome.ERROR, errors=exc.errors)
+    except ProviderError as exc:
+        # Its provider could not start (a key refused, say): nothing was saved.
+        return ProviderSyncResult(
+            entry.name, Outcome.ERROR, errors={exc.field or "config": [exc.message]}
+        )
 
 
 def _apply(
@@ -384,6 +398,10 @@ def _desired_values(entry: ProviderEntry) -> ImportedValues:
     errors = {k: v for k, v in errors.items() if k not in excusable}
     if errors:
         raise ProviderConfigError("Invalid provider configuration.", errors=errors)
+    secret_names = secret_fields(services.plugin_schema(entry.plugin))
+    # Disabled only for want of secrets: supplying them later enables it. A
+    # file that says enabled: false, or an unset setting, keeps it disabled.
+    only_secrets = entry.enabled and all(k in secret_names for k in entry.unset_keys)
     values = ImportedValues(
         plugin=entry.plugin,
         enabled=enabled,
@@ -392,6 +410,7 @@ def _desired_values(entry: ProviderEntry) -> ImportedValues:
         settings=settings,
         secrets=secrets,
         disabled_reason=reason,
+        missing_secrets=tuple(sorted(entry.unset_keys)) if only_secrets and not enabled else (),
     )
     return values
 
@@ -435,9 +454,11 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
             is_default=values.is_default,
             fallbacks=values.fallbacks,
             disabled_reason=values.disabled_reason,
+            missing_secrets=values.missing_secrets,
             actor=IMPORT_ACTOR,
         )
     else:
+        # The file holds the whole configuration: it replaces settings and secrets.
         row = services.provider_config_update(
             config=row,
             changes={
@@ -445,9 +466,12 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
                 "enabled": values.enabled,
                 "is_default": values.is_default,
                 "fallbacks": values.fallbacks,
-                "settings": _replacing(row.settings, values.settings),
-                "secrets": _replacing(row.readable_secrets() or {}, values.secrets),
+                "settings": values.settings,
+                "secrets": values.secrets,
+                "replace_settings": True,
+                "replace_secrets": True,
                 "disabled_reason": values.disabled_reason,
+                "missing_secrets": list(values.missing_secrets),
             },
             actor=IMPORT_ACTOR,
         )
@@ -457,11 +481,6 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
     fingerprint = ImportedValues.from_row(row).fingerprint()
     ProviderConfig.objects.filter(pk=row.pk).update(import_fingerprint=fingerprint)
     return row
-
-
-def _replacing(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-    """Return the partial update that turns CURRENT into WANTED (None removes a key)."""
-    return {**{k: None for k in current if k not in wanted}, **wanted}
 
 
 def _differences(current: ImportedValues, wanted: ImportedValues) -> list[str]:

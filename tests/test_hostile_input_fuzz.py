@@ -48,6 +48,7 @@ from django.urls.resolvers import RegexPattern, RoutePattern
 
 from echo_site.asgi import router
 from plugins_api.client_keys import forget_cached_keys
+from providers import runtime
 from providers.models import ProviderConfig
 from providers.services import provider_config_create, provider_config_delete
 from tests.services import scratch_postgres_database
@@ -413,6 +414,10 @@ async def fuzzer(site: dict[str, dict[str, str]]) -> AsyncIterator[Fuzzer]:
     httpx_log.setLevel(logging.WARNING)
     request_log.addHandler(errors)
     transport = httpx.ASGITransport(app=router)
+    # This loop serves, as a worker's does: saves made by fuzzed writes start
+    # their providers on it, and the rows made before it are loaded now.
+    runtime.set_serving_loop(asyncio.get_running_loop())
+    await runtime.load_all_from_database()
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             # Every persona is who it claims to be, or the fuzz would quietly test less.
@@ -712,6 +717,8 @@ async def test_the_chat_websocket_survives_hostile_frames(socket_personas) -> No
     frames += [(label, body.decode()) for label, body in mutated_bodies(VALID_FRAME)]
     frames += [("binary", b"\xff\xfe\x00"), ("binary JSON", b'{"type": "chat"}')]
     failures: list[SocketFailure] = []
+    runtime.set_serving_loop(asyncio.get_running_loop())  # as a worker's: saves start here
+    await runtime.load_all_from_database()
     for persona, headers in socket_personas.items():
         communicator = await _open_socket(headers)
         try:

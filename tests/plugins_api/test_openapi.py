@@ -61,7 +61,7 @@ def test_schema_documents_bodies_and_errors(schema):
     assert reload["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ReloadRequest"
     }
-    assert set(components["ReloadRequest"]["properties"]) == {"provider_name", "config"}
+    assert set(components["ReloadRequest"]["properties"]) == {"provider_name", "config", "replace"}
     assert reload["responses"]["409"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"
     }

@@ -342,8 +342,12 @@ def test_put_config_merges_and_hot_reloads(api, admin, echo, django_capture_on_c
     assert runtime.registry.get("echo").config["delay_ms"] == 5
 
 
-def test_put_config_the_guides_timeout_example_keeps_the_other_keys(api, admin, securetest):
-    response = api.put("/plugins/secure/config", {"timeout": 30}, format="json", **admin)
+def test_put_config_the_guides_timeout_example_keeps_the_other_keys(
+    api, admin, securetest, django_capture_on_commit_callbacks
+):
+    # The live instance changes once the save commits, never before.
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.put("/plugins/secure/config", {"timeout": 30}, format="json", **admin)
     assert response.status_code == 200
     row = ProviderConfig.objects.get(name="secure")
     assert row.settings == {"timeout": 30, "default_model": "secure-1"}
@@ -419,11 +423,15 @@ def test_reload_without_config_rebuilds_from_the_database(api, admin, echo):
     assert response.json()["live"]["generation"] == 2
 
 
-def test_reload_with_config_replaces_the_settings(
+def test_reload_with_config_and_replace_replaces_the_settings(
     api, admin, echo, django_capture_on_commit_callbacks
 ):
     ProviderConfig.objects.filter(name="echo").update(settings={"prefix": "A: ", "delay_ms": 3})
-    body = {"provider_name": "echo", "config": {"prefix": "R: ", "models": ["echo-1", "echo-2"]}}
+    body = {
+        "provider_name": "echo",
+        "config": {"prefix": "R: ", "models": ["echo-1", "echo-2"]},
+        "replace": True,
+    }
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post("/plugins/echo/reload", body, format="json", **admin)
     assert response.status_code == 200, response.json()
@@ -433,12 +441,15 @@ def test_reload_with_config_replaces_the_settings(
     assert live.config["delay_ms"] == 0  # removed, so back to the schema default
 
 
-def test_reload_with_settings_only_keeps_the_stored_secret(api, admin, securetest):
+def test_reload_with_settings_only_keeps_the_stored_secret(
+    api, admin, securetest, django_capture_on_commit_callbacks
+):
     body = {"config": {"timeout": 5}}
-    response = api.post("/plugins/secure/reload", body, format="json", **admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/plugins/secure/reload", body, format="json", **admin)
     assert response.status_code == 200
     row = ProviderConfig.objects.get(name="secure")
-    assert row.settings == {"timeout": 5}
+    assert row.settings == {"timeout": 5, "default_model": "secure-1"}  # merged, like PUT
     assert row.secrets == {"api_key": SECRET}
     assert runtime.registry.get("secure").config["api_key"] == SECRET
 

@@ -30,7 +30,9 @@ def securetest_plugin(db) -> None:
 
 
 @pytest.fixture
-def secure(api, admin, securetest_plugin, django_capture_on_commit_callbacks) -> ProviderConfig:
+def secure(
+    api, admin, securetest_plugin, serving_loop, django_capture_on_commit_callbacks
+) -> ProviderConfig:
     """A securetest provider created through the API, live."""
     body = {
         "name": "secure",

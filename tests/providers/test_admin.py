@@ -318,6 +318,9 @@ def test_add_with_a_plugin_creates_a_live_provider(
     assert response.status_code == 302
     row = ProviderConfig.objects.get(name="echo-two")
     assert (row.plugin, row.settings) == ("echo", {"prefix": "Two: "})
+    # A serving worker applies it after commit; this test process has no serving
+    # loop, so it starts nothing by itself (providers.config_sync.after_commit).
+    assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "echo-two") is None
     assert runtime.registry.get("echo-two").config["prefix"] == "Two: "
 
 
@@ -346,6 +349,7 @@ def test_add_stores_required_settings_and_typed_secrets(
     row = ProviderConfig.objects.get(name="sec")
     # The required region is stored although it equals its default; optional defaults are not.
     assert (row.settings, row.secrets) == ({"region": "eu-1"}, {"api_key": SECRET})
+    assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "sec") is None
     assert runtime.registry.get("sec").config["api_key"] == SECRET
 
 

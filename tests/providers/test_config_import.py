@@ -267,6 +267,12 @@ def test_dry_run_reports_and_writes_nothing(
 def test_the_import_reloads_the_providers_through_the_save_signal(
     yaml_file, django_capture_on_commit_callbacks
 ) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        sync(yaml_file("ai_providers:\n  echo: {prefix: 'first: '}\n"))
+    # A process that serves nothing (the command) starts no provider: it only publishes.
+    assert "echo" not in runtime.registry
+    assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "echo") is None
+
     path = yaml_file("ai_providers:\n  echo: {prefix: 'live: ', models: [echo-7]}\n")
     with django_capture_on_commit_callbacks(execute=True):
         sync(path)

@@ -53,6 +53,7 @@ def test_a_wrong_key_keeps_the_provider_out_of_service_and_sends_nothing(
             secrets={"api_key": SECRET},
             is_default=True,
         )
+        assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "openai") is None
         assert "openai" in runtime.registry
         ciphertext = stored_row("openai")[1]
         settings.ECHO_ENCRYPTION_KEYS = [new_key()]  # the old key is gone

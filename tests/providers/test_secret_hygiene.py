@@ -454,16 +454,20 @@ def test_a_new_key_in_a_failing_write_is_hidden_from_the_debug_page(live_openai,
 
     new_key = "sk-new-" + secrets.token_hex(16)  # not a literal: the page shows source lines
 
-    def crash(*args: Any) -> None:
-        raise RuntimeError("the serving loop is gone")
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the database is gone")
 
-    monkeypatch.setattr(services, "run_in_serving_loop", crash)
+    # The write's candidate started with the new key; then its save failed.
+    monkeypatch.setattr(ProviderConfig, "save", crash)
     try:
-        services.provider_config_update_live(
+        services.provider_config_update(
             config=live_openai, changes={"secrets": {"api_key": new_key}}
         )
     except RuntimeError:
         page = technical_500_response(RequestFactory().get("/"), *sys.exc_info()).content.decode()
-    assert "provider_config_update_live" in page
-    assert "ProviderSpec(name=&#x27;openai&#x27;" in page  # shown, its config cleansed
+    assert "provider_config_update" in page
+    assert (
+        "ProviderConfigPlan(name=&#x27;openai&#x27;" in page
+    )  # shown, its settings and secrets not
+    assert leaks(page, KEY) == []  # the stored key, in the audit snapshot taken before
     assert leaks(page, new_key) == []
