@@ -124,7 +124,10 @@ def secret_values(provider: AbstractAIProvider) -> list[str]:
     A plugin's own error message may quote its key back (an upstream that
     echoes it, say); the misconfigured reason is kept with them masked.
     """
-    names = secret_fields(provider.get_config_schema())
+    try:
+        names = secret_fields(provider.get_config_schema())
+    except Exception:  # the plugin's bug: every value may be a secret, so mask them all
+        names = set(provider.config)
     values = [str(v) for k, v in provider.config.items() if k in names and v]
     return values + [v.strip() for v in values if v.strip() and v.strip() != v]
 

@@ -61,6 +61,9 @@ PLUGIN_FILE_SUFFIX = "_provider.py"
 # How long a plugin's ``shutdown`` may take before it is given up on: a
 # plugin that hangs there must not hold a swap, a failed load or a stop.
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+# How long a plugin's initialize() may take: a write waits for it, and a
+# plugin that hangs there must not hold the admin's save (or start-up) for good.
+INITIALIZE_TIMEOUT_SECONDS = 30.0
 # How long a failed load waits for its half-built instance to shut down
 # before it answers; the shutdown goes on in the background after that.
 FAILED_SHUTDOWN_WAIT_SECONDS = 1.0
@@ -175,6 +178,7 @@ class ProviderRegistry:
         self._subscribers: list[Callable[[], ChangeCallback | None]] = []
         self._callback_tasks: set[asyncio.Future[Any]] = set()
         self.shutdown_timeout = SHUTDOWN_TIMEOUT_SECONDS
+        self.initialize_timeout = INITIALIZE_TIMEOUT_SECONDS
 
     # --- plugins ----------------------------------------------------------
 
@@ -381,7 +385,8 @@ class ProviderRegistry:
             except PLUGIN_FAILURES as exc:
                 raise failed(f"get_model_info({model!r}) failed", exc) from None
         try:
-            await provider.initialize()
+            async with asyncio.timeout(self.initialize_timeout):
+                await provider.initialize()
         except PLUGIN_FAILURES as exc:
             # Waited for briefly, then left in the background: a plugin that
             # hangs in shutdown must not hold the answer.

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from providers.errors import ProviderNotFoundError
+from providers.errors import ProviderError, ProviderNotFoundError
 from providers.masking import mask_secret, redact
 from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
 from providers.runtime import registry
@@ -144,23 +144,11 @@ def provider_metadata_all() -> dict[str, dict[str, Any]]:
     """Return the plugin metadata of every live provider of this process, by name."""
     metadata = {}
     for name in registry.names():
-        if name in registry:  # it may leave service while we read
-            metadata[name] = registry.get(name).metadata.as_dict()
+        try:
+            metadata[name] = registry.metadata(name).as_dict()
+        except ProviderError:  # left service while we read, or its plugin raised (recorded)
+            continue
     return metadata
-
-
-def secret_changes(*, config: ProviderConfig, secrets: dict[str, Any]) -> dict[str, Any]:
-    """Return SECRETS without the values that are only the mask of the stored one.
-
-    A client that reads a provider and sends it back unchanged sends the
-    masked secrets (``sk-...f3a9``); storing those would break the key.
-    """
-    stored = config.readable_secrets() or {}
-    return {
-        key: value
-        for key, value in secrets.items()
-        if not (key in stored and value is not None and value == mask_secret(stored[key]))
-    }
 
 
 def health_check_list(

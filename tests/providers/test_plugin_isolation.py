@@ -219,6 +219,27 @@ async def test_a_plugin_hanging_in_shutdown_holds_up_neither_a_swap_nor_a_stop()
     assert time.monotonic() - started < 2
 
 
+async def test_a_plugin_hanging_in_initialize_is_refused_in_time_and_the_old_one_serves() -> None:
+    class HangingStart(EchoProvider):
+        async def initialize(self) -> None:
+            if self.config.get("prefix") == "hang":
+                await asyncio.sleep(3600)
+
+    registry = ProviderRegistry()
+    registry.initialize_timeout = 0.2
+    registry.shutdown_timeout = 0.2
+    registry.register(HangingStart, "hangs")
+    await registry.apply(ProviderSpec("slow", "hangs", {"prefix": "ok"}))
+    started = time.monotonic()
+    with pytest.raises(ProviderInitializationError, match="TimeoutError"):
+        await registry.apply(ProviderSpec("slow", "hangs", {"prefix": "hang"}))
+    assert time.monotonic() - started < 2
+    assert registry.get("slow").config["prefix"] == "ok"
+    with pytest.raises(ProviderInitializationError):
+        await registry.build_candidate(ProviderSpec("slow", "hangs", {"prefix": "hang"}))
+    await registry.shutdown_all()
+
+
 async def test_a_slow_plugin_import_does_not_stall_the_event_loop(tmp_path: Path) -> None:
     """Discovery imports in a worker thread: a coroutine on the loop keeps ticking meanwhile."""
     (tmp_path / "sleepy_provider.py").write_text(

@@ -103,6 +103,7 @@ def test_rotation_moves_every_secret_to_the_first_key(settings) -> None:
         provider_config_create(name=name, plugin=plugin, settings={}, secrets=values)
     provider_config_create(name="echo", plugin="echo")  # no secrets: nothing to rotate
     under_a = {name: stored_row(name)[1] for name in secrets}
+    revisions = dict(ProviderConfig.objects.values_list("name", "revision"))
 
     settings.ECHO_ENCRYPTION_KEYS = [key_b, key_a]
     call_command("rotate_encryption_keys", stdout=open("/dev/null", "w"))
@@ -111,7 +112,10 @@ def test_rotation_moves_every_secret_to_the_first_key(settings) -> None:
     for name, values in secrets.items():
         assert stored_row(name)[1] != under_a[name]
         assert ProviderConfig.objects.get(name=name).secrets == values
+        # A new revision: every worker's repair pass takes the new ciphertext as served.
+        assert ProviderConfig.objects.get(name=name).revision == revisions[name] + 1
     assert stored_row("echo")[1] == ""
+    assert ProviderConfig.objects.get(name="echo").revision == revisions["echo"]
 
 
 @pytest.mark.django_db

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.db.models import F
 
 from providers.models import ProviderConfig
 from providers.secret_box import SecretDecryptionError, reencrypt
@@ -26,9 +27,12 @@ class Command(BaseCommand):
                 except SecretDecryptionError:
                     failed.append(row.name)
                     continue
-                # update(), not save(): nothing about the provider changed, so
-                # no reload and no audit entry are due.
-                ProviderConfig.objects.filter(pk=row.pk).update(secrets_encrypted=token)
+                # update(), not save(): nothing about the provider changed, so no
+                # audit entry is due. The new revision is what the row now holds:
+                # each worker's repair pass rebuilds the provider once, same key.
+                ProviderConfig.objects.filter(pk=row.pk).update(
+                    secrets_encrypted=token, revision=F("revision") + 1
+                )
                 count += 1
             if failed:
                 raise CommandError(
