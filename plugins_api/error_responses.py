@@ -7,6 +7,7 @@ and an honest status whatever failed.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,6 +18,8 @@ from rest_framework.response import Response
 from providers.errors import ProviderError, RateLimitError
 from providers.masking import redact
 from providers.retry_policy import retry_after_seconds
+
+logger = logging.getLogger(__name__)
 
 
 def _provider_secrets(name: str | None) -> list[str]:
@@ -137,8 +140,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(error_body("rate_limited", str(exc.detail)), status=429, headers=headers)
     if isinstance(exc, drf.APIException):
         return Response(error_body(exc.default_code, str(exc.detail)), status=exc.status_code)
+    from django.db import DatabaseError
     from django.http import Http404
 
+    if isinstance(exc, DatabaseError):
+        # The write's transaction rolled back: nothing was saved and nothing
+        # changed anywhere. The database's own words stay in the log.
+        logger.error("the database refused a write: %s", type(exc).__name__, exc_info=exc)
+        return Response(
+            error_body(
+                "not_saved", "The database refused the change; nothing was saved. Try again."
+            ),
+            status=503,
+        )
     if isinstance(exc, Http404):
         return Response(error_body("not_found", str(exc) or "Not found."), status=404)
     return None

@@ -69,7 +69,7 @@ class KeycheckProvider(AbstractAIProvider):
 
 @pytest.fixture
 def api() -> APIClient:
-    # A failed save is a 500: the test reads the response instead of the exception.
+    # A failed save is a 503 (the admin's a 500 page): the test reads the response.
     return APIClient(raise_request_exception=False)
 
 
@@ -123,13 +123,36 @@ def assert_nothing_changed(name: str, live: AbstractAIProvider | None, audits: i
 # --- a failed save changes nothing, on every path ------------------------------
 
 
+def test_a_save_the_database_itself_refuses_changes_nothing(
+    api, admin, keyed, django_capture_on_commit_callbacks
+):
+    """A real refusal, not a stand-in: a trigger makes the database abort the update."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TRIGGER refuse_provider_update BEFORE UPDATE ON providers_providerconfig"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the database'); END"
+        )
+    live, audits = runtime.registry.get("kc"), ProviderConfigChange.objects.count()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = api.put("/plugins/kc/config", {"timeout": 99}, format="json", **admin)
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["type"] == "not_saved"
+    assert "refused by the database" not in response.content.decode()
+    assert callbacks == []
+    assert_nothing_changed("kc", live, audits)
+    row = ProviderConfig.objects.get(name="kc")
+    assert (row.settings, row.revision) == ({"timeout": 10}, 1)
+
+
 def test_failed_save_through_put_config_changes_nothing(
     api, admin, keyed, failing_save, django_capture_on_commit_callbacks
 ):
     live, audits = runtime.registry.get("kc"), ProviderConfigChange.objects.count()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api.put("/plugins/kc/config", {"timeout": 99}, format="json", **admin)
-    assert response.status_code == 500
+    assert response.status_code == 503
     assert failing_save == ["kc"]  # validated and started, then the save failed
     assert callbacks == []
     assert_nothing_changed("kc", live, audits)
@@ -143,7 +166,7 @@ def test_failed_save_through_reload_with_config_changes_nothing(
     body = {"config": {"timeout": 99}}
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api.post("/plugins/kc/reload", body, format="json", **admin)
-    assert response.status_code == 500
+    assert response.status_code == 503
     assert failing_save == ["kc"]
     assert callbacks == []
     assert_nothing_changed("kc", live, audits)
@@ -156,7 +179,7 @@ def test_failed_save_through_api_patch_changes_nothing(
     body = {"settings": {"timeout": 99}, "secrets": {"api_key": GOOD_KEY}}
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api.patch("/api/providers/kc/", body, format="json", **admin)
-    assert response.status_code == 500
+    assert response.status_code == 503
     assert failing_save == ["kc"]
     assert callbacks == []
     assert_nothing_changed("kc", live, audits)
@@ -169,7 +192,7 @@ def test_failed_save_through_api_post_changes_nothing(
     body = {"name": "kc2", "plugin": "keycheck", "secrets": {"api_key": GOOD_KEY}}
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api.post("/api/providers/", body, format="json", **admin)
-    assert response.status_code == 500
+    assert response.status_code == 503
     assert failing_save == ["kc2"]
     assert callbacks == []
     assert_nothing_changed("kc2", None, audits)
@@ -191,7 +214,7 @@ def test_failed_save_through_the_admin_form_changes_nothing(
     monkeypatch.setattr(ProviderConfig, "save", save)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = staff.post(url, data)
-    assert response.status_code == 500
+    assert response.status_code == 500  # Django's error page; the admin's form is not saved
     assert calls == ["kc"]
     assert callbacks == []
     assert_nothing_changed("kc", live, audits)
