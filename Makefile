@@ -4,18 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Serving needs only the project's dependencies; the test tools (Playwright,
+# schemathesis, the SDKs, ruff) come with `make test`, on top of them.
 INSTALLED := $(VENV)/.installed
+DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install run test lint format bench clean
+.PHONY: install install-dev run test lint format bench clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml examples/echo-shout-plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet -e examples/echo-shout-plugin
 	touch $(INSTALLED)
 
+$(DEV_INSTALLED): $(INSTALLED) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_INSTALLED)
+
 install: $(INSTALLED)
+
+install-dev: $(DEV_INSTALLED)
 
 run: install
 	$(BIN)/python manage.py migrate --noinput
@@ -24,14 +33,14 @@ run: install
 	$(BIN)/uvicorn echo_site.asgi:application --host $(HOST) --port $(PORT) \
 		--loop uvloop --http httptools --ws websockets-sansio --lifespan on
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+test: install-dev lint
 	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests
 
-format: install
+format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
