@@ -34,15 +34,19 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {value!r}.")
 
 
-def env_int(name: str, default: int) -> int:
-    """Return NAME read as an integer."""
+def env_int(name: str, default: int, *, minimum: int | None = None, unit: str = "") -> int:
+    """Return NAME read as an integer, refusing one below MINIMUM (UNIT explains the number)."""
     value = env_str(name)
     if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}.") from None
+        number = default
+    else:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}{unit}.")
+    return number
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

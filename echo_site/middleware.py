@@ -24,6 +24,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import sync_and_async_middleware
 from django.utils.module_loading import import_string
 
 from plugins_api.api_paths import is_api_path
@@ -83,25 +84,20 @@ def refuse_unusable_url(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-class UrlCharactersMiddleware:
+@sync_and_async_middleware
+def UrlCharactersMiddleware(get_response: Callable[[HttpRequest], Any]) -> Callable[..., Any]:  # noqa: N802 - a middleware, named like one
     """Refuse a URL whose path holds a control character (404) or whose query holds NUL (400)."""
+    if iscoroutinefunction(get_response):
 
-    sync_capable = True
-    async_capable = True
+        async def middleware(request: HttpRequest) -> HttpResponse:
+            return refuse_unusable_url(request) or await get_response(request)
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
+    else:
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.async_mode:
-            return self.__acall__(request)
-        return refuse_unusable_url(request) or self.get_response(request)
+        def middleware(request: HttpRequest) -> HttpResponse:
+            return refuse_unusable_url(request) or get_response(request)
 
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        return refuse_unusable_url(request) or await self.get_response(request)
+    return middleware
 
 
 class BrowserMiddleware:

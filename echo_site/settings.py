@@ -186,27 +186,19 @@ ECHO_PLUGIN_DIRS = [Path(p) for p in env_list("ECHO_PLUGIN_DIRS", [str(BASE_DIR 
 ECHO_HEALTH_INTERVAL_SECONDS = env_int(
     "ECHO_HEALTH_INTERVAL_SECONDS", 0 if ECHO_ENV == "test" else 60
 )
-ECHO_HEALTH_TIMEOUT_SECONDS = env_int("ECHO_HEALTH_TIMEOUT_SECONDS", 5)
+ECHO_HEALTH_TIMEOUT_SECONDS = env_int("ECHO_HEALTH_TIMEOUT_SECONDS", 5, minimum=1)
 # Rows older than this are deleted by the periodic checks; 0 keeps them forever.
 ECHO_HEALTH_RETENTION_DAYS = env_int("ECHO_HEALTH_RETENTION_DAYS", 7)
 if ECHO_HEALTH_INTERVAL_SECONDS < 0:
     raise ImproperlyConfigured("ECHO_HEALTH_INTERVAL_SECONDS must be 0 (off) or more.")
-if ECHO_HEALTH_TIMEOUT_SECONDS < 1:
-    raise ImproperlyConfigured("ECHO_HEALTH_TIMEOUT_SECONDS must be at least 1.")
 if ECHO_HEALTH_RETENTION_DAYS < 0:
     raise ImproperlyConfigured("ECHO_HEALTH_RETENTION_DAYS must be 0 (keep forever) or more.")
 
 # The browser chat's websocket (plugins_api.consumers): per-connection limits.
-ECHO_WS_MAX_FRAME_BYTES = env_int("ECHO_WS_MAX_FRAME_BYTES", 64 * 1024)
-ECHO_WS_MESSAGES_PER_MINUTE = env_int("ECHO_WS_MESSAGES_PER_MINUTE", 30)
-if ECHO_WS_MAX_FRAME_BYTES < 1024:
-    raise ImproperlyConfigured("ECHO_WS_MAX_FRAME_BYTES must be at least 1024.")
-if ECHO_WS_MESSAGES_PER_MINUTE < 1:
-    raise ImproperlyConfigured("ECHO_WS_MESSAGES_PER_MINUTE must be at least 1.")
+ECHO_WS_MAX_FRAME_BYTES = env_int("ECHO_WS_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
+ECHO_WS_MESSAGES_PER_MINUTE = env_int("ECHO_WS_MESSAGES_PER_MINUTE", 30, minimum=1)
 # Longest chat message a websocket frame may carry, in characters.
-ECHO_WS_MAX_MESSAGE_CHARS = env_int("ECHO_WS_MAX_MESSAGE_CHARS", 32_000)
-if ECHO_WS_MAX_MESSAGE_CHARS < 1:
-    raise ImproperlyConfigured("ECHO_WS_MAX_MESSAGE_CHARS must be at least 1.")
+ECHO_WS_MAX_MESSAGE_CHARS = env_int("ECHO_WS_MAX_MESSAGE_CHARS", 32_000, minimum=1)
 # Origins (scheme://host[:port]) whose pages may open a chat socket besides the
 # site's own origin (the handshake's scheme and Host, the host in ALLOWED_HOSTS);
 # see plugins_api.websocket_origins. Defaults to CSRF_TRUSTED_ORIGINS.
@@ -224,22 +216,18 @@ if _not_origins:
 # The largest HTTP request body Echo reads (echo_site.request_body_limit), counted
 # as it streams in; base64 images need a few MB. Django's own cap on request.body
 # follows it, so a body under the limit is never refused by a smaller default.
-ECHO_MAX_BODY_BYTES = env_int("ECHO_MAX_BODY_BYTES", 8 * 1024 * 1024)
-if ECHO_MAX_BODY_BYTES < 64 * 1024:
-    raise ImproperlyConfigured("ECHO_MAX_BODY_BYTES must be at least 65536 (64 KiB).")
+ECHO_MAX_BODY_BYTES = env_int(
+    "ECHO_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=65536, unit=" (64 KiB)"
+)
 DATA_UPLOAD_MAX_MEMORY_SIZE = ECHO_MAX_BODY_BYTES
 
 # Usage accounting (providers.usage) and metric labels (providers.metric_labels).
 # Rows wait in memory for the database at most this many; beyond, the oldest are
 # dropped and counted (echo_usage_rows_dropped_total), so an outage cannot eat memory.
-ECHO_USAGE_QUEUE_MAX = env_int("ECHO_USAGE_QUEUE_MAX", 10_000)
-ECHO_USAGE_FLUSH_SECONDS = env_int("ECHO_USAGE_FLUSH_SECONDS", 1)
+ECHO_USAGE_QUEUE_MAX = env_int("ECHO_USAGE_QUEUE_MAX", 10_000, minimum=1)
+ECHO_USAGE_FLUSH_SECONDS = env_int("ECHO_USAGE_FLUSH_SECONDS", 1, minimum=1)
 # Distinct model labels per provider in /metrics; further models count as "other".
 ECHO_METRICS_MODELS_PER_PROVIDER = env_int("ECHO_METRICS_MODELS_PER_PROVIDER", 100)
-if ECHO_USAGE_QUEUE_MAX < 1:
-    raise ImproperlyConfigured("ECHO_USAGE_QUEUE_MAX must be at least 1.")
-if ECHO_USAGE_FLUSH_SECONDS < 1:
-    raise ImproperlyConfigured("ECHO_USAGE_FLUSH_SECONDS must be at least 1.")
 if ECHO_METRICS_MODELS_PER_PROVIDER < 0:
     raise ImproperlyConfigured("ECHO_METRICS_MODELS_PER_PROVIDER must be 0 or more.")
 
@@ -267,16 +255,12 @@ AUTHENTICATION_BACKENDS = ["plugins_api.login_throttle.ThrottledModelBackend"]
 
 # GET /v1/models serves each provider's model list from memory for this long
 # (providers.model_lists); concurrent callers share one upstream call.
-ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60)
-if ECHO_MODEL_LIST_CACHE_SECONDS < 1:
-    raise ImproperlyConfigured("ECHO_MODEL_LIST_CACHE_SECONDS must be at least 1.")
+ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60, minimum=1)
 
 # Configuration repair pass (providers.config_sync): every serving worker compares
 # the revision it serves of each provider with the database's this often (one query)
 # and applies what differs, so lost broadcasts, SQL changes and restores converge.
-ECHO_CONFIG_REPAIR_SECONDS = env_int("ECHO_CONFIG_REPAIR_SECONDS", 5)
-if ECHO_CONFIG_REPAIR_SECONDS < 1:
-    raise ImproperlyConfigured("ECHO_CONFIG_REPAIR_SECONDS must be at least 1.")
+ECHO_CONFIG_REPAIR_SECONDS = env_int("ECHO_CONFIG_REPAIR_SECONDS", 5, minimum=1)
 
 # Transport security for browsers (django.middleware.security, run by BrowserMiddleware),
 # on by default in production. SECURE_PROXY_SSL_HEADER is set only when

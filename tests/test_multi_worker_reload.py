@@ -8,43 +8,15 @@ reach both workers with no restart.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.server_processes import django_shell, manage, start_daphne
 from tests.services import require_redis, scratch_postgres_database
-
-ROOT = Path(__file__).resolve().parent.parent
-DAPHNE = Path(sys.executable).with_name("daphne")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def django_shell(env: dict[str, str], code: str) -> str:
-    return manage(env, "shell", "-c", code)
 
 
 def chat(url: str, key: str) -> str:
@@ -100,14 +72,7 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
     workers = []
     try:
         for _ in range(2):
-            port = free_port()
-            proc = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(port), "echo_site.asgi:application"],
-                cwd=ROOT,
-                env=shared_env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            port, proc = start_daphne(shared_env)
             workers.append((f"http://127.0.0.1:{port}", proc))
         for url, proc in workers:
             assert wait_until(lambda url=url: chat(url, key) == "Before: hi"), (

@@ -25,8 +25,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.server_processes import django_shell, free_port, manage
 from tests.services import require_redis, scratch_postgres_database
-from tests.test_multi_worker_reload import django_shell, free_port, manage
 
 ROOT = Path(__file__).resolve().parent.parent
 UVICORN = Path(sys.executable).with_name("uvicorn")

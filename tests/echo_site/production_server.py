@@ -23,14 +23,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.server_processes import ROOT, free_port, manage
 
 
 def make_run_command(port: int) -> list[str]:
@@ -45,20 +38,6 @@ def make_run_command(port: int) -> list[str]:
         .replace("$(PORT)", str(port))
     )
     return shlex.split(line)
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    """Run ``manage.py ARGS`` with ENV; return its output."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def rss_bytes(pid: int) -> int:

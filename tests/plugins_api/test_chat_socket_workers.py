@@ -22,8 +22,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.server_processes import django_shell, manage, start_daphne
 from tests.services import require_redis
-from tests.test_multi_worker_reload import DAPHNE, ROOT, django_shell, free_port, manage
 
 
 @pytest.fixture
@@ -48,14 +48,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[tuple[str, An
     started = []
     try:
         for _ in range(2):
-            port = free_port()
-            proc = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(port), "echo_site.asgi:application"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            port, proc = start_daphne(env)
             started.append((f"ws://127.0.0.1:{port}/ws/chat/", proc))
         yield env, started
     finally:

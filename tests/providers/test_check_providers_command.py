@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from providers.models import HealthCheck
 from providers.services import provider_config_create
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatRequest, ChatResponse, HealthStatus
+from tests.server_processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-check-0123456789-secret"
@@ -149,12 +149,6 @@ def test_checks_never_spend_tokens(transactional_db):
     assert fake.usage.completions == 0
     assert fake.usage.prompt_tokens == fake.usage.completion_tokens == 0
     assert not fake.requests_to("/v1/chat/completions")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_exit_status_reaches_the_shell(tmp_path):

@@ -34,26 +34,7 @@ from providers.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest, StreamingChunk, ToolCall
-
-
-class RecordedSleep:
-    """An ``asyncio.sleep`` stand-in that only notes the waits asked for."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_time import FakeClock, RecordedSleep
 
 
 class DownProvider(EchoProvider):

@@ -35,29 +35,10 @@ from providers.plugins.echo_provider import EchoProvider
 from providers.registry import ProviderRegistry, ProviderSpec
 from providers.services import provider_config_create
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk
+from tests.fake_time import FakeClock, RecordedSleep
 
 #: What the plugin's exception says: it must reach the log, never the client.
 DETAIL = "internal detail: choices[0] of sk-not-for-clients"
-
-
-class RecordedSleep:
-    """An ``asyncio.sleep`` stand-in that notes the waits (each one is a retry)."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class RaisingProvider(EchoProvider):

@@ -26,30 +26,11 @@ from providers.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest
+from tests.fake_time import FakeClock, RecordedSleep
 
 KEY = "sk-resilience-0000000000"
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
-
-
-class RecordedSleep:
-    """An ``asyncio.sleep`` stand-in that only notes the waits asked for."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Upstreams:

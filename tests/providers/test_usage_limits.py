@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from providers.storable import storable_json, storable_text
+from tests.server_processes import free_port
 from tests.services import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -97,12 +97,6 @@ def test_the_queue_stays_bounded_while_the_database_is_away(pg_env) -> None:
     # It came back: the newest rows, kept through the outage, are written.
     assert found["written"] == [1, 20]
     assert found["clients"] == ["key:before"] + [f"key:c{i}" for i in range(55, 75)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def usage_clients(database_url: str) -> list[str]:
