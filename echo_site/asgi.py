@@ -24,7 +24,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
 from plugins_api.routing import websocket_application  # noqa: E402
-from providers.lifecycle import lifecycle  # noqa: E402
+from providers.runtime.lifecycle import lifecycle  # noqa: E402
 
 router = ProtocolTypeRouter(
     {

@@ -6,7 +6,7 @@ DEBUG off. Echo's development server runs with DEBUG on when asked to, and
 its secrets live in variables named anything (``config``, ``spec``,
 ``token``): so here the filter is always active, hides variables, POST
 fields and nested keys whose names look secret, and the reporter redacts
-every 8-character run of a provider secret (``providers.masking.redact``)
+every 8-character run of a provider secret (``providers.secrets.masking.redact``)
 from the finished page, whatever part of it the secret came through.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
-from providers.masking import redact
+from providers.secrets.masking import redact
 
 # Django's names, and Echo's: provider keys, encryption keys, URLs that carry a password.
 HIDDEN_NAMES = re.compile(
@@ -35,7 +35,7 @@ def known_secrets() -> list[str]:
     The stored ones are read from the database; when that fails (the error
     being reported may be the database's), the live ones still count.
     """
-    from providers.log_redaction import live_secret_values
+    from providers.secrets.log_redaction import live_secret_values
 
     values = live_secret_values()
     try:

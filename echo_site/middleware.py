@@ -27,8 +27,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.module_loading import import_string
 
-from plugins_api.api_paths import is_api_path
-from plugins_api.error_views import bad_request, unusable_path
+from plugins_api.edge.api_paths import is_api_path
+from plugins_api.edge.error_views import bad_request, unusable_path
 
 ViewHook = Callable[[HttpRequest, Callable[..., Any], tuple, dict], HttpResponse | None]
 

@@ -29,12 +29,12 @@ from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
 from django.http.cookie import parse_cookie
 
-from plugins_api.anthropic_compat import anthropic_denial, anthropic_error
-from plugins_api.api_paths import requires_credential
-from plugins_api.client_keys import averify_key, bearer_token
-from plugins_api.error_responses import error_body
-from plugins_api.openai_compat import openai_denial, openai_error
-from plugins_api.request_auth import Denial
+from plugins_api.access.client_keys import averify_key, bearer_token
+from plugins_api.access.request_auth import Denial
+from plugins_api.compat.anthropic_api import anthropic_denial, anthropic_error
+from plugins_api.compat.openai_api import openai_denial, openai_error
+from plugins_api.edge.api_paths import requires_credential
+from plugins_api.edge.error_responses import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -156,7 +156,7 @@ class RequestBodyLimit:
     ) -> str | Denial | None:
         """Return the key to verify, None for a session cookie, or why the request has no credential.
 
-        Mirrors ``plugins_api.request_auth.check_chat_client``: ``Authorization``
+        Mirrors ``plugins_api.access.request_auth.check_chat_client``: ``Authorization``
         wins over ``x-api-key``. A session is only looked for here, not checked:
         the view checks it (and its CSRF token) against a body already bounded.
         """

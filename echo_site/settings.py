@@ -144,7 +144,7 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # The shared cache holds state every worker must see alike (the login throttle's
-# counters, plugins_api.login_throttle): Redis when REDIS_URL is set, else this
+# counters, plugins_api.access.login_throttle): Redis when REDIS_URL is set, else this
 # process's memory, which is right only for one process.
 if REDIS_URL:
     CACHES = {
@@ -173,13 +173,13 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # Echo's own settings.
 ECHO_CONFIG_DIR = Path(env_str("ECHO_CONFIG_DIR", str(BASE_DIR / "config")))
-# Upstream URL policy (providers.upstream_policy): link-local and metadata
+# Upstream URL policy (providers.upstream.policy): link-local and metadata
 # addresses are always blocked; these add to the block list or restrict hosts.
 ECHO_UPSTREAM_ALLOW = env_list("ECHO_UPSTREAM_ALLOW", [])
 ECHO_UPSTREAM_BLOCK = env_list("ECHO_UPSTREAM_BLOCK", [])
 ECHO_PLUGIN_DIRS = [Path(p) for p in env_list("ECHO_PLUGIN_DIRS", [str(BASE_DIR / "plugins")])]
 
-# Periodic provider health checks (providers.health_monitor). 0 seconds turns the
+# Periodic provider health checks (providers.health.monitor). 0 seconds turns the
 # background checks off. The test suite defaults to off: a check round running
 # beside every live-server test would add upstream calls and rows the tests do
 # not expect; the tests of the monitor set the interval themselves.
@@ -194,14 +194,14 @@ if ECHO_HEALTH_INTERVAL_SECONDS < 0:
 if ECHO_HEALTH_RETENTION_DAYS < 0:
     raise ImproperlyConfigured("ECHO_HEALTH_RETENTION_DAYS must be 0 (keep forever) or more.")
 
-# The browser chat's websocket (plugins_api.consumers): per-connection limits.
+# The browser chat's websocket (plugins_api.chat.consumer): per-connection limits.
 ECHO_WS_MAX_FRAME_BYTES = env_int("ECHO_WS_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 ECHO_WS_MESSAGES_PER_MINUTE = env_int("ECHO_WS_MESSAGES_PER_MINUTE", 30, minimum=1)
 # Longest chat message a websocket frame may carry, in characters.
 ECHO_WS_MAX_MESSAGE_CHARS = env_int("ECHO_WS_MAX_MESSAGE_CHARS", 32_000, minimum=1)
 # Origins (scheme://host[:port]) whose pages may open a chat socket besides the
 # site's own origin (the handshake's scheme and Host, the host in ALLOWED_HOSTS);
-# see plugins_api.websocket_origins. Defaults to CSRF_TRUSTED_ORIGINS.
+# see plugins_api.chat.websocket_origins. Defaults to CSRF_TRUSTED_ORIGINS.
 ECHO_WS_ALLOWED_ORIGINS = env_list("ECHO_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS)
 _not_origins = [
     o for o in ECHO_WS_ALLOWED_ORIGINS if not re.fullmatch(r"https?://(\*\.)?[^/?#*@\s]+", o)
@@ -221,7 +221,7 @@ ECHO_MAX_BODY_BYTES = env_int(
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = ECHO_MAX_BODY_BYTES
 
-# Usage accounting (providers.usage) and metric labels (providers.metric_labels).
+# Usage accounting (providers.usage.recorder) and metric labels (providers.usage.metric_labels).
 # Rows wait in memory for the database at most this many; beyond, the oldest are
 # dropped and counted (echo_usage_rows_dropped_total), so an outage cannot eat memory.
 ECHO_USAGE_QUEUE_MAX = env_int("ECHO_USAGE_QUEUE_MAX", 10_000, minimum=1)
@@ -231,7 +231,7 @@ ECHO_METRICS_MODELS_PER_PROVIDER = env_int("ECHO_METRICS_MODELS_PER_PROVIDER", 1
 if ECHO_METRICS_MODELS_PER_PROVIDER < 0:
     raise ImproperlyConfigured("ECHO_METRICS_MODELS_PER_PROVIDER must be 0 or more.")
 
-# Login throttling for /admin/login/ and /accounts/login/ (plugins_api.login_throttle),
+# Login throttling for /admin/login/ and /accounts/login/ (plugins_api.access.login_throttle),
 # counted in the shared cache. After this many failures for one username, or from
 # one address, within the window, every attempt (the right password included) is
 # refused for the lockout. The address is REMOTE_ADDR; with ECHO_TRUSTED_PROXY_COUNT
@@ -251,13 +251,13 @@ if ECHO_LOGIN_WINDOW_SECONDS < 1 or ECHO_LOGIN_LOCKOUT_SECONDS < 1:
     )
 if ECHO_TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured("ECHO_TRUSTED_PROXY_COUNT must be 0 (no proxy) or more.")
-AUTHENTICATION_BACKENDS = ["plugins_api.login_throttle.ThrottledModelBackend"]
+AUTHENTICATION_BACKENDS = ["plugins_api.access.login_throttle.ThrottledModelBackend"]
 
 # GET /v1/models serves each provider's model list from memory for this long
-# (providers.model_lists); concurrent callers share one upstream call.
+# (providers.runtime.model_lists); concurrent callers share one upstream call.
 ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60, minimum=1)
 
-# Configuration repair pass (providers.config_sync): every serving worker compares
+# Configuration repair pass (providers.runtime.config_sync): every serving worker compares
 # the revision it serves of each provider with the database's this often (one query)
 # and applies what differs, so lost broadcasts, SQL changes and restores converge.
 ECHO_CONFIG_REPAIR_SECONDS = env_int("ECHO_CONFIG_REPAIR_SECONDS", 5, minimum=1)
@@ -285,18 +285,18 @@ if env_bool("ECHO_PROXY_SETS_X_FORWARDED_PROTO", False):
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "plugins_api.authentication.BearerKeyAuthentication",
-        "plugins_api.authentication.SessionAuthentication",
+        "plugins_api.access.authentication.BearerKeyAuthentication",
+        "plugins_api.access.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["plugins_api.authentication.IsAdminClient"],
+    "DEFAULT_PERMISSION_CLASSES": ["plugins_api.access.authentication.IsAdminClient"],
     # DRF's defaults with JSON bounded in size, depth and characters: DRF's own
     # JSONParser turns deep nesting into a 500 and passes NUL on to PostgreSQL.
     "DEFAULT_PARSER_CLASSES": [
-        "plugins_api.bounded_json_parser.BoundedJSONParser",
+        "plugins_api.edge.bounded_json_parser.BoundedJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "EXCEPTION_HANDLER": "plugins_api.error_responses.api_exception_handler",
+    "EXCEPTION_HANDLER": "plugins_api.edge.error_responses.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": [
@@ -314,7 +314,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "plugins_api.openapi.document_chat_endpoint",
+        "plugins_api.admin_api.openapi.document_chat_endpoint",
     ],
 }
 
@@ -324,8 +324,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "echo_site.request_context.RequestIdFilter"},
-        # Live provider secrets leave every record (providers.log_redaction).
-        "redact_secrets": {"()": "providers.log_redaction.SecretRedactingFilter"},
+        # Live provider secrets leave every record (providers.secrets.log_redaction).
+        "redact_secrets": {"()": "providers.secrets.log_redaction.SecretRedactingFilter"},
     },
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},

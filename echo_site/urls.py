@@ -3,9 +3,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from plugins_api import login_throttle, page_views
+from plugins_api.access import login_throttle
+from plugins_api.chat import page_views
 
-# Both logins are throttled (plugins_api.login_throttle): these say why they refuse.
+# Both logins are throttled (plugins_api.access.login_throttle): these say why they refuse.
 admin.site.login_form = login_throttle.ThrottledAdminAuthenticationForm
 
 urlpatterns = [
@@ -20,5 +21,5 @@ urlpatterns = [
     path("", include("plugins_api.urls")),
 ]
 
-handler404 = "plugins_api.error_views.not_found"
-handler500 = "plugins_api.error_views.server_error"
+handler404 = "plugins_api.edge.error_views.not_found"
+handler500 = "plugins_api.edge.error_views.server_error"

@@ -18,16 +18,16 @@ class PluginsApiConfig(AppConfig):
         # Chat pages learn of provider changes from this process's registry
         # (``registry.subscribe`` in the consumer), not from a signal here.
         # A revoked, deleted or re-scoped key's open chat sockets close in every worker.
-        from plugins_api import client_key_push
+        from plugins_api.chat import revoked_key_sockets as client_key_push
         from plugins_api.models import ClientAPIKey
 
         post_save.connect(
             client_key_push.client_key_saved,
             sender=ClientAPIKey,
-            dispatch_uid="plugins_api.client_key_push.saved",
+            dispatch_uid="plugins_api.chat.revoked_key_sockets.saved",
         )
         post_delete.connect(
             client_key_push.client_key_deleted,
             sender=ClientAPIKey,
-            dispatch_uid="plugins_api.client_key_push.deleted",
+            dispatch_uid="plugins_api.chat.revoked_key_sockets.deleted",
         )

@@ -18,8 +18,8 @@ from channels.routing import URLRouter
 from channels.security.websocket import WebsocketDenier
 from django.urls import path
 
-from plugins_api.consumers import ChatConsumer
-from plugins_api.websocket_origins import origin_allowed
+from plugins_api.chat.consumer import ChatConsumer
+from plugins_api.chat.websocket_origins import origin_allowed
 
 websocket_urlpatterns = [
     path("ws/chat/", ChatConsumer.as_asgi(), name="ws-chat"),

@@ -11,14 +11,11 @@ class ProvidersConfig(AppConfig):
         from django.core import checks
         from django.db.models.signals import post_delete, post_save
 
-        from providers import (  # noqa: F401 - registers the usage admin
-            admin_usage,
-            signals,
-            system_checks,
-        )
-        from providers.log_redaction import install_log_redaction
+        from providers.config import commit_signals as signals
+        from providers.config import system_checks
         from providers.models import ProviderConfig
-        from providers.runtime import register_builtin_plugins
+        from providers.runtime.process import register_builtin_plugins
+        from providers.secrets.log_redaction import install_log_redaction
 
         register_builtin_plugins()
         # Every log record of the process, not only Echo's handlers', loses live secrets.

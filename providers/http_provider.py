@@ -5,7 +5,7 @@ authenticate, how to read an upstream's error body, and how to build and
 parse its requests. This module owns the rest, once: a pooled
 ``httpx.AsyncClient`` per instance (per event loop), timeouts from settings,
 every new connection checked against the upstream policy after DNS
-(``providers.upstream_connections``), no redirects and no retries of its own
+(``providers.upstream.connections``), no redirects and no retries of its own
 (the ModelManager owns retries), the mapping of every failure to a typed
 ``ProviderError`` with secrets stripped, and the SSE and NDJSON stream readers.
 """
@@ -37,15 +37,15 @@ from providers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from providers.masking import redact
-from providers.retry_policy import parse_retry_after
+from providers.runtime.retry_policy import parse_retry_after
+from providers.secrets.masking import redact
 from providers.types import HealthStatus
-from providers.upstream_connections import (
+from providers.upstream.connections import (
     BlockedUpstreamError,
     PolicyCheckedTransport,
     resolved_problem,
 )
-from providers.upstream_policy import base_url_problem
+from providers.upstream.policy import base_url_problem
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
 HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {

@@ -7,8 +7,8 @@ from typing import Any
 from django.core.validators import RegexValidator
 from django.db import models
 
-from providers.registry import ProviderSpec
-from providers.secret_box import SecretDecryptionError, decrypt_secrets, encrypt_secrets
+from providers.runtime.registry import ProviderSpec
+from providers.secrets.box import SecretDecryptionError, decrypt_secrets, encrypt_secrets
 
 provider_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]{0,63}$",
@@ -44,7 +44,7 @@ class ProviderConfig(models.Model):
     )
     settings = models.JSONField(default=dict, blank=True)
     secrets_encrypted = models.TextField(
-        blank=True, editable=False, help_text="The secrets, encrypted (see providers.secret_box)."
+        blank=True, editable=False, help_text="The secrets, encrypted (see providers.secrets.box)."
     )
     disabled_reason = models.TextField(
         blank=True, help_text="Why the provider is disabled, when Echo disabled it."

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from providers import config_sync, runtime
+from providers.runtime import config_sync
+from providers.runtime import process as runtime
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -52,7 +53,7 @@ def admin_user(django_user_model):
 @pytest.fixture
 def echo_config(db):
     """The echo provider configured as the default, as `make run` leaves it."""
-    from providers.services import provider_config_create
+    from providers.config.services import provider_config_create
 
     return provider_config_create(
         name="echo", plugin="echo", settings={"prefix": "Echo: "}, is_default=True
@@ -114,7 +115,7 @@ def live_echo(transactional_db):
 @pytest.fixture
 def chat_key(db):
     """A chat-scoped client key: (row, raw key)."""
-    from plugins_api.client_keys import client_key_issue, forget_cached_keys
+    from plugins_api.access.client_keys import client_key_issue, forget_cached_keys
 
     forget_cached_keys()
     return client_key_issue(name="test-chat", scope="chat")
@@ -123,7 +124,7 @@ def chat_key(db):
 @pytest.fixture
 def admin_key(db):
     """An admin-scoped client key: (row, raw key)."""
-    from plugins_api.client_keys import client_key_issue, forget_cached_keys
+    from plugins_api.access.client_keys import client_key_issue, forget_cached_keys
 
     forget_cached_keys()
     return client_key_issue(name="test-admin", scope="admin")

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from providers import runtime
+from providers.runtime import process as runtime
 
 
 @contextmanager

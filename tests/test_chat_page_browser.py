@@ -21,9 +21,9 @@ import pytest
 from django.conf import settings
 
 from plugins_api.models import Conversation, ConversationMessage
-from providers import runtime
+from providers.config.services import provider_config_create
 from providers.models import ProviderConfig
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 
 T = TypeVar("T")
 

@@ -47,10 +47,10 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RegexPattern, RoutePattern
 
 from echo_site.asgi import router
-from plugins_api.client_keys import forget_cached_keys
-from providers import runtime
+from plugins_api.access.client_keys import forget_cached_keys
+from providers.config.services import provider_config_create, provider_config_delete
 from providers.models import ProviderConfig
-from providers.services import provider_config_create, provider_config_delete
+from providers.runtime import process as runtime
 from tests.services import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent

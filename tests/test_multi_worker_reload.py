@@ -60,9 +60,9 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
     key = (
         django_shell(
             shared_env,
-            "from providers.services import provider_config_create as c;"
+            "from providers.config.services import provider_config_create as c;"
             "c(name='echo', plugin='echo', settings={'prefix': 'Before: '}, is_default=True);"
-            "from plugins_api.client_keys import client_key_issue as k;"
+            "from plugins_api.access.client_keys import client_key_issue as k;"
             "print(k(name='mw', scope='chat')[1])",
         )
         .strip()
@@ -83,7 +83,7 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
         django_shell(
             shared_env,
             "from providers.models import ProviderConfig as P;"
-            "from providers.services import provider_config_update as u;"
+            "from providers.config.services import provider_config_update as u;"
             "u(config=P.objects.get(name='echo'), changes={'settings': {'prefix': 'After: '}})",
         )
         for url, _ in workers:
@@ -93,7 +93,7 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
         django_shell(
             shared_env,
             "from providers.models import ProviderConfig as P;"
-            "from providers.services import provider_config_update as u;"
+            "from providers.config.services import provider_config_update as u;"
             "u(config=P.objects.get(name='echo'), changes={'enabled': False})",
         )
 

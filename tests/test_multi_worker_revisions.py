@@ -139,9 +139,9 @@ def deployment(tmp_path: Path, *, repair_seconds: int) -> Iterator[Deployment]:
         key = (
             django_shell(
                 env,
-                "from providers.services import provider_config_create as c;"
+                "from providers.config.services import provider_config_create as c;"
                 "c(name='echo', plugin='echo', settings={'prefix': 'start: '}, is_default=True);"
-                "from plugins_api.client_keys import client_key_issue as k;"
+                "from plugins_api.access.client_keys import client_key_issue as k;"
                 "print(k(name='mw', scope='admin')[1])",
             )
             .strip()

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from django.core.management import call_command
 
-from providers import runtime
-from providers.registry import ENTRY_POINT_GROUP
-from providers.services import provider_config_create
+from providers.config.services import provider_config_create
+from providers.runtime import process as runtime
+from providers.runtime.registry import ENTRY_POINT_GROUP
 from providers.testing.fake_openai import FakeOpenAI
 from tests.conftest import IN_CI
 
@@ -200,7 +200,7 @@ async def test_the_example_package_is_discovered_through_its_entry_point() -> No
     report = {r.name: r for r in await runtime.registry.discover_entry_points()}
     assert report["shout"].status == "registered"
     assert report["shout"].class_name == "ShoutProvider"
-    from providers.registry import ProviderSpec
+    from providers.runtime.registry import ProviderSpec
     from providers.types import ChatMessage, ChatRequest
 
     provider = await runtime.registry.apply(ProviderSpec("shout", "shout", {}))

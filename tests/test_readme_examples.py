@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.services import provider_config_create
+from providers.config.services import provider_config_create
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 

@@ -22,9 +22,9 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from echo_site.wsgi import application
-from providers import runtime
+from providers.config.services import provider_config_create
 from providers.models import ProviderConfig
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 
 EXAMPLES_PER_OPERATION = 10
 # The browser chat's endpoints (another part of the app) are held to no 5xx and

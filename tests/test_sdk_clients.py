@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from plugins_api.models import ClientAPIKey
-from providers.services import provider_config_create
+from providers.config.services import provider_config_create
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 

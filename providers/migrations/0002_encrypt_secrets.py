@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 def encrypt_existing(apps, schema_editor):
-    from providers.secret_box import encrypt_secrets
+    from providers.secrets.box import encrypt_secrets
 
     ProviderConfig = apps.get_model("providers", "ProviderConfig")
     for row in ProviderConfig.objects.all():
@@ -13,7 +13,7 @@ def encrypt_existing(apps, schema_editor):
 
 
 def decrypt_existing(apps, schema_editor):
-    from providers.secret_box import decrypt_secrets
+    from providers.secrets.box import decrypt_secrets
 
     ProviderConfig = apps.get_model("providers", "ProviderConfig")
     for row in ProviderConfig.objects.all():
@@ -31,7 +31,7 @@ class Migration(migrations.Migration):
             field=models.TextField(
                 blank=True,
                 editable=False,
-                help_text="The secrets, encrypted (see providers.secret_box).",
+                help_text="The secrets, encrypted (see providers.secrets.box).",
             ),
         ),
         migrations.RunPython(encrypt_existing, decrypt_existing),

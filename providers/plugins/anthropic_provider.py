@@ -19,7 +19,6 @@ import httpx
 from providers.base import PluginCapability, PluginMetadata
 from providers.errors import ProviderError
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
-from providers.model_info import known_model_info
 from providers.plugins.anthropic_wire import (
     MESSAGES_PATH,
     MODELS_PATH,
@@ -30,6 +29,7 @@ from providers.plugins.anthropic_wire import (
     parse_response,
 )
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
+from providers.usage.model_info import known_model_info
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_API_VERSION = "2023-06-01"

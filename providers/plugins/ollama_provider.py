@@ -29,9 +29,9 @@ from providers.errors import (
     ProviderUnavailableError,
 )
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
-from providers.model_info import known_model_info
 from providers.plugins import ollama_wire as wire
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
+from providers.usage.model_info import known_model_info
 
 DEFAULT_BASE_URL = "http://localhost:11434"
 

@@ -23,9 +23,9 @@ from providers.errors import (
     RateLimitError,
 )
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, SSEEvent
-from providers.model_info import known_model_info
 from providers.plugins import openai_wire
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
+from providers.usage.model_info import known_model_info
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"

@@ -45,7 +45,7 @@ from providers.errors import (
     RateLimitError,
 )
 from providers.http_provider import HTTPProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_server import FakeUpstream
 from providers.types import ChatMessage, ChatRequest, ChatResponse, HealthStatus, StreamingChunk
 

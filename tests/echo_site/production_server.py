@@ -89,9 +89,9 @@ class ProductionEcho:
                 env,
                 "shell",
                 "-c",
-                "from providers.services import provider_config_create as c;"
+                "from providers.config.services import provider_config_create as c;"
                 "c(name='echo', plugin='echo', settings={'prefix': 'Echo: '}, is_default=True);"
-                "from plugins_api.client_keys import client_key_issue as k;"
+                "from plugins_api.access.client_keys import client_key_issue as k;"
                 "print(k(name='server-test', scope='chat')[1])",
             )
             .strip()

@@ -23,8 +23,8 @@ def test_browser_posts_still_need_a_csrf_token(admin_user) -> None:
 
 @pytest.mark.django_db
 def test_a_bearer_client_skips_the_browser_middleware(client, chat_key) -> None:
-    from providers import runtime
-    from providers.registry import ProviderSpec
+    from providers.runtime import process as runtime
+    from providers.runtime.registry import ProviderSpec
 
     runtime.run_in_serving_loop(
         runtime.registry.apply, ProviderSpec("echo", "echo", {}, is_default=True)

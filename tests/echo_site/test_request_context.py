@@ -8,9 +8,9 @@ import logging
 import pytest
 
 from echo_site.request_context import JsonLogFormatter, RequestIdFilter, current_request_id
-from providers import runtime
 from providers.plugins.echo_provider import EchoProvider
-from providers.registry import ProviderSpec
+from providers.runtime import process as runtime
+from providers.runtime.registry import ProviderSpec
 
 
 @pytest.mark.django_db
@@ -54,7 +54,7 @@ def test_log_lines_carry_the_request_id(client, chat_key, caplog) -> None:
         )
         logging.getLogger("echo").warning("outside the request")
     assert response.status_code == 502  # a plugin's bug (PluginError), not an outage
-    served = [r for r in caplog.records if r.name == "providers.manager"]
+    served = [r for r in caplog.records if r.name == "providers.runtime.manager"]
     assert served and {r.request_id for r in served} == {"req-7"}
     assert caplog.records[-1].request_id == "-"
 

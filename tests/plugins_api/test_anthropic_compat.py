@@ -10,10 +10,10 @@ import httpx
 import pytest
 from django.test import Client
 
-from plugins_api.anthropic_compat import parse_messages_call
-from plugins_api.chat_requests import RequestFieldError
-from providers import runtime
-from providers.services import provider_config_create
+from plugins_api.compat.anthropic_api import parse_messages_call
+from plugins_api.edge.chat_requests import RequestFieldError
+from providers.config.services import provider_config_create
+from providers.runtime import process as runtime
 from providers.types import ChatMessage, ToolCall
 from tests.conftest import LiveEcho
 from tests.plugins_api.test_openai_compat import DiesMidStream, ToolCaller, add, go_live

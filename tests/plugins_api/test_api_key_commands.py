@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from plugins_api.client_keys import forget_cached_keys, hash_key, verify_key
+from plugins_api.access.client_keys import forget_cached_keys, hash_key, verify_key
 from plugins_api.models import ClientAPIKey
 
 

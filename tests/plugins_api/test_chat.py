@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from plugins_api.client_keys import client_key_revoke
-from providers import runtime
+from plugins_api.access.client_keys import client_key_revoke
+from providers.config.services import provider_config_create, provider_config_update
 from providers.errors import (
     AuthenticationError,
     BadRequestError,
@@ -18,7 +18,7 @@ from providers.errors import (
 )
 from providers.models import ProviderConfig
 from providers.plugins.echo_provider import EchoProvider
-from providers.services import provider_config_create, provider_config_update
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse
 
 SECRET = "sk-live-0123456789abcdef"

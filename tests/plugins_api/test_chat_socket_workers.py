@@ -42,7 +42,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[tuple[str, An
     manage(env, "migrate", "--noinput", "-v0")
     django_shell(
         env,
-        "from providers.services import provider_config_create as c;"
+        "from providers.config.services import provider_config_create as c;"
         "c(name='echo', plugin='echo', settings={'prefix': 'Echo: '}, is_default=True)",
     )
     started = []
@@ -66,7 +66,7 @@ def issue_key(env: dict[str, str], name: str) -> str:
         env,
         "shell",
         "-c",
-        f"from plugins_api.client_keys import client_key_issue as k; print(k(name={name!r}, scope='chat')[1])",
+        f"from plugins_api.access.client_keys import client_key_issue as k; print(k(name={name!r}, scope='chat')[1])",
     )
     return out.strip().splitlines()[-1]
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from plugins_api.models import ClientAPIKey
-from providers import runtime
+from providers.config.services import provider_config_create
 from providers.errors import BadRequestError, ProviderUnavailableError
 from providers.plugins.echo_provider import EchoProvider
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
 DELAY_MS = 150

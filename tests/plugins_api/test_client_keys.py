@@ -12,8 +12,8 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db import OperationalError
 
-from plugins_api import client_keys
-from plugins_api.client_keys import (
+from plugins_api.access import client_keys
+from plugins_api.access.client_keys import (
     KEY_PREFIX,
     averify_key,
     bearer_token,

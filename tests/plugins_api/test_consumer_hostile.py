@@ -19,7 +19,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from plugins_api import consumers
+from plugins_api.chat import consumer as consumers
 from plugins_api.models import Conversation
 from providers.plugins.echo_provider import EchoProvider
 from providers.types import ChatRequest, StreamingChunk

@@ -20,15 +20,15 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from echo_site.asgi import router as echo_router
-from plugins_api.client_keys import client_key_revoke
+from plugins_api.access.client_keys import client_key_revoke
 from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
-from providers import runtime
+from providers.config.services import provider_config_create, provider_config_delete
 from providers.errors import BadRequestError, ProviderUnavailableError
-from providers.health_monitor import monitor
+from providers.health.monitor import monitor
 from providers.plugins.echo_provider import EchoProvider
-from providers.services import provider_config_create, provider_config_delete
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, StreamingChunk
-from providers.usage import usage_recorder
+from providers.usage.recorder import usage_recorder
 from tests.echo_site.test_settings import settings_of
 from tests.services import require_redis
 

@@ -18,7 +18,7 @@ def test_unknown_api_path_is_a_json_404(client, settings) -> None:
 
 @pytest.mark.django_db
 def test_a_crash_on_an_api_path_is_a_json_500(client, settings, monkeypatch) -> None:
-    from plugins_api import chat_views
+    from plugins_api.chat import views as chat_views
 
     settings.DEBUG = False
     client.raise_request_exception = False

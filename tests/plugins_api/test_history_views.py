@@ -18,10 +18,10 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from providers import runtime
+from providers.config.services import provider_config_create, provider_config_update
 from providers.models import ProviderConfig, ProviderConfigChange
-from providers.secret_box import new_key
-from providers.services import provider_config_create, provider_config_update
+from providers.runtime import process as runtime
+from providers.secrets.box import new_key
 from tests.plugins_api.test_plugin_views import SECRET, SecuretestProvider, error_of, load
 
 NEW_SECRET = "sk-new-key-abcdefghijkl"
@@ -168,7 +168,7 @@ def test_a_refused_change_writes_no_entry(api, admin, secure, method, url, body)
 @pytest.fixture
 def trail(secure) -> ProviderConfig:
     """Three more changes of SECURE, by different actors, and one of another provider."""
-    from providers.audit import Actor
+    from providers.audit.history import Actor
 
     provider_config_update(
         config=secure,
@@ -276,7 +276,7 @@ def test_export_json_is_every_entry(api, admin, trail) -> None:
 
 
 def test_csv_cells_cannot_become_spreadsheet_formulas(api, admin, secure) -> None:
-    from providers.audit import Actor
+    from providers.audit.history import Actor
 
     provider_config_update(
         config=secure, changes={"settings": {"timeout": 11}}, actor=Actor("=HYPERLINK(1)", "admin")

@@ -1,4 +1,4 @@
-"""Login throttling (``plugins_api.login_throttle``): password guessing is refused at both logins."""
+"""Login throttling (``plugins_api.access.login_throttle``): password guessing is refused at both logins."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 
-from plugins_api import login_throttle
+from plugins_api.access import login_throttle
 from tests.services import require_redis
 
 ADMIN_PASSWORD = "pw-admin-123"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from plugins_api.bounded_json import MAX_JSON_DEPTH
-from plugins_api.chat_requests import (
+from plugins_api.edge.bounded_json import MAX_JSON_DEPTH
+from plugins_api.edge.chat_requests import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
     MAX_NAME_LENGTH,
@@ -25,8 +25,8 @@ from plugins_api.chat_requests import (
     MAX_TOOL_CALLS,
     MAX_TOOLS,
 )
-from providers import runtime
 from providers.models import ProviderConfig
+from providers.runtime import process as runtime
 
 CHAT = "/chat"
 COMPLETIONS = "/v1/chat/completions"

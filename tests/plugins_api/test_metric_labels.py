@@ -15,12 +15,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from providers import runtime
 from providers.errors import ProviderError
-from providers.metric_labels import MAX_LABEL_LENGTH, metric_labels
-from providers.registry import ProviderSpec
+from providers.runtime import process as runtime
+from providers.runtime.registry import ProviderSpec
 from providers.testing.fake_openai import FakeOpenAI
-from providers.usage import UsageEvent, usage_recorder
+from providers.usage.metric_labels import MAX_LABEL_LENGTH, metric_labels
+from providers.usage.recorder import UsageEvent, usage_recorder
 
 KEY = "sk-labels-test-000000000000"
 HUGE = 2_400_000

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from django.test import Client
 
-from plugins_api import openai_compat
-from providers import runtime
+from plugins_api.compat import openai_api as openai_compat
+from providers.config.services import provider_config_create
 from providers.errors import AuthenticationError, ProviderUnavailableError
 from providers.models import ProviderConfig
 from providers.plugins.echo_provider import EchoProvider
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse, StreamingChunk, ToolCall, Usage
 from tests.conftest import LiveEcho
 

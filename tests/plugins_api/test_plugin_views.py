@@ -10,10 +10,10 @@ import httpx
 import pytest
 from rest_framework.test import APIClient
 
-from providers import runtime
 from providers.base import AbstractAIProvider, PluginCapability, PluginMetadata
+from providers.config.services import provider_config_create
 from providers.models import HealthCheck, ProviderConfig
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 from providers.types import ChatMessage, ChatRequest, ChatResponse, HealthStatus
 
 SECRET = "sk-test-0123456789-very-secret"
@@ -102,7 +102,7 @@ def securetest(db) -> ProviderConfig:
 @pytest.fixture(autouse=True)
 def forget_the_latest_health():
     """The process monitor's latest results must not leak from one test into the next."""
-    from providers.health_monitor import monitor
+    from providers.health.monitor import monitor
 
     monitor.reset()
     yield

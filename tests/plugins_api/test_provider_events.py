@@ -20,8 +20,8 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from echo_site.asgi import router as echo_router
-from providers import runtime
-from providers.registry import ProviderChange, ProviderRegistry, ProviderSpec
+from providers.runtime import process as runtime
+from providers.runtime.registry import ProviderChange, ProviderRegistry, ProviderSpec
 
 ORIGIN = (b"origin", b"http://testserver")
 

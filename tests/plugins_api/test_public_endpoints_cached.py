@@ -15,10 +15,11 @@ import httpx
 import pytest
 from asgiref.sync import async_to_sync
 
-from providers import health, runtime
-from providers.health_monitor import monitor
-from providers.model_lists import model_lists
-from providers.services import provider_config_create
+from providers.config.services import provider_config_create
+from providers.health import status as health
+from providers.health.monitor import monitor
+from providers.runtime import process as runtime
+from providers.runtime.model_lists import model_lists
 from providers.testing.fake_openai import FakeOpenAI
 
 CROWD = 50

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from providers import broadcast, config_sync, runtime
+from providers.config.services import provider_config_create
 from providers.models import ProviderConfig
-from providers.services import provider_config_create
+from providers.runtime import broadcast, config_sync
+from providers.runtime import process as runtime
 from providers.testing.fake_openai import FakeOpenAI
 
 KEY = "sk-fake-reload-0000000000"

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from rest_framework.test import APIClient
 
-from providers import runtime
 from providers.models import HealthCheck, ProviderConfig
+from providers.runtime import process as runtime
 from tests.plugins_api.test_plugin_views import SECRET, SecuretestProvider, error_of, load
 
 NEW_SECRET = "sk-new-key-abcdefghijkl"

@@ -6,11 +6,11 @@ import pytest
 from asgiref.sync import async_to_sync
 from prometheus_client.parser import text_string_to_metric_families
 
-from providers import runtime
 from providers.models import UsageRecord
-from providers.registry import ProviderSpec
+from providers.runtime import process as runtime
+from providers.runtime.registry import ProviderSpec
 from providers.testing.fake_openai import FakeOpenAI
-from providers.usage import usage_recorder
+from providers.usage.recorder import usage_recorder
 
 KEY = "sk-usage-test-000000000000"
 

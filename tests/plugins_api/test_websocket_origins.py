@@ -19,8 +19,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from echo_site.asgi import router
+from plugins_api.chat.websocket_origins import parse_origin
 from plugins_api.models import ClientAPIKey
-from plugins_api.websocket_origins import parse_origin
 from tests.echo_site.test_settings import ROOT, settings_of
 from tests.plugins_api.test_consumers import (  # noqa: F401 - fixtures
     key_headers,

@@ -18,10 +18,10 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
-from providers import runtime
 from providers.base import AbstractAIProvider, PluginMetadata
+from providers.config.services import provider_config_create
 from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse, HealthStatus
 
 SECRET = "sk-live-0123456789abcdef"
@@ -319,7 +319,7 @@ def test_add_with_a_plugin_creates_a_live_provider(
     row = ProviderConfig.objects.get(name="echo-two")
     assert (row.plugin, row.settings) == ("echo", {"prefix": "Two: "})
     # A serving worker applies it after commit; this test process has no serving
-    # loop, so it starts nothing by itself (providers.config_sync.after_commit).
+    # loop, so it starts nothing by itself (providers.runtime.config_sync.after_commit).
     assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "echo-two") is None
     assert runtime.registry.get("echo-two").config["prefix"] == "Two: "
 
@@ -607,7 +607,7 @@ def test_change_page_charts_the_last_fifty_checks(staff, live_echo_config) -> No
 
 
 def test_a_sparkline_is_safe_html(live_echo_config) -> None:
-    from providers.admin import health_sparkline
+    from providers.admin.provider_admin import health_sparkline
 
     record_history(live_echo_config, "d", error='<script>alert("x")</script>')
     checks = list(HealthCheck.objects.filter(provider=live_echo_config))
@@ -697,8 +697,8 @@ def test_the_bulk_delete_action_audits_each_provider(
 
 
 def test_the_history_page_lists_every_change_with_export_links(staff, securetest) -> None:
-    from providers.audit import Actor
-    from providers.services import provider_config_update
+    from providers.audit.history import Actor
+    from providers.config.services import provider_config_update
 
     provider_config_update(
         config=securetest,
@@ -751,7 +751,7 @@ def test_provider_changes_are_listed_filterable_and_read_only(staff, securetest)
 @pytest.fixture
 def lost_key(settings, securetest) -> ProviderConfig:
     """SECURETEST, after the key that encrypted its secrets left ECHO_ENCRYPTION_KEYS."""
-    from providers.secret_box import new_key
+    from providers.secrets.box import new_key
 
     settings.ECHO_ENCRYPTION_KEYS = [new_key()]
     runtime.run_in_serving_loop(runtime.load_provider_from_database, "secure")

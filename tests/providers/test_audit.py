@@ -7,13 +7,13 @@ import json
 import pytest
 from django.db import transaction
 
-from providers.audit import Actor
-from providers.models import ProviderConfigChange
-from providers.services import (
+from providers.audit.history import Actor
+from providers.config.services import (
     provider_config_create,
     provider_config_delete,
     provider_config_update,
 )
+from providers.models import ProviderConfigChange
 
 ALICE = Actor(name="alice", source="admin", remote_addr="10.0.0.7")
 OLD_KEY, NEW_KEY = "sk-old-0123456789abcdef", "sk-new-fedcba9876543210"
@@ -117,9 +117,9 @@ def test_the_yaml_import_is_audited_as_such(tmp_path) -> None:
 def test_actor_for_request_names_the_user_the_key_and_the_address(rf, admin_user) -> None:
     from django.contrib.auth.models import AnonymousUser
 
-    from plugins_api.authentication import ClientKeyUser
-    from plugins_api.client_keys import ClientIdentity
-    from providers.audit import actor_for_request
+    from plugins_api.access.authentication import ClientKeyUser
+    from plugins_api.access.client_keys import ClientIdentity
+    from providers.audit.history import actor_for_request
 
     request = rf.get("/", REMOTE_ADDR="203.0.113.9")
     request.user = admin_user
@@ -192,7 +192,7 @@ def test_an_invalid_import_entry_writes_no_entry(tmp_path, monkeypatch) -> None:
 @pytest.fixture
 def unreadable(db, settings):
     """An openai provider whose encryption key has left ECHO_ENCRYPTION_KEYS."""
-    from providers.secret_box import new_key
+    from providers.secrets.box import new_key
 
     config = provider_config_create(
         name="openai",
@@ -239,8 +239,8 @@ def test_unreadable_secrets_are_replaced_or_kept_never_merged(unreadable) -> Non
 def test_the_import_reports_unreadable_secrets_and_replaces_them_when_told(
     unreadable, tmp_path, monkeypatch
 ) -> None:
-    from providers.config_files import load_provider_entries
-    from providers.config_import import Outcome, sync_provider_configs
+    from providers.config.files import load_provider_entries
+    from providers.config.yaml_import import Outcome, sync_provider_configs
     from providers.models import ProviderConfig
 
     monkeypatch.setenv("CANARY_OPENAI_KEY", IMPORT_SECRET)

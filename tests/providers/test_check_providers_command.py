@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from providers import runtime
 from providers.base import AbstractAIProvider, PluginMetadata
-from providers.health_monitor import monitor
+from providers.config.services import provider_config_create
+from providers.health.monitor import monitor
 from providers.models import HealthCheck
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatRequest, ChatResponse, HealthStatus
 from tests.server_processes import free_port
@@ -173,7 +173,7 @@ def test_the_exit_status_reaches_the_shell(tmp_path):
 
     assert manage("migrate", "--noinput").returncode == 0
     setup = (
-        "from providers.services import provider_config_create as create;"
+        "from providers.config.services import provider_config_create as create;"
         "create(name='echo', plugin='echo');"
         "create(name='gone', plugin='openai',"
         f" settings={{'base_url': 'http://127.0.0.1:{free_port()}'}},"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from providers.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from providers.runtime.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class FakeClock:

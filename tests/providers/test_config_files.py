@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from providers.config_files import (
+from providers.config.files import (
     ConfigFileError,
     ProviderEntry,
     config_path,
     load_provider_entries,
 )
-from providers.system_checks import check_provider_yaml
+from providers.config.system_checks import check_provider_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 

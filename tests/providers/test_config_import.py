@@ -10,12 +10,12 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from providers import runtime
 from providers.base import AbstractAIProvider, PluginMetadata
-from providers.config_files import load_provider_entries
-from providers.config_import import FILE_DISABLED_REASON, Outcome, sync_provider_configs
+from providers.config.files import load_provider_entries
+from providers.config.services import provider_config_create, provider_config_update
+from providers.config.yaml_import import FILE_DISABLED_REASON, Outcome, sync_provider_configs
 from providers.models import ProviderConfig
-from providers.services import provider_config_create, provider_config_update
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse, HealthStatus
 
 pytestmark = pytest.mark.django_db

@@ -18,9 +18,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from providers import broadcast, config_sync, runtime
 from providers.models import ProviderConfig
 from providers.plugins.echo_provider import EchoProvider
+from providers.runtime import broadcast, config_sync
+from providers.runtime import process as runtime
 from tests.conftest import LiveEcho
 from tests.echo_site.test_settings import settings_of
 from tests.serving_loop_thread import serving_loop_thread
@@ -333,7 +334,7 @@ def test_the_repair_interval_is_at_least_one_second(tmp_path) -> None:
 def test_apply_config_state_never_raises_and_masks_what_escapes_the_registry(
     monkeypatch, caplog
 ) -> None:
-    from providers.registry import ProviderSpec
+    from providers.runtime.registry import ProviderSpec
 
     secret = "sk-escape-0123456789abcdef"
 

@@ -19,12 +19,12 @@ from asgiref.sync import async_to_sync
 from django.db import OperationalError
 from django.utils import timezone
 
-from providers import runtime
 from providers.base import AbstractAIProvider, PluginMetadata
-from providers.health_monitor import HealthMonitor, monitor
-from providers.manager import ModelManager
+from providers.config.services import provider_config_create
+from providers.health.monitor import HealthMonitor, monitor
 from providers.models import HealthCheck, ProviderConfig
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
+from providers.runtime.manager import ModelManager
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatRequest, ChatResponse, HealthStatus
 
@@ -234,7 +234,7 @@ async def test_run_forever_survives_a_failing_round(monkeypatch, caplog):
 
     worker = HealthMonitor(runtime.registry, ModelManager(runtime.registry))
     monkeypatch.setattr(worker, "check_all", flaky_round)
-    monkeypatch.setattr("providers.health_monitor.release_connections", lambda: None)
+    monkeypatch.setattr("providers.health.monitor.release_connections", lambda: None)
     task = asyncio.create_task(worker.run_forever(interval=0.05, timeout=1))
     for _ in range(100):
         if len(rounds) >= 3:

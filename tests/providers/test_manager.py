@@ -26,11 +26,11 @@ from providers.errors import (
     RateLimitError,
     UnsupportedCapabilityError,
 )
-from providers.manager import ModelManager, Route
 from providers.plugins.anthropic_provider import AnthropicProvider
 from providers.plugins.echo_provider import EchoProvider
 from providers.plugins.openai_provider import OpenAIProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime.manager import ModelManager, Route
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest, StreamingChunk, ToolCall

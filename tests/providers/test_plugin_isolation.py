@@ -19,16 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
-from providers import runtime
 from providers.base import PluginMetadata
 from providers.errors import (
     PluginError,
     ProviderError,
     ProviderInitializationError,
 )
-from providers.manager import ModelManager
 from providers.plugins.echo_provider import EchoProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime import process as runtime
+from providers.runtime.manager import ModelManager
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.types import ChatMessage, ChatRequest, HealthStatus
 from tests.conftest import LiveEcho
 

@@ -15,7 +15,7 @@ from providers.errors import (
     ProviderNotFoundError,
 )
 from providers.plugins.echo_provider import EchoProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.types import ChatMessage, ChatRequest
 
 

@@ -22,18 +22,18 @@ import httpx
 import pytest
 from django.test import Client
 
-from providers import runtime
-from providers.circuit_breaker import HALF_OPEN
+from providers.config.services import provider_config_create
 from providers.errors import (
     PluginError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from providers.manager import ModelManager
 from providers.plugins.echo_provider import EchoProvider
-from providers.registry import ProviderRegistry, ProviderSpec
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
+from providers.runtime.circuit_breaker import HALF_OPEN
+from providers.runtime.manager import ModelManager
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk
 from tests.fake_time import FakeClock, RecordedSleep
 
@@ -125,7 +125,7 @@ async def test_a_plugin_bug_is_called_once_never_fails_over_and_never_counts(
     raising(error)
     threshold = manager.provider_state("buggy")["failure_threshold"]
     assert manager.provider_state("buggy")["max_retries"] > 0, "retries would be allowed"
-    with caplog.at_level(logging.ERROR, logger="providers.manager"):
+    with caplog.at_level(logging.ERROR, logger="providers.runtime.manager"):
         for sent in range(1, threshold * 2 + 1):
             with pytest.raises(PluginError) as caught:
                 await manager.chat_completion(ask(), "buggy")

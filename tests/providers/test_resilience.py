@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from plugins_api.sse import chat_event_stream
+from plugins_api.edge.sse import chat_event_stream
 from providers.errors import ProtocolError
-from providers.manager import ModelManager
 from providers.plugins.anthropic_provider import AnthropicProvider
 from providers.plugins.openai_provider import OpenAIProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime.manager import ModelManager
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest

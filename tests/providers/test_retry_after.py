@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from providers.errors import RateLimitError
-from providers.retry_policy import (
+from providers.runtime.retry_policy import (
     MAX_RETRY_AFTER_SECONDS,
     RetryPolicy,
     parse_retry_after,
@@ -117,8 +117,8 @@ class ThrottlingOpenAI(FakeOpenAI):
 def test_a_wild_retry_after_reaches_the_client_as_a_429(echo_config, chat_key, sent, retry_after):
     from django.test import Client
 
-    from providers import runtime
-    from providers.services import provider_config_create
+    from providers.config.services import provider_config_create
+    from providers.runtime import process as runtime
 
     with ThrottlingOpenAI() as upstream:
         upstream.sent = sent

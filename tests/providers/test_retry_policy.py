@@ -7,7 +7,7 @@ import random
 import pytest
 
 from providers.errors import BadRequestError, ProviderUnavailableError, RateLimitError
-from providers.retry_policy import RetryPolicy
+from providers.runtime.retry_policy import RetryPolicy
 
 
 def test_defaults_come_from_the_routing_settings() -> None:

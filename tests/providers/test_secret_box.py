@@ -9,10 +9,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from providers import runtime
+from providers.config.services import provider_config_create
 from providers.models import ProviderConfig
-from providers.secret_box import SecretDecryptionError, new_key
-from providers.services import provider_config_create
+from providers.runtime import process as runtime
+from providers.secrets.box import SecretDecryptionError, new_key
 from providers.testing.fake_openai import FakeOpenAI
 
 SECRET = "sk-at-rest-0123456789abcdef"

@@ -22,15 +22,15 @@ from django.test import override_settings
 from django.urls import path, reverse
 from rest_framework.test import APIClient
 
-from providers import runtime
-from providers.config_import import ImportedValues
+from providers.config.services import provider_config_create, provider_config_errors
+from providers.config.yaml_import import ImportedValues
 from providers.errors import ProviderConfigError
-from providers.health_monitor import ProviderHealth, _row
+from providers.health.monitor import ProviderHealth, _row
 from providers.http_provider import HTTPProvider
-from providers.log_redaction import redact_record
-from providers.masking import WINDOW, redact
 from providers.models import ProviderConfig
-from providers.services import provider_config_create, provider_config_errors
+from providers.runtime import process as runtime
+from providers.secrets.log_redaction import redact_record
+from providers.secrets.masking import WINDOW, redact
 from providers.testing.fake_openai import FakeOpenAI
 
 KEY = "sk-live-0123456789abcdefghijKLMNOPQRSTuvwxyz"
@@ -450,7 +450,7 @@ def test_a_new_key_in_a_failing_write_is_hidden_from_the_debug_page(live_openai,
     from django.test import RequestFactory
     from django.views.debug import technical_500_response
 
-    from providers import services
+    from providers.config import services
 
     new_key = "sk-new-" + secrets.token_hex(16)  # not a literal: the page shows source lines
 

@@ -1,6 +1,6 @@
 """Absurd settings (a 1e-300 s timeout, a 1e-7 s deadline, NaN) are refused by the schema.
 
-Every write path validates through the plugin's schema (providers.services),
+Every write path validates through the plugin's schema (providers.config.services),
 so each is refused with a 400 naming the field, and nothing changes.
 """
 
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from providers.services import provider_config_errors
+from providers.config.services import provider_config_errors
 
 KEY = "sk-minimums-0000000000000"
 BASE_URL = "http://127.0.0.1:9/v1"
@@ -89,7 +89,7 @@ def admin_api(admin_key):
 
 @pytest.fixture
 def openai_config(db):
-    from providers.services import provider_config_create
+    from providers.config.services import provider_config_create
 
     return provider_config_create(
         name="openai", plugin="openai", settings={"base_url": BASE_URL}, secrets={"api_key": KEY}

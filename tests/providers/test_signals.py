@@ -9,13 +9,14 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from providers import config_sync, runtime
-from providers.models import ProviderConfig
-from providers.services import (
+from providers.config.services import (
     provider_config_create,
     provider_config_delete,
     provider_config_update,
 )
+from providers.models import ProviderConfig
+from providers.runtime import config_sync
+from providers.runtime import process as runtime
 from tests.serving_loop_thread import serving_loop_thread
 
 

@@ -16,10 +16,10 @@ import asyncio
 import random
 import time
 
-from providers.manager import ModelManager
 from providers.plugins.anthropic_provider import AnthropicProvider
 from providers.plugins.openai_provider import OpenAIProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime.manager import ModelManager
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest

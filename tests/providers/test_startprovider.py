@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from providers.plugin_generator import PluginSpecError, plugin_spec
-from providers.registry import ProviderRegistry, load_plugin_file
+from providers.authoring.generator import PluginSpecError, plugin_spec
+from providers.runtime.registry import ProviderRegistry, load_plugin_file
 from tests.test_plugin_authoring import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_the_guide_example_generates_four_files(tmp_path: Path) -> None:
 
 
 def test_the_config_example_imports(tmp_path: Path) -> None:
-    from providers.config_files import load_provider_entries
+    from providers.config.files import load_provider_entries
 
     generate(tmp_path)
     environ = {"CUSTOM_AI_API_KEY": "sk-custom"}

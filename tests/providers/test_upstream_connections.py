@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from providers import upstream_connections
 from providers.errors import ProviderUnavailableError
 from providers.plugins.openai_provider import OpenAIProvider
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest
+from providers.upstream import connections as upstream_connections
 
 KEY = "sk-rebind-0000000000000"
 BLOCKED = "127.0.0.2"
@@ -186,8 +186,8 @@ def test_chat_through_a_rebound_name_is_a_503_json_error(
 ) -> None:
     from django.test import Client
 
-    from providers import runtime
-    from providers.services import provider_config_create
+    from providers.config.services import provider_config_create
+    from providers.runtime import process as runtime
 
     row = provider_config_create(
         name="rebound",

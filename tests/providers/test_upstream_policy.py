@@ -12,10 +12,10 @@ import pytest
 
 from providers.errors import ProtocolError, ProviderInitializationError
 from providers.plugins.openai_provider import OpenAIProvider
-from providers.registry import ProviderRegistry, ProviderSpec
+from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest
-from providers.upstream_policy import base_url_problem
+from providers.upstream.policy import base_url_problem
 
 KEY = "sk-policy-0000000000000"
 
@@ -144,7 +144,7 @@ def admin_api(admin_key):
 
 @pytest.fixture
 def openai_config(db):
-    from providers.services import provider_config_create
+    from providers.config.services import provider_config_create
 
     return provider_config_create(
         name="openai",
@@ -302,8 +302,8 @@ async def test_a_redirect_to_an_internal_address_is_not_followed() -> None:
 
 
 def test_a_plugin_not_built_on_http_provider_gets_the_url_policy_too(clean_runtime) -> None:
+    from providers.config.services import provider_config_errors
     from providers.plugins.echo_provider import EchoProvider
-    from providers.services import provider_config_errors
 
     class CustomProvider(EchoProvider):
         def get_config_schema(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from providers.storable import storable_json, storable_text
+from providers.usage.storable import storable_json, storable_text
 from tests.server_processes import free_port
 from tests.services import scratch_postgres_database
 
@@ -114,9 +114,9 @@ def test_a_server_shutting_down_writes_its_queue_hostile_rows_included(pg_env) -
         "manage.py",
         "shell",
         "-c",
-        "from providers.services import provider_config_create as c;"
+        "from providers.config.services import provider_config_create as c;"
         "c(name='echo', plugin='echo', settings={}, is_default=True);"
-        "from plugins_api.client_keys import client_key_issue as k;"
+        "from plugins_api.access.client_keys import client_key_issue as k;"
         "print(k(name='mallory', scope='chat')[1], k(name='alice', scope='chat')[1])",
     ).stdout.split()[-2:]
     mallory, alice = keys

@@ -19,13 +19,14 @@ from django.db import DatabaseError
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from providers import config_sync, runtime
 from providers.base import AbstractAIProvider, PluginMetadata
-from providers.config_files import ProviderEntry
-from providers.config_import import sync_provider_configs
+from providers.config.files import ProviderEntry
+from providers.config.services import merge_provider_config, provider_config_create
+from providers.config.yaml_import import sync_provider_configs
 from providers.errors import AuthenticationError
 from providers.models import ProviderConfig, ProviderConfigChange
-from providers.services import merge_provider_config, provider_config_create
+from providers.runtime import config_sync
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse, HealthStatus
 from tests.providers.test_admin import form_data
 
@@ -237,7 +238,7 @@ def test_failed_save_through_the_yaml_import_changes_nothing(
 
 
 def _fingerprint_of(row: ProviderConfig) -> str:
-    from providers.config_import import ImportedValues
+    from providers.config.yaml_import import ImportedValues
 
     return ImportedValues.from_row(row).fingerprint()
 

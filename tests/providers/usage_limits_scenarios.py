@@ -16,7 +16,7 @@ from typing import Any
 
 
 def _event(client: str, **fields: Any) -> Any:
-    from providers.usage import UsageEvent
+    from providers.usage.recorder import UsageEvent
 
     values: dict[str, Any] = {
         "client": client,
@@ -42,7 +42,7 @@ async def _rows() -> list[dict[str, Any]]:
 
 
 def _dropped(reason: str) -> float:
-    from providers import metrics
+    from providers.usage import metrics
 
     return (
         metrics.REGISTRY.get_sample_value("echo_usage_rows_dropped_total", {"reason": reason})
@@ -69,7 +69,7 @@ async def _refused_raw() -> list[str]:
 
 async def hostile() -> dict[str, Any]:
     """A hostile row in a batch; then other clients' rows, in that batch and the next."""
-    from providers.usage import usage_recorder
+    from providers.usage.recorder import usage_recorder
 
     raw = await _refused_raw()
     usage_recorder.record(_event("key:alice"))
@@ -106,7 +106,7 @@ async def refused() -> dict[str, Any]:
     """A row the database refuses (a CHECK constraint) is dropped; its batch is written."""
     from django.db import connection
 
-    from providers.usage import usage_recorder
+    from providers.usage.recorder import usage_recorder
 
     def constrain() -> None:
         with connection.cursor() as cursor:
@@ -151,7 +151,7 @@ def _allow_connections(allow: bool) -> None:
 
 async def outage() -> dict[str, Any]:
     """The database goes away: rows wait, at most ECHO_USAGE_QUEUE_MAX; it comes back: they are written."""
-    from providers.usage import usage_recorder
+    from providers.usage.recorder import usage_recorder
 
     usage_recorder.record(_event("key:before"))
     before = await usage_recorder.flush()  # the ORM now holds an open connection

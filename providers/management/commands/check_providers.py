@@ -1,7 +1,7 @@
 """``manage.py check_providers``: check the configured providers now, or on an interval.
 
 For cron and terminals: the same check rounds as the serving processes'
-periodic checks (``providers.health_monitor``), in a process of its own. It
+periodic checks (``providers.health.monitor``), in a process of its own. It
 loads the providers from the database, checks them (each plugin's
 ``health_check``, which never spends tokens), records a ``HealthCheck`` row
 per enabled provider and prints a line per provider.
@@ -19,10 +19,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from providers import runtime
-from providers.health_monitor import ProviderHealth, monitor, release_connections
-from providers.lifecycle import discover_all_plugins
+from providers.health.monitor import ProviderHealth, monitor, release_connections
 from providers.models import ProviderConfig
+from providers.runtime import process as runtime
+from providers.runtime.lifecycle import discover_all_plugins
 
 DEFAULT_WATCH_INTERVAL = 60.0
 EXIT_UNAVAILABLE = 1

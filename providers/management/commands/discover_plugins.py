@@ -16,8 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from providers import runtime
-from providers.registry import DiscoveryResult
+from providers.runtime import process as runtime
+from providers.runtime.registry import DiscoveryResult
 
 EXIT_FAILED = 1
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import F
 
 from providers.models import ProviderConfig
-from providers.secret_box import SecretDecryptionError, reencrypt
+from providers.secrets.box import SecretDecryptionError, reencrypt
 
 
 class Command(BaseCommand):

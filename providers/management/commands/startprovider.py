@@ -3,7 +3,7 @@
 The guide's options (``--name``, ``--display``, ``--url``, ``--model``) plus
 ``--wire`` (which built-in wire format to start from) and ``--plugins-dir``
 (where to write; the first of ECHO_PLUGIN_DIRS by default). The work is
-``providers.plugin_generator``'s; this command parses and reports.
+``providers.authoring.generator``'s; this command parses and reports.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from providers.plugin_generator import (
+from providers.authoring.generator import (
     WIRES,
     PluginExistsError,
     PluginSpecError,

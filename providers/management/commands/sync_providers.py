@@ -9,9 +9,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from echo_site.environment import ENVIRONMENTS
-from providers.config_files import ConfigFileError, config_path, load_provider_entries
-from providers.config_import import sync_provider_configs
-from providers.runtime import registry, run_in_serving_loop
+from providers.config.files import ConfigFileError, config_path, load_provider_entries
+from providers.config.yaml_import import sync_provider_configs
+from providers.runtime.process import registry, run_in_serving_loop
 
 
 class Command(BaseCommand):

@@ -21,7 +21,7 @@ from providers.errors import (
     RateLimitError,
 )
 from providers.plugins.openai_provider import OpenAIProvider
-from providers.registry import plugin_class_name
+from providers.runtime.registry import plugin_class_name
 from providers.testing.conformance import ProviderConformance
 from providers.testing.fake_openai import FakeOpenAI
 from providers.testing.fake_server import ScriptedReply

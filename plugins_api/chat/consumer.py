@@ -1,0 +1,517 @@
+"""The browser chat's websocket consumer (``/ws/chat/``); the protocol is in ``chat_protocol``.
+
+A connection belongs to a logged-in user (the session cookie, the chat page)
+or to a client key (``Authorization: Bearer``, other clients). It answers
+one question at a time: the answer streams in an asyncio task of its own,
+so that the consumer keeps reading frames meanwhile and ``cancel`` (or the
+connection closing) can cancel the task, and with it the upstream call.
+
+Limits per connection: a frame over ``ECHO_WS_MAX_FRAME_BYTES`` and frames
+over ``ECHO_WS_MESSAGES_PER_MINUTE`` get an error frame and are dropped; a
+client that goes on sending at twice the rate is closed (code 1008, or 4008
+where the server refuses 1008: daphne accepts only 1000 and 3000-4999).
+Whatever goes wrong with one frame, the client gets an ``error`` frame and
+the connection stays open.
+
+The page's provider list is pushed again whenever this process's registry
+applies, replaces or removes a provider (``registry.subscribe``): every
+worker applies each saved revision itself, so every worker's pages follow
+their own registry, with no broadcast of their own and no polling.
+
+A key client's socket closes (4401, or 4403 without the chat scope) when its
+key is revoked or deleted: at once through the key's group
+(``client_key_push``), and, should that message be lost, at its next frame,
+which verifies the key again (cached for ``client_keys.CACHE_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from plugins_api.access.client_keys import (
+    ClientIdentity,
+    averify_key,
+    bearer_token,
+    forget_cached_keys,
+)
+from plugins_api.chat import revoked_key_sockets as client_key_push
+from plugins_api.chat.conversations import (
+    ChatTurn,
+    ConversationNotFound,
+    ConversationOwner,
+    chat_turn_begin,
+    chat_turn_finish,
+)
+from plugins_api.chat.offered_providers import chat_provider_list
+from plugins_api.chat.protocol import (
+    CancelFrame,
+    ChatFrame,
+    FrameError,
+    ProvidersFrame,
+    error_frame,
+    frame_error_frame,
+    parse_frame,
+    provider_error_frame,
+)
+from plugins_api.edge.request_usage import RequestUsage
+from plugins_api.models import ClientAPIKey, ConversationMessage
+from providers.errors import ProviderError
+from providers.runtime.process import manager, registry
+from providers.runtime.registry import ProviderChange
+from providers.types import ChatRequest, StreamingChunk, Usage
+from providers.usage.storable import storable_json, storable_text
+
+logger = logging.getLogger(__name__)
+
+USAGE_ENDPOINT = "/ws/chat/"
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_POLICY_VIOLATION = 1008
+# What daphne sends instead: its websocket library refuses codes outside 1000
+# and 3000-4999 (raising before anything is sent), and 4000-4999 are ours.
+CLOSE_POLICY_VIOLATION_PRIVATE = 4008
+# The stored answer's column lengths (ConversationMessage).
+STORED_PROVIDER_CHARS = 64
+STORED_MODEL_CHARS = 200
+STORED_FINISH_REASON_CHARS = 32
+RATE_WINDOW_SECONDS = 60.0
+
+chat_turn_begin_async = database_sync_to_async(chat_turn_begin)
+chat_turn_finish_async = database_sync_to_async(chat_turn_finish)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin1")
+    return None
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 3)
+
+
+def _key_refusal(identity: ClientIdentity | None) -> tuple[int, dict[str, Any]] | None:
+    """Return None if IDENTITY may chat, else the close code and the error frame saying why."""
+    if identity is None:
+        message = "This client key is not valid (unknown or revoked); the connection is closed."
+        return CLOSE_UNAUTHENTICATED, error_frame("key_revoked", message)
+    if not identity.allows(ClientAPIKey.SCOPE_CHAT):
+        message = "This client key may not chat (its scope); the connection is closed."
+        return CLOSE_FORBIDDEN, error_frame("forbidden", message)
+    return None
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """Chat over a websocket: questions in, streamed answers out, stored as conversations."""
+
+    owner: ConversationOwner
+    answering: asyncio.Task[None] | None
+    socket_loop: asyncio.AbstractEventLoop
+
+    async def connect(self) -> None:
+        self.answering = None
+        # Whether the answer under way was asked to stop: a second "cancel" must
+        # not cancel the task again while it stores the first one's outcome.
+        self.cancel_requested = False
+        self.background: set[asyncio.Task[None]] = set()
+        self.frame_times: deque[float] = deque()
+        self.rejected_times: deque[float] = deque()
+        self.groups_joined: list[str] = []
+        self.closing = False
+        # Whether a provider-list push is queued: a burst of registry changes
+        # (a start-up, a discovery) sends the page one list, not one per change.
+        self.providers_push_queued = False
+        self.subscribed = False
+        # A key client's key, checked again before each frame (None: a session).
+        self.key_token: str | None = None
+        caller = await self._authenticate()
+        if isinstance(caller, int):
+            await self.close(code=caller)
+            return
+        self.owner, self.client_label = caller
+        await self.accept()
+        if self.channel_layer is not None and self.owner.key_id is not None:
+            group = client_key_push.key_group(self.owner.key_id)
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.append(group)
+        # The loop this connection lives on: registry changes are scheduled onto it.
+        self.socket_loop = asyncio.get_running_loop()
+        # Held weakly by the registry, and dropped in disconnect.
+        registry.subscribe(self.providers_changed)
+        self.subscribed = True
+        await self.send_frame({"type": "providers", "providers": chat_provider_list()})
+
+    async def _authenticate(self) -> tuple[ConversationOwner, str] | int:
+        """Return the connection's owner and its name for usage rows, or the close code.
+
+        A Bearer header wins over a session cookie: it is what the client chose to send.
+        """
+        header = _header(self.scope, b"authorization")
+        if header is not None:
+            token = bearer_token(header)
+            identity = await averify_key(token) if token else None
+            if token is None or identity is None:
+                return CLOSE_UNAUTHENTICATED
+            if not identity.allows(ClientAPIKey.SCOPE_CHAT):
+                return CLOSE_FORBIDDEN
+            self.key_token = token
+            # Named as request_usage.client_label names key clients.
+            return ConversationOwner(key_id=identity.key_id), f"key:{identity.name}"
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            return ConversationOwner(user_id=user.pk), user.get_username()
+        return CLOSE_UNAUTHENTICATED
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        if self.subscribed:
+            registry.unsubscribe(self.providers_changed)
+            self.subscribed = False
+        if self.channel_layer is not None:
+            for group in self.groups_joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined = []
+        tasks = [t for t in [self.answering, *self.background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        # The answer's task stores its partial text as cancelled before it ends.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Send FRAME as JSON, unless the connection is closing (the client left)."""
+        if self.closing:
+            return
+        try:
+            await self.send(text_data=json.dumps(frame, separators=(",", ":"), default=str))
+        except Exception:  # the server refuses sends once the client has gone
+            self.closing = True
+
+    async def _close(self, code: int) -> None:
+        """Close the connection with CODE; 1008 becomes 4008 on a server that refuses 1008."""
+        try:
+            await self.close(code=code)
+        except Exception:
+            if code != CLOSE_POLICY_VIOLATION:
+                raise
+            await self.close(code=CLOSE_POLICY_VIOLATION_PRIVATE)
+
+    async def _end(self, frame: dict[str, Any], code: int) -> None:
+        """Send FRAME, stop the answer under way (its partial text is kept), close with CODE."""
+        if self.closing:
+            return
+        await self.send_frame(frame)
+        self.closing = True
+        if self.answering is not None:
+            self.answering.cancel()
+        await self._close(code)
+
+    # --- frames in --------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one frame; whatever fails, answer with an error frame and keep the connection."""
+        try:
+            await self._receive(text_data)
+        except Exception as exc:
+            logger.exception("a chat websocket frame failed")
+            await self.send_frame(
+                error_frame("internal_error", f"The frame failed ({type(exc).__name__}).")
+            )
+
+    async def _receive(self, text_data: str | None) -> None:
+        if self.closing:  # closed by us (rate limit, key revoked): nothing more is served
+            return
+        retry_after = self._rate_refusal()
+        if retry_after is not None:
+            await self._refuse(retry_after)
+            return
+        if self.key_token is not None and not await self._key_still_valid():
+            return
+        if text_data is None:
+            await self.send_frame(error_frame("invalid_message", "Send JSON in text frames."))
+            return
+        limit = settings.ECHO_WS_MAX_FRAME_BYTES
+        # "surrogatepass": a lone surrogate is counted here and refused by the parser.
+        if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
+            await self.send_frame(
+                error_frame("frame_too_large", f"Frames may be at most {limit} bytes.", limit=limit)
+            )
+            return
+        try:
+            frame = parse_frame(text_data, max_message_chars=settings.ECHO_WS_MAX_MESSAGE_CHARS)
+        except FrameError as exc:
+            await self.send_frame(frame_error_frame(exc))
+            return
+        if isinstance(frame, CancelFrame):
+            if self.answering is not None and not self.cancel_requested:
+                self.cancel_requested = True
+                self.answering.cancel()
+        elif isinstance(frame, ProvidersFrame):
+            await self.send_frame({"type": "providers", "providers": chat_provider_list()})
+        elif isinstance(frame, ChatFrame):
+            await self._start_answer(frame)
+
+    def _rate_refusal(self) -> int | None:
+        """Count a frame; return None when it is within the rate limit, else the seconds to wait."""
+        now = time.monotonic()
+        for times in (self.frame_times, self.rejected_times):
+            while times and now - times[0] >= RATE_WINDOW_SECONDS:
+                times.popleft()
+        if len(self.frame_times) < settings.ECHO_WS_MESSAGES_PER_MINUTE:
+            self.frame_times.append(now)
+            return None
+        self.rejected_times.append(now)
+        return max(1, round(RATE_WINDOW_SECONDS - (now - self.frame_times[0])))
+
+    async def _refuse(self, retry_after: int) -> None:
+        """Answer a frame over the rate limit; close the connection of a client that keeps on.
+
+        Once the refused frames of the last minute reach the limit too, the
+        client is not slowing down: it is closed with 1008 (policy violation).
+        """
+        limit = settings.ECHO_WS_MESSAGES_PER_MINUTE
+        await self.send_frame(
+            error_frame(
+                "rate_limited",
+                f"At most {limit} frames a minute; slow down.",
+                retry_after=retry_after,
+            )
+        )
+        if len(self.rejected_times) >= limit and not self.closing:
+            logger.warning("closing a chat websocket that keeps exceeding the rate limit")
+            self.closing = True
+            await self._close(CLOSE_POLICY_VIOLATION)
+
+    async def _key_still_valid(self) -> bool:
+        """Verify the connection's key again (cached); close the connection and return False if not.
+
+        The backstop for a lost ``client_key.changed`` message.
+        """
+        assert self.key_token is not None
+        refused = _key_refusal(await averify_key(self.key_token))
+        if refused is None:
+            return True
+        await self._end(refused[1], refused[0])
+        return False
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # --- answers ----------------------------------------------------------
+
+    async def _start_answer(self, frame: ChatFrame) -> None:
+        if self.answering is not None and not self.answering.done():
+            await self.send_frame(
+                error_frame("busy", "An answer is still streaming; send 'cancel' first.")
+            )
+            return
+        received = time.monotonic()
+        accounting = RequestUsage(client=self.client_label, endpoint=USAGE_ENDPOINT, stream=True)
+        try:
+            route = manager.resolve(ChatRequest(messages=[], model=frame.model), frame.provider)
+        except ProviderError as exc:
+            # Nothing is stored for a question no provider can take.
+            accounting.failed(exc, provider=frame.provider or "", model=frame.model or "")
+            await self.send_frame(provider_error_frame(exc))
+            return
+        model = route.model
+        if model is None and route.provider in registry:
+            model = registry.get(route.provider).config.get("default_model")
+        # An admin's default model is not bounded like a client's: it must store all the same.
+        model = storable_text(model, STORED_MODEL_CHARS) or None
+        try:
+            turn = await chat_turn_begin_async(
+                owner=self.owner,
+                conversation_id=frame.conversation,
+                message=frame.message,
+                provider=route.provider,
+                model=model,
+            )
+        except ConversationNotFound as exc:
+            await self.send_frame(error_frame("not_found", exc.message, field="conversation"))
+            return
+        await self.send_frame(
+            {
+                "type": "start",
+                "conversation": turn.conversation.pk,
+                "title": turn.conversation.title,
+                "message_id": turn.answer.pk,
+                "provider": route.provider,
+                "model": model,
+            }
+        )
+        request = ChatRequest(messages=turn.history, model=frame.model, stream=True)
+        self.cancel_requested = False
+        self.answering = asyncio.get_running_loop().create_task(
+            self._answer(turn, request, frame.provider, received, accounting)
+        )
+        # Let the task take its first step before the next frame is read: a
+        # task cancelled before it starts would never store its answer's end.
+        await asyncio.sleep(0)
+
+    async def _answer(
+        self,
+        turn: ChatTurn,
+        request: ChatRequest,
+        provider: str | None,
+        received: float,
+        accounting: RequestUsage,
+    ) -> None:
+        """Stream the answer of TURN to the client; store it and its usage however it ends."""
+        answer = turn.answer
+        parts: list[str] = []
+        who = {"provider": answer.provider, "model": answer.model}
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        first_chunk_ms: float | None = None
+        status = ConversationMessage.STATUS_FAILED
+        error: dict[str, Any] | None = None
+        ids = {"conversation": turn.conversation.pk, "message_id": answer.pk}
+        first: StreamingChunk | None = None
+        final: StreamingChunk | None = None
+        failure: ProviderError | None = None
+        try:
+            stream = manager.chat_completion_stream(request, provider)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    if first is None:
+                        first = chunk
+                        accounting.first_chunk()
+                    who["provider"] = chunk.metadata.get("provider") or who["provider"]
+                    who["model"] = chunk.metadata.get("model") or who["model"]
+                    if chunk.content:
+                        if first_chunk_ms is None:
+                            first_chunk_ms = _ms(received)
+                        parts.append(chunk.content)
+                        await self.send_frame({"type": "chunk", "content": chunk.content})
+                    if chunk.is_final:
+                        final = chunk
+                        usage, finish_reason = chunk.usage, chunk.finish_reason or "stop"
+                        status = ConversationMessage.STATUS_COMPLETE
+                        break
+            if status != ConversationMessage.STATUS_COMPLETE:
+                error = error_frame("protocol_error", "The provider ended the stream early.", **ids)
+        except asyncio.CancelledError:
+            # Cancelled by the client (or it left): the partial answer stays, marked.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status, finish_reason = ConversationMessage.STATUS_CANCELLED, "cancelled"
+        except ProviderError as exc:
+            failure = exc
+            error = provider_error_frame(exc, **ids)
+        except Exception as exc:  # a bug must end this answer, not the connection
+            logger.exception("chat answer %s failed", answer.pk)
+            error = error_frame(
+                "internal_error", f"The answer failed ({type(exc).__name__}).", **ids
+            )
+        latency_ms = _ms(received)
+        cancelled = status == ConversationMessage.STATUS_CANCELLED
+        try:
+            if first is None and failure is not None:
+                accounting.failed(failure, provider=who["provider"], model=who["model"])
+            else:
+                accounting.stream_ended(
+                    first=first, final=final, error=failure, cancelled=cancelled
+                )
+        except Exception:  # accounting must not cost the person their answer
+            logger.exception("could not record the usage of chat answer %s", answer.pk)
+        content = "".join(parts)
+        # What the upstream chose (its text, its model's name) is made storable:
+        # PostgreSQL refuses NUL, lone surrogates and over-long names.
+        finish = chat_turn_finish_async(
+            answer_id=answer.pk,
+            content=storable_text(content, len(content)),
+            status=status,
+            provider=storable_text(who["provider"], STORED_PROVIDER_CHARS),
+            model=storable_text(who["model"], STORED_MODEL_CHARS),
+            usage=usage,
+            finish_reason=storable_text(finish_reason, STORED_FINISH_REASON_CHARS),
+            error=storable_json(error["error"]) if error else None,
+            first_chunk_ms=first_chunk_ms,
+            latency_ms=latency_ms,
+        )
+        try:
+            # Shielded: the client leaving just after "cancel" must not lose the
+            # answer's final state.
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            logger.exception("could not store chat answer %s", answer.pk)
+            error = error or error_frame(
+                "internal_error", f"The answer could not be stored ({type(exc).__name__}).", **ids
+            )
+        if error is not None:
+            await self.send_frame(error)
+            return
+        await self.send_frame(
+            {
+                "type": "done",
+                **ids,
+                "status": status,
+                "finish_reason": finish_reason,
+                "usage": usage.as_dict() if usage else None,
+                "provider": who["provider"],
+                "model": who["model"],
+                "first_chunk_ms": first_chunk_ms,
+                "latency_ms": latency_ms,
+            }
+        )
+
+    # --- registry and group events ---------------------------------------
+
+    def providers_changed(self, change: ProviderChange) -> None:
+        """Queue the page's provider list after the registry changed provider CHANGE.name.
+
+        Called by the registry, on the loop that applied the change (normally
+        this connection's): the push itself runs as a task on this
+        connection's loop, so the registry never waits on a socket.
+        """
+        if self.closing or self.providers_push_queued:
+            return
+        self.providers_push_queued = True
+        try:
+            self.socket_loop.call_soon_threadsafe(self._start_providers_push)
+        except RuntimeError:  # the connection's loop has closed: nobody to tell
+            self.providers_push_queued = False
+
+    def _start_providers_push(self) -> None:
+        self._keep(self.socket_loop.create_task(self._push_providers()))
+
+    async def client_key_changed(self, event: dict[str, Any]) -> None:
+        """Close this connection if its key (EVENT["key_id"]) was revoked or may no longer chat."""
+        if self.owner.key_id != event.get("key_id"):
+            return
+        # This worker's cached verification is out of date too (another worker changed the key).
+        forget_cached_keys()
+        identity = None
+        if not event.get("revoked"):
+            identity = ClientIdentity(
+                key_id=self.owner.key_id,
+                name=self.client_label.removeprefix("key:"),
+                scope=str(event.get("scope")),
+            )
+        refused = _key_refusal(identity)
+        if refused is not None:
+            await self._end(refused[1], refused[0])
+
+    async def _push_providers(self) -> None:
+        """Send the page the provider list as this process's registry has it now."""
+        # Cleared before the list is read: a change from here on queues another push.
+        self.providers_push_queued = False
+        try:
+            providers = chat_provider_list()
+        except Exception:  # the page keeps its list; the next change or ask sends one
+            logger.exception("could not list the providers for a chat page")
+            return
+        await self.send_frame({"type": "providers", "providers": providers})

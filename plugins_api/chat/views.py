@@ -1,0 +1,59 @@
+"""``POST /chat``: the guide's chat endpoint, JSON or streamed as SSE.
+
+An async view on the request's hot path: the key check is cached, routing
+and the provider call are in memory, nothing blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from plugins_api.access.request_auth import authenticate_chat_client
+from plugins_api.edge.chat_requests import RequestFieldError, parse_chat_call, parse_json
+from plugins_api.edge.error_responses import error_body, error_response
+from plugins_api.edge.request_usage import RequestUsage, client_label
+from plugins_api.edge.sse import chat_event_stream
+from providers.errors import ProviderError
+from providers.runtime.process import manager
+
+
+@csrf_exempt  # Bearer clients carry no CSRF token; session callers are checked in authenticate_chat_client
+@require_POST
+async def chat(request: HttpRequest) -> HttpResponse:
+    """Answer a chat request, as JSON or (``"stream": true``) as Server-Sent Events."""
+    denied = await authenticate_chat_client(request)
+    if denied is not None:
+        return denied
+    try:
+        call = parse_chat_call(parse_json(request.body))
+    except RequestFieldError as exc:
+        return JsonResponse(error_body("invalid_request", exc.message, field=exc.field), status=400)
+    usage = RequestUsage(client=await client_label(request), endpoint="/chat", stream=call.stream)
+    try:
+        if not call.stream:
+            response = await manager.chat_completion(call.request, call.provider)
+            overhead = usage.answered(response)
+            answer = JsonResponse(response.as_dict())
+            if overhead is not None:
+                answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
+            return answer
+        chunks = manager.chat_completion_stream(call.request, call.provider)
+        # Read the first chunk before answering, so that a failure before any
+        # text (after failover) gets an honest status instead of a 200 stream.
+        try:
+            first = await anext(chunks, None)
+        except BaseException:
+            await chunks.aclose()
+            raise
+        usage.first_chunk()
+    except ProviderError as exc:
+        usage.failed(exc, provider=call.provider or "", model=call.request.model or "")
+        return error_response(exc)
+    streamed = StreamingHttpResponse(
+        chat_event_stream(first, usage.track(first, chunks)), content_type="text/event-stream"
+    )
+    streamed["Cache-Control"] = "no-cache"
+    streamed["X-Accel-Buffering"] = "no"
+    return streamed

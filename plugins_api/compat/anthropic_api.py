@@ -1,0 +1,567 @@
+"""Anthropic's Messages API, served by Echo: ``POST /v1/messages`` in front of any provider.
+
+Code written against the Anthropic SDK points its ``base_url`` at Echo and
+uses an Echo client key as its API key (the SDK sends it as ``x-api-key``).
+The ``model`` routes as on ``/v1/chat/completions`` (``anthropic/claude-...``,
+``openai/gpt-4o-mini``, or a bare name for the routing default), through the
+ModelManager's retries, failover and circuit breakers.
+
+This is the reverse of ``providers.plugins.anthropic_wire``, which speaks
+the Messages API to Anthropic: here a Messages body becomes Echo's common
+request (system prompt first, ``tool_use`` blocks as tool calls,
+``tool_result`` blocks as ``tool`` messages, images as ``image_url`` parts)
+and the common answer becomes a ``message`` (content blocks, ``stop_reason``
+mapped back: stop -> end_turn, length -> max_tokens, tool_calls ->
+tool_use). The wire module's tables (stop reasons, error types, image
+types) are the single source for both directions.
+
+A stream is Anthropic's event sequence: ``message_start``, then per content
+block ``content_block_start`` (the first followed by a ``ping``),
+``content_block_delta`` (``text_delta`` or one whole ``input_json_delta``
+per tool call) and ``content_block_stop``, then ``message_delta`` with the
+``stop_reason`` and usage, and ``message_stop``. Input tokens are known
+only at the end, so ``message_start`` reports 0 and ``message_delta``
+carries both counts (the SDK takes the later values). A failure after the
+stream started is an ``error`` event, after which the stream ends.
+
+Errors have Anthropic's shape, ``{"type": "error", "error": {"type",
+"message"}}``, with Echo's honest status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from plugins_api.access.request_auth import Denial, check_chat_client
+from plugins_api.compat.openai_api import (
+    answered_by,
+    event_stream_response,
+    model_label,
+    open_stream,
+    provider_error_fields,
+    unknown_prefix_hint,
+)
+from plugins_api.edge.chat_requests import (
+    MAX_CONTENT_PARTS,
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    RequestFieldError,
+    bounded_list,
+    bounded_name,
+    optional_string,
+    parse_json,
+    parse_stop,
+    reject_upstream_settings,
+    required_string,
+)
+from plugins_api.edge.request_usage import RequestUsage, client_label
+from providers.errors import ProviderError
+from providers.plugins.anthropic_wire import ERROR_TYPE_STATUS, IMAGE_MEDIA_TYPES, STOP_REASONS
+from providers.runtime.process import manager
+from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall
+
+logger = logging.getLogger(__name__)
+
+# The common finish reasons back to Anthropic's stop reasons (the first one
+# of STOP_REASONS that maps to each wins: end_turn, max_tokens, tool_use, refusal).
+FINISH_TO_STOP_REASON: dict[str, str] = {}
+for _stop, _finish in STOP_REASONS.items():
+    FINISH_TO_STOP_REASON.setdefault(_finish, _stop)
+
+_STATUS_ERROR_TYPE = {status: kind for kind, status in ERROR_TYPE_STATUS.items()}
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def error_type_for(status: int) -> str:
+    """Return the Anthropic error type for an HTTP STATUS."""
+    if status in _STATUS_ERROR_TYPE:
+        return _STATUS_ERROR_TYPE[status]
+    if status == 503:
+        return "overloaded_error"
+    if status >= 500:
+        return "api_error"
+    return "invalid_request_error"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Return Anthropic's error body for STATUS."""
+    return {"type": "error", "error": {"type": error_type_for(status), "message": message}}
+
+
+def anthropic_error(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    """Return an error response in Anthropic's shape."""
+    response = JsonResponse(error_body(status, message), status=status)
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+def anthropic_provider_error(exc: ProviderError, *, model: str | None = None) -> JsonResponse:
+    """Render provider error EXC in Anthropic's shape, secrets stripped, honest status."""
+    status, message, _, headers = provider_error_fields(exc)
+    if status == 404:
+        message += unknown_prefix_hint(model)
+    return anthropic_error(status, message, headers)
+
+
+def anthropic_denial(denial: Denial) -> JsonResponse:
+    """Render an authentication failure in Anthropic's shape."""
+    message = denial.message
+    if denial.is_authentication:
+        message += " Anthropic SDK clients send the Echo key as x-api-key."
+    return anthropic_error(denial.status, message)
+
+
+def _field_error(exc: RequestFieldError) -> JsonResponse:
+    # Anthropic's own messages read "<field>: <problem>".
+    message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+    return anthropic_error(400, message)
+
+
+# --- requests -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MessagesCall:
+    """What a ``/v1/messages`` body asks for."""
+
+    request: ChatRequest
+    stream: bool
+
+
+def _image_part(block: dict[str, Any], at: str) -> dict[str, Any]:
+    """Return an image block as an OpenAI-style ``image_url`` part (a data URL for base64)."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise RequestFieldError(f"{at}.source", "Required: {'type': 'base64' | 'url', ...}.")
+    if source.get("type") == "url":
+        url = required_string(source, "url", f"{at}.source")
+        if not url:
+            raise RequestFieldError(f"{at}.source.url", "Must not be empty.")
+        return {"type": "image_url", "image_url": {"url": url}}
+    if source.get("type") == "base64":
+        media_type = source.get("media_type")
+        if media_type not in IMAGE_MEDIA_TYPES:
+            raise RequestFieldError(
+                f"{at}.source.media_type", f"Must be one of: {', '.join(IMAGE_MEDIA_TYPES)}."
+            )
+        if not isinstance(source.get("data"), str) or not source["data"]:
+            raise RequestFieldError(f"{at}.source.data", "Required: the base64 image data.")
+        url = f"data:{media_type};base64,{source['data']}"
+        return {"type": "image_url", "image_url": {"url": url}}
+    raise RequestFieldError(f"{at}.source.type", "Must be 'base64' or 'url'.")
+
+
+def _blocks(content: Any, at: str) -> list[dict[str, Any]]:
+    """Return CONTENT (a string or at most ``MAX_CONTENT_PARTS`` blocks) as a list of blocks."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise RequestFieldError(at, "Must be a string or a list of content blocks with a 'type'.")
+    bounded_list(content, at, MAX_CONTENT_PARTS, "content blocks")
+    for index, block in enumerate(content):
+        if not isinstance(block, dict):
+            raise RequestFieldError(f"{at}.{index}", "Must be a content block with a 'type'.")
+        if not isinstance(block.get("type"), str):
+            raise RequestFieldError(f"{at}.{index}.type", "Required: the block's type.")
+    return content
+
+
+def _text_of(blocks: list[dict[str, Any]], at: str) -> str:
+    """Return the text of a list of text blocks (a system prompt, a tool result)."""
+    texts = []
+    for index, block in enumerate(blocks):
+        if block["type"] == "text":
+            texts.append(required_string(block, "text", f"{at}.{index}"))
+        elif block["type"] == "image":
+            # A tool result's image cannot travel as tool text; it is checked, then left out.
+            _image_part(block, f"{at}.{index}")
+        else:
+            raise RequestFieldError(f"{at}.{index}.type", "Only text blocks are accepted here.")
+    return "\n\n".join(t for t in texts if t)
+
+
+def _user_turn(blocks: list[dict[str, Any]], at: str) -> list[ChatMessage]:
+    """Return a user turn as common messages: its tool results first, then what the user said."""
+    results: list[ChatMessage] = []
+    parts: list[dict[str, Any]] = []
+    for index, block in enumerate(blocks):
+        where = f"{at}.{index}"
+        kind = block["type"]
+        if kind == "text":
+            parts.append({"type": "text", "text": required_string(block, "text", where)})
+        elif kind == "image":
+            parts.append(_image_part(block, where))
+        elif kind == "tool_result":
+            tool_use_id = block.get("tool_use_id")
+            if not isinstance(tool_use_id, str) or not tool_use_id:
+                raise RequestFieldError(
+                    f"{where}.tool_use_id", "Required: the tool_use it answers."
+                )
+            is_error = block.get("is_error")
+            if is_error is not None and not isinstance(is_error, bool):
+                raise RequestFieldError(f"{where}.is_error", "Must be true or false.")
+            content = _blocks(block.get("content", ""), f"{where}.content")
+            text = _text_of(content, f"{where}.content")
+            if is_error:
+                text = f"Error: {text}"
+            results.append(ChatMessage(role="tool", content=text, tool_call_id=tool_use_id))
+        else:
+            raise RequestFieldError(
+                f"{where}.type",
+                f"Block type {kind!r} is not supported through Echo "
+                "(text, image and tool_result are).",
+            )
+    messages = results
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        content: str | list[dict[str, Any]] = (
+            "".join(p["text"] for p in parts) if only_text else parts
+        )
+        messages.append(ChatMessage(role="user", content=content))
+    return messages
+
+
+def _assistant_turn(blocks: list[dict[str, Any]], at: str) -> ChatMessage:
+    """Return an assistant turn as one common message: its text and its tool calls."""
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for index, block in enumerate(blocks):
+        where = f"{at}.{index}"
+        kind = block["type"]
+        if kind == "text":
+            texts.append(required_string(block, "text", where))
+        elif kind == "tool_use":
+            if not required_string(block, "id", where):
+                raise RequestFieldError(f"{where}.id", "Must not be empty.")
+            if not required_string(block, "name", where):
+                raise RequestFieldError(f"{where}.name", "Must not be empty.")
+            tool_input = block.get("input", {})
+            if not isinstance(tool_input, dict):
+                raise RequestFieldError(f"{where}.input", "Must be an object.")
+            calls.append(
+                ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(tool_input))
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # another model's reasoning means nothing to the next one
+        else:
+            raise RequestFieldError(
+                f"{where}.type", f"Block type {kind!r} is not supported in assistant turns."
+            )
+    return ChatMessage(role="assistant", content="".join(texts), tool_calls=calls or None)
+
+
+def parse_anthropic_messages(raw: Any, system: Any) -> list[ChatMessage]:
+    """Return a Messages API ``system`` and ``messages`` as a common conversation.
+
+    At most ``MAX_MESSAGES`` messages of ``MAX_CONTENT_PARTS`` blocks each;
+    every field of every block is checked, naming its dotted path.
+    """
+    messages: list[ChatMessage] = []
+    if system is not None:
+        text = _text_of(_blocks(system, "system"), "system")
+        if text:
+            messages.append(ChatMessage(role="system", content=text))
+    if not isinstance(raw, list) or not raw:
+        raise RequestFieldError("messages", "Must be a non-empty list of messages.")
+    bounded_list(raw, "messages", MAX_MESSAGES, "messages")
+    for index, message in enumerate(raw):
+        at = f"messages.{index}"
+        if not isinstance(message, dict):
+            raise RequestFieldError(at, "Must be an object with 'role' and 'content'.")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise RequestFieldError(
+                f"{at}.role", "Must be 'user' or 'assistant' (the system prompt is 'system')."
+            )
+        blocks = _blocks(message.get("content"), f"{at}.content")
+        if role == "user":
+            messages.extend(_user_turn(blocks, f"{at}.content"))
+        else:
+            messages.append(_assistant_turn(blocks, f"{at}.content"))
+    return messages
+
+
+def parse_anthropic_tools(raw: Any) -> list[dict[str, Any]] | None:
+    """Return Anthropic tools (``name``, ``description``, ``input_schema``) as function tools."""
+    if raw is None:
+        return None
+    bounded_list(raw, "tools", MAX_TOOLS, "tools")
+    tools = []
+    for index, tool in enumerate(raw):
+        at = f"tools.{index}"
+        if not isinstance(tool, dict):
+            raise RequestFieldError(at, "Must be a tool: {'name', 'input_schema', ...}.")
+        if not required_string(tool, "name", at):
+            raise RequestFieldError(f"{at}.name", "Must not be empty.")
+        if tool.get("type") not in (None, "custom") or not isinstance(
+            tool.get("input_schema"), dict
+        ):
+            raise RequestFieldError(
+                f"{at}.input_schema",
+                "Required: Echo passes on client tools with a JSON schema; "
+                "Anthropic's server tools are not available through it.",
+            )
+        description = optional_string(tool, "description", at)
+        function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
+        if description:
+            function["description"] = description
+        tools.append({"type": "function", "function": function})
+    return tools or None
+
+
+def parse_anthropic_tool_choice(raw: Any) -> str | dict[str, Any] | None:
+    """Return Anthropic's ``tool_choice`` as the common (OpenAI-style) one."""
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind in ("auto", "none"):
+        return kind
+    if kind == "any":
+        return "required"
+    if kind == "tool" and isinstance(raw.get("name"), str) and raw["name"]:
+        return {"type": "function", "function": {"name": raw["name"]}}
+    raise RequestFieldError(
+        "tool_choice", "Must be {'type': 'auto' | 'any' | 'none'} or {'type': 'tool', 'name'}."
+    )
+
+
+def _bounded(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise RequestFieldError(key, "Must be a number between 0 and 1.")
+    return value
+
+
+def parse_messages_call(data: dict[str, Any]) -> MessagesCall:
+    """Return the MessagesCall a ``/v1/messages`` body describes.
+
+    Read: ``model``, ``max_tokens`` (required, as by Anthropic), ``system``,
+    ``messages``, ``stop_sequences``, ``temperature``, ``top_p``, ``tools``,
+    ``tool_choice``, ``metadata.user_id``, ``stream``. Options with no
+    common equivalent (``top_k``, ``thinking``, ...) are ignored.
+    """
+    reject_upstream_settings(data)
+    model = bounded_name(data.get("model"), "model", "a model name")
+    if model is None or not model.strip():
+        raise RequestFieldError("model", "Field required.")
+    max_tokens = data.get("max_tokens")
+    if max_tokens is None:
+        raise RequestFieldError("max_tokens", "Field required.")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestFieldError("max_tokens", "Must be a whole number of at least 1.")
+    stop = parse_stop(data.get("stop_sequences"), "stop_sequences", allow_string=False)
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestFieldError("stream", "Must be true or false.")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise RequestFieldError("metadata", "Must be an object.")
+    user = optional_string(metadata or {}, "user_id", "metadata")
+    request = ChatRequest(
+        messages=parse_anthropic_messages(data.get("messages"), data.get("system")),
+        model=model.strip(),
+        temperature=_bounded(data, "temperature"),
+        max_tokens=max_tokens,
+        top_p=_bounded(data, "top_p"),
+        stop=stop,
+        stream=stream,
+        tools=parse_anthropic_tools(data.get("tools")),
+        tool_choice=parse_anthropic_tool_choice(data.get("tool_choice")),
+        user=user,
+    )
+    return MessagesCall(request=request, stream=stream)
+
+
+# --- responses ----------------------------------------------------------------
+
+
+def message_id() -> str:
+    """Return a new id for a message."""
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def stop_reason(finish_reason: str | None, metadata: dict[str, Any]) -> str:
+    """Return Anthropic's stop reason for a common FINISH_REASON.
+
+    An answer that came from Anthropic keeps its own (``stop_sequence``,
+    ``pause_turn``): the mapping to the common reasons loses them.
+    """
+    original = metadata.get("stop_reason")
+    if original in STOP_REASONS and STOP_REASONS[original] == (finish_reason or "stop"):
+        return original
+    return FINISH_TO_STOP_REASON.get(finish_reason or "stop", "end_turn")
+
+
+def tool_input(call: ToolCall) -> dict[str, Any]:
+    """Return a tool call's JSON-text arguments as the object ``tool_use.input`` must be."""
+    try:
+        value = json.loads(call.arguments or "{}")
+    except ValueError:
+        value = None
+    # A model that wrote broken JSON still made the call; the client sees what it wrote.
+    return value if isinstance(value, dict) else {"arguments": call.arguments}
+
+
+def _tool_use_block(call: ToolCall) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input(call)}
+
+
+def message_body(response: ChatResponse) -> dict[str, Any]:
+    """Return RESPONSE as a Messages API ``message``."""
+    content: list[dict[str, Any]] = []
+    if response.content:
+        content.append({"type": "text", "text": response.content})
+    content.extend(_tool_use_block(call) for call in response.tool_calls or [])
+    return {
+        "id": message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model_label(response.provider, response.model),
+        "content": content,
+        "stop_reason": stop_reason(response.finish_reason, response.metadata),
+        "stop_sequence": response.metadata.get("stop_sequence"),
+        "usage": {
+            "input_tokens": response.usage.prompt_tokens,
+            "output_tokens": response.usage.completion_tokens,
+        },
+    }
+
+
+def sse_event(event: str, data: dict[str, Any]) -> bytes:
+    """Return one event of a Messages API stream (its data repeats the type)."""
+    payload = json.dumps({"type": event, **data}, separators=(",", ":"))
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+async def message_events(
+    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk]
+) -> AsyncIterator[bytes]:
+    """Yield the Messages API events for FIRST (already read) and the rest of CHUNKS."""
+    meta = first.metadata
+    yield sse_event(
+        "message_start",
+        {
+            "message": {
+                "id": message_id(),
+                "type": "message",
+                "role": "assistant",
+                "model": model_label(meta.get("provider"), meta.get("model")),
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }
+        },
+    )
+    index = 0
+    text_open = pinged = False
+
+    def start(block: dict[str, Any]) -> list[bytes]:
+        nonlocal pinged
+        events = [sse_event("content_block_start", {"index": index, "content_block": block})]
+        if not pinged:
+            events.append(sse_event("ping", {}))
+            pinged = True
+        return events
+
+    try:
+        chunk: StreamingChunk | None = first
+        while chunk is not None:
+            if chunk.content:
+                if not text_open:
+                    for event in start({"type": "text", "text": ""}):
+                        yield event
+                    text_open = True
+                delta = {"type": "text_delta", "text": chunk.content}
+                yield sse_event("content_block_delta", {"index": index, "delta": delta})
+            for call in chunk.tool_calls or []:
+                if text_open:
+                    yield sse_event("content_block_stop", {"index": index})
+                    index, text_open = index + 1, False
+                for event in start(
+                    {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+                ):
+                    yield event
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(tool_input(call))}
+                yield sse_event("content_block_delta", {"index": index, "delta": delta})
+                yield sse_event("content_block_stop", {"index": index})
+                index += 1
+            if chunk.is_final:
+                if text_open:
+                    yield sse_event("content_block_stop", {"index": index})
+                if not pinged:
+                    yield sse_event("ping", {})
+                usage = chunk.usage
+                yield sse_event(
+                    "message_delta",
+                    {
+                        "delta": {
+                            "stop_reason": stop_reason(chunk.finish_reason, chunk.metadata),
+                            "stop_sequence": chunk.metadata.get("stop_sequence"),
+                        },
+                        "usage": {
+                            "input_tokens": usage.prompt_tokens if usage else 0,
+                            "output_tokens": usage.completion_tokens if usage else 0,
+                        },
+                    },
+                )
+                yield sse_event("message_stop", {})
+                return
+            chunk = await anext(chunks, None)
+        yield sse_event("error", error_body(502, "The provider ended the stream early."))
+    except ProviderError as exc:
+        status, message, _, _ = provider_error_fields(exc)
+        logger.warning("stream failed after it started: %s", exc.kind)
+        yield sse_event("error", error_body(status, message))
+    finally:
+        await chunks.aclose()
+
+
+# --- view ---------------------------------------------------------------------
+
+
+@csrf_exempt  # key clients carry no CSRF token; session callers are checked in check_chat_client
+@require_POST
+async def messages(request: HttpRequest) -> HttpResponse:
+    """Answer ``POST /v1/messages`` as Anthropic does, whole or as its event stream."""
+    denial = await check_chat_client(request)
+    if denial is not None:
+        return anthropic_denial(denial)
+    try:
+        call = parse_messages_call(parse_json(request.body))
+    except RequestFieldError as exc:
+        return _field_error(exc)
+    usage = RequestUsage(
+        client=await client_label(request), endpoint="/v1/messages", stream=call.stream
+    )
+    try:
+        if not call.stream:
+            answer = await manager.chat_completion(call.request)
+            overhead = usage.answered(answer)
+            response = JsonResponse(message_body(answer))
+            answered_by(response, answer.provider, answer.model, overhead)
+            return response
+        first, chunks = await open_stream(call.request)
+        usage.first_chunk()
+    except ProviderError as exc:
+        usage.failed(exc, model=call.request.model or "")
+        return anthropic_provider_error(exc, model=call.request.model)
+    streamed = event_stream_response(message_events(first, usage.track(first, chunks)))
+    answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
+    return streamed

@@ -1,0 +1,653 @@
+"""OpenAI's API, served by Echo: ``/v1/chat/completions``, ``/v1/models``, ``/v1/embeddings``.
+
+Code written against the OpenAI SDK points its ``base_url`` at Echo's
+``/v1``, uses an Echo client key as its API key, and changes nothing else.
+The ``model`` routes: ``openai/gpt-4o-mini``, ``anthropic/claude-...``,
+``ollama/llama3`` name a provider by prefix; a bare name goes to the routing
+default. Chat goes through the ModelManager, so retries, failover and
+circuit breakers work as for ``POST /chat``.
+
+Answers name who answered: ``model`` is ``provider/model`` (the form
+``GET /v1/models`` lists, so it can be sent back as is), and the headers
+``x-echo-provider`` and ``x-echo-model`` say the same.
+
+Errors have OpenAI's shape, ``{"error": {"message", "type", "param",
+"code"}}``, with Echo's honest status (401 bad key, 404 unknown model or
+provider, 429 with ``Retry-After``, 5xx when the upstreams failed).
+
+Streams are ``chat.completion.chunk`` events (``data: {...}`` lines): a
+first chunk with the assistant role, one chunk per piece of text, tool
+calls (whole, one delta each, with their ``index``), a chunk with the
+``finish_reason``, a usage chunk with ``choices: []`` when the request set
+``stream_options.include_usage`` (and the provider reported usage), then
+``data: [DONE]``. A failure after the first chunk has been sent cannot
+change the status any more: the stream then ends with one ``data:
+{"error": {...}}`` event in the same error shape, and no ``[DONE]``, which
+the OpenAI SDK raises as ``APIError``; the text already sent stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from plugins_api.access.request_auth import Denial, check_chat_client
+from plugins_api.edge.chat_requests import (
+    MAX_TOOLS,
+    RequestFieldError,
+    bounded_list,
+    bounded_name,
+    optional_string,
+    parse_json,
+    parse_messages,
+    parse_stop,
+    reject_upstream_settings,
+    required_string,
+)
+from plugins_api.edge.error_responses import provider_error_body
+from plugins_api.edge.request_usage import RequestUsage, client_label
+from providers.errors import (
+    ModelNotFoundError,
+    ProtocolError,
+    ProviderError,
+    ProviderNotFoundError,
+    ProviderTimeoutError,
+)
+from providers.runtime.manager import Route, plugin_failure
+from providers.runtime.model_lists import model_lists
+from providers.runtime.process import manager, registry
+from providers.runtime.retry_policy import routing_setting
+from providers.types import ChatRequest, ChatResponse, StreamingChunk, ToolCall
+
+logger = logging.getLogger(__name__)
+
+#: How long ``GET /v1/models`` waits for a provider's live list before it
+#: shows the models the plugin declares instead.
+MODEL_LIST_SECONDS = 5.0
+
+PROVIDER_HEADER = "x-echo-provider"
+MODEL_HEADER = "x-echo-model"
+OVERHEAD_HEADER = "x-echo-overhead-ms"
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    kind: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JsonResponse:
+    """Return an error response in OpenAI's shape; KIND defaults to the one STATUS implies."""
+    body = {
+        "error": {
+            "message": message,
+            "type": kind or _error_type(status),
+            "param": param,
+            "code": code,
+        }
+    }
+    response = JsonResponse(body, status=status)
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "requests"  # what OpenAI calls a request-rate limit
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _param(field: str | None) -> str | None:
+    # The compatible APIs name the provider through the model's prefix.
+    return "model" if field == "provider" else field
+
+
+def provider_error_fields(exc: ProviderError) -> tuple[int, str, str, dict[str, str]]:
+    """Return (status, message, code, headers) for EXC, its secrets stripped.
+
+    A 404 for a ``prefix/model`` whose prefix is no provider says so, since
+    the model string is the only place a compatible client names a provider.
+    """
+    status, body, headers = provider_error_body(exc)
+    message = body["error"]["message"]
+    if isinstance(exc, ModelNotFoundError | ProviderNotFoundError):
+        code = "model_not_found"
+    elif status == 429:
+        code = "rate_limit_exceeded"
+    else:
+        code = exc.kind
+    if exc.provider:
+        headers[PROVIDER_HEADER] = exc.provider
+    return status, message, code, headers
+
+
+def openai_provider_error(exc: ProviderError, *, model: str | None = None) -> JsonResponse:
+    """Render provider error EXC in OpenAI's shape, with Echo's honest status."""
+    status, message, code, headers = provider_error_fields(exc)
+    if status == 404:
+        message += unknown_prefix_hint(model)
+    return openai_error(status, message, param=_param(exc.field), code=code, headers=headers)
+
+
+def openai_denial(denial: Denial) -> JsonResponse:
+    """Render an authentication failure in OpenAI's shape."""
+    if denial.is_authentication:
+        return openai_error(
+            401,
+            denial.message,
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="echo"'},
+        )
+    return openai_error(denial.status, denial.message, code=denial.kind)
+
+
+def openai_field_error(exc: RequestFieldError) -> JsonResponse:
+    """Render a bad request body in OpenAI's shape, naming the field."""
+    return openai_error(400, exc.message, param=exc.field)
+
+
+def unknown_prefix_hint(model: str | None) -> str:
+    """Return a sentence for a 404 when MODEL's ``prefix/`` names no live provider, else ''."""
+    if not model or "/" not in model:
+        return ""
+    prefix = model.split("/", 1)[0]
+    if prefix in registry:
+        return ""
+    return (
+        f" No provider is named {prefix!r} either: name the model as 'provider/model' "
+        "(GET /v1/models lists them)."
+    )
+
+
+def model_label(provider: str | None, model: str | None) -> str:
+    """Return the ``provider/model`` name of an answer (as ``GET /v1/models`` lists it)."""
+    if provider and model:
+        return f"{provider}/{model}"
+    return model or provider or ""
+
+
+def answered_by(
+    response: HttpResponse,
+    provider: str | None,
+    model: str | None,
+    overhead_ms: float | None = None,
+) -> None:
+    """Say in RESPONSE's headers which provider and model answered, and what Echo added."""
+    if provider:
+        response[PROVIDER_HEADER] = provider
+    if model:
+        response[MODEL_HEADER] = model
+    if overhead_ms is not None:
+        response[OVERHEAD_HEADER] = f"{overhead_ms:.2f}"
+
+
+# --- requests -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CompletionCall:
+    """What a ``/v1/chat/completions`` body asks for."""
+
+    request: ChatRequest
+    stream: bool
+    include_usage: bool
+
+
+def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise RequestFieldError(key, f"Must be a number between {low:g} and {high:g}.")
+    return value
+
+
+def _whole(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestFieldError(key, "Must be a whole number of at least 1.")
+    return value
+
+
+def _model(data: dict[str, Any]) -> str:
+    model = bounded_name(data.get("model"), "model", "a model name")
+    if model is None or not model.strip():
+        raise RequestFieldError(
+            "model", "Required: a model, as 'provider/model' or a name the default provider knows."
+        )
+    return model.strip()
+
+
+def parse_function_tools(raw: Any, field: str = "tools") -> list[dict[str, Any]] | None:
+    """Return OpenAI function tools (at most ``MAX_TOOLS``), every field a provider reads checked."""
+    if raw is None:
+        return None
+    bounded_list(raw, field, MAX_TOOLS, "function tools")
+    for index, tool in enumerate(raw):
+        at = f"{field}.{index}"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(function, dict)
+        ):
+            raise RequestFieldError(at, "Must be {'type': 'function', 'function': {'name', ...}}.")
+        if not required_string(function, "name", f"{at}.function"):
+            raise RequestFieldError(f"{at}.function.name", "Must not be empty.")
+        optional_string(function, "description", f"{at}.function")
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            raise RequestFieldError(f"{at}.function.parameters", "Must be a JSON schema object.")
+        if function.get("strict") is not None and not isinstance(function["strict"], bool):
+            raise RequestFieldError(f"{at}.function.strict", "Must be true or false.")
+    return raw or None
+
+
+def _tool_choice(raw: Any) -> str | dict[str, Any] | None:
+    if raw is None or raw in ("none", "auto", "required"):
+        return raw
+    if (
+        isinstance(raw, dict)
+        and raw.get("type") == "function"
+        and isinstance(raw.get("function"), dict)
+        and isinstance(raw["function"].get("name"), str)
+        and raw["function"]["name"]
+    ):
+        return raw
+    raise RequestFieldError(
+        "tool_choice",
+        "Must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name'}}.",
+    )
+
+
+def _include_usage(data: dict[str, Any]) -> bool:
+    options = data.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestFieldError("stream_options", "Must be an object.")
+    include_usage = options.get("include_usage", False)
+    if include_usage is None:
+        return False
+    if not isinstance(include_usage, bool):
+        raise RequestFieldError("stream_options.include_usage", "Must be true or false.")
+    return include_usage
+
+
+#: OpenAI's newer name for system instructions; every provider knows "system".
+OPENAI_ROLE_ALIASES = {"developer": "system"}
+
+
+def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
+    """Return the CompletionCall a ``/v1/chat/completions`` body describes.
+
+    Read: ``model``, ``messages`` (content as text or parts, images
+    included; ``developer`` messages count as ``system``), ``stream``,
+    ``stream_options.include_usage``, ``temperature``, ``top_p``,
+    ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``tools``,
+    ``tool_choice``, ``user``. Sampling options Echo's providers do not share
+    (``seed``, penalties, ``logprobs``, ...) are ignored; ``n`` above 1 is
+    refused, since every provider answers once.
+    """
+    reject_upstream_settings(data)
+    model = _model(data)
+    messages = parse_messages(data.get("messages"), role_aliases=OPENAI_ROLE_ALIASES)
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestFieldError("stream", "Must be true or false.")
+    include_usage = _include_usage(data)
+    n = data.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise RequestFieldError("n", "Echo answers with one choice: n must be 1.")
+    max_completion_tokens = _whole(data, "max_completion_tokens")
+    max_tokens = _whole(data, "max_tokens")
+    request = ChatRequest(
+        messages=messages,
+        model=model,
+        temperature=_number(data, "temperature", 0, 2),
+        max_tokens=max_completion_tokens or max_tokens,
+        top_p=_number(data, "top_p", 0, 1),
+        stop=parse_stop(data.get("stop")),
+        stream=stream,
+        tools=parse_function_tools(data.get("tools")),
+        tool_choice=_tool_choice(data.get("tool_choice")),
+        user=optional_string(data, "user"),
+    )
+    return CompletionCall(request=request, stream=stream, include_usage=include_usage)
+
+
+# --- responses ----------------------------------------------------------------
+
+
+def completion_id() -> str:
+    """Return a new id for a chat completion."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _wire_tool_call(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def completion_body(response: ChatResponse) -> dict[str, Any]:
+    """Return RESPONSE as a ``chat.completion`` object."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        # OpenAI sends null, not "", for an answer that only calls tools.
+        "content": response.content if response.content or not response.tool_calls else None,
+        "refusal": None,
+    }
+    if response.tool_calls:
+        message["tool_calls"] = [_wire_tool_call(call) for call in response.tool_calls]
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": response.created,
+        "model": model_label(response.provider, response.model),
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": response.finish_reason or "stop",
+            }
+        ],
+        "usage": response.usage.as_dict(),
+    }
+
+
+def sse_data(payload: dict[str, Any] | str) -> bytes:
+    """Return one ``data:`` event of an OpenAI stream."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+async def completion_chunks(
+    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk], *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """Yield the ``chat.completion.chunk`` events for FIRST (already read) and the rest of CHUNKS."""
+    meta = first.metadata
+    frame: dict[str, Any] = {
+        "id": completion_id(),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model_label(meta.get("provider"), meta.get("model")),
+    }
+    if include_usage:
+        frame["usage"] = None  # as OpenAI does: only the last chunk carries it
+
+    def chunk_event(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse_data({**frame, "choices": [choice]})
+
+    tool_index = 0
+    try:
+        yield chunk_event({"role": "assistant", "content": ""})
+        chunk: StreamingChunk | None = first
+        while chunk is not None:
+            if chunk.content:
+                yield chunk_event({"content": chunk.content})
+            for call in chunk.tool_calls or []:
+                yield chunk_event({"tool_calls": [{"index": tool_index, **_wire_tool_call(call)}]})
+                tool_index += 1
+            if chunk.is_final:
+                yield chunk_event({}, chunk.finish_reason or "stop")
+                if include_usage and chunk.usage is not None:
+                    yield sse_data({**frame, "choices": [], "usage": chunk.usage.as_dict()})
+                yield sse_data("[DONE]")
+                return
+            chunk = await anext(chunks, None)
+        yield _error_event(502, "The provider ended the stream early.", "protocol_error")
+    except ProviderError as exc:
+        status, message, code, _ = provider_error_fields(exc)
+        logger.warning("stream failed after it started: %s", exc.kind)
+        yield _error_event(status, message, code)
+    finally:
+        await chunks.aclose()
+
+
+def _error_event(status: int, message: str, code: str) -> bytes:
+    return sse_data(
+        {"error": {"message": message, "type": _error_type(status), "param": None, "code": code}}
+    )
+
+
+def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """Return EVENTS as a ``text/event-stream`` response that proxies do not buffer."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def open_stream(
+    request: ChatRequest,
+) -> tuple[StreamingChunk, AsyncIterator[StreamingChunk]]:
+    """Start streaming REQUEST through the manager; return the first chunk and the rest.
+
+    The first chunk is read before the caller answers, so that a failure
+    before any text (after retries and failover) gets an honest status
+    instead of a 200 stream. Raise ``ProviderError``.
+    """
+    chunks = manager.chat_completion_stream(request)
+    try:
+        first = await anext(chunks, None)
+    except BaseException:
+        await chunks.aclose()
+        raise
+    if first is None:  # the manager already refuses an empty stream; kept for safety
+        await chunks.aclose()
+        raise ProtocolError("The provider ended its stream before the first chunk.")
+    return first, chunks
+
+
+# --- views --------------------------------------------------------------------
+
+
+@csrf_exempt  # key clients carry no CSRF token; session callers are checked in check_chat_client
+@require_POST
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    """Answer ``POST /v1/chat/completions`` as OpenAI does, whole or streamed."""
+    denial = await check_chat_client(request)
+    if denial is not None:
+        return openai_denial(denial)
+    try:
+        call = parse_completion_call(parse_json(request.body))
+    except RequestFieldError as exc:
+        return openai_field_error(exc)
+    usage = RequestUsage(
+        client=await client_label(request), endpoint="/v1/chat/completions", stream=call.stream
+    )
+    try:
+        if not call.stream:
+            answer = await manager.chat_completion(call.request)
+            overhead = usage.answered(answer)
+            response = JsonResponse(completion_body(answer))
+            answered_by(response, answer.provider, answer.model, overhead)
+            return response
+        first, chunks = await open_stream(call.request)
+        usage.first_chunk()
+    except ProviderError as exc:
+        usage.failed(exc, model=call.request.model or "")
+        return openai_provider_error(exc, model=call.request.model)
+    streamed = event_stream_response(
+        completion_chunks(first, usage.track(first, chunks), include_usage=call.include_usage)
+    )
+    answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
+    return streamed
+
+
+async def _provider_models(name: str) -> list[str]:
+    """Return the models of live provider NAME, kept a short while (``providers.runtime.model_lists``).
+
+    Any chat client may call these views: they never ask an upstream per
+    request, and concurrent callers share one upstream call.
+    """
+    return await model_lists.models(name, timeout=MODEL_LIST_SECONDS)
+
+
+def _model_object(provider: str, model: str) -> dict[str, Any]:
+    status = registry.status(provider)
+    return {
+        "id": f"{provider}/{model}",
+        "object": "model",
+        "created": int(status.get("loaded_at") or 0),
+        "owned_by": provider,
+    }
+
+
+@require_GET
+async def models(request: HttpRequest) -> HttpResponse:
+    """Answer ``GET /v1/models``: every live provider's models, as ``provider/model``."""
+    denial = await check_chat_client(request)
+    if denial is not None:
+        return openai_denial(denial)
+    names = registry.names()
+    lists = await asyncio.gather(*(_provider_models(name) for name in names))
+    data = [
+        _model_object(name, model)
+        for name, found in zip(names, lists, strict=True)
+        for model in found
+        if name in registry
+    ]
+    return JsonResponse({"object": "list", "data": data})
+
+
+@require_GET
+async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
+    """Answer ``GET /v1/models/{provider/model}`` (``client.models.retrieve``)."""
+    denial = await check_chat_client(request)
+    if denial is not None:
+        return openai_denial(denial)
+    provider, _, model = model_id.partition("/")
+    if provider in registry and model and model in await _provider_models(provider):
+        return JsonResponse(_model_object(provider, model))
+    return openai_error(
+        404,
+        f"The model {model_id!r} does not exist: GET /v1/models lists them as 'provider/model'.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+@dataclass(slots=True)
+class EmbeddingsCall:
+    """What a ``/v1/embeddings`` body asks for."""
+
+    model: str
+    texts: list[str]
+    base64: bool
+
+
+def parse_embeddings_call(data: dict[str, Any]) -> EmbeddingsCall:
+    """Return the EmbeddingsCall a ``/v1/embeddings`` body describes (text input only)."""
+    model = _model(data)
+    raw = data.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts:
+        raise RequestFieldError("input", "Must be a string or a non-empty list of strings.")
+    if not all(isinstance(text, str) for text in texts):
+        raise RequestFieldError(
+            "input", "Must be text: Echo does not take token arrays, send the strings."
+        )
+    encoding = data.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise RequestFieldError("encoding_format", "Must be 'float' or 'base64'.")
+    if data.get("dimensions") is not None:
+        # A vector of another length than asked would break the client's index quietly.
+        raise RequestFieldError(
+            "dimensions", "Echo's providers return their model's own dimensions; omit it."
+        )
+    return EmbeddingsCall(model=model, texts=texts, base64=encoding == "base64")
+
+
+def _encode(vector: list[float], as_base64: bool) -> list[float] | str:
+    if not as_base64:
+        return vector
+    # OpenAI's base64 format: little-endian float32s (what its SDK asks for by default).
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def _embed(route: Route, texts: list[str]) -> tuple[list[list[float]], str | None]:
+    """Return the vectors of TEXTS from ROUTE's provider, and the model that made them.
+
+    One call on the provider the model names: the manager's retries and
+    failover are for chat, and vectors of another model would not compare.
+    """
+    async with registry.lease(route.provider) as provider:
+        deadline = float(routing_setting(provider.config, "deadline_seconds"))
+        try:
+            async with asyncio.timeout(deadline):
+                vectors = await provider.embeddings(texts, route.model)
+        except ProviderError as exc:
+            exc.provider = exc.provider or route.provider
+            raise
+        except TimeoutError:
+            raise ProviderTimeoutError(
+                f"Provider {route.provider!r} did not answer within {deadline:g}s.",
+                provider=route.provider,
+            ) from None
+        except Exception as unexpected:
+            raise plugin_failure(route, unexpected) from unexpected
+        model = route.model or provider.config.get("embedding_model")
+    return vectors, model
+
+
+@csrf_exempt  # key clients carry no CSRF token; session callers are checked in check_chat_client
+@require_POST
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    """Answer ``POST /v1/embeddings`` from the provider the model names.
+
+    The usage reports zero tokens: Echo's provider interface returns the
+    vectors only.
+    """
+    denial = await check_chat_client(request)
+    if denial is not None:
+        return openai_denial(denial)
+    try:
+        call = parse_embeddings_call(parse_json(request.body))
+    except RequestFieldError as exc:
+        return openai_field_error(exc)
+    try:
+        route = manager.resolve(ChatRequest(messages=[], model=call.model))
+        vectors, model = await _embed(route, call.texts)
+    except ProviderError as exc:
+        return openai_provider_error(exc, model=call.model)
+    data = [
+        {"object": "embedding", "index": index, "embedding": _encode(vector, call.base64)}
+        for index, vector in enumerate(vectors)
+    ]
+    response = JsonResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": model_label(route.provider, model),
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+    )
+    answered_by(response, route.provider, model)
+    return response

@@ -1,0 +1,18 @@
+"""URLs of the OpenAI- and Anthropic-compatible API under ``/v1``.
+
+An OpenAI SDK takes ``base_url=<echo>/v1``; an Anthropic SDK takes
+``base_url=<echo>`` and adds ``/v1/messages`` itself.
+"""
+
+from django.urls import path
+
+from plugins_api.compat import anthropic_api as anthropic_compat
+from plugins_api.compat import openai_api as openai_compat
+
+urlpatterns = [
+    path("v1/chat/completions", openai_compat.chat_completions, name="openai-chat-completions"),
+    path("v1/models", openai_compat.models, name="openai-models"),
+    path("v1/models/<path:model_id>", openai_compat.model_detail, name="openai-model-detail"),
+    path("v1/embeddings", openai_compat.embeddings, name="openai-embeddings"),
+    path("v1/messages", anthropic_compat.messages, name="anthropic-messages"),
+]

@@ -1,0 +1,151 @@
+"""Time one API request and record its usage when it ends (``providers.usage.recorder``).
+
+Shared by every endpoint that chats (``/chat``, the compatible ``/v1``
+endpoints, the websocket), so that each records the same facts the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from providers.errors import ProviderError
+from providers.types import ChatResponse, StreamingChunk
+from providers.usage.recorder import UsageEvent, usage_recorder
+
+
+async def client_label(request: Any) -> str:
+    """Return who is calling: ``key:<name>`` for a client key, else the user's name.
+
+    Call it after authentication: the session user is then already loaded.
+    """
+    identity = getattr(request, "client", None)
+    if identity is not None:
+        return f"key:{identity.name}"
+    user = await request.auser()
+    return user.get_username() if user.is_authenticated else "anonymous"
+
+
+class RequestUsage:
+    """The clock and usage of one request."""
+
+    def __init__(self, *, client: str, endpoint: str, stream: bool) -> None:
+        self.client = client
+        self.endpoint = endpoint
+        self.stream = stream
+        self.started = time.perf_counter()
+        self.first_chunk_at: float | None = None
+
+    def _elapsed_ms(self, since: float | None = None) -> float:
+        return (time.perf_counter() - (since or self.started)) * 1000
+
+    def first_chunk(self) -> None:
+        """Note that the first chunk arrived now."""
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.perf_counter()
+
+    @staticmethod
+    def _overhead(total_ms: float, metadata: dict[str, Any]) -> float | None:
+        upstream = metadata.get("upstream_ms")
+        # Provider-supplied metadata: anything but a number is no measurement.
+        if not isinstance(upstream, int | float) or isinstance(upstream, bool):
+            return None
+        return max(0.0, total_ms - upstream)
+
+    def answered(self, response: ChatResponse) -> float | None:
+        """Record a whole answer; return the milliseconds Echo itself added."""
+        total = self._elapsed_ms()
+        overhead = self._overhead(total, response.metadata)
+        usage_recorder.record(
+            UsageEvent(
+                client=self.client,
+                endpoint=self.endpoint,
+                provider=response.provider,
+                model=response.model,
+                stream=False,
+                latency_ms=total,
+                prompt_tokens=response.usage.prompt_tokens,
+                completion_tokens=response.usage.completion_tokens,
+                overhead_ms=overhead,
+                attempts=response.metadata.get("attempts", 1),
+                fallback_path=response.metadata.get("fallback_path", []),
+                retries=response.metadata.get("retries", []),
+            )
+        )
+        return overhead
+
+    def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:
+        """Record a request that failed before any answer."""
+        usage_recorder.record(
+            UsageEvent(
+                client=self.client,
+                endpoint=self.endpoint,
+                provider=exc.provider or provider,
+                model=model,
+                stream=self.stream,
+                latency_ms=self._elapsed_ms(),
+                outcome="error",
+                error_kind=exc.kind,
+                attempts=0,
+            )
+        )
+
+    def stream_ended(
+        self,
+        *,
+        first: StreamingChunk | None,
+        final: StreamingChunk | None,
+        error: ProviderError | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        """Record a stream that ended: complete (FINAL), failed (ERROR) or CANCELLED."""
+        meta = (final or first).metadata if (final or first) is not None else {}
+        usage = final.usage if final is not None else None
+        ttft = None
+        if self.first_chunk_at is not None:
+            ttft = (self.first_chunk_at - self.started) * 1000
+        outcome = "cancelled" if cancelled else "error" if error or final is None else "ok"
+        usage_recorder.record(
+            UsageEvent(
+                client=self.client,
+                endpoint=self.endpoint,
+                provider=str(meta.get("provider") or (error.provider if error else "") or ""),
+                model=str(meta.get("model") or ""),
+                stream=True,
+                latency_ms=self._elapsed_ms(),
+                outcome=outcome,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                ttft_ms=ttft,
+                overhead_ms=self._overhead(ttft, meta) if ttft is not None and final else None,
+                error_kind=error.kind if error else "",
+                attempts=meta.get("attempts", 1),
+                fallback_path=meta.get("fallback_path", []),
+                retries=meta.get("retries", []),
+            )
+        )
+
+    async def track(
+        self, first: StreamingChunk | None, rest: AsyncIterator[StreamingChunk]
+    ) -> AsyncIterator[StreamingChunk]:
+        """Pass REST (the chunks after FIRST) through; record the stream when it ends.
+
+        It ends complete (a final chunk went by), failed (a ProviderError), or
+        cancelled (the client went away first).
+        """
+        final = first if first is not None and first.is_final else None
+        error: ProviderError | None = None
+        try:
+            async for chunk in rest:
+                if chunk.is_final:
+                    final = chunk
+                yield chunk
+        except ProviderError as exc:
+            error = exc
+            raise
+        finally:
+            self.stream_ended(
+                first=first, final=final, error=error, cancelled=final is None and error is None
+            )
+            await rest.aclose()

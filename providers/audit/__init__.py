@@ -1,0 +1,1 @@
+"""The audit trail: who changed which provider setting, when and from where, and its export."""

@@ -1,0 +1,1 @@
+"""Writing a new provider plugin: the generator behind ``manage.py startprovider`` and its templates."""

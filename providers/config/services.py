@@ -1,0 +1,579 @@
+"""Writes to provider configurations: the one path for every interface.
+
+The admin, ``/api/providers/``, ``PUT /plugins/{name}/config``, ``POST
+/plugins/{name}/reload`` with a config, the YAML import and the management
+commands all call ``provider_config_create`` or ``provider_config_update``,
+which, in this order:
+
+1. merge the change into the stored row (``merge_provider_config``, the one
+   place the merge rules live) and validate the result against the plugin's
+   schema: ``ProviderConfigError`` (400) names every bad field;
+2. when the result is enabled, build and initialize a candidate instance
+   without serving it, then shut it down: a configuration whose provider
+   cannot start is refused with ``ProviderInitializationError`` (409), its
+   message masked against the new secrets;
+3. save the row, its audit entry and ``revision + 1`` in one transaction,
+   the row locked (``select_for_update``).
+
+Nothing else: the post-save signal applies and publishes the committed
+revision (``providers.runtime.config_sync``), so a save that fails leaves every
+worker serving what it served, and writes no audit entry.
+
+Stored secrets that no key in ECHO_ENCRYPTION_KEYS decrypts are never merged
+with: a change that sends secrets replaces them all, one that sends none
+keeps the ciphertext as it is (a key added back may still open it), and a
+change that would leave the provider enabled without sending secrets is
+refused, naming ``secrets``: it could not serve.
+
+A provider the YAML import disabled only because secrets were missing
+(``missing_secrets``) is enabled, and its reason cleared, by any change that
+supplies all of them and does not itself say ``enabled: false``; a provider
+an admin disabled stays disabled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
+
+from providers.audit.history import SYSTEM, Actor, record_change, snapshot
+from providers.base import secret_fields
+from providers.errors import (
+    ProviderConfigError,
+    ProviderInitializationError,
+    ProviderNotFoundError,
+)
+from providers.models import ProviderConfig
+from providers.runtime.process import registry, run_in_serving_loop
+from providers.runtime.registry import ProviderSpec
+from providers.secrets.box import DECRYPTION_FAILED
+from providers.secrets.masking import mask_secret, redact
+from providers.upstream.policy import base_url_problem
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/.+)?$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+REQUIRED_MESSAGE = "This field is required."
+# Words the management API uses after /plugins/: a provider so named could not be reached there.
+RESERVED_NAMES = frozenset({"health", "metadata", "instances", "discover"})
+
+
+def plugin_schema(plugin: str) -> dict[str, Any]:
+    """Return the normalized config schema of PLUGIN; raise ``ProviderNotFoundError``."""
+    return registry.plugin(plugin).config_schema()
+
+
+def split_config(plugin: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat CONFIG into (settings, secrets) by PLUGIN's schema."""
+    secret_names = secret_fields(plugin_schema(plugin))
+    settings = {k: v for k, v in config.items() if k not in secret_names}
+    secrets = {k: v for k, v in config.items() if k in secret_names}
+    return settings, secrets
+
+
+# Error reports show none of these locals: they hold plaintext secrets, new ones
+# included (neither live nor stored yet, so no redaction would know them).
+@sensitive_variables("secrets", "merged")
+def provider_config_errors(
+    *,
+    plugin: str,
+    settings: dict[str, Any],
+    secrets: dict[str, Any],
+    fallbacks: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+    enabled: bool = True,
+) -> dict[str, list[str]]:
+    """Return every problem with a provider configuration, per field (empty when valid).
+
+    A disabled provider may lack required settings (its key's variable is
+    unset, say); they are required again the moment it is enabled.
+    """
+    errors: dict[str, list[str]] = {}
+    if name is not None and not NAME_PATTERN.match(name):
+        errors["name"] = [
+            "Use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit."
+        ]
+    elif name in RESERVED_NAMES:
+        errors["name"] = [f"{name!r} is reserved by the API; choose another name."]
+    if not isinstance(fallbacks, (list, tuple)) or not all(isinstance(f, str) for f in fallbacks):
+        errors["fallbacks"] = ["Must be a list of provider names ('name' or 'name/model')."]
+    else:
+        bad = [f for f in fallbacks if not FALLBACK_PATTERN.match(f)]
+        if bad:
+            errors["fallbacks"] = [f"Not a provider name or 'name/model': {', '.join(bad)}."]
+        elif name is not None and any(f.split("/", 1)[0] == name for f in fallbacks):
+            errors["fallbacks"] = ["A provider cannot fall back to itself."]
+    if not isinstance(settings, dict):
+        errors["settings"] = ["Must be an object."]
+    if not isinstance(secrets, dict):
+        errors["secrets"] = ["Must be an object."]
+    if "settings" in errors or "secrets" in errors:
+        return errors
+    try:
+        cls = registry.plugin(plugin)
+    except ProviderNotFoundError as exc:
+        errors["plugin"] = [exc.message]
+        return errors
+    schema = cls.config_schema()
+    secret_names = secret_fields(schema)
+    misplaced = sorted(k for k in settings if k in secret_names)
+    for key in misplaced:
+        errors[key] = ["This is a secret: send it in 'secrets', not 'settings'."]
+    merged = {k: v for k, v in {**settings, **secrets}.items() if v is not None}
+    for field, messages in cls.__new__(cls).get_config_errors(merged).items():
+        if not enabled and messages == [REQUIRED_MESSAGE]:
+            continue
+        errors[field] = messages
+    # Every plugin's upstream URLs obey the policy, not only HTTPProvider's
+    # (which checks base_url itself, and each connection it opens).
+    for field in url_settings(schema, merged):
+        problem = None if field in errors else base_url_problem(merged[field])
+        if problem:
+            errors[field] = [problem]
+    return errors
+
+
+def url_settings(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Return the keys of CONFIG that name an upstream URL: ``base_url``, ``*_url``, or ``format: uri``."""
+    properties = schema.get("properties") or {}
+    return [
+        key
+        for key, value in config.items()
+        if isinstance(value, str)
+        and (
+            key == "base_url"
+            or key.endswith("_url")
+            or (properties.get(key) or {}).get("format") == "uri"
+        )
+    ]
+
+
+def _raise_if(errors: dict[str, list[str]]) -> None:
+    if errors:
+        summary = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items())
+        raise ProviderConfigError(f"Invalid provider configuration: {summary}", errors=errors)
+
+
+# --- the merge rules ----------------------------------------------------------
+
+
+@sensitive_variables("secrets", "sent", "merged_secrets")
+def merge_provider_config(
+    *, settings: dict[str, Any], secrets: dict[str, Any] | None, changes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Return (settings, secrets) after CHANGES: the one place the merge rules live.
+
+    SETTINGS and SECRETS are the stored ones; SECRETS is None when no key
+    decrypts them. ``changes["settings"]`` and ``changes["secrets"]`` are
+    partial: their keys are merged into the stored ones and a None value
+    removes a key. With ``replace_settings`` the settings sent are the whole
+    settings (the others are removed); secrets are merged all the same, so a
+    client that never saw them cannot wipe them, unless ``replace_secrets``
+    (the YAML import, which holds the whole set). A secret sent back as the
+    mask of the stored one (``sk-...f3a9``) keeps the stored one. Unreadable
+    stored secrets are replaced whole when secrets are sent, and kept as
+    they are (None returned) when none are.
+    """
+    sent_settings = changes.get("settings") or {}
+    base = {} if changes.get("replace_settings") else dict(settings or {})
+    merged_settings = _apply_partial(base, sent_settings)
+
+    sent = dict(changes.get("secrets") or {})
+    if secrets is None:
+        return merged_settings, (_apply_partial({}, sent) if sent else None)
+    for key, value in sent.items():
+        # What a client read back is a mask, never the secret: sending it changes nothing.
+        if key in secrets and value is not None and value == mask_secret(secrets[key]):
+            sent[key] = secrets[key]
+    merged_secrets = _apply_partial({} if changes.get("replace_secrets") else secrets, sent)
+    return merged_settings, merged_secrets
+
+
+def _apply_partial(current: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(current)
+    for key, value in partial.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- planning a write -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfigPlan:
+    """What a provider's row will hold once a write is saved (secrets in clear).
+
+    SECRETS is None when the stored ones cannot be decrypted and the change
+    keeps them as they are. Two equal changes save the same row, so a
+    change checked once (the admin form's validation) need not be checked
+    again by the save, unless another write landed in between.
+    """
+
+    name: str
+    plugin: str
+    enabled: bool
+    is_default: bool
+    fallbacks: tuple[str, ...]
+    settings: dict[str, Any] = dataclasses.field(repr=False)
+    secrets: dict[str, Any] | None = dataclasses.field(repr=False)
+    disabled_reason: str = ""
+    missing_secrets: tuple[str, ...] = ()
+
+    def spec(self) -> ProviderSpec | None:
+        """Return the spec a worker will serve, or None when the provider will not serve."""
+        if not self.enabled or self.secrets is None:
+            return None
+        return ProviderSpec(
+            name=self.name,
+            plugin=self.plugin,
+            config={**self.settings, **self.secrets},
+            fallbacks=self.fallbacks,
+            is_default=self.is_default,
+        )
+
+
+UPDATABLE = {
+    "plugin",
+    "enabled",
+    "is_default",
+    "fallbacks",
+    "settings",
+    "secrets",
+    "disabled_reason",
+    "replace_settings",
+    "replace_secrets",
+    "missing_secrets",
+}
+
+
+def _check_shapes(changes: dict[str, Any]) -> None:
+    unknown = sorted(set(changes) - UPDATABLE)
+    if unknown:
+        _raise_if({field: ["Unknown field."] for field in unknown})
+    for key in ("settings", "secrets"):
+        if key in changes and changes[key] is not None and not isinstance(changes[key], dict):
+            _raise_if({key: ["Must be an object."]})
+    missing = changes.get("missing_secrets", [])
+    if not isinstance(missing, (list, tuple)) or not all(isinstance(m, str) for m in missing):
+        _raise_if({"missing_secrets": ["Must be a list of secret names."]})
+
+
+def _enablement(
+    row: ProviderConfig, changes: dict[str, Any], secrets: dict[str, Any] | None
+) -> tuple[bool, str, tuple[str, ...]]:
+    """Return (enabled, disabled_reason, missing_secrets) of ROW after CHANGES."""
+    if "missing_secrets" in changes:
+        missing = tuple(changes["missing_secrets"])
+    elif "enabled" in changes:
+        missing = ()  # whoever says enabled now decides, not the import's reason
+    else:
+        missing = tuple(row.missing_secrets or ())
+    if "enabled" in changes:
+        enabled = bool(changes["enabled"])
+    elif row.enabled:
+        enabled = True
+    else:
+        # Disabled only for lack of secrets: supplying the last of them enables it.
+        sent = changes.get("secrets") or {}
+        enabled = (
+            bool(missing)
+            and secrets is not None
+            and any(sent.get(key) not in (None, "") for key in missing)
+            and all(secrets.get(key) not in (None, "") for key in missing)
+        )
+    if enabled:
+        return True, "", ()
+    return False, changes.get("disabled_reason", row.disabled_reason) or "", missing
+
+
+@sensitive_variables("settings", "secrets")
+def _plan_update(row: ProviderConfig, changes: dict[str, Any]) -> ProviderConfigPlan:
+    """Return what ROW becomes after CHANGES; raise ``ProviderConfigError`` when invalid."""
+    _check_shapes(changes)
+    plugin = changes.get("plugin", row.plugin)
+    settings, secrets = merge_provider_config(
+        settings=row.settings or {}, secrets=row.readable_secrets(), changes=changes
+    )
+    enabled, reason, missing = _enablement(row, changes, secrets)
+    fallbacks = changes.get("fallbacks", row.fallbacks)
+    if secrets is None and enabled:
+        _raise_if(
+            {
+                "secrets": [
+                    f"{DECRYPTION_FAILED} Send the secrets again (they replace the stored "
+                    "ones), or disable the provider."
+                ]
+            }
+        )
+    _raise_if(
+        provider_config_errors(
+            plugin=plugin,
+            settings=settings,
+            # Unreadable secrets kept as they are belong to a disabled provider:
+            # required ones are not asked for.
+            secrets=secrets if secrets is not None else {},
+            fallbacks=fallbacks,
+            name=row.name,
+            enabled=enabled,
+        )
+    )
+    return ProviderConfigPlan(
+        name=row.name,
+        plugin=plugin,
+        enabled=enabled,
+        is_default=bool(changes.get("is_default", row.is_default)),
+        fallbacks=tuple(fallbacks or ()),
+        settings=settings,
+        secrets=secrets,
+        disabled_reason=reason,
+        missing_secrets=missing,
+    )
+
+
+@sensitive_variables("settings", "secrets")
+def _plan_create(
+    *,
+    name: str,
+    plugin: str,
+    settings: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+    enabled: bool = True,
+    is_default: bool = False,
+    fallbacks: list[str] | None = None,
+    disabled_reason: str = "",
+    missing_secrets: list[str] | tuple[str, ...] = (),
+) -> ProviderConfigPlan:
+    """Return the row a create saves; raise ``ProviderConfigError`` naming each bad field."""
+    changes = {"settings": settings or {}, "secrets": secrets or {}}
+    _check_shapes({**changes, "missing_secrets": list(missing_secrets)})
+    settings, secrets = merge_provider_config(settings={}, secrets={}, changes=changes)
+    fallbacks = list(fallbacks or [])
+    errors = provider_config_errors(
+        plugin=plugin,
+        settings=settings,
+        secrets=secrets or {},
+        fallbacks=fallbacks,
+        name=name,
+        enabled=enabled,
+    )
+    if ProviderConfig.objects.filter(name=name).exists():
+        errors.setdefault("name", []).append(f"A provider named {name!r} already exists.")
+    _raise_if(errors)
+    return ProviderConfigPlan(
+        name=name,
+        plugin=plugin,
+        enabled=bool(enabled),
+        is_default=bool(is_default),
+        fallbacks=tuple(fallbacks),
+        settings=settings,
+        secrets=secrets or {},
+        disabled_reason="" if enabled else disabled_reason,
+        missing_secrets=() if enabled else tuple(missing_secrets),
+    )
+
+
+# --- the candidate instance ---------------------------------------------------------
+
+
+@sensitive_variables("spec", "secrets")
+def check_candidate(change: ProviderConfigPlan) -> None:
+    """Build and initialize the instance CHANGE would serve, then shut it down; serve nothing.
+
+    Raise ``ProviderConfigError`` when the plugin refuses a field (400) and
+    ``ProviderInitializationError`` (409) when it fails to start, whatever
+    the plugin raised; messages are masked against CHANGE's secrets, which
+    no live instance knows yet. A disabled change starts nothing.
+    """
+    spec = change.spec()
+    if spec is None:
+        return
+    secrets = [str(v) for v in (change.secrets or {}).values() if v]
+    try:
+        run_in_serving_loop(_start_and_stop, spec)
+    except ProviderConfigError as exc:
+        exc.message = redact(exc.message, secrets)
+        exc.errors = {k: [redact(m, secrets) for m in v] for k, v in exc.errors.items()}
+        raise
+    except ProviderInitializationError as exc:
+        exc.message = redact(exc.message, secrets)
+        raise
+    except Exception as exc:  # noqa: BLE001 - plugin code, or the serving loop's timeout
+        message = redact(f"Initialization failed: {exc or type(exc).__name__}", secrets)
+        # Not chained: the original may carry the new secrets into a traceback.
+        raise ProviderInitializationError(message, provider=change.name) from None
+
+
+async def _start_and_stop(spec: ProviderSpec) -> None:
+    """Build and initialize SPEC's instance beside the live one, then shut it down."""
+    await registry.discard(await registry.build_candidate(spec))
+
+
+# --- the services -----------------------------------------------------------------
+
+
+@sensitive_variables("new")
+def provider_config_check_create(*, start: bool = True, **new: Any) -> ProviderConfigPlan:
+    """Validate a new provider and start its candidate; return what the create would save.
+
+    NEW are ``provider_config_create``'s fields (name, plugin, settings, ...).
+    Raise ``ProviderConfigError`` or ``ProviderInitializationError``; save
+    nothing. With START false, validate only.
+    """
+    change = _plan_create(**new)
+    if start:
+        check_candidate(change)
+    return change
+
+
+@sensitive_variables("secrets", "settings")
+def provider_config_create(
+    *,
+    name: str,
+    plugin: str,
+    settings: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+    enabled: bool = True,
+    is_default: bool = False,
+    fallbacks: list[str] | None = None,
+    disabled_reason: str = "",
+    missing_secrets: list[str] | tuple[str, ...] = (),
+    actor: Actor = SYSTEM,
+    checked: ProviderConfigPlan | None = None,
+) -> ProviderConfig:
+    """Create provider NAME (validated, its candidate started, then saved and audited).
+
+    Raise ``ProviderConfigError`` naming each bad field, or
+    ``ProviderInitializationError`` when it cannot start; either way nothing
+    is saved. ACTOR (who, through what) goes into the audit trail. CHECKED,
+    what ``provider_config_check_create`` returned for the same input, spares
+    starting the candidate a second time.
+    """
+    arguments = {
+        "name": name,
+        "plugin": plugin,
+        "settings": settings,
+        "secrets": secrets,
+        "enabled": enabled,
+        "is_default": is_default,
+        "fallbacks": fallbacks,
+        "disabled_reason": disabled_reason,
+        "missing_secrets": missing_secrets,
+    }
+    change = _plan_create(**arguments)
+    if change != checked:
+        check_candidate(change)
+    with transaction.atomic():
+        # Checked again now that this transaction will write: a create that
+        # raced this one is refused by name, not by the unique constraint.
+        change = _plan_create(**arguments)
+        if change.is_default:
+            _take_default_from_others(name, actor)
+        config = ProviderConfig(name=name, revision=1)
+        _write_row(config, change)
+        config.save(force_insert=True)
+        record_change(name=name, before=None, after=snapshot(config), actor=actor)
+    return config
+
+
+@sensitive_variables("changes")
+def provider_config_check_update(
+    *, config: ProviderConfig, changes: dict[str, Any], start: bool = True
+) -> ProviderConfigPlan:
+    """Validate CHANGES to CONFIG and start the candidate; return what the update would save.
+
+    Raise ``ProviderConfigError`` or ``ProviderInitializationError``; save
+    nothing. With START false, validate only.
+    """
+    change = _plan_update(_current_row(config), changes)
+    if start:
+        check_candidate(change)
+    return change
+
+
+# The audit snapshot BEFORE holds the stored secrets in clear, CHANGES the new ones.
+@sensitive_variables("changes", "before")
+def provider_config_update(
+    *,
+    config: ProviderConfig,
+    changes: dict[str, Any],
+    actor: Actor = SYSTEM,
+    checked: ProviderConfigPlan | None = None,
+) -> ProviderConfig:
+    """Apply CHANGES to CONFIG: validate, start the candidate, save, audit, raise the revision.
+
+    CHANGES holds the fields to change (``UPDATABLE``); ``settings`` and
+    ``secrets`` are partial and merged by ``merge_provider_config``. Raise
+    ``ProviderConfigError`` (400) or ``ProviderInitializationError`` (409)
+    and change nothing when the result is invalid or cannot start. CHECKED,
+    what ``provider_config_check_update`` returned for the same CHANGES,
+    spares starting the candidate a second time when the row has not moved.
+    """
+    # Planned and started outside the row lock: a plugin may take seconds to start.
+    change = _plan_update(_current_row(config), changes)
+    if change != checked:
+        check_candidate(change)
+    with transaction.atomic():
+        row = ProviderConfig.objects.select_for_update().get(pk=config.pk)
+        locked_change = _plan_update(row, changes)
+        if locked_change != change:
+            # Another write landed in between: check what will actually be saved.
+            check_candidate(locked_change)
+        before = snapshot(row)
+        if locked_change.is_default and not row.is_default:
+            _take_default_from_others(row.name, actor)
+        _write_row(row, locked_change)
+        row.revision = row.revision + 1
+        row.save()
+        record_change(name=row.name, before=before, after=snapshot(row), actor=actor)
+    return row
+
+
+def _current_row(config: ProviderConfig) -> ProviderConfig:
+    row = ProviderConfig.objects.filter(pk=config.pk).first()
+    if row is None:
+        raise ProviderNotFoundError(f"Provider {config.name!r} is not configured.")
+    return row
+
+
+def _write_row(row: ProviderConfig, change: ProviderConfigPlan) -> None:
+    row.plugin = change.plugin
+    row.enabled = change.enabled
+    row.is_default = change.is_default
+    row.fallbacks = list(change.fallbacks)
+    row.settings = change.settings
+    if change.secrets is not None:
+        row.secrets = change.secrets
+    row.disabled_reason = change.disabled_reason
+    row.missing_secrets = list(change.missing_secrets)
+
+
+def _take_default_from_others(name: str, actor: Actor) -> None:
+    """Clear the default flag of every other provider, auditing each and raising its revision."""
+    for other in (
+        ProviderConfig.objects.select_for_update().filter(is_default=True).exclude(name=name)
+    ):
+        before = snapshot(other)
+        other.is_default = False
+        other.revision = other.revision + 1
+        # A save, not an update(): its signal tells every worker about this row too.
+        other.save(update_fields=["is_default", "revision", "updated_at"])
+        record_change(name=other.name, before=before, after=snapshot(other), actor=actor)
+
+
+@transaction.atomic
+def provider_config_delete(*, config: ProviderConfig, actor: Actor = SYSTEM) -> None:
+    """Delete CONFIG; the provider leaves service once the deletion commits."""
+    before = snapshot(config)
+    name = config.name
+    config.delete()
+    record_change(name=name, before=before, after=None, actor=actor)

@@ -1,0 +1,221 @@
+"""Provider health for the API: the latest state, checks on demand, and the public summary.
+
+The periodic checks (``providers.health.monitor``) keep the latest result of
+every provider in memory; ``provider_health_latest`` serves it without
+waiting on any upstream. ``provider_health_check_all`` and
+``provider_health_check`` check now, through the same monitor, so that an
+asked-for check also updates the latest state, feeds the circuit breaker and
+is recorded. Every report carries the provider's breaker state.
+
+A configured provider that is not live (disabled, or its load failed) is
+reported unavailable with the reason. Disabled providers are reported but
+not recorded, since "down on purpose" is not an outage.
+
+The public summary for load balancers never fans out upstream per request:
+it reads the periodic checks' latest results when they are recent and about
+the instance now serving; otherwise one probe per instance, shared by every
+concurrent caller, is kept for a few seconds. Asked-for checks are
+coalesced too: concurrent refreshes share one round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from django.conf import settings
+
+from providers.errors import ProviderNotFoundError
+from providers.health.monitor import (
+    ProviderHealth,
+    guarded_secret_values,
+    health_not_serving,
+    monitor,
+)
+from providers.models import ProviderConfig
+from providers.runtime.process import manager, registry, run_in_serving_loop
+from providers.runtime.single_flight import SingleFlight
+from providers.secrets.masking import redact
+
+PUBLIC_TIMEOUT = 2.0
+PUBLIC_CACHE_SECONDS = 5.0
+
+# (name, generation, loaded_at) of a live instance -> (expires at, available).
+_public_cache: dict[tuple[str, Any, Any], tuple[float, bool]] = {}
+# Concurrent probes of one instance, and concurrent check rounds, share one call.
+_probes: SingleFlight[bool] = SingleFlight()
+_rounds: SingleFlight[dict[str, ProviderHealth]] = SingleFlight()
+
+
+def breaker_state(name: str, config: ProviderConfig | None = None) -> dict[str, Any]:
+    """Return the circuit breaker state of provider NAME in this process, secrets masked."""
+    state = manager.breaker(name).as_dict()
+    # Its reasons may quote an upstream's message, which may quote the key.
+    reasons = [key for key, value in state.items() if isinstance(value, str) and value]
+    if reasons:
+        secrets = guarded_secret_values(name, config)
+        for key in reasons:
+            state[key] = redact(state[key], secrets)
+    return state
+
+
+def health_report(health: ProviderHealth, config: ProviderConfig | None) -> dict[str, Any]:
+    """Return HEALTH as the API shows it: the check's fields and the breaker state."""
+    return {**health.as_dict(), "breaker": breaker_state(health.name, config)}
+
+
+def provider_health_latest() -> dict[str, dict[str, Any]]:
+    """Return the latest known health of every configured or live provider, checking nothing.
+
+    A disabled provider, or one with no live instance, is reported as it is
+    now, with the reason; a live provider this process has not checked yet
+    has ``available`` and ``checked_at`` None.
+    """
+    configs = {row.name: row for row in ProviderConfig.objects.all()}
+    latest = monitor.latest()
+    reports = {}
+    for name in sorted(set(configs) | set(registry.names())):
+        config = configs.get(name)
+        if config is not None and (not config.enabled or name not in registry):
+            # Known without a check: what it would find is why nothing serves.
+            health = health_not_serving(config, checked_at=None)
+        elif name in latest:
+            health = latest[name]
+        else:
+            health = ProviderHealth(name=name, available=None, checked_at=None)
+        reports[name] = health_report(health, config)
+    return reports
+
+
+async def _check(names: list[str] | None, timeout: float) -> dict[str, ProviderHealth]:
+    """Check NAMES (all when None) through the monitor; concurrent asks for the same share a round."""
+    key = tuple(sorted(names)) if names is not None else None
+    return await _rounds.run(key, lambda: monitor.check_all(timeout=timeout, names=names))
+
+
+def provider_health_check_all(*, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+    """Check every configured or live provider now, concurrently; record and return the results.
+
+    Each live provider gets TIMEOUT seconds (``ECHO_HEALTH_TIMEOUT_SECONDS``
+    when None). One ``HealthCheck`` row is written per enabled configured provider.
+    """
+    timeout = settings.ECHO_HEALTH_TIMEOUT_SECONDS if timeout is None else timeout
+    results = run_in_serving_loop(_check, None, timeout)
+    configs = {row.name: row for row in ProviderConfig.objects.filter(name__in=list(results))}
+    return {name: health_report(health, configs.get(name)) for name, health in results.items()}
+
+
+def provider_health_check(*, name: str, timeout: float | None = None) -> dict[str, Any]:
+    """Check provider NAME now, record the result when it is enabled, and return it.
+
+    Raise ``ProviderNotFoundError`` when NAME is neither configured nor live.
+    """
+    timeout = settings.ECHO_HEALTH_TIMEOUT_SECONDS if timeout is None else timeout
+    config = ProviderConfig.objects.filter(name=name).first()
+    if config is None and name not in registry:
+        raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name)
+    results = run_in_serving_loop(_check, [name], timeout)
+    health = results.get(name)
+    if health is None:  # deleted and taken out of service meanwhile
+        raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name)
+    return health_report(health, config)
+
+
+def health_summary(*, timeout: float | None = None, max_age: float | None = None) -> dict[str, Any]:
+    """Return the minimal public health: ``{"status", "providers": {name: available}}``.
+
+    STATUS is ``ok`` when every enabled provider is available, ``down`` when
+    none is (or none is configured), ``degraded`` in between. A live
+    instance's availability comes from the periodic checks when they saw
+    this instance recently; otherwise from a probe of it, shared by
+    concurrent callers and reused for MAX_AGE seconds. Nothing is recorded.
+    """
+    timeout = PUBLIC_TIMEOUT if timeout is None else timeout
+    max_age = PUBLIC_CACHE_SECONDS if max_age is None else max_age
+    enabled = set(ProviderConfig.objects.filter(enabled=True).values_list("name", flat=True))
+    names = sorted(enabled | set(registry.names()))
+    now = time.monotonic()
+    for key, (expires, _) in list(_public_cache.items()):  # a copy: probes run in threads
+        if expires <= now:
+            _public_cache.pop(key, None)
+    latest = monitor.latest()
+    trusted_for = _checks_trusted_for(max_age)
+    providers: dict[str, bool] = {}
+    unknown: dict[str, tuple[str, Any, Any]] = {}
+    for name in names:
+        if name not in registry:
+            providers[name] = False
+            continue
+        key = _instance_key(name)  # taken before any check: a swap meanwhile must not inherit it
+        checked = _recent_check(latest.get(name), key, trusted_for)
+        cached = _public_cache.get(key)
+        if checked is not None:
+            providers[name] = checked
+        elif cached is not None:
+            providers[name] = cached[1]
+        else:
+            unknown[name] = key
+    if unknown:
+        providers.update(run_in_serving_loop(_probe_all, unknown, timeout, max_age))
+    up = sum(providers.values())
+    if up and up == len(providers):
+        overall = "ok"
+    elif up:
+        overall = "degraded"
+    else:
+        overall = "down"
+    return {"status": overall, "providers": dict(sorted(providers.items()))}
+
+
+def _checks_trusted_for(max_age: float) -> float:
+    """Return how old a periodic check may be and still answer the public probe.
+
+    Two intervals and a timeout: one round late is normal, two is a stalled
+    monitor, which then falls back to probes.
+    """
+    interval = settings.ECHO_HEALTH_INTERVAL_SECONDS
+    if interval <= 0:
+        return max_age  # only asked-for checks: as fresh as the probes' own results
+    return max(max_age, 2 * interval + settings.ECHO_HEALTH_TIMEOUT_SECONDS)
+
+
+def _recent_check(
+    health: ProviderHealth | None, key: tuple[str, Any, Any], trusted_for: float
+) -> bool | None:
+    """Return what HEALTH says of the instance KEY, or None when it is too old or of another."""
+    if health is None or health.available is None or health.checked_at is None:
+        return None
+    checked_at = health.checked_at.timestamp()
+    loaded_at = key[2] or 0.0
+    if checked_at < loaded_at or time.time() - checked_at > trusted_for:
+        return None
+    return bool(health.available)
+
+
+async def _probe_all(
+    unknown: dict[str, tuple[str, Any, Any]], timeout: float, max_age: float
+) -> dict[str, bool]:
+    """Probe the live instances UNKNOWN concurrently, each once however many callers ask."""
+    names = list(unknown)
+    results = await asyncio.gather(*(_probe(n, unknown[n], timeout, max_age) for n in names))
+    return dict(zip(names, results, strict=True))
+
+
+async def _probe(name: str, key: tuple[str, Any, Any], timeout: float, max_age: float) -> bool:
+    cached = _public_cache.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]  # a shared probe ended while this caller was on its way
+
+    async def check() -> bool:
+        status = await registry.health_check(name, timeout=timeout)
+        _public_cache[key] = (time.monotonic() + max_age, status.available)
+        return status.available
+
+    return await _probes.run(key, check)
+
+
+def _instance_key(name: str) -> tuple[str, Any, Any]:
+    """Return a key that changes whenever provider NAME's live instance is replaced."""
+    status = registry.status(name)
+    return (name, status.get("generation"), status.get("loaded_at"))

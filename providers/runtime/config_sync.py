@@ -1,0 +1,322 @@
+"""Keep what this worker serves equal to the database, provider by provider, by revision.
+
+The database is the source of truth; every saved change raises the row's
+``revision``. Each worker remembers, per provider, the revision and content
+digest it last applied (``served_revision``). Three paths bring a worker in
+step, and all of them go through ``sync_provider``:
+
+- the saving worker, after its transaction commits (``after_commit``, run by
+  the ``on_commit`` hook of ``providers.config.commit_signals``), which then publishes
+  ``(name, revision)`` to the other workers;
+- every worker, on such a message (``handle_message``, called by the
+  broadcast listener); a message whose revision is not newer than the one
+  served, and not forced, is dropped without touching the database;
+- every worker, on the repair pass (``repair_all``): every few seconds and
+  after every (re)subscription of the listener, one query compares each row's
+  (revision, digest) with what is served, so lost messages, SQL updates and
+  restores to an older revision converge on their own.
+
+Why a late or duplicate message cannot apply an older configuration over a
+newer one: ``sync_provider`` reads the row *inside* a per-provider lock and
+applies what it read before releasing it. Applications of one provider are
+therefore serialised in the order of their reads, and a later read sees every
+commit that finished before it started. The last application is always of the
+freshest read, and any commit is followed by at least one read that sees it
+(its own ``after_commit``, or the repair pass). The message only says "look";
+its content is never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from providers.runtime import broadcast
+from providers.runtime import process as runtime
+
+logger = logging.getLogger(__name__)
+
+# How long the saving request waits for its own worker to apply the change.
+# Past it the change still applies in the background (in lock order) and the
+# other workers are told at once; the request is never failed for it.
+APPLY_WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What this worker last applied for one provider."""
+
+    revision: int
+    digest: str
+    # Whether the registry should hold a live instance: True when the row asked
+    # to serve and it loaded, False when it must not serve, None when the load
+    # failed (the previous instance, if any, may still be serving).
+    live: bool | None
+    error: str | None
+
+
+_served: dict[str, Served] = {}
+
+
+class _ProviderLocks:
+    """One asyncio lock per provider name, kept only while someone holds or awaits it.
+
+    An entry lives from the first waiter to the last, so the map never holds
+    more names than there are syncs in progress.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[name]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+_locks = _ProviderLocks()
+
+
+def served_revision(name: str) -> int | None:
+    """Return the revision of provider NAME this worker serves, None if it serves none."""
+    served = _served.get(name)
+    return served.revision if served is not None else None
+
+
+def forget_all() -> None:
+    """Forget what this worker serves (its registry was emptied: a shutdown, a test)."""
+    _served.clear()
+
+
+def config_digest(row: Any) -> str:
+    """Return a digest of everything in ROW (a ProviderConfig) that what is served depends on."""
+    content = {
+        "plugin": row.plugin,
+        "enabled": row.enabled,
+        "is_default": row.is_default,
+        "fallbacks": row.fallbacks,
+        "settings": row.settings,
+        "secrets_encrypted": row.secrets_encrypted,
+        "disabled_reason": row.disabled_reason,
+    }
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _in_step(name: str, served: Served | None, revision: int, digest: str) -> bool:
+    """Return whether SERVED is the row (REVISION, DIGEST) and the registry agrees."""
+    if served is None or (served.revision, served.digest) != (revision, digest):
+        return False
+    # A registry emptied or changed behind our back (a shutdown, a test, a plugin
+    # rediscovered) is out of step even when the revision matches.
+    return served.live is None or (name in runtime.registry) == served.live
+
+
+async def sync_provider(name: str, *, force: bool = False) -> str | None:
+    """Bring provider NAME in line with its row; return its load error, or None.
+
+    Under NAME's lock: read the row, and apply it when its (revision, digest)
+    differs from what is served, or always when FORCE (a new instance from
+    the same row). A row that is gone takes the provider out of service.
+    Never raises: a failure is logged and left to the repair pass.
+    """
+    from providers.models import ProviderConfig
+
+    try:
+        async with _locks.hold(name):
+            row = await ProviderConfig.objects.filter(name=name).afirst()
+            return await _apply_row(name, row, force=force)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.exception(
+            "provider %s could not be brought in line with the database; the repair pass retries",
+            name,
+        )
+        return f"Configuration not applied: {type(exc).__name__}."
+
+
+async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
+    """Apply ROW (read under NAME's lock) unless it is what is served already."""
+    served = _served.get(name)
+    if row is None:
+        _served.pop(name, None)
+        if served is not None or name in runtime.registry:
+            await runtime.apply_config_state(name, None, "")
+        return None
+    digest = config_digest(row)
+    if not force and _in_step(name, served, row.revision, digest):
+        return served.error if served is not None else None
+    spec, reason = row.serving_spec()
+    error = await runtime.apply_config_state(name, spec, reason)
+    if spec is None:
+        live: bool | None = False
+    else:
+        live = True if error is None else None
+    _served[name] = Served(row.revision, digest, live, error)
+    return error
+
+
+async def handle_message(message: Mapping[str, Any]) -> None:
+    """Act on a broadcast ``(name, revision, force)``: sync NAME unless it is not news."""
+    name = message.get("name")
+    if not isinstance(name, str) or not name:
+        return
+    revision = message.get("revision")
+    force = message.get("force") is True
+    if not force and isinstance(revision, int):
+        served = served_revision(name)
+        if served is not None and revision <= served:
+            return
+    await sync_provider(name, force=force)
+
+
+async def repair_all() -> None:
+    """Sync every provider whose row differs from what is served; drop those whose row is gone.
+
+    One query reads every row; only a provider out of step is read again,
+    under its lock, and applied. Never raises.
+    """
+    from providers.models import ProviderConfig
+
+    try:
+        rows = [row async for row in ProviderConfig.objects.all()]
+    except Exception:
+        logger.exception("repair pass: the provider configurations could not be read")
+        return
+    in_database = set()
+    for row in rows:
+        in_database.add(row.name)
+        if not _in_step(row.name, _served.get(row.name), row.revision, config_digest(row)):
+            logger.info("repair pass: provider %s differs from the database; applying", row.name)
+            await sync_provider(row.name)
+    for name in sorted(set(_served) - in_database):
+        logger.info("repair pass: provider %s is no longer configured; removing", name)
+        await sync_provider(name)
+
+
+async def repair_forever(interval: float) -> None:
+    """Run ``repair_all`` every INTERVAL seconds until cancelled."""
+    from providers.health.monitor import release_connections
+
+    while True:
+        await asyncio.sleep(interval)
+        await repair_all()
+        try:
+            # A loop with no request cycle must close broken or aged connections itself.
+            await sync_to_async(release_connections)()
+        except Exception:
+            logger.exception("repair pass: could not release its database connections")
+
+
+def _serving_here() -> bool:
+    loop = runtime.serving_loop()
+    return loop is not None and loop.is_running() and not loop.is_closed()
+
+
+def after_commit(name: str) -> None:
+    """Apply the committed change of provider NAME here, then tell every other worker.
+
+    Called once the transaction that saved or deleted the row has committed.
+    A serving worker applies it through ``sync_provider`` on its serving loop
+    before the response leaves. A process that serves nothing (a management
+    command) starts no provider for it, but keeps in step one it already
+    loaded; either way it publishes. Every failure is logged and left to
+    the repair pass: the change has committed, the request must not fail.
+    """
+    revision: int | None = None
+    try:
+        if _serving_here() or name in _served:
+            # Read here, in the thread that committed: the serving loop then needs
+            # no database thread, which this caller may be holding (asgiref runs
+            # every thread-sensitive call of a context on one thread).
+            row = _committed_row(name)
+            runtime.run_in_serving_loop(apply_committed_row, name, row, timeout=APPLY_WAIT_SECONDS)
+            revision = served_revision(name)
+        else:
+            revision = _database_revision(name)
+    except Exception:
+        logger.exception(
+            "provider %s: the committed change was not applied here; the repair pass will", name
+        )
+    try:
+        broadcast.publish_provider_changed(name, revision)
+    except Exception:
+        logger.exception("provider %s: the change could not be broadcast", name)
+
+
+def _committed_row(name: str) -> Any:
+    from providers.models import ProviderConfig
+
+    return ProviderConfig.objects.filter(name=name).first()
+
+
+async def apply_committed_row(name: str, row: Any, *, force: bool = False) -> str | None:
+    """Apply ROW, read by the committing thread outside NAME's lock, unless it is older.
+
+    A row read outside the lock may be overtaken by a newer one that the
+    listener applied meanwhile: a lower revision than the one served is
+    dropped (only the repair pass, which reads under the lock, may go back
+    to an older revision: a restore). Never raises.
+    """
+    try:
+        async with _locks.hold(name):
+            served = _served.get(name)
+            if row is not None and served is not None and row.revision < served.revision:
+                return served.error
+            return await _apply_row(name, row, force=force)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.exception("provider %s: the committed change was not applied here", name)
+        return f"Configuration not applied: {type(exc).__name__}."
+
+
+def _database_revision(name: str) -> int | None:
+    from providers.models import ProviderConfig
+
+    return ProviderConfig.objects.filter(name=name).values_list("revision", flat=True).first()
+
+
+def request_reload_everywhere(name: str) -> str | None:
+    """Rebuild provider NAME from the database here and in every worker; return the local error.
+
+    Here: a forced ``sync_provider`` (a new instance even from the same row).
+    Elsewhere: a forced message, on which each worker re-reads the database.
+    """
+    try:
+        row = _committed_row(name)
+        error = runtime.run_in_serving_loop(_force_apply, name, row, timeout=APPLY_WAIT_SECONDS)
+    except TimeoutError:
+        logger.warning("provider %s: the reload goes on in the background", name)
+        error = "The reload did not finish in time; it goes on in the background."
+    except Exception:
+        logger.exception("provider %s could not be reloaded here", name)
+        error = "The reload failed here; the repair pass retries."
+    try:
+        broadcast.publish_provider_changed(name, served_revision(name), force=True)
+    except Exception:
+        logger.exception("provider %s: the reload could not be broadcast", name)
+    return error
+
+
+async def _force_apply(name: str, row: Any) -> str | None:
+    return await apply_committed_row(name, row, force=True)

@@ -1,0 +1,585 @@
+"""ModelManager: route a chat request to a provider, retry it, and fail over along its chain.
+
+Routing picks the provider by explicit name, by a ``provider/model`` prefix
+on the model, or the default provider. The routes to try are that provider,
+its fallbacks (each may name its own model: ``anthropic/claude-3-5-haiku-latest``)
+and then the routing default, each provider once.
+
+On each route, a retryable failure (rate limit, server error, timeout, lost
+connection, broken protocol) is retried after a jittered exponential
+backoff, or after the upstream's ``Retry-After``, up to the provider's
+``max_retries``; then the request moves on to the next route. The whole
+request has one deadline (the first provider's ``deadline_seconds``), and
+each attempt may use only the share of what is left that leaves every
+untried route an equal part, so that a hanging provider cannot eat its
+fallbacks' time. A bad request is neither retried nor failed over: it would
+fail everywhere. Nor is a plugin's bug (an exception that is no
+``ProviderError``, see ``plugin_failure``): the request would trip it again,
+and it says nothing of the upstream's health. Neither counts toward the
+circuit breaker, so no client can open it for the others. An authentication
+failure is not retried either: it marks the provider misconfigured and fails
+over.
+
+Each provider has a circuit breaker: a provider whose breaker is open gets
+no traffic and its route is skipped. A stream retries and fails over only
+before its first chunk; after that the partial answer stands and the error
+reaches the caller.
+
+Answers say who answered and how: ``provider``/``model``, and in the
+metadata ``attempts`` (upstream calls made for the request), ``fallback_path``
+(the routes given up on, each with its last error and attempts) and
+``retries`` (each wait before a retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from providers.base import AbstractAIProvider, secret_fields
+from providers.errors import (
+    AuthenticationError,
+    PluginError,
+    ProtocolError,
+    ProviderError,
+    ProviderNotFoundError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
+from providers.runtime.circuit_breaker import HALF_OPEN, CircuitBreaker
+from providers.runtime.registry import ProviderRegistry
+from providers.runtime.retry_policy import RetryPolicy, routing_setting
+from providers.secrets.masking import redact
+from providers.types import ChatRequest, ChatResponse, StreamingChunk
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One provider to try, with the model to ask it for (None: its default)."""
+
+    provider: str
+    model: str | None
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}" if self.model else self.provider
+
+
+#: One upstream call: (provider, its prepared request, the route, the exit stack
+#: that holds what must outlive a successful call) -> the call's result.
+Attempt = Callable[[AbstractAIProvider, ChatRequest, Route, AsyncExitStack], Awaitable[T]]
+
+
+class AttemptTimeoutError(ProviderTimeoutError):
+    """An attempt used up its share of the request's deadline: the provider hangs.
+
+    Retrying a provider that hangs would spend the time its fallbacks need,
+    so the request fails over at once.
+    """
+
+
+def plugin_failure(route: Route, exc: Exception) -> ProviderError:
+    """Return the typed error for an exception a plugin let escape.
+
+    A timeout or a lost connection the plugin did not wrap is still an
+    upstream failure: retryable, and counted by the breaker. Anything else
+    is the plugin's bug, most likely tripped by this very request: a
+    ``PluginError``, which is neither retried, nor failed over, nor counted,
+    so that no client can open a provider's breaker for everyone else. The
+    traceback goes to the log, never to the client.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        logger.warning("provider %s timed out (%s)", route.provider, name)
+        return ProviderTimeoutError(
+            f"Provider {route.provider!r} timed out ({name}).", provider=route.provider
+        )
+    if isinstance(exc, ConnectionError | httpx.TransportError):
+        logger.warning("provider %s lost its connection (%s)", route.provider, name)
+        return ProviderUnavailableError(
+            f"Provider {route.provider!r} could not reach its upstream ({name}).",
+            provider=route.provider,
+        )
+    logger.error("provider %s raised %s", route.provider, name, exc_info=exc)
+    return PluginError(
+        f"Provider {route.provider!r} failed unexpectedly ({name}).", provider=route.provider
+    )
+
+
+def secret_values(provider: AbstractAIProvider) -> list[str]:
+    """Return PROVIDER's configured secrets, to keep them out of what status pages show.
+
+    A plugin's own error message may quote its key back (an upstream that
+    echoes it, say); the misconfigured reason is kept with them masked.
+    """
+    try:
+        names = secret_fields(provider.get_config_schema())
+    except Exception:  # the plugin's bug: every value may be a secret, so mask them all
+        names = set(provider.config)
+    values = [str(v) for k, v in provider.config.items() if k in names and v]
+    return values + [v.strip() for v in values if v.strip() and v.strip() != v]
+
+
+@dataclass(slots=True)
+class RouteCounters:
+    """What the manager did with one provider since the process started."""
+
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+    retries: int = 0
+    failovers: int = 0
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """What one request did: its deadline, upstream attempts, retries and routes given up on."""
+
+    deadline: float
+    attempts: int = 0
+    #: Time spent waiting on upstream calls (to the first chunk, for a stream).
+    upstream_seconds: float = 0.0
+    fallback_path: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)
+
+    def give_up(self, route: Route, error: str, attempts: int) -> None:
+        """Note that ROUTE was left after ATTEMPTS calls, the last failing with ERROR."""
+        self.fallback_path.append({"route": str(route), "error": error, "attempts": attempts})
+
+    def annotate(self, metadata: dict[str, Any]) -> None:
+        """Write the trace into an answer's METADATA."""
+        metadata["attempts"] = self.attempts
+        metadata["upstream_ms"] = round(self.upstream_seconds * 1000, 3)
+        if self.fallback_path:
+            metadata["fallback_path"] = self.fallback_path
+        if self.retries:
+            metadata["retries"] = self.retries
+
+
+class ModelManager:
+    """Route requests over the providers of a registry, with retries, breakers and failover.
+
+    SLEEP (``asyncio.sleep``), RNG (a ``random.Random``) and CLOCK
+    (``time.monotonic``, for deadlines and breakers) may be replaced, so
+    that tests run fast and the same way every time.
+    """
+
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._counters: dict[str, RouteCounters] = {}
+        self._instances: dict[str, weakref.ref[AbstractAIProvider]] = {}
+
+    # --- state ------------------------------------------------------------
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """Return the circuit breaker of provider NAME, set to its thresholds when it is live."""
+        try:
+            provider = self.registry.get(name)
+        except ProviderNotFoundError:
+            return self._stored_breaker(name)
+        return self._breaker_for(name, provider)
+
+    def _stored_breaker(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = self._breakers[name] = CircuitBreaker(clock=self._clock)
+        return breaker
+
+    def counters(self, name: str) -> RouteCounters:
+        """Return the request counters of provider NAME (made on first use)."""
+        counters = self._counters.get(name)
+        if counters is None:
+            counters = self._counters[name] = RouteCounters()
+        return counters
+
+    def provider_state(self, name: str) -> dict[str, Any]:
+        """Return provider NAME's routing state for status pages.
+
+        The breaker's state (``closed``/``open``/``half_open``, failures,
+        ``retry_in_seconds``, ``misconfigured`` and its reason), the
+        provider's routing settings, and the counters of what requests did.
+        """
+        try:
+            provider = self.registry.get(name)
+        except ProviderNotFoundError:
+            config: dict[str, Any] = {}
+        else:
+            self._breaker_for(name, provider)  # its current thresholds and marks
+            config = provider.config
+        state = self.breaker(name).as_dict()
+        policy = RetryPolicy.from_config(config)
+        state["max_retries"] = policy.max_retries
+        state["retry_max_wait_seconds"] = policy.max_wait
+        state["deadline_seconds"] = float(routing_setting(config, "deadline_seconds"))
+        state["counters"] = asdict(self.counters(name))
+        return state
+
+    def _breaker_for(self, name: str, provider: AbstractAIProvider) -> CircuitBreaker:
+        """Return NAME's breaker, set to PROVIDER's thresholds.
+
+        A new instance (the configuration changed) drops the misconfigured
+        mark: the new key may work. Failures stay counted, since the outage
+        they saw may well go on; the next probe tells.
+        """
+        breaker = self._stored_breaker(name)
+        seen = self._instances.get(name)
+        if seen is None or seen() is not provider:
+            if seen is not None:
+                breaker.clear_misconfigured()
+            self._instances[name] = weakref.ref(provider)
+        breaker.configure(
+            failure_threshold=int(routing_setting(provider.config, "breaker_failure_threshold")),
+            cooldown_seconds=float(routing_setting(provider.config, "breaker_cooldown_seconds")),
+        )
+        return breaker
+
+    # --- routing ----------------------------------------------------------
+
+    def resolve(self, request: ChatRequest, provider_name: str | None = None) -> Route:
+        """Return the first route for REQUEST.
+
+        Raise ``ProviderNotFoundError`` when the named provider is not live or
+        there is no default.
+        """
+        model = request.model
+        if provider_name:
+            if provider_name not in self.registry:
+                raise ProviderNotFoundError(
+                    f"No provider named {provider_name!r}.",
+                    provider=provider_name,
+                    field="provider",
+                )
+            return Route(provider_name, model)
+        if model and "/" in model:
+            prefix, rest = model.split("/", 1)
+            if prefix in self.registry:
+                return Route(prefix, rest or None)
+        default = self.registry.default_name
+        if default is None:
+            raise ProviderNotFoundError(
+                "No provider was named and no default provider is configured.", field="provider"
+            )
+        return Route(default, model)
+
+    def chain(self, first: Route) -> list[Route]:
+        """Return FIRST, its live fallbacks, then the routing default: each provider once.
+
+        The default is asked for its own default model: the request's model
+        was meant for FIRST.
+        """
+        routes = [first]
+        seen = {first.provider}
+        for entry in self.registry.spec(first.provider).fallbacks:
+            name, _, model = entry.partition("/")
+            if name in seen or name not in self.registry:
+                continue
+            seen.add(name)
+            routes.append(Route(name, model or None))
+        default = self.registry.default_name
+        if default is not None and default not in seen:
+            routes.append(Route(default, None))
+        return routes
+
+    def _deadline_seconds(self, name: str) -> float:
+        try:
+            config = self.registry.get(name).config
+        except ProviderNotFoundError:
+            config = {}
+        return float(routing_setting(config, "deadline_seconds"))
+
+    async def _run(
+        self,
+        request: ChatRequest,
+        provider_name: str | None,
+        attempt: Attempt[T],
+        keep: AsyncExitStack,
+    ) -> tuple[T, AbstractAIProvider, Route, RequestTrace]:
+        """Call ATTEMPT along REQUEST's routes until one succeeds; return its result and how.
+
+        What a successful attempt put on its exit stack (the lease, an open
+        stream) moves to KEEP. Raise the error that ended the request: a
+        bad request at once, else the last failure once every route is
+        spent or the deadline has passed.
+        """
+        first = self.resolve(request, provider_name)
+        routes = self.chain(first)
+        trace = RequestTrace(deadline=self._clock() + self._deadline_seconds(first.provider))
+        last_error: ProviderError | None = None
+        open_breakers: list[CircuitBreaker] = []
+        for index, route in enumerate(routes):
+            try:
+                live = self.registry.get(route.provider)
+            except ProviderNotFoundError:
+                # Taken out of service since the chain was built.
+                trace.give_up(route, "provider_not_found", 0)
+                continue
+            breaker = self._breaker_for(route.provider, live)
+            policy = RetryPolicy.from_config(live.config)
+            counters = self.counters(route.provider)
+            tries = retry = 0
+            while True:
+                remaining = trace.deadline - self._clock()
+                if remaining <= 0:
+                    if tries:
+                        trace.give_up(route, last_error.kind if last_error else "timeout", tries)
+                    raise last_error or ProviderTimeoutError(
+                        f"No provider answered within the request's deadline "
+                        f"({self._deadline_seconds(first.provider):g}s).",
+                        provider=first.provider,
+                    )
+                probe = breaker.state == HALF_OPEN
+                if not breaker.allow():
+                    if tries:  # this request's own failures opened it
+                        counters.failovers += 1
+                    else:
+                        counters.skipped += 1
+                    open_breakers.append(breaker)
+                    error = last_error.kind if tries and last_error else "circuit_open"
+                    trace.give_up(route, error, tries)
+                    logger.info("provider %s skipped: its circuit breaker is open", route.provider)
+                    break
+                # Each route still to try, this one included, keeps an equal share.
+                budget = remaining / (len(routes) - index)
+                settled = False
+                try:
+                    async with AsyncExitStack() as stack:
+                        try:
+                            provider = await stack.enter_async_context(
+                                self.registry.lease(route.provider)
+                            )
+                        except ProviderNotFoundError:
+                            # Taken out of service while this request waited to retry.
+                            if probe:
+                                breaker.release_probe()
+                            settled = True
+                            trace.give_up(route, "provider_not_found", tries)
+                            break
+                        tries += 1
+                        trace.attempts += 1
+                        counters.attempts += 1
+                        called = self._clock()
+                        try:
+                            result = await self._call(
+                                attempt, provider, request, route, stack, budget
+                            )
+                        finally:
+                            trace.upstream_seconds += self._clock() - called
+                        await keep.enter_async_context(stack.pop_all())
+                    breaker.record_success()
+                    counters.successes += 1
+                    settled = True
+                    return result, provider, route, trace
+                except ProviderError as exc:
+                    settled = True
+                    exc.provider = exc.provider or route.provider
+                    last_error = exc
+                    self._note_failure(exc, live, breaker, probe=probe)  # re-raises a bad request
+                    counters.failures += 1
+                    wait = None
+                    if not isinstance(exc, AuthenticationError | AttemptTimeoutError):
+                        remaining = trace.deadline - self._clock()
+                        wait = policy.wait_before_retry(retry, exc, remaining, self._rng)
+                    if wait is None:
+                        counters.failovers += 1
+                        trace.give_up(route, exc.kind, tries)
+                        logger.warning(
+                            "provider %s failed (%s) after %d attempt(s); failing over",
+                            route.provider,
+                            exc.kind,
+                            tries,
+                        )
+                        break
+                    retry += 1
+                    counters.retries += 1
+                    trace.retries.append(
+                        {"route": str(route), "error": exc.kind, "wait_seconds": round(wait, 3)}
+                    )
+                    logger.info(
+                        "provider %s failed (%s); retry %d in %.3fs",
+                        route.provider,
+                        exc.kind,
+                        retry,
+                        wait,
+                    )
+                    await self._sleep(wait)
+                finally:
+                    # Cancelled (the client left) or a plugin's BaseException: the
+                    # probe proved nothing, and another caller may take it.
+                    if not settled and probe:
+                        breaker.release_probe()
+        if last_error is not None:
+            raise last_error
+        if not open_breakers:
+            raise ProviderUnavailableError(
+                f"No provider of {first.provider!r}'s chain is in service.",
+                provider=first.provider,
+            )
+        retry_in = min(b.retry_in() for b in open_breakers)
+        raise ProviderUnavailableError(
+            f"Provider {first.provider!r} and its fallbacks are paused after repeated "
+            f"failures (circuit breaker open); try again in {retry_in:.0f}s.",
+            provider=first.provider,
+            retry_after=retry_in,
+        )
+
+    def _note_failure(
+        self,
+        exc: ProviderError,
+        provider: AbstractAIProvider,
+        breaker: CircuitBreaker,
+        *,
+        probe: bool,
+    ) -> None:
+        """Feed failure EXC of PROVIDER to its BREAKER; re-raise EXC when it is the caller's fault.
+
+        An authentication failure also marks the provider misconfigured (its
+        message kept with the secrets masked). A bad request or a plugin's
+        bug says nothing of the upstream's health: it is not counted, and a
+        PROBE it took is given back.
+        """
+        if isinstance(exc, AuthenticationError):
+            breaker.record_failure(exc.kind)
+            breaker.mark_misconfigured(redact(exc.message, secret_values(provider)))
+        elif exc.retryable:
+            breaker.record_failure(exc.kind)
+        else:
+            if probe:
+                breaker.release_probe()
+            raise exc
+
+    async def _call(
+        self,
+        attempt: Attempt[T],
+        provider: AbstractAIProvider,
+        request: ChatRequest,
+        route: Route,
+        stack: AsyncExitStack,
+        budget: float,
+    ) -> T:
+        """Make one ATTEMPT on PROVIDER within BUDGET seconds; raise only ``ProviderError``."""
+        timer = asyncio.timeout(budget)
+        try:
+            async with timer:
+                prepared = provider.prepare_request(request.with_model(route.model))
+                return await attempt(provider, prepared, route, stack)
+        except ProviderError:
+            raise
+        except TimeoutError as exc:
+            if timer.expired():
+                raise AttemptTimeoutError(
+                    f"Provider {route.provider!r} did not answer within {budget:.3g}s, "
+                    "its share of the request's deadline.",
+                    provider=route.provider,
+                ) from None
+            raise plugin_failure(route, exc) from exc
+        except Exception as unexpected:
+            raise plugin_failure(route, unexpected) from unexpected
+
+    # --- chat -------------------------------------------------------------
+
+    async def chat_completion(
+        self, request: ChatRequest, provider_name: str | None = None
+    ) -> ChatResponse:
+        """Answer REQUEST, retrying and failing over as the module docstring says.
+
+        The response's ``provider`` and ``model`` say who answered; its
+        metadata holds ``attempts`` and, when there were any,
+        ``fallback_path`` and ``retries``.
+        """
+
+        async def complete(
+            provider: AbstractAIProvider, prepared: ChatRequest, route: Route, _: AsyncExitStack
+        ) -> ChatResponse:
+            return await provider.chat_completion(prepared)
+
+        async with AsyncExitStack() as keep:
+            response, _, route, trace = await self._run(request, provider_name, complete, keep)
+        response.provider = route.provider
+        trace.annotate(response.metadata)
+        return response
+
+    async def chat_completion_stream(
+        self, request: ChatRequest, provider_name: str | None = None
+    ) -> AsyncIterator[StreamingChunk]:
+        """Stream the answer to REQUEST.
+
+        Every chunk's metadata names the ``provider`` and ``model``
+        answering; the final chunk's also holds the request's trace (as in
+        ``chat_completion``). Failures before the first chunk are retried and
+        failed over; one after it is raised to the caller, who keeps the
+        partial text, and no other provider is called.
+        """
+
+        async def open_stream(
+            provider: AbstractAIProvider,
+            prepared: ChatRequest,
+            route: Route,
+            stack: AsyncExitStack,
+        ) -> tuple[AsyncIterator[StreamingChunk], StreamingChunk]:
+            stream = provider.chat_completion_stream(prepared)
+            stack.push_async_callback(stream.aclose)
+            first = await anext(stream, None)
+            if first is None:
+                raise ProtocolError(
+                    f"Provider {route.provider!r} ended its stream before the first chunk.",
+                    provider=route.provider,
+                )
+            return stream, first
+
+        async with AsyncExitStack() as keep:
+            (stream, first), provider, route, trace = await self._run(
+                request, provider_name, open_stream, keep
+            )
+            model = route.model or provider.config.get("default_model")
+            chunk: StreamingChunk | None = first
+            try:
+                while chunk is not None:
+                    chunk.metadata["provider"] = route.provider
+                    chunk.metadata["model"] = chunk.model or model
+                    if chunk.is_final:
+                        trace.annotate(chunk.metadata)
+                    yield chunk
+                    chunk = await anext(stream, None)
+            except ProviderError as exc:
+                exc.provider = exc.provider or route.provider
+                self._stream_broke(route, exc)
+                raise
+            except Exception as unexpected:
+                error = plugin_failure(route, unexpected)
+                self._stream_broke(route, error)
+                raise error from unexpected
+
+    def _stream_broke(self, route: Route, exc: ProviderError) -> None:
+        """Count a failure after the first chunk: there is no failover either way.
+
+        Only the upstream's failures count toward the breaker; a bad request
+        or a plugin's bug (``PluginError``) is logged and left uncounted.
+        """
+        if exc.retryable or isinstance(exc, AuthenticationError):
+            self.breaker(route.provider).record_failure(exc.kind)
+            self.counters(route.provider).failures += 1
+        logger.warning("provider %s failed mid-stream (%s)", route.provider, exc.kind)

@@ -1,0 +1,127 @@
+"""Keep the live providers' secrets out of every log record, whoever logs it and wherever it goes.
+
+A handler filter would guard only the handlers Echo configures: the ASGI
+server's own loggers (uvicorn's and daphne's tracebacks) and any handler a
+deployment adds would still see the raw record. So the redaction happens
+where every record is made: ``install_log_redaction`` wraps the log record
+factory, and each record's message, arguments, traceback, stack and extra
+string attributes are passed through ``providers.secrets.masking.redact`` with the
+secrets of the providers live in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from providers.base import AbstractAIProvider, secret_fields
+from providers.secrets.masking import redact
+
+# The attributes every LogRecord has; the others were added by ``extra=``.
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+}
+# provider -> (the config dict its secrets were read from, those secrets).
+_secrets_of: weakref.WeakKeyDictionary[AbstractAIProvider, tuple[int, tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def provider_secrets(provider: AbstractAIProvider) -> tuple[str, ...]:
+    """Return the secret values PROVIDER is configured with (cached until its config changes)."""
+    config = provider.config
+    cached = _secrets_of.get(provider)
+    if cached is not None and cached[0] == id(config):
+        return cached[1]
+    names = secret_fields(provider.get_config_schema())
+    values = tuple(str(v) for k, v in config.items() if k in names and v not in (None, ""))
+    _secrets_of[provider] = (id(config), values)
+    return values
+
+
+def live_secret_values() -> list[str]:
+    """Return the secrets of every provider live in this process's registry."""
+    from providers.runtime.process import registry  # the registry imports this app's models
+
+    values: list[str] = []
+    try:
+        names = registry.names()
+    except RuntimeError:  # the registry changed while being read (another thread's swap)
+        return values
+    for name in names:
+        try:
+            values.extend(provider_secrets(registry.get(name)))
+        except Exception:  # gone since, or a plugin whose schema fails: nothing to hide
+            continue
+    return values
+
+
+def redact_record(record: logging.LogRecord, secrets: list[str]) -> logging.LogRecord:
+    """Strip SECRETS from RECORD in place; return it.
+
+    The message is formatted and its arguments dropped only when it held a
+    secret; a traceback that held one is kept as redacted text
+    (``exc_text``, which formatters print) and the exception object dropped.
+    """
+    if not secrets:
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: logging reports it; keep the parts safe
+        message = None
+        record.msg = redact(str(record.msg), secrets)
+        record.args = tuple(redact(repr(a), secrets) for a in record.args or ())
+    if message is not None:
+        clean = redact(message, secrets)
+        if clean != message:
+            record.msg, record.args = clean, ()
+    if record.exc_info and record.exc_info[1] is not None:
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        clean = redact(text, secrets)
+        if clean != text:
+            record.exc_text, record.exc_info = clean, None
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text, secrets)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info, secrets)
+    for key, value in list(vars(record).items()):
+        if key not in _STANDARD_ATTRIBUTES and isinstance(value, str):
+            setattr(record, key, redact(value, secrets))
+    return record
+
+
+def install_log_redaction(secrets: Callable[[], list[str]] = live_secret_values) -> None:
+    """Make every log record of this process pass through ``redact_record`` (once)."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "echo_redacting", False):
+        return
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        try:
+            values = secrets()
+        except Exception:  # never lose a log line to the redaction itself
+            return record
+        return redact_record(record, values)
+
+    redacting_factory.echo_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_factory)
+
+
+class SecretRedactingFilter(logging.Filter):
+    """A handler filter doing ``redact_record``, for the ``extra=`` attributes the factory cannot see.
+
+    The record factory runs before ``extra`` is set on a record; Echo's own
+    handlers also get this filter so that those attributes are covered.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            redact_record(record, live_secret_values())
+        except Exception:  # never lose a log line to the redaction itself
+            pass
+        return True

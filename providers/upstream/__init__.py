@@ -1,0 +1,1 @@
+"""Reaching upstream APIs: which URLs and addresses a provider may use, checked on every connection."""

@@ -1,0 +1,104 @@
+"""Echo's Prometheus metrics, in one registry of their own.
+
+Counters and histograms move as requests finish (``providers.usage.recorder``);
+breaker states are read from the live ModelManager when scraped. Every label
+value comes from a bounded set (``providers.usage.metric_labels``): a label made
+from what a client sent would grow these metrics, and the process, for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter(
+    "echo_requests",
+    "Requests answered, by endpoint, provider, model and outcome.",
+    ["endpoint", "provider", "model", "outcome"],
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "echo_errors",
+    "Failed requests by error kind and provider.",
+    ["kind", "provider"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "echo_request_latency_seconds",
+    "Whole request latency.",
+    ["provider", "model"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TTFT = Histogram(
+    "echo_time_to_first_token_seconds",
+    "Time to the first streamed chunk.",
+    ["provider", "model"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "echo_tokens",
+    "Tokens by provider, model and direction (prompt or completion).",
+    ["provider", "model", "direction"],
+    registry=REGISTRY,
+)
+COST = Counter(
+    "echo_cost_usd",
+    "Cost in US dollars from the model's known prices.",
+    ["provider", "model"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "echo_upstream_retries",
+    "Retries of upstream calls, by provider.",
+    ["provider"],
+    registry=REGISTRY,
+)
+FAILOVERS = Counter(
+    "echo_failovers",
+    "Requests that left a provider for the next route.",
+    ["provider"],
+    registry=REGISTRY,
+)
+
+USAGE_ROWS_DROPPED = Counter(
+    "echo_usage_rows_dropped",
+    "Usage rows never written: queue_full (the database was away too long),"
+    " refused (the database refused the row), shutdown (unwritten at exit).",
+    ["reason"],
+    registry=REGISTRY,
+)
+USAGE_QUEUE_ROWS = Gauge(
+    "echo_usage_queue_rows",
+    "Usage rows waiting to be written to the database.",
+    registry=REGISTRY,
+)
+
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class BreakerStateCollector(Collector):
+    """Report each live provider's circuit breaker: 0 closed, 1 half-open, 2 open."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from providers.runtime.process import manager
+
+        family = GaugeMetricFamily(
+            "echo_breaker_state",
+            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+            labels=["provider"],
+        )
+        for name in manager.registry.names():
+            family.add_metric([name], BREAKER_VALUES.get(manager.breaker(name).state, 0))
+        yield family
+
+
+REGISTRY.register(BreakerStateCollector())

@@ -1,0 +1,359 @@
+"""Record what each request used: tokens, cost, timing, outcome; off the request's path.
+
+``usage_recorder.record(event)`` costs the request only a few metric updates
+and a queue append; rows reach the database in batches, written by a
+background task on the serving loop (``flush`` writes them at once).
+
+No client can stop the accounting of the others: every field is made
+storable (cut to its column, no NUL, no lone surrogate) before it is queued;
+a batch the database refuses is written row by row, and a row it refuses is
+dropped and counted. While the database is away rows wait, but at most
+``ECHO_USAGE_QUEUE_MAX`` of them: beyond that the oldest are dropped and
+counted in ``echo_usage_rows_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from providers.usage import metrics
+from providers.usage.metric_labels import metric_labels
+from providers.usage.storable import storable_float, storable_int, storable_json, storable_text
+
+if TYPE_CHECKING:
+    from providers.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+FLUSH_AT = 200
+# The columns' limits: PositiveIntegerField and PositiveSmallIntegerField on PostgreSQL.
+MAX_TOKENS = 2**31 - 1
+MAX_ATTEMPTS = 2**15 - 1
+# DecimalField(max_digits=14, decimal_places=8) holds less than a million.
+MAX_COST = Decimal("999999.99999999")
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One finished request, as the endpoint that served it saw it."""
+
+    client: str
+    endpoint: str
+    provider: str
+    model: str
+    stream: bool
+    latency_ms: float
+    outcome: str = "ok"  # ok, error, cancelled
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    overhead_ms: float | None = None
+    error_kind: str = ""
+    attempts: int = 1
+    fallback_path: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def cost_of(
+    provider: str, model: str, prompt_tokens: int, completion_tokens: int
+) -> Decimal | None:
+    """Return the cost in USD from the model's known prices, or None when unknown."""
+    from providers.runtime.process import registry
+
+    if not isinstance(provider, str) or provider not in registry or not model:
+        return None
+    try:
+        # Plugin code, called after the request: a failure here only means "no price".
+        info = registry.get(provider).get_model_info(model) or {}
+        prices = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        if prices[0] is None or prices[1] is None:
+            return None
+        cost = Decimal(str(prices[0])) * prompt_tokens + Decimal(str(prices[1])) * completion_tokens
+    except Exception:  # InvalidOperation included: a price that is not a number
+        logger.debug("no price for a model of provider %s", provider, exc_info=True)
+        return None
+    return cost if cost.is_finite() and abs(cost) <= MAX_COST else None
+
+
+@cache
+def _column_lengths() -> dict[str, int]:
+    from providers.models import UsageRecord
+
+    return {
+        f.name: f.max_length
+        for f in UsageRecord._meta.get_fields()
+        if getattr(f, "max_length", None) is not None
+    }
+
+
+def usage_row(event: UsageEvent, cost: Decimal | None) -> UsageRecord:
+    """Return the row that records EVENT, every field storable in its column."""
+    from providers.models import UsageRecord
+
+    size = _column_lengths()
+    return UsageRecord(
+        client=storable_text(event.client, size["client"]),
+        endpoint=storable_text(event.endpoint, size["endpoint"]),
+        provider=storable_text(event.provider, size["provider"]),
+        model=storable_text(event.model, size["model"]),
+        stream=bool(event.stream),
+        prompt_tokens=storable_int(event.prompt_tokens, low=0, high=MAX_TOKENS),
+        completion_tokens=storable_int(event.completion_tokens, low=0, high=MAX_TOKENS),
+        cost_usd=cost,
+        latency_ms=storable_float(event.latency_ms) or 0.0,
+        ttft_ms=storable_float(event.ttft_ms),
+        overhead_ms=storable_float(event.overhead_ms),
+        outcome=storable_text(event.outcome, size["outcome"]),
+        error_kind=storable_text(event.error_kind, size["error_kind"]),
+        attempts=storable_int(event.attempts, low=0, high=MAX_ATTEMPTS),
+        fallback_path=storable_json(list(event.fallback_path or [])),
+    )
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one write of queued rows did."""
+
+    written: int = 0
+    refused: list[str] = field(default_factory=list)  # the kind of each refused row
+    left: list[Any] = field(default_factory=list)  # rows to try again: the database is away
+    error: Exception | None = None  # why LEFT is not empty
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Return whether EXC says the database is away (keep the rows), not that it refuses them."""
+    from django.db import InterfaceError, OperationalError
+
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def _refusal_kind(exc: Exception) -> str:
+    """Name the refusal by its class and SQLSTATE: never by the message, which may quote the row."""
+    sqlstate = getattr(exc.__cause__, "sqlstate", None) or getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} {sqlstate}" if sqlstate else type(exc).__name__
+
+
+def usage_rows_write(rows: list[UsageRecord]) -> WriteResult:
+    """Write ROWS in one batch or, if the database refuses the batch, one by one.
+
+    Runs in the ORM's thread. A row the database refuses is left out (its
+    kind is in ``refused``); when the database is away, the unwritten rows
+    come back in ``left``.
+    """
+    from django.db import connection, transaction
+
+    from providers.models import UsageRecord
+
+    if not connection.in_atomic_block:
+        # A connection broken by an outage is replaced instead of failing for good.
+        connection.close_if_unusable_or_obsolete()
+    try:
+        with transaction.atomic():
+            UsageRecord.objects.bulk_create(rows)
+        return WriteResult(written=len(rows))
+    except Exception as exc:
+        if _is_transient(exc):
+            return WriteResult(left=rows, error=exc)
+    result = WriteResult()
+    for index, row in enumerate(rows):
+        try:
+            with transaction.atomic():
+                UsageRecord.objects.bulk_create([row])
+        except Exception as exc:
+            if _is_transient(exc):
+                result.left, result.error = rows[index:], exc
+                return result
+            result.refused.append(_refusal_kind(exc))
+        else:
+            result.written += 1
+    return result
+
+
+class UsageRecorder:
+    """Queue usage rows, bounded, and write them in batches."""
+
+    def __init__(self) -> None:
+        self._pending: deque[UsageRecord] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._closing = False
+        self._failing = False
+        self._refusals_logged: set[str] = set()
+
+    def record(self, event: UsageEvent) -> None:
+        """Count EVENT in the metrics and queue its row."""
+        cost = cost_of(event.provider, event.model, event.prompt_tokens, event.completion_tokens)
+        self._observe(event, cost)
+        self._pending.append(usage_row(event, cost))
+        self._trim()
+        self._schedule()
+
+    @staticmethod
+    def _observe(event: UsageEvent, cost: Decimal | None) -> None:
+        provider = metric_labels.provider(event.provider)
+        labels = (provider, metric_labels.model(provider, event.model))
+        metrics.REQUESTS.labels(
+            metric_labels.endpoint(event.endpoint), *labels, metric_labels.outcome(event.outcome)
+        ).inc()
+        metrics.LATENCY.labels(*labels).observe(event.latency_ms / 1000)
+        if event.ttft_ms is not None:
+            metrics.TTFT.labels(*labels).observe(event.ttft_ms / 1000)
+        # Upstream-reported counts: a negative one would make the counter raise.
+        prompt = storable_int(event.prompt_tokens, low=0, high=MAX_TOKENS)
+        completion = storable_int(event.completion_tokens, low=0, high=MAX_TOKENS)
+        if prompt:
+            metrics.TOKENS.labels(*labels, "prompt").inc(prompt)
+        if completion:
+            metrics.TOKENS.labels(*labels, "completion").inc(completion)
+        if cost and cost > 0:
+            metrics.COST.labels(*labels).inc(float(cost))
+        if event.error_kind:
+            metrics.ERRORS.labels(metric_labels.kind(event.error_kind), provider).inc()
+        for retry in event.retries:
+            metrics.RETRIES.labels(_route_provider(retry)).inc()
+        for step in event.fallback_path:
+            metrics.FAILOVERS.labels(_route_provider(step)).inc()
+
+    def _trim(self) -> None:
+        """Drop the oldest rows beyond ECHO_USAGE_QUEUE_MAX, counting them."""
+        excess = len(self._pending) - settings.ECHO_USAGE_QUEUE_MAX
+        for _ in range(max(0, excess)):
+            self._pending.popleft()
+        if excess > 0:
+            metrics.USAGE_ROWS_DROPPED.labels("queue_full").inc(excess)
+
+    def _requeue(self, rows: Iterable[UsageRecord]) -> None:
+        """Put ROWS back in front of the rows queued since (they are older)."""
+        self._pending.extendleft(reversed(list(rows)))
+        self._trim()
+
+    def _schedule(self) -> None:
+        from providers.runtime.process import serving_loop
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a sync caller: flush() writes the rows
+        if loop is not serving_loop():
+            return  # a short-lived loop (a sync test client): flush() writes the rows
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wake = asyncio.Event()
+            # An empty context: the task outlives the request that starts it,
+            # whose context would send its ORM calls to that request's thread.
+            self._task = loop.create_task(
+                self._flush_forever(), name="echo-usage-writer", context=contextvars.Context()
+            )
+        # While the database is away, writes wait for the interval: one connection
+        # attempt per request would only add load to a database in trouble.
+        if len(self._pending) >= FLUSH_AT and self._wake is not None and not self._failing:
+            self._wake.set()
+
+    async def _flush_forever(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), settings.ECHO_USAGE_FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                if not self._failing:
+                    logger.warning(
+                        "usage rows could not be written (%s); up to %d wait and are retried",
+                        type(exc).__name__,
+                        settings.ECHO_USAGE_QUEUE_MAX,
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    logger.info("usage rows are written again")
+                self._failing = False
+
+    async def flush(self) -> int:
+        """Write the queued rows now; return how many were written.
+
+        Rows the database refuses are dropped and counted; when the database
+        is away the rows stay queued and its error is raised.
+        """
+        if not self._pending:
+            return 0
+        # Popped one by one: a row recorded meanwhile (from another thread) is never lost.
+        batch = [self._pending.popleft() for _ in range(len(self._pending))]
+        try:
+            result = await sync_to_async(usage_rows_write)(batch)
+        except asyncio.CancelledError:
+            # The ORM's thread goes on writing the batch: queueing it again would double it.
+            raise
+        except Exception:
+            self._requeue(batch)
+            raise
+        self._count_refused(result.refused)
+        if result.left:
+            self._requeue(result.left)
+            raise result.error or RuntimeError("usage rows were not written")
+        return result.written
+
+    def _count_refused(self, kinds: list[str]) -> None:
+        if not kinds:
+            return
+        metrics.USAGE_ROWS_DROPPED.labels("refused").inc(len(kinds))
+        for kind in set(kinds) - self._refusals_logged:
+            # Once per kind: a client sending one bad value per request must not flood the log.
+            self._refusals_logged.add(kind)
+            logger.error(
+                "the database refused a usage row (%s); it was dropped. Further rows refused"
+                ' this way are only counted in echo_usage_rows_dropped_total{reason="refused"}.',
+                kind,
+            )
+
+    async def stop(self) -> None:
+        """Let the background writer finish, write what is queued, and stop.
+
+        Rows that still cannot be written (the database is away) are dropped
+        and counted: the process is going away with them.
+        """
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            if task.get_loop() is asyncio.get_running_loop() and self._wake is not None:
+                # Not cancelled: a cancel in the middle of a write would lose its batch.
+                self._closing = True
+                self._wake.set()
+                try:
+                    await task
+                finally:
+                    self._closing = False
+            else:
+                task.cancel()
+        self._failing = False
+        try:
+            await self.flush()
+        except Exception as exc:
+            lost = len(self._pending)
+            self._pending.clear()
+            metrics.USAGE_ROWS_DROPPED.labels("shutdown").inc(lost)
+            logger.error(
+                "%d usage rows could not be written at shutdown (%s)", lost, type(exc).__name__
+            )
+
+
+def _route_provider(step: Any) -> str:
+    """Return the provider label of a retry or fallback STEP (its route is ``provider/model``)."""
+    route = step.get("route", "") if isinstance(step, dict) else ""
+    return metric_labels.provider(str(route).partition("/")[0])
+
+
+usage_recorder = UsageRecorder()
+# Read when scraped: nothing to update per request.
+metrics.USAGE_QUEUE_ROWS.set_function(lambda: len(usage_recorder._pending))
