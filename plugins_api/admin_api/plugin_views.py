@@ -29,6 +29,7 @@ username, or ``key:<key name>``) and source ``plugins-api``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -81,6 +82,26 @@ NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="A provi
 ERROR = ErrorSerializer
 
 
+def operation(
+    operation_id: str,
+    summary: str,
+    answer: Any,
+    *,
+    errors: tuple[int, ...] = (),
+    answer_status: int = 200,
+    **schema: Any,
+) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Return the OpenAPI description (``extend_schema``) of one operation of this API.
+
+    ANSWER is the body of its ANSWER_STATUS response; it may also answer 401
+    and 403, and each of ERRORS, in Echo's error shape. SCHEMA adds the rest
+    (``parameters``, ``request``, ``description``, ``tags``; ``plugins`` unless given).
+    """
+    schema.setdefault("tags", TAGS)
+    responses = {answer_status: answer} | {code: ERROR for code in sorted({401, 403, *errors})}
+    return extend_schema(operation_id=operation_id, summary=summary, responses=responses, **schema)
+
+
 class ProviderDisabled(exceptions.APIException):
     """The action needs the provider enabled."""
 
@@ -122,11 +143,10 @@ def _body_object(request: Request, field: str) -> dict[str, Any]:
 class PluginListView(APIView):
     """Every configured provider (secrets masked, with its live status) and every plugin."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_list",
-        summary="List the configured providers and the installed plugins",
-        responses={200: PluginListSerializer, 401: ERROR, 403: ERROR},
+    @operation(
+        "plugins_list",
+        "List the configured providers and the installed plugins",
+        PluginListSerializer,
     )
     def get(self, request: Request) -> Response:
         data = {"providers": selectors.provider_config_list(), "plugins": selectors.plugin_list()}
@@ -136,11 +156,10 @@ class PluginListView(APIView):
 class PluginInstancesView(APIView):
     """The provider instances live in the worker that answers, by name."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_instances",
-        summary="List this worker's live provider instances by name",
-        responses={200: InstanceMapSerializer, 401: ERROR, 403: ERROR},
+    @operation(
+        "plugins_instances",
+        "List this worker's live provider instances by name",
+        InstanceMapSerializer,
     )
     def get(self, request: Request) -> Response:
         return Response(InstanceMapSerializer(selectors.provider_instances()).data)
@@ -149,11 +168,10 @@ class PluginInstancesView(APIView):
 class PluginMetadataListView(APIView):
     """The plugin metadata (the guide's ``PluginMetadata``) of every live provider, by name."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_metadata",
-        summary="Return the metadata of every live provider by name",
-        responses={200: MetadataMapSerializer, 401: ERROR, 403: ERROR},
+    @operation(
+        "plugins_metadata",
+        "Return the metadata of every live provider by name",
+        MetadataMapSerializer,
     )
     def get(self, request: Request) -> Response:
         return Response(MetadataMapSerializer(selectors.provider_metadata_all()).data)
@@ -162,10 +180,11 @@ class PluginMetadataListView(APIView):
 class PluginHealthView(APIView):
     """The health of every provider: the latest known, or checked now with ``?refresh=1``."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_health",
-        summary="Return every provider's latest health, or check them all now",
+    @operation(
+        "plugins_health",
+        "Return every provider's latest health, or check them all now",
+        ProviderHealthMapSerializer,
+        errors=(400,),
         description=(
             "Without `refresh`, answers at once from the periodic checks of the worker "
             "that answers, waiting on no upstream; a provider it has not checked yet has "
@@ -176,7 +195,6 @@ class PluginHealthView(APIView):
             "and each entry carries the provider's circuit-breaker state."
         ),
         parameters=[HealthQuerySerializer],
-        responses={200: ProviderHealthMapSerializer, 400: ERROR, 401: ERROR, 403: ERROR},
     )
     def get(self, request: Request) -> Response:
         query = HealthQuerySerializer(data=request.query_params)
@@ -193,10 +211,11 @@ class PluginDiscoverView(APIView):
 
     parser_classes = [BoundedJSONParser]
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_discover",
-        summary="Scan the plugin directories and entry points for new or changed plugins",
+    @operation(
+        "plugins_discover",
+        "Scan the plugin directories and entry points for new or changed plugins",
+        DiscoveryReportSerializer,
+        errors=(400,),
         description=(
             "Scans the directories of the ECHO_PLUGIN_DIRS setting for "
             "`{name}_provider.py` files and the `echo.providers` entry points. "
@@ -205,7 +224,6 @@ class PluginDiscoverView(APIView):
             "learns the plugins."
         ),
         request=None,
-        responses={200: DiscoveryReportSerializer, 400: ERROR, 401: ERROR, 403: ERROR},
     )
     def post(self, request: Request) -> Response:
         if request.data:
@@ -229,12 +247,13 @@ class PluginDiscoverView(APIView):
 class ProviderView(APIView):
     """A provider's configuration, to delete."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_delete",
-        summary="Delete a provider's configuration; it leaves service in every worker",
+    @operation(
+        "plugins_delete",
+        "Delete a provider's configuration; it leaves service in every worker",
+        None,
+        errors=(404,),
+        answer_status=204,
         parameters=[NAME],
-        responses={204: None, 401: ERROR, 403: ERROR, 404: ERROR},
     )
     def delete(self, request: Request, name: str) -> Response:
         provider_config_delete(
@@ -246,12 +265,12 @@ class ProviderView(APIView):
 class ProviderStatusView(APIView):
     """A provider's configuration (secrets masked), live status, fresh health check and breaker."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_status",
-        summary="Return a provider's configuration, live status, a fresh health check and breaker",
+    @operation(
+        "plugins_status",
+        "Return a provider's configuration, live status, a fresh health check and breaker",
+        ProviderStatusSerializer,
+        errors=(404,),
         parameters=[NAME],
-        responses={200: ProviderStatusSerializer, 401: ERROR, 403: ERROR, 404: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
         config = selectors.provider_config_get(name=name)
@@ -277,20 +296,13 @@ class ProviderReloadView(APIView):
 
     parser_classes = [BoundedJSONParser]
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_reload",
-        summary="Reload a provider in every worker, from its stored configuration or a change",
+    @operation(
+        "plugins_reload",
+        "Reload a provider in every worker, from its stored configuration or a change",
+        ProviderConfigSerializer,
+        errors=(400, 404, 409),
         parameters=[NAME],
         request=ReloadRequestSerializer,
-        responses={
-            200: ProviderConfigSerializer,
-            400: ERROR,
-            401: ERROR,
-            403: ERROR,
-            404: ERROR,
-            409: ERROR,
-        },
     )
     def post(self, request: Request, name: str) -> Response:
         body = ReloadRequestSerializer(data=_body_object(request, "body"))
@@ -351,20 +363,13 @@ class ProviderConfigView(APIView):
 
     parser_classes = [BoundedJSONParser]
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_config_update",
-        summary="Merge a partial configuration into a provider's and hot-reload it",
+    @operation(
+        "plugins_config_update",
+        "Merge a partial configuration into a provider's and hot-reload it",
+        ProviderConfigSerializer,
+        errors=(400, 404, 409),
         parameters=[NAME],
         request={"application/json": {"type": "object", "additionalProperties": True}},
-        responses={
-            200: ProviderConfigSerializer,
-            400: ERROR,
-            401: ERROR,
-            403: ERROR,
-            404: ERROR,
-            409: ERROR,
-        },
     )
     def put(self, request: Request, name: str) -> Response:
         changes = _body_object(request, "config")
@@ -381,16 +386,16 @@ class ProviderConfigView(APIView):
 class ProviderConfigSchemaView(APIView):
     """The JSON Schema of a provider's (or plugin's) configuration, and which fields are secret."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_config_schema",
-        summary="Return the JSON Schema of a provider's configuration",
+    @operation(
+        "plugins_config_schema",
+        "Return the JSON Schema of a provider's configuration",
+        ConfigSchemaSerializer,
+        errors=(404,),
         description=(
             "NAME is a configured provider, or, when no provider has that name, an "
             "installed plugin."
         ),
         parameters=[NAME],
-        responses={200: ConfigSchemaSerializer, 401: ERROR, 403: ERROR, 404: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
         config = ProviderConfig.objects.filter(name=name).first()
@@ -408,12 +413,12 @@ class ProviderConfigSchemaView(APIView):
 class ProviderMetadataView(APIView):
     """A live provider's plugin metadata."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_provider_metadata",
-        summary="Return a live provider's metadata",
+    @operation(
+        "plugins_provider_metadata",
+        "Return a live provider's metadata",
+        MetadataSerializer,
+        errors=(404, 503),
         parameters=[NAME],
-        responses={200: MetadataSerializer, 401: ERROR, 403: ERROR, 404: ERROR, 503: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
         _live_provider(name)
@@ -429,20 +434,12 @@ async def _list_models(name: str) -> list[str]:
 class ProviderModelsView(APIView):
     """The models a live provider offers (may ask its upstream)."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_models",
-        summary="List the models a live provider offers",
+    @operation(
+        "plugins_models",
+        "List the models a live provider offers",
+        ModelListSerializer,
+        errors=(404, 502, 503, 504),
         parameters=[NAME],
-        responses={
-            200: ModelListSerializer,
-            401: ERROR,
-            403: ERROR,
-            404: ERROR,
-            502: ERROR,
-            503: ERROR,
-            504: ERROR,
-        },
     )
     def get(self, request: Request, name: str) -> Response:
         _live_provider(name)
@@ -453,12 +450,12 @@ class ProviderModelsView(APIView):
 class ProviderModelInfoView(APIView):
     """What a live provider knows of one model (context length, prices, ...)."""
 
-    @extend_schema(
-        tags=TAGS,
-        operation_id="plugins_model_info",
-        summary="Return what a live provider knows of one model",
+    @operation(
+        "plugins_model_info",
+        "Return what a live provider knows of one model",
+        ModelInfoSerializer,
+        errors=(404, 503),
         parameters=[NAME, OpenApiParameter("model", str, OpenApiParameter.PATH)],
-        responses={200: ModelInfoSerializer, 401: ERROR, 403: ERROR, 404: ERROR, 503: ERROR},
     )
     def get(self, request: Request, name: str, model: str) -> Response:
         _live_provider(name)
@@ -497,12 +494,13 @@ class HealthView(APIView):
 class ProviderHealthView(APIView):
     """The health of one provider, checked now and recorded."""
 
-    @extend_schema(
-        tags=["health"],
-        operation_id="health_provider",
-        summary="Check one provider now and record the result",
+    @operation(
+        "health_provider",
+        "Check one provider now and record the result",
+        ProviderHealthSerializer,
+        errors=(404,),
         parameters=[NAME],
-        responses={200: ProviderHealthSerializer, 401: ERROR, 403: ERROR, 404: ERROR},
+        tags=["health"],
     )
     def get(self, request: Request, name: str) -> Response:
         checked = health.provider_health_check(name=name)

@@ -6,7 +6,7 @@ and the provider call are in memory, nothing blocks the event loop.
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -14,7 +14,7 @@ from plugins_api.access.request_auth import authenticate_chat_client
 from plugins_api.edge.chat_requests import RequestFieldError, parse_chat_call, parse_json
 from plugins_api.edge.error_responses import error_body, error_response
 from plugins_api.edge.request_usage import RequestUsage, client_label
-from plugins_api.edge.sse import chat_event_stream
+from plugins_api.edge.sse import chat_event_stream, event_stream_response, first_chunk
 from providers.errors import ProviderError
 from providers.runtime.process import manager
 
@@ -40,20 +40,9 @@ async def chat(request: HttpRequest) -> HttpResponse:
                 answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
             return answer
         chunks = manager.chat_completion_stream(call.request, call.provider)
-        # Read the first chunk before answering, so that a failure before any
-        # text (after failover) gets an honest status instead of a 200 stream.
-        try:
-            first = await anext(chunks, None)
-        except BaseException:
-            await chunks.aclose()
-            raise
+        first = await first_chunk(chunks)
         usage.first_chunk()
     except ProviderError as exc:
         usage.failed(exc, provider=call.provider or "", model=call.request.model or "")
         return error_response(exc)
-    streamed = StreamingHttpResponse(
-        chat_event_stream(first, usage.track(first, chunks)), content_type="text/event-stream"
-    )
-    streamed["Cache-Control"] = "no-cache"
-    streamed["X-Accel-Buffering"] = "no"
-    return streamed
+    return event_stream_response(chat_event_stream(first, usage.track(first, chunks)))

@@ -4,7 +4,9 @@ Code written against the Anthropic SDK points its ``base_url`` at Echo and
 uses an Echo client key as its API key (the SDK sends it as ``x-api-key``).
 The ``model`` routes as on ``/v1/chat/completions`` (``anthropic/claude-...``,
 ``openai/gpt-4o-mini``, or a bare name for the routing default), through the
-ModelManager's retries, failover and circuit breakers.
+ModelManager's retries, failover and circuit breakers. This module is
+Anthropic's wire format; the serving (key check, routing, usage) is
+``compat.dispatch``'s.
 
 This is the reverse of ``providers.plugins.anthropic_wire``, which speaks
 the Messages API to Anthropic: here a Messages body becomes Echo's common
@@ -31,24 +33,22 @@ Errors have Anthropic's shape, ``{"type": "error", "error": {"type",
 from __future__ import annotations
 
 import json
-import logging
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from plugins_api.access.request_auth import Denial, check_chat_client
-from plugins_api.compat.openai_api import (
-    answered_by,
-    event_stream_response,
+from plugins_api.access.request_auth import Denial
+from plugins_api.compat.dispatch import (
+    ChatCall,
+    ChatWire,
+    CompatErrors,
     model_label,
-    open_stream,
-    provider_error_fields,
-    unknown_prefix_hint,
+    provider_failure,
+    serve_chat,
 )
 from plugins_api.edge.chat_requests import (
     MAX_CONTENT_PARTS,
@@ -58,18 +58,14 @@ from plugins_api.edge.chat_requests import (
     bounded_list,
     bounded_name,
     optional_string,
-    parse_json,
     parse_stop,
     reject_upstream_settings,
     required_string,
 )
-from plugins_api.edge.request_usage import RequestUsage, client_label
+from plugins_api.edge.sse import sse_event
 from providers.errors import ProviderError
 from providers.plugins.anthropic_wire import ERROR_TYPE_STATUS, IMAGE_MEDIA_TYPES, STOP_REASONS
-from providers.runtime.process import manager
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall
-
-logger = logging.getLogger(__name__)
 
 # The common finish reasons back to Anthropic's stop reasons (the first one
 # of STOP_REASONS that maps to each wins: end_turn, max_tokens, tool_use, refusal).
@@ -111,9 +107,7 @@ def anthropic_error(
 
 def anthropic_provider_error(exc: ProviderError, *, model: str | None = None) -> JsonResponse:
     """Render provider error EXC in Anthropic's shape, secrets stripped, honest status."""
-    status, message, _, headers = provider_error_fields(exc)
-    if status == 404:
-        message += unknown_prefix_hint(model)
+    status, message, headers = provider_failure(exc, model=model)
     return anthropic_error(status, message, headers)
 
 
@@ -131,15 +125,12 @@ def _field_error(exc: RequestFieldError) -> JsonResponse:
     return anthropic_error(400, message)
 
 
+ANTHROPIC_ERRORS = CompatErrors(
+    denial=anthropic_denial, field_error=_field_error, provider_error=anthropic_provider_error
+)
+
+
 # --- requests -----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class MessagesCall:
-    """What a ``/v1/messages`` body asks for."""
-
-    request: ChatRequest
-    stream: bool
 
 
 def _image_part(block: dict[str, Any], at: str) -> dict[str, Any]:
@@ -348,8 +339,8 @@ def _bounded(data: dict[str, Any], key: str) -> float | None:
     return value
 
 
-def parse_messages_call(data: dict[str, Any]) -> MessagesCall:
-    """Return the MessagesCall a ``/v1/messages`` body describes.
+def parse_messages_call(data: dict[str, Any]) -> ChatCall:
+    """Return the call a ``/v1/messages`` body describes.
 
     Read: ``model``, ``max_tokens`` (required, as by Anthropic), ``system``,
     ``messages``, ``stop_sequences``, ``temperature``, ``top_p``, ``tools``,
@@ -385,7 +376,7 @@ def parse_messages_call(data: dict[str, Any]) -> MessagesCall:
         tool_choice=parse_anthropic_tool_choice(data.get("tool_choice")),
         user=user,
     )
-    return MessagesCall(request=request, stream=stream)
+    return ChatCall(request=request, stream=stream)
 
 
 # --- responses ----------------------------------------------------------------
@@ -443,94 +434,86 @@ def message_body(response: ChatResponse) -> dict[str, Any]:
     }
 
 
-def sse_event(event: str, data: dict[str, Any]) -> bytes:
-    """Return one event of a Messages API stream (its data repeats the type)."""
-    payload = json.dumps({"type": event, **data}, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+class MessageEvents:
+    """The Messages API events of one stream (see the module docstring)."""
 
+    def __init__(self) -> None:
+        self.index = 0
+        self.text_open = False
+        self.pinged = False
 
-async def message_events(
-    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk]
-) -> AsyncIterator[bytes]:
-    """Yield the Messages API events for FIRST (already read) and the rest of CHUNKS."""
-    meta = first.metadata
-    yield sse_event(
-        "message_start",
-        {
-            "message": {
-                "id": message_id(),
-                "type": "message",
-                "role": "assistant",
-                "model": model_label(meta.get("provider"), meta.get("model")),
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
-            }
-        },
-    )
-    index = 0
-    text_open = pinged = False
+    def opening(self, first: StreamingChunk) -> Iterator[bytes]:
+        meta = first.metadata
+        message = {
+            "id": message_id(),
+            "type": "message",
+            "role": "assistant",
+            "model": model_label(meta.get("provider"), meta.get("model")),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        yield sse_event("message_start", {"message": message})
 
-    def start(block: dict[str, Any]) -> list[bytes]:
-        nonlocal pinged
-        events = [sse_event("content_block_start", {"index": index, "content_block": block})]
-        if not pinged:
-            events.append(sse_event("ping", {}))
-            pinged = True
-        return events
-
-    try:
-        chunk: StreamingChunk | None = first
-        while chunk is not None:
-            if chunk.content:
-                if not text_open:
-                    for event in start({"type": "text", "text": ""}):
-                        yield event
-                    text_open = True
-                delta = {"type": "text_delta", "text": chunk.content}
-                yield sse_event("content_block_delta", {"index": index, "delta": delta})
-            for call in chunk.tool_calls or []:
-                if text_open:
-                    yield sse_event("content_block_stop", {"index": index})
-                    index, text_open = index + 1, False
-                for event in start(
-                    {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
-                ):
-                    yield event
-                delta = {"type": "input_json_delta", "partial_json": json.dumps(tool_input(call))}
-                yield sse_event("content_block_delta", {"index": index, "delta": delta})
-                yield sse_event("content_block_stop", {"index": index})
-                index += 1
-            if chunk.is_final:
-                if text_open:
-                    yield sse_event("content_block_stop", {"index": index})
-                if not pinged:
-                    yield sse_event("ping", {})
-                usage = chunk.usage
-                yield sse_event(
-                    "message_delta",
-                    {
-                        "delta": {
-                            "stop_reason": stop_reason(chunk.finish_reason, chunk.metadata),
-                            "stop_sequence": chunk.metadata.get("stop_sequence"),
-                        },
-                        "usage": {
-                            "input_tokens": usage.prompt_tokens if usage else 0,
-                            "output_tokens": usage.completion_tokens if usage else 0,
-                        },
+    def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+        if chunk.content:
+            if not self.text_open:
+                yield from self._start({"type": "text", "text": ""})
+                self.text_open = True
+            delta = {"type": "text_delta", "text": chunk.content}
+            yield sse_event("content_block_delta", {"index": self.index, "delta": delta})
+        for call in chunk.tool_calls or []:
+            if self.text_open:
+                yield sse_event("content_block_stop", {"index": self.index})
+                self.index, self.text_open = self.index + 1, False
+            yield from self._start(
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            )
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(tool_input(call))}
+            yield sse_event("content_block_delta", {"index": self.index, "delta": delta})
+            yield sse_event("content_block_stop", {"index": self.index})
+            self.index += 1
+        if chunk.is_final:
+            if self.text_open:
+                yield sse_event("content_block_stop", {"index": self.index})
+            if not self.pinged:
+                yield sse_event("ping", {})
+            usage = chunk.usage
+            yield sse_event(
+                "message_delta",
+                {
+                    "delta": {
+                        "stop_reason": stop_reason(chunk.finish_reason, chunk.metadata),
+                        "stop_sequence": chunk.metadata.get("stop_sequence"),
                     },
-                )
-                yield sse_event("message_stop", {})
-                return
-            chunk = await anext(chunks, None)
-        yield sse_event("error", error_body(502, "The provider ended the stream early."))
-    except ProviderError as exc:
-        status, message, _, _ = provider_error_fields(exc)
-        logger.warning("stream failed after it started: %s", exc.kind)
-        yield sse_event("error", error_body(status, message))
-    finally:
-        await chunks.aclose()
+                    "usage": {
+                        "input_tokens": usage.prompt_tokens if usage else 0,
+                        "output_tokens": usage.completion_tokens if usage else 0,
+                    },
+                },
+            )
+            yield sse_event("message_stop", {})
+
+    def failure(self, exc: ProviderError) -> bytes:
+        status, message, _ = provider_failure(exc)
+        return sse_event("error", error_body(status, message))
+
+    def _start(self, block: dict[str, Any]) -> Iterator[bytes]:
+        """Open content block BLOCK at the current index (the first one followed by a ``ping``)."""
+        yield sse_event("content_block_start", {"index": self.index, "content_block": block})
+        if not self.pinged:
+            self.pinged = True
+            yield sse_event("ping", {})
+
+
+MESSAGES = ChatWire(
+    endpoint="/v1/messages",
+    errors=ANTHROPIC_ERRORS,
+    parse=parse_messages_call,
+    body=message_body,
+    stream_format=lambda call: MessageEvents(),
+)
 
 
 # --- view ---------------------------------------------------------------------
@@ -538,30 +521,6 @@ async def message_events(
 
 @csrf_exempt  # key clients carry no CSRF token; session callers are checked in check_chat_client
 @require_POST
-async def messages(request: HttpRequest) -> HttpResponse:
+async def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Answer ``POST /v1/messages`` as Anthropic does, whole or as its event stream."""
-    denial = await check_chat_client(request)
-    if denial is not None:
-        return anthropic_denial(denial)
-    try:
-        call = parse_messages_call(parse_json(request.body))
-    except RequestFieldError as exc:
-        return _field_error(exc)
-    usage = RequestUsage(
-        client=await client_label(request), endpoint="/v1/messages", stream=call.stream
-    )
-    try:
-        if not call.stream:
-            answer = await manager.chat_completion(call.request)
-            overhead = usage.answered(answer)
-            response = JsonResponse(message_body(answer))
-            answered_by(response, answer.provider, answer.model, overhead)
-            return response
-        first, chunks = await open_stream(call.request)
-        usage.first_chunk()
-    except ProviderError as exc:
-        usage.failed(exc, model=call.request.model or "")
-        return anthropic_provider_error(exc, model=call.request.model)
-    streamed = event_stream_response(message_events(first, usage.track(first, chunks)))
-    answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
-    return streamed
+    return await serve_chat(request, MESSAGES)

@@ -5,7 +5,8 @@ Code written against the OpenAI SDK points its ``base_url`` at Echo's
 The ``model`` routes: ``openai/gpt-4o-mini``, ``anthropic/claude-...``,
 ``ollama/llama3`` name a provider by prefix; a bare name goes to the routing
 default. Chat goes through the ModelManager, so retries, failover and
-circuit breakers work as for ``POST /chat``.
+circuit breakers work as for ``POST /chat``. This module is OpenAI's wire
+format; the serving (key check, routing, usage) is ``compat.dispatch``'s.
 
 Answers name who answered: ``model`` is ``provider/model`` (the form
 ``GET /v1/models`` lists, so it can be sent back as is), and the headers
@@ -30,12 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,23 +43,30 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from plugins_api.access.request_auth import Denial, check_chat_client
+from plugins_api.compat.dispatch import (
+    ChatCall,
+    ChatWire,
+    CompatErrors,
+    admit,
+    answered_by,
+    model_label,
+    provider_failure,
+    serve_chat,
+)
 from plugins_api.edge.chat_requests import (
     MAX_TOOLS,
     RequestFieldError,
     bounded_list,
     bounded_name,
     optional_string,
-    parse_json,
     parse_messages,
     parse_stop,
     reject_upstream_settings,
     required_string,
 )
-from plugins_api.edge.error_responses import provider_error_body
-from plugins_api.edge.request_usage import RequestUsage, client_label
+from plugins_api.edge.sse import sse_frame
 from providers.errors import (
     ModelNotFoundError,
-    ProtocolError,
     ProviderError,
     ProviderNotFoundError,
     ProviderTimeoutError,
@@ -71,15 +77,9 @@ from providers.runtime.process import manager, registry
 from providers.runtime.retry_policy import routing_setting
 from providers.types import ChatRequest, ChatResponse, StreamingChunk, ToolCall
 
-logger = logging.getLogger(__name__)
-
 #: How long ``GET /v1/models`` waits for a provider's live list before it
 #: shows the models the plugin declares instead.
 MODEL_LIST_SECONDS = 5.0
-
-PROVIDER_HEADER = "x-echo-provider"
-MODEL_HEADER = "x-echo-model"
-OVERHEAD_HEADER = "x-echo-overhead-ms"
 
 
 # --- errors -------------------------------------------------------------------
@@ -122,30 +122,18 @@ def _param(field: str | None) -> str | None:
     return "model" if field == "provider" else field
 
 
-def provider_error_fields(exc: ProviderError) -> tuple[int, str, str, dict[str, str]]:
-    """Return (status, message, code, headers) for EXC, its secrets stripped.
-
-    A 404 for a ``prefix/model`` whose prefix is no provider says so, since
-    the model string is the only place a compatible client names a provider.
-    """
-    status, body, headers = provider_error_body(exc)
-    message = body["error"]["message"]
+def _error_code(exc: ProviderError, status: int) -> str:
     if isinstance(exc, ModelNotFoundError | ProviderNotFoundError):
-        code = "model_not_found"
-    elif status == 429:
-        code = "rate_limit_exceeded"
-    else:
-        code = exc.kind
-    if exc.provider:
-        headers[PROVIDER_HEADER] = exc.provider
-    return status, message, code, headers
+        return "model_not_found"
+    if status == 429:
+        return "rate_limit_exceeded"
+    return exc.kind
 
 
 def openai_provider_error(exc: ProviderError, *, model: str | None = None) -> JsonResponse:
     """Render provider error EXC in OpenAI's shape, with Echo's honest status."""
-    status, message, code, headers = provider_error_fields(exc)
-    if status == 404:
-        message += unknown_prefix_hint(model)
+    status, message, headers = provider_failure(exc, model=model)
+    code = _error_code(exc, status)
     return openai_error(status, message, param=_param(exc.field), code=code, headers=headers)
 
 
@@ -166,50 +154,18 @@ def openai_field_error(exc: RequestFieldError) -> JsonResponse:
     return openai_error(400, exc.message, param=exc.field)
 
 
-def unknown_prefix_hint(model: str | None) -> str:
-    """Return a sentence for a 404 when MODEL's ``prefix/`` names no live provider, else ''."""
-    if not model or "/" not in model:
-        return ""
-    prefix = model.split("/", 1)[0]
-    if prefix in registry:
-        return ""
-    return (
-        f" No provider is named {prefix!r} either: name the model as 'provider/model' "
-        "(GET /v1/models lists them)."
-    )
-
-
-def model_label(provider: str | None, model: str | None) -> str:
-    """Return the ``provider/model`` name of an answer (as ``GET /v1/models`` lists it)."""
-    if provider and model:
-        return f"{provider}/{model}"
-    return model or provider or ""
-
-
-def answered_by(
-    response: HttpResponse,
-    provider: str | None,
-    model: str | None,
-    overhead_ms: float | None = None,
-) -> None:
-    """Say in RESPONSE's headers which provider and model answered, and what Echo added."""
-    if provider:
-        response[PROVIDER_HEADER] = provider
-    if model:
-        response[MODEL_HEADER] = model
-    if overhead_ms is not None:
-        response[OVERHEAD_HEADER] = f"{overhead_ms:.2f}"
+OPENAI_ERRORS = CompatErrors(
+    denial=openai_denial, field_error=openai_field_error, provider_error=openai_provider_error
+)
 
 
 # --- requests -----------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class CompletionCall:
-    """What a ``/v1/chat/completions`` body asks for."""
+class CompletionCall(ChatCall):
+    """What a ``/v1/chat/completions`` body asks for: a chat call, and whether usage ends its stream."""
 
-    request: ChatRequest
-    stream: bool
     include_usage: bool
 
 
@@ -380,89 +336,60 @@ def completion_body(response: ChatResponse) -> dict[str, Any]:
     }
 
 
-def sse_data(payload: dict[str, Any] | str) -> bytes:
-    """Return one ``data:`` event of an OpenAI stream."""
-    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+class CompletionChunks:
+    """OpenAI's ``chat.completion.chunk`` events of one stream (see the module docstring)."""
 
+    def __init__(self, *, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.frame: dict[str, Any] = {}
+        self.tool_index = 0
 
-async def completion_chunks(
-    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk], *, include_usage: bool
-) -> AsyncIterator[bytes]:
-    """Yield the ``chat.completion.chunk`` events for FIRST (already read) and the rest of CHUNKS."""
-    meta = first.metadata
-    frame: dict[str, Any] = {
-        "id": completion_id(),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model_label(meta.get("provider"), meta.get("model")),
-    }
-    if include_usage:
-        frame["usage"] = None  # as OpenAI does: only the last chunk carries it
+    def opening(self, first: StreamingChunk) -> Iterator[bytes]:
+        meta = first.metadata
+        self.frame = {
+            "id": completion_id(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model_label(meta.get("provider"), meta.get("model")),
+        }
+        if self.include_usage:
+            self.frame["usage"] = None  # as OpenAI does: only the last chunk carries it
+        yield self._event({"role": "assistant", "content": ""})
 
-    def chunk_event(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+        if chunk.content:
+            yield self._event({"content": chunk.content})
+        for call in chunk.tool_calls or []:
+            yield self._event({"tool_calls": [{"index": self.tool_index, **_wire_tool_call(call)}]})
+            self.tool_index += 1
+        if chunk.is_final:
+            yield self._event({}, chunk.finish_reason or "stop")
+            if self.include_usage and chunk.usage is not None:
+                yield sse_frame({**self.frame, "choices": [], "usage": chunk.usage.as_dict()})
+            yield sse_frame("[DONE]")
+
+    def failure(self, exc: ProviderError) -> bytes:
+        status, message, _ = provider_failure(exc)
+        error = {
+            "message": message,
+            "type": _error_type(status),
+            "param": None,
+            "code": _error_code(exc, status),
+        }
+        return sse_frame({"error": error})
+
+    def _event(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return sse_data({**frame, "choices": [choice]})
-
-    tool_index = 0
-    try:
-        yield chunk_event({"role": "assistant", "content": ""})
-        chunk: StreamingChunk | None = first
-        while chunk is not None:
-            if chunk.content:
-                yield chunk_event({"content": chunk.content})
-            for call in chunk.tool_calls or []:
-                yield chunk_event({"tool_calls": [{"index": tool_index, **_wire_tool_call(call)}]})
-                tool_index += 1
-            if chunk.is_final:
-                yield chunk_event({}, chunk.finish_reason or "stop")
-                if include_usage and chunk.usage is not None:
-                    yield sse_data({**frame, "choices": [], "usage": chunk.usage.as_dict()})
-                yield sse_data("[DONE]")
-                return
-            chunk = await anext(chunks, None)
-        yield _error_event(502, "The provider ended the stream early.", "protocol_error")
-    except ProviderError as exc:
-        status, message, code, _ = provider_error_fields(exc)
-        logger.warning("stream failed after it started: %s", exc.kind)
-        yield _error_event(status, message, code)
-    finally:
-        await chunks.aclose()
+        return sse_frame({**self.frame, "choices": [choice]})
 
 
-def _error_event(status: int, message: str, code: str) -> bytes:
-    return sse_data(
-        {"error": {"message": message, "type": _error_type(status), "param": None, "code": code}}
-    )
-
-
-def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    """Return EVENTS as a ``text/event-stream`` response that proxies do not buffer."""
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
-
-
-async def open_stream(
-    request: ChatRequest,
-) -> tuple[StreamingChunk, AsyncIterator[StreamingChunk]]:
-    """Start streaming REQUEST through the manager; return the first chunk and the rest.
-
-    The first chunk is read before the caller answers, so that a failure
-    before any text (after retries and failover) gets an honest status
-    instead of a 200 stream. Raise ``ProviderError``.
-    """
-    chunks = manager.chat_completion_stream(request)
-    try:
-        first = await anext(chunks, None)
-    except BaseException:
-        await chunks.aclose()
-        raise
-    if first is None:  # the manager already refuses an empty stream; kept for safety
-        await chunks.aclose()
-        raise ProtocolError("The provider ended its stream before the first chunk.")
-    return first, chunks
+CHAT_COMPLETIONS = ChatWire(
+    endpoint="/v1/chat/completions",
+    errors=OPENAI_ERRORS,
+    parse=parse_completion_call,
+    body=completion_body,
+    stream_format=lambda call: CompletionChunks(include_usage=call.include_usage),
+)
 
 
 # --- views --------------------------------------------------------------------
@@ -470,35 +397,9 @@ async def open_stream(
 
 @csrf_exempt  # key clients carry no CSRF token; session callers are checked in check_chat_client
 @require_POST
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Answer ``POST /v1/chat/completions`` as OpenAI does, whole or streamed."""
-    denial = await check_chat_client(request)
-    if denial is not None:
-        return openai_denial(denial)
-    try:
-        call = parse_completion_call(parse_json(request.body))
-    except RequestFieldError as exc:
-        return openai_field_error(exc)
-    usage = RequestUsage(
-        client=await client_label(request), endpoint="/v1/chat/completions", stream=call.stream
-    )
-    try:
-        if not call.stream:
-            answer = await manager.chat_completion(call.request)
-            overhead = usage.answered(answer)
-            response = JsonResponse(completion_body(answer))
-            answered_by(response, answer.provider, answer.model, overhead)
-            return response
-        first, chunks = await open_stream(call.request)
-        usage.first_chunk()
-    except ProviderError as exc:
-        usage.failed(exc, model=call.request.model or "")
-        return openai_provider_error(exc, model=call.request.model)
-    streamed = event_stream_response(
-        completion_chunks(first, usage.track(first, chunks), include_usage=call.include_usage)
-    )
-    answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
-    return streamed
+    return await serve_chat(request, CHAT_COMPLETIONS)
 
 
 async def _provider_models(name: str) -> list[str]:
@@ -625,13 +526,9 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
     The usage reports zero tokens: Echo's provider interface returns the
     vectors only.
     """
-    denial = await check_chat_client(request)
-    if denial is not None:
-        return openai_denial(denial)
-    try:
-        call = parse_embeddings_call(parse_json(request.body))
-    except RequestFieldError as exc:
-        return openai_field_error(exc)
+    call = await admit(request, OPENAI_ERRORS, parse_embeddings_call)
+    if isinstance(call, HttpResponse):
+        return call
     try:
         route = manager.resolve(ChatRequest(messages=[], model=call.model))
         vectors, model = await _embed(route, call.texts)

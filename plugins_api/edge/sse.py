@@ -1,76 +1,155 @@
-"""The one Server-Sent Events writer: turn a chunk stream into ``text/event-stream`` bytes.
+"""The one Server-Sent Events writer: frame events, and turn a chunk stream into ``text/event-stream``.
 
-Events (each ``event: <type>`` plus ``data: <json>`` with the same ``type``):
-``chunk`` ``{"type", "content", "provider", "model"}`` for each piece of text;
-``done`` ``{"type", "finish_reason", "usage", "provider", "model"}`` last;
-``error`` ``{"type", "error": {...}}`` when the provider fails mid-stream,
-after which the stream ends (the text already sent stands).
+Every streaming API (``POST /chat``, OpenAI's and Anthropic's ``/v1``) reads
+its first chunk with ``first_chunk`` before it answers, frames its events with
+``sse_frame``/``sse_event``, and runs its stream through ``encode_stream``;
+only its ``StreamFormat`` (which events a chunk becomes) is its own.
+
+``/chat``'s format (each ``event: <type>`` plus ``data: <json>`` with the same
+``type``): ``chunk`` ``{"type", "content", "provider", "model"}`` for each
+piece of text; ``done`` ``{"type", "finish_reason", "usage", "provider",
+"model"}`` last; ``error`` ``{"type", "error": {...}}`` when the provider
+fails mid-stream, after which the stream ends (the text already sent stands).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, Protocol
+
+from django.http import StreamingHttpResponse
 
 from plugins_api.edge.error_responses import provider_error_body
-from providers.errors import ProviderError
+from providers.errors import ProtocolError, ProviderError
 from providers.types import StreamingChunk
 
 logger = logging.getLogger(__name__)
 
+#: The failure a stream reports when it stops before its final chunk.
+ENDED_EARLY = "The provider ended the stream early."
+
+
+def sse_frame(data: dict[str, Any] | str, *, event: str | None = None) -> bytes:
+    """Return one SSE event: an ``event:`` line when EVENT is given, and DATA on one ``data:`` line.
+
+    DATA is sent as compact JSON, or as is when it is text (OpenAI's ``[DONE]``).
+    """
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {text}\n\n".encode()
+
 
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
-    """Return one SSE event."""
-    payload = json.dumps({"type": event, **data}, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+    """Return one typed SSE event: ``event: EVENT``, and DATA whose ``type`` repeats EVENT."""
+    return sse_frame({"type": event, **data}, event=event)
 
 
-async def chat_event_stream(
-    first: StreamingChunk | None, chunks: AsyncIterator[StreamingChunk]
-) -> AsyncIterator[bytes]:
-    """Yield SSE events for FIRST (already read) and then the rest of CHUNKS."""
+def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """Return EVENTS as a ``text/event-stream`` response that proxies do not buffer."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def first_chunk(chunks: AsyncIterator[StreamingChunk]) -> StreamingChunk:
+    """Return the first of CHUNKS, read before answering.
+
+    Read first, a failure before any text (after the manager's retries and
+    failover) gets an honest status instead of a 200 stream. On a failure,
+    or (``ProtocolError``) a stream with no chunk at all, CHUNKS are closed
+    and the error raised.
+    """
     try:
-        chunk = first
+        first = await anext(chunks, None)
+    except BaseException:
+        await chunks.aclose()
+        raise
+    if first is None:  # the manager already refuses an empty stream; kept for safety
+        await chunks.aclose()
+        raise ProtocolError("The provider ended its stream before the first chunk.")
+    return first
+
+
+class StreamFormat(Protocol):
+    """Which events one API writes for a chunk stream (one instance a stream: it may keep state)."""
+
+    def opening(self, first: StreamingChunk) -> Iterable[bytes]:
+        """Return the events that come before the first chunk's."""
+
+    def chunk(self, chunk: StreamingChunk) -> Iterable[bytes]:
+        """Return the events for CHUNK; for the final chunk, the stream's closing events too."""
+
+    def failure(self, exc: ProviderError) -> bytes:
+        """Return the event that ends a stream that failed after it started."""
+
+
+async def encode_stream(
+    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk], form: StreamFormat
+) -> AsyncIterator[bytes]:
+    """Yield FORM's events for FIRST (already read) and then the rest of CHUNKS.
+
+    The stream ends after the final chunk's events, or with FORM's failure
+    event when the provider fails, or stops before its final chunk; the
+    text already sent stands. CHUNKS are closed however it ends.
+    """
+    try:
+        for event in form.opening(first):
+            yield event
+        chunk: StreamingChunk | None = first
         while chunk is not None:
-            meta = chunk.metadata
-            if chunk.content or chunk.tool_calls:
-                data: dict[str, Any] = {
-                    "content": chunk.content,
-                    "provider": meta.get("provider"),
-                    "model": meta.get("model"),
-                }
-                if chunk.tool_calls:
-                    data["tool_calls"] = [
-                        {"id": c.id, "name": c.name, "arguments": c.arguments}
-                        for c in chunk.tool_calls
-                    ]
-                yield sse_event("chunk", data)
+            for event in form.chunk(chunk):
+                yield event
             if chunk.is_final:
-                done = {
-                    "finish_reason": chunk.finish_reason or "stop",
-                    "usage": chunk.usage.as_dict() if chunk.usage else None,
-                    "provider": meta.get("provider"),
-                    "model": meta.get("model"),
-                }
-                if meta.get("fallback_path"):
-                    done["fallback_path"] = meta["fallback_path"]
-                yield sse_event("done", done)
                 return
             chunk = await anext(chunks, None)
-        yield sse_event(
-            "error",
-            {
-                "error": {
-                    "type": "protocol_error",
-                    "message": "The provider ended the stream early.",
-                }
-            },
-        )
+        yield form.failure(ProtocolError(ENDED_EARLY))
     except ProviderError as exc:
-        _, body, _ = provider_error_body(exc)
         logger.warning("stream failed after it started: %s", exc.kind)
-        yield sse_event("error", body)
+        yield form.failure(exc)
     finally:
         await chunks.aclose()
+
+
+class ChatEvents:
+    """``/chat``'s events (see the module docstring)."""
+
+    def opening(self, first: StreamingChunk) -> Iterable[bytes]:
+        return ()
+
+    def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+        meta = chunk.metadata
+        if chunk.content or chunk.tool_calls:
+            data: dict[str, Any] = {
+                "content": chunk.content,
+                "provider": meta.get("provider"),
+                "model": meta.get("model"),
+            }
+            if chunk.tool_calls:
+                data["tool_calls"] = [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in chunk.tool_calls
+                ]
+            yield sse_event("chunk", data)
+        if chunk.is_final:
+            done = {
+                "finish_reason": chunk.finish_reason or "stop",
+                "usage": chunk.usage.as_dict() if chunk.usage else None,
+                "provider": meta.get("provider"),
+                "model": meta.get("model"),
+            }
+            if meta.get("fallback_path"):
+                done["fallback_path"] = meta["fallback_path"]
+            yield sse_event("done", done)
+
+    def failure(self, exc: ProviderError) -> bytes:
+        _, body, _ = provider_error_body(exc)
+        return sse_event("error", body)
+
+
+def chat_event_stream(
+    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk]
+) -> AsyncIterator[bytes]:
+    """Return ``/chat``'s events for FIRST (already read) and then the rest of CHUNKS."""
+    return encode_stream(first, chunks, ChatEvents())

@@ -1,0 +1,178 @@
+"""Serve a compatible API's call: authenticate, parse, route through the manager, record usage, answer.
+
+What ``/v1/chat/completions`` (``openai_api``) and ``/v1/messages``
+(``anthropic_api``) share, so that each of them is only its wire format: a
+``CompatErrors`` (how it refuses) and a ``ChatWire`` (how it reads a body and
+writes an answer or a stream). The conventions both follow live here too:
+an answer's model is ``provider/model`` (as ``GET /v1/models`` lists it), the
+``x-echo-provider`` / ``x-echo-model`` headers say who answered, and a 404
+for a ``prefix/model`` whose prefix is no provider says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+
+from plugins_api.access.request_auth import Denial, check_chat_client
+from plugins_api.edge.chat_requests import RequestFieldError, parse_json
+from plugins_api.edge.error_responses import provider_error_body
+from plugins_api.edge.request_usage import RequestUsage, client_label
+from plugins_api.edge.sse import StreamFormat, encode_stream, event_stream_response, first_chunk
+from providers.errors import ProviderError
+from providers.runtime.process import manager, registry
+from providers.types import ChatRequest, ChatResponse
+
+PROVIDER_HEADER = "x-echo-provider"
+MODEL_HEADER = "x-echo-model"
+OVERHEAD_HEADER = "x-echo-overhead-ms"
+
+
+# --- answers and failures -----------------------------------------------------
+
+
+def model_label(provider: str | None, model: str | None) -> str:
+    """Return the ``provider/model`` name of an answer (as ``GET /v1/models`` lists it)."""
+    if provider and model:
+        return f"{provider}/{model}"
+    return model or provider or ""
+
+
+def answered_by(
+    response: HttpResponse | StreamingHttpResponse,
+    provider: str | None,
+    model: str | None,
+    overhead_ms: float | None = None,
+) -> None:
+    """Say in RESPONSE's headers which provider and model answered, and what Echo added."""
+    if provider:
+        response[PROVIDER_HEADER] = provider
+    if model:
+        response[MODEL_HEADER] = model
+    if overhead_ms is not None:
+        response[OVERHEAD_HEADER] = f"{overhead_ms:.2f}"
+
+
+def unknown_prefix_hint(model: str | None) -> str:
+    """Return a sentence for a 404 when MODEL's ``prefix/`` names no live provider, else ''."""
+    if not model or "/" not in model:
+        return ""
+    prefix = model.split("/", 1)[0]
+    if prefix in registry:
+        return ""
+    return (
+        f" No provider is named {prefix!r} either: name the model as 'provider/model' "
+        "(GET /v1/models lists them)."
+    )
+
+
+def provider_failure(
+    exc: ProviderError, *, model: str | None = None
+) -> tuple[int, str, dict[str, str]]:
+    """Return (status, message, headers) for provider error EXC, its secrets stripped.
+
+    A 404 for MODEL, when its ``prefix/`` is no provider, says so: the model
+    string is the only place a compatible client names a provider. The
+    headers name the provider that failed.
+    """
+    status, body, headers = provider_error_body(exc)
+    message = body["error"]["message"]
+    if status == 404:
+        message += unknown_prefix_hint(model)
+    if exc.provider:
+        headers[PROVIDER_HEADER] = exc.provider
+    return status, message, headers
+
+
+# --- serving ------------------------------------------------------------------
+
+
+class ProviderErrorRenderer(Protocol):
+    """Render provider error EXC for a call that asked for MODEL."""
+
+    def __call__(self, exc: ProviderError, *, model: str | None = None) -> HttpResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompatErrors:
+    """How one compatible API refuses: a caller it denies, a bad field, a provider's failure."""
+
+    denial: Callable[[Denial], HttpResponse]
+    field_error: Callable[[RequestFieldError], HttpResponse]
+    provider_error: ProviderErrorRenderer
+
+
+@dataclass(slots=True)
+class ChatCall:
+    """What a compatible chat body asks for: the common request, and whether to stream it."""
+
+    request: ChatRequest
+    stream: bool
+
+
+CallT = TypeVar("CallT")
+ChatCallT = TypeVar("ChatCallT", bound=ChatCall)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatWire(Generic[ChatCallT]):
+    """One compatible API's chat endpoint: its path and its wire format."""
+
+    endpoint: str  # as usage records it
+    errors: CompatErrors
+    parse: Callable[[dict[str, Any]], ChatCallT]
+    body: Callable[[ChatResponse], dict[str, Any]]
+    stream_format: Callable[[ChatCallT], StreamFormat]
+
+
+async def admit(
+    request: HttpRequest, errors: CompatErrors, parse: Callable[[dict[str, Any]], CallT]
+) -> CallT | HttpResponse:
+    """Return the call REQUEST's JSON body describes, read by PARSE, once its caller may chat.
+
+    Otherwise return the refusal, in ERRORS' shape.
+    """
+    denial = await check_chat_client(request)
+    if denial is not None:
+        return errors.denial(denial)
+    try:
+        return parse(parse_json(request.body))
+    except RequestFieldError as exc:
+        return errors.field_error(exc)
+
+
+async def serve_chat(
+    request: HttpRequest, wire: ChatWire[Any]
+) -> HttpResponse | StreamingHttpResponse:
+    """Answer chat REQUEST in WIRE's format, whole or streamed, through the manager.
+
+    A stream answers 200 only once its first chunk is in; a failure before
+    that gets the honest status in WIRE's error shape. Usage is recorded
+    either way.
+    """
+    call = await admit(request, wire.errors, wire.parse)
+    if isinstance(call, HttpResponse):
+        return call
+    usage = RequestUsage(
+        client=await client_label(request), endpoint=wire.endpoint, stream=call.stream
+    )
+    try:
+        if not call.stream:
+            answer = await manager.chat_completion(call.request)
+            overhead = usage.answered(answer)
+            response = JsonResponse(wire.body(answer))
+            answered_by(response, answer.provider, answer.model, overhead)
+            return response
+        chunks = manager.chat_completion_stream(call.request)
+        first = await first_chunk(chunks)
+        usage.first_chunk()
+    except ProviderError as exc:
+        usage.failed(exc, model=call.request.model or "")
+        return wire.errors.provider_error(exc, model=call.request.model)
+    events = encode_stream(first, usage.track(first, chunks), wire.stream_format(call))
+    streamed = event_stream_response(events)
+    answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
+    return streamed
