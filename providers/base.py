@@ -1,10 +1,15 @@
 """The provider plugin contract: AbstractAIProvider and its metadata.
 
-A plugin subclasses ``AbstractAIProvider``, declares ``metadata`` and a JSON
-Schema for its configuration, and implements the async chat methods. The base
-class gives what every plugin would otherwise write again: schema defaults and
-per-field validation (``jsonschema``), a streaming fallback for providers with
-no native streaming, and the guide's ``reload`` lifecycle.
+A plugin subclasses ``AbstractAIProvider``, declares its ``metadata`` and the
+JSON Schema of its configuration (``config_json_schema``) as class attributes,
+and implements the async chat methods. Echo reads both from the class, with
+``plugin_metadata()`` and ``config_schema()``, wherever it has no configured
+instance (the admin's forms, the schema endpoint, validation before a save);
+the guide's form, a ``metadata`` property and a ``get_config_schema`` method,
+works too. The base class gives what every plugin would otherwise write again:
+schema defaults and per-field validation (``jsonschema``), a streaming
+fallback for providers with no native streaming, and the guide's ``reload``
+lifecycle.
 
 Error contract: provider methods raise ``providers.errors.ProviderError``
 kinds on failure and never put a secret in a message.
@@ -14,17 +19,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from jsonschema import Draft202012Validator
 
-from providers.errors import ProviderConfigError, UnsupportedCapabilityError
+from providers.errors import (
+    PluginError,
+    ProviderConfigError,
+    ProviderError,
+    UnsupportedCapabilityError,
+)
 from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
 
 
@@ -64,6 +75,22 @@ class PluginMetadata:
             "homepage": self.homepage,
             "requires_api_key": self.requires_api_key,
         }
+
+    def configured(self, config: dict[str, Any]) -> PluginMetadata:
+        """Return this metadata as a provider configured with CONFIG shows it.
+
+        Its models are the ``models`` setting when CONFIG has that list, or
+        else the declared models with the ``default_model`` setting first.
+        """
+        models = config.get("models")
+        if isinstance(models, list) and all(isinstance(m, str) for m in models):
+            return dataclasses.replace(self, models=list(models))
+        default = config.get("default_model")
+        if not isinstance(default, str) or not default:
+            return self
+        return dataclasses.replace(
+            self, models=[default, *(m for m in self.models if m != default)]
+        )
 
 
 # Settings every provider has, whatever its plugin: how the ModelManager
@@ -307,28 +334,123 @@ def apply_schema_defaults(schema: dict[str, Any], config: dict[str, Any]) -> dic
     return merged
 
 
+def derive_config_schema(
+    schema: dict[str, Any], *, title: str | None = None, **properties: dict[str, Any]
+) -> dict[str, Any]:
+    """Return a copy of SCHEMA with another TITLE and changed or added PROPERTIES.
+
+    Each keyword names a property; its keys replace that property's keys
+    (``base_url={"default": "https://..."}``), or make a new property. For a
+    plugin that builds on another's schema at class level.
+    """
+    derived = copy.deepcopy(schema)
+    if title is not None:
+        derived["title"] = title
+    own = derived.setdefault("properties", {})
+    for name, changes in properties.items():
+        own[name] = {**own.get(name, {}), **copy.deepcopy(changes)}
+    return derived
+
+
+T = TypeVar("T")
+
+
+def _read_plugin(cls: type, member: str, read: Callable[[], T]) -> T:
+    """Return READ(), a read of MEMBER of plugin CLS; what the plugin raises becomes a ``PluginError``."""
+    try:
+        return read()
+    except ProviderError:
+        raise
+    except Exception as exc:  # the plugin's bug, named, never a bare traceback
+        text = str(exc)
+        raise PluginError(
+            f"{cls.__name__}.{member} failed: {type(exc).__name__}" + (f": {text}" if text else "")
+        ) from exc
+
+
 class AbstractAIProvider(ABC):
     """The interface every provider plugin implements.
+
+    A plugin declares, as class attributes, ``metadata`` (a ``PluginMetadata``)
+    and ``config_json_schema`` (the JSON Schema of its configuration). The
+    guide's form, a ``metadata`` property and a ``get_config_schema`` method,
+    works too; Echo reads both through ``plugin_metadata()`` and
+    ``config_schema()`` when it has no configured instance.
 
     An instance is built with its configuration (``self.config``, with the
     schema's defaults, the routing settings' included) and must do no I/O in
     ``__init__``; the registry calls ``initialize()`` before the instance
-    serves and ``shutdown()`` after its last in-flight request. All I/O is async and must not block the event loop.
-    Methods raise ``ProviderError`` kinds on failure.
+    serves and ``shutdown()`` after its last in-flight request. An instance's
+    ``metadata`` lists the models its configuration names (see
+    ``PluginMetadata.configured``). All I/O is async and must not block the
+    event loop. Methods raise ``ProviderError`` kinds on failure.
     """
+
+    #: The JSON Schema of the plugin's configuration; a plugin declares it, or
+    #: overrides ``get_config_schema`` (the guide's form).
+    config_json_schema: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
         self.name = name or self.__class__.__name__
         self.config = apply_schema_defaults(
             normalize_config_schema(self.get_config_schema()), config or {}
         )
+        self._configure_metadata()
 
     # --- identity -------------------------------------------------------
 
     @property
     @abstractmethod
     def metadata(self) -> PluginMetadata:
-        """Describe the plugin: name, version, capabilities, models."""
+        """Describe the plugin: name, version, capabilities, models.
+
+        Declare it as a class attribute (``metadata = PluginMetadata(...)``),
+        or as this property, the guide's form.
+        """
+
+    @classmethod
+    def plugin_metadata(cls) -> PluginMetadata:
+        """Return the plugin's metadata without a configured instance.
+
+        A class attribute is returned as declared. A ``metadata`` property
+        (the guide's form) is read from an instance holding only the base's
+        state, its name and the schema's defaults, the plugin's ``__init__``
+        not run. Raise ``PluginError`` when the plugin fails to give one.
+        """
+        declared = inspect.getattr_static(cls, "metadata", None)
+        if isinstance(declared, PluginMetadata):
+            return declared
+
+        def read() -> PluginMetadata:
+            defaults = apply_schema_defaults(cls.config_schema(), {})
+            metadata = cls._unconfigured(defaults).metadata
+            if not isinstance(metadata, PluginMetadata):
+                raise TypeError(f"metadata is a {type(metadata).__name__}, not a PluginMetadata")
+            return metadata
+
+        return _read_plugin(cls, "metadata", read)
+
+    def _configure_metadata(self) -> None:
+        """Give this instance the declared metadata with the models its configuration names.
+
+        A plugin that computes ``metadata`` itself (a property) is left alone.
+        """
+        declared = inspect.getattr_static(type(self), "metadata", None)
+        if isinstance(declared, PluginMetadata):
+            self.metadata = declared.configured(self.config)
+
+    @classmethod
+    def _unconfigured(cls, config: dict[str, Any]) -> AbstractAIProvider:
+        """Return an instance of the plugin with only the base's state: its name and CONFIG.
+
+        The plugin's ``__init__`` is not run, so that reading a member the
+        guide's form computes on an instance runs no plugin code but that
+        member's.
+        """
+        instance = cls.__new__(cls)
+        instance.name = cls.__name__
+        instance.config = config
+        return instance
 
     def supports(self, capability: PluginCapability) -> bool:
         """Return whether the plugin declares CAPABILITY."""
@@ -357,6 +479,7 @@ class AbstractAIProvider(ABC):
         self.config = apply_schema_defaults(
             normalize_config_schema(self.get_config_schema()), new_config
         )
+        self._configure_metadata()
         await self.initialize()
 
     # --- chat -----------------------------------------------------------
@@ -415,9 +538,24 @@ class AbstractAIProvider(ABC):
 
     # --- configuration --------------------------------------------------
 
-    @abstractmethod
     def get_config_schema(self) -> dict[str, Any]:
-        """Return the JSON Schema of this plugin's configuration."""
+        """Return the JSON Schema of this plugin's configuration: ``config_json_schema``.
+
+        The guide's form overrides this method instead of declaring the class attribute.
+        """
+        schema = type(self).config_json_schema
+        if schema is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} declares no config_json_schema "
+                "and does not override get_config_schema."
+            )
+        return copy.deepcopy(schema)
+
+    @classmethod
+    def declares_config_schema(cls) -> bool:
+        """Return whether the plugin declares its schema: the class attribute, or the guide's method."""
+        overridden = cls.get_config_schema is not AbstractAIProvider.get_config_schema
+        return overridden or cls.config_json_schema is not None
 
     def get_config_errors(self, config: dict[str, Any]) -> dict[str, list[str]]:
         """Return the schema errors of CONFIG per field; empty when it is valid.
@@ -455,5 +593,26 @@ class AbstractAIProvider(ABC):
 
     @classmethod
     def config_schema(cls) -> dict[str, Any]:
-        """Return the plugin's normalized config schema without a configured instance."""
-        return normalize_config_schema(cls.__new__(cls).get_config_schema())
+        """Return the plugin's config schema, normalized, without a configured instance.
+
+        ``config_json_schema`` as declared, or what the guide's
+        ``get_config_schema`` returns on an instance holding only the base's
+        state. Raise ``PluginError`` when the plugin fails to give one.
+        """
+        return normalize_config_schema(
+            _read_plugin(
+                cls, "get_config_schema", lambda: cls._unconfigured({}).get_config_schema()
+            )
+        )
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, list[str]]:
+        """Return CONFIG's errors per field, as ``get_config_errors`` finds them, without an instance.
+
+        For checking a change before it is saved. ``get_config_errors`` runs
+        on an instance holding only the base's state; raise ``PluginError``
+        when the plugin fails.
+        """
+        return _read_plugin(
+            cls, "get_config_errors", lambda: cls._unconfigured({}).get_config_errors(config)
+        )

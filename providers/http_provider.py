@@ -6,8 +6,16 @@ parse its requests. This module owns the rest, once: a pooled
 ``httpx.AsyncClient`` per instance (per event loop), timeouts from settings,
 every new connection checked against the upstream policy after DNS
 (``providers.upstream.connections``), no redirects and no retries of its own
-(the ModelManager owns retries), the mapping of every failure to a typed
-``ProviderError`` with secrets stripped, and the SSE and NDJSON stream readers.
+(the ModelManager owns retries), the SSE and NDJSON stream readers, and the
+mapping of every failure to a typed ``ProviderError`` with secrets stripped.
+
+That mapping is one table from an upstream status to an error kind, used
+for HTTP answers (``HTTPProvider.error_for_status``) and for what a wire
+format raises (``HTTPProvider.wire_call``): a wire format is pure functions
+that raise ``WireFormatError`` when the upstream's data breaks it,
+``UpstreamErrorEvent`` when the upstream reports an error inside an answer
+that began with 200 (mid-stream), and ``BadRequestError`` or
+``UnsupportedCapabilityError`` for a request it cannot express.
 """
 
 from __future__ import annotations
@@ -16,16 +24,16 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
-from providers.base import AbstractAIProvider, secret_fields
+from providers.base import AbstractAIProvider
 from providers.errors import (
     AuthenticationError,
     BadRequestError,
@@ -39,6 +47,7 @@ from providers.errors import (
 )
 from providers.runtime.retry_policy import parse_retry_after
 from providers.secrets.masking import redact
+from providers.secrets.values import instance_secret_values
 from providers.types import HealthStatus
 from providers.upstream.connections import (
     BlockedUpstreamError,
@@ -84,6 +93,83 @@ HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
+class WireFormatError(ProtocolError):
+    """What a wire format raises when the upstream's data breaks it.
+
+    The message is what the upstream did, to follow its name: "sent a model
+    list without data." ``HTTPProvider.wire_call`` makes it this provider's
+    ``ProtocolError``, "OpenAI sent a model list without data."
+    """
+
+
+class UpstreamErrorEvent(Exception):
+    """What a wire format raises for an error the upstream reports inside an answer begun with 200.
+
+    An ``error`` event in a stream, or an error object in place of the
+    answer. BODY is the error as the upstream sent it, read like an error
+    answer's body (``HTTPProvider.upstream_error_message``); STATUS is the
+    HTTP status the error stands for, which the wire format knows from the
+    error's type, so that it gets the kind its HTTP twin gets.
+    """
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"upstream error {status}")
+        self.status = status
+        self.body = body
+
+
+def status_named_in(text: str, statuses: dict[str, int], otherwise: int = 500) -> int:
+    """Return the status of the first word of STATUSES that TEXT holds, else OTHERWISE.
+
+    For a wire format that knows an error sent inside an answer only by its
+    words (its type, its code, its message).
+    """
+    return next((status for word, status in statuses.items() if word in text), otherwise)
+
+
+def default_model_setting(
+    default: str, description: str = "Model used when a request names none."
+) -> dict[str, Any]:
+    """Return the ``default_model`` setting, DEFAULT unless configured."""
+    return {
+        "type": "string",
+        "title": "Default model",
+        "description": description,
+        "default": default,
+        "minLength": 1,
+    }
+
+
+def keyed_api_schema(
+    title: str, *, api_key_description: str, properties: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the config schema of an API that needs a key.
+
+    Its settings: a required secret ``api_key``, PROPERTIES, and the HTTP
+    settings; no other.
+    """
+    return {
+        "type": "object",
+        "title": title,
+        "properties": {
+            "api_key": {
+                "type": "string",
+                "title": "API key",
+                "description": api_key_description,
+                "writeOnly": True,
+                "minLength": 1,
+            },
+            **properties,
+            **HTTP_SETTINGS_SCHEMA,
+        },
+        "required": ["api_key"],
+        "additionalProperties": False,
+    }
+
+
+T = TypeVar("T")
+
+
 @dataclass(slots=True)
 class SSEEvent:
     """One Server-Sent Event as the upstream sent it."""
@@ -110,9 +196,10 @@ class HTTPProvider(AbstractAIProvider):
     """Base class of providers that call an HTTP API.
 
     Subclasses set ``display_name`` and implement ``auth_headers`` and the
-    chat methods with ``post_json`` / ``stream_sse`` / ``stream_ndjson``;
-    they may override ``upstream_error_message`` to read their error body
-    and ``error_for_status`` to refine the mapping.
+    chat methods with ``post_json`` / ``stream_sse`` / ``stream_ndjson``,
+    calling their wire format through ``wire_call``; they may override
+    ``upstream_error_message`` to read their error body and
+    ``error_for_status`` to refine the mapping.
     """
 
     display_name = "Upstream"
@@ -210,26 +297,20 @@ class HTTPProvider(AbstractAIProvider):
     # --- errors --------------------------------------------------------
 
     def secret_values(self) -> list[str]:
-        """Return the configured secret values, to strip from every message.
-
-        Each value also counts without its surrounding whitespace: a pasted key
-        with a trailing newline makes an invalid header, and the HTTP library's
-        error quotes that header with the newline escaped, so only the bare key
-        matches what the message shows.
-        """
-        names = secret_fields(self.get_config_schema())
-        values = [str(v) for k, v in self.config.items() if k in names and v]
-        return values + [v.strip() for v in values if v.strip() and v.strip() != v]
+        """Return the configured secret values, by the one rule of ``providers.secrets.values``."""
+        return instance_secret_values(self)
 
     def _error(self, cls: type[ProviderError], message: str, **kwargs: Any) -> ProviderError:
         return cls(redact(message, self.secret_values()), provider=self.name, **kwargs)
 
-    def error_for_status(self, status: int, message: str, headers: httpx.Headers) -> ProviderError:
+    def error_for_status(
+        self, status: int, message: str, headers: httpx.Headers | None = None
+    ) -> ProviderError:
         """Return the typed error for an upstream answer with STATUS."""
         if 300 <= status < 400:
             # Never followed (it could lead to an internal address); say where it
             # pointed, host only: a redirect's query may carry a token.
-            target = urlsplit(headers.get("location", ""))
+            target = urlsplit((headers or httpx.Headers()).get("location", ""))
             where = f" to {target.scheme}://{target.netloc}" if target.netloc else ""
             return self._error(
                 ProtocolError,
@@ -237,25 +318,48 @@ class HTTPProvider(AbstractAIProvider):
                 "follow redirects: check base_url.",
                 status_code=status,
             )
-        text = f"{self.display_name} answered {status}: {message}"
+        return self._error_of_status(
+            status, f"{self.display_name} answered {status}: {message}", headers
+        )
+
+    def _error_of_status(
+        self, status: int, text: str, headers: httpx.Headers | None = None
+    ) -> ProviderError:
+        """Return the error kind an upstream error with STATUS stands for, saying TEXT."""
+        retry_after = parse_retry_after(headers) if headers is not None else None
         if status in (401, 403):
             return self._error(AuthenticationError, text, status_code=status)
         if status == 404:
             return self._error(ModelNotFoundError, text, status_code=status)
         if status == 429:
-            return self._error(
-                RateLimitError, text, status_code=status, retry_after=parse_retry_after(headers)
-            )
+            return self._error(RateLimitError, text, status_code=status, retry_after=retry_after)
         if status == 408:
             return self._error(ProviderTimeoutError, text, status_code=status)
         if 400 <= status < 500:
             return self._error(BadRequestError, text, status_code=status)
         return self._error(
-            ProviderUnavailableError,
-            text,
-            status_code=status,
-            retry_after=parse_retry_after(headers),
+            ProviderUnavailableError, text, status_code=status, retry_after=retry_after
         )
+
+    def wire_call(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Return STEP(*ARGS, **KWARGS), a call into the wire format, its errors made this provider's.
+
+        An ``UpstreamErrorEvent`` gets the kind of its status, like an HTTP
+        answer; a ``WireFormatError`` becomes a ``ProtocolError`` naming the
+        upstream; any other ``ProviderError`` (a request the wire format
+        cannot express) is kept. Each carries this provider's name.
+        """
+        try:
+            return step(*args, **kwargs)
+        except UpstreamErrorEvent as event:
+            message = self.upstream_error_message(event.body) or "unknown error"
+            text = f"{self.display_name} failed mid-stream: {message}"
+            raise self._error_of_status(event.status, text) from None
+        except WireFormatError as exc:
+            raise self._error(ProtocolError, f"{self.display_name} {exc.message}") from None
+        except ProviderError as exc:
+            exc.provider = exc.provider or self.name
+            raise
 
     def _error_from_response(self, response: httpx.Response, body: bytes) -> ProviderError:
         try:

@@ -44,6 +44,7 @@ def test_the_doc_pages_exist() -> None:
         assert (DOCS / page).is_file(), page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "code",
     blocks(PLUGINS_DOC, "python"),

@@ -22,6 +22,9 @@ from providers.runtime.registry import ENTRY_POINT_GROUP
 from providers.testing.fake_openai import FakeOpenAI
 from tests.conftest import IN_CI
 
+# Slow: it generates a plugin, runs its tests in a pytest of their own and serves it.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -14,15 +14,11 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
-
 from providers.base import PluginCapability, PluginMetadata
-from providers.errors import ProviderError
-from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
+from providers.http_provider import HTTPProvider, default_model_setting, keyed_api_schema
 from providers.plugins.anthropic_wire import (
     MESSAGES_PATH,
     MODELS_PATH,
-    StreamErrorEvent,
     StreamFold,
     build_request,
     parse_model_list,
@@ -35,7 +31,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_API_VERSION = "2023-06-01"
 DEFAULT_MODEL = "claude-3-5-haiku-latest"
 
-# Shown in the plugin's metadata; the live list comes from GET /v1/models.
+# Shown in the plugin's metadata (a live provider's default model first); the live
+# list comes from GET /v1/models.
 WELL_KNOWN_MODELS = (
     "claude-opus-4-1",
     "claude-opus-4-0",
@@ -56,76 +53,56 @@ class AnthropicProvider(HTTPProvider):
 
     display_name = "Anthropic"
 
-    @property
-    def metadata(self) -> PluginMetadata:
-        default = self.config.get("default_model", DEFAULT_MODEL)
-        return PluginMetadata(
-            name="Anthropic",
-            version="1.0.0",
-            description="Claude models through Anthropic's Messages API.",
-            author="Echo",
-            capabilities=[
-                PluginCapability.STREAMING,
-                PluginCapability.FUNCTION_CALLING,
-                PluginCapability.VISION,
-                PluginCapability.MULTIMODAL,
-            ],
-            models=[default, *(m for m in WELL_KNOWN_MODELS if m != default)],
-            homepage="https://docs.anthropic.com/en/api/messages",
-            requires_api_key=True,
-        )
+    metadata = PluginMetadata(
+        name="Anthropic",
+        version="1.0.0",
+        description="Claude models through Anthropic's Messages API.",
+        author="Echo",
+        capabilities=[
+            PluginCapability.STREAMING,
+            PluginCapability.FUNCTION_CALLING,
+            PluginCapability.VISION,
+            PluginCapability.MULTIMODAL,
+        ],
+        models=list(WELL_KNOWN_MODELS),
+        homepage="https://docs.anthropic.com/en/api/messages",
+        requires_api_key=True,
+    )
 
-    def get_config_schema(self) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "title": "Anthropic settings",
-            "properties": {
-                "api_key": {
-                    "type": "string",
-                    "title": "API key",
-                    "description": "Anthropic API key (sent as x-api-key); never shown again.",
-                    "writeOnly": True,
-                    "minLength": 1,
-                },
-                "base_url": {
-                    "type": "string",
-                    "title": "Base URL",
-                    "description": "Where the Messages API lives; change it for a proxy or gateway.",
-                    "default": DEFAULT_BASE_URL,
-                    "pattern": "^https?://",
-                    "maxLength": 2048,
-                },
-                "anthropic_version": {
-                    "type": "string",
-                    "title": "API version",
-                    "description": "The anthropic-version header: the API behaviour Echo is written for.",
-                    "default": DEFAULT_API_VERSION,
-                    "minLength": 1,
-                },
-                "max_tokens": {
-                    "type": "integer",
-                    "title": "Default max tokens",
-                    "description": (
-                        "Most tokens an answer may use when a request sets none; "
-                        "Anthropic requires a limit on every request."
-                    ),
-                    "default": 1024,
-                    "minimum": 1,
-                    # Far above any model's output limit, and a bound on what is sent.
-                    "maximum": 1_000_000,
-                },
-                "default_model": {
-                    "type": "string",
-                    "title": "Default model",
-                    "description": "Model used when a request names none.",
-                    "default": DEFAULT_MODEL,
-                    "minLength": 1,
-                },
-                **HTTP_SETTINGS_SCHEMA,
+    config_json_schema = keyed_api_schema(
+        "Anthropic settings",
+        api_key_description="Anthropic API key (sent as x-api-key); never shown again.",
+        properties={
+            "base_url": {
+                "type": "string",
+                "title": "Base URL",
+                "description": "Where the Messages API lives; change it for a proxy or gateway.",
+                "default": DEFAULT_BASE_URL,
+                "pattern": "^https?://",
+                "maxLength": 2048,
             },
-            "required": ["api_key"],
-            "additionalProperties": False,
-        }
+            "anthropic_version": {
+                "type": "string",
+                "title": "API version",
+                "description": "The anthropic-version header: the API behaviour Echo is written for.",
+                "default": DEFAULT_API_VERSION,
+                "minLength": 1,
+            },
+            "max_tokens": {
+                "type": "integer",
+                "title": "Default max tokens",
+                "description": (
+                    "Most tokens an answer may use when a request sets none; "
+                    "Anthropic requires a limit on every request."
+                ),
+                "default": 1024,
+                "minimum": 1,
+                # Far above any model's output limit, and a bound on what is sent.
+                "maximum": 1_000_000,
+            },
+            "default_model": default_model_setting(DEFAULT_MODEL),
+        },
+    )
 
     # --- HTTPProvider hooks ----------------------------------------------
 
@@ -147,38 +124,30 @@ class AnthropicProvider(HTTPProvider):
 
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """Return the Messages API body for REQUEST with this provider's defaults."""
-        try:
-            return build_request(
-                request,
-                model=request.model or str(self.config["default_model"]),
-                default_max_tokens=int(self.config["max_tokens"]),
-                stream=stream,
-            )
-        except ProviderError as exc:
-            exc.provider = exc.provider or self.name
-            raise
+        return self.wire_call(
+            build_request,
+            request,
+            model=request.model or str(self.config["default_model"]),
+            default_max_tokens=int(self.config["max_tokens"]),
+            stream=stream,
+        )
 
     async def chat_completion(self, request: ChatRequest) -> ChatResponse:
         body = await self.post_json(MESSAGES_PATH, self.build_body(request, stream=False))
-        return parse_response(body, provider=self.name)
+        return self.wire_call(parse_response, body, provider=self.name)
 
     async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
         body = self.build_body(request, stream=True)
         fold = StreamFold(provider=self.name, model=body["model"])
-        try:
-            async with aclosing(self.stream_sse(MESSAGES_PATH, body)) as events:
-                async for event in events:
-                    data = self.parse_json_text(event.data)
-                    if isinstance(data, dict) and "type" not in data:
-                        data["type"] = event.event  # the SSE event name says the same
-                    chunk = fold.feed(data)
-                    if chunk is not None:
-                        yield chunk
-            fold.finish()
-        except StreamErrorEvent as exc:
-            raise self.error_for_status(
-                exc.status, f"{exc.error_type} in the event stream: {exc.message}", httpx.Headers()
-            ) from None
+        async with aclosing(self.stream_sse(MESSAGES_PATH, body)) as events:
+            async for event in events:
+                data = self.parse_json_text(event.data)
+                if isinstance(data, dict) and "type" not in data:
+                    data["type"] = event.event  # the SSE event name says the same
+                chunk = self.wire_call(fold.feed, data)
+                if chunk is not None:
+                    yield chunk
+        self.wire_call(fold.finish)
 
     # --- models and health -------------------------------------------------
 
@@ -188,7 +157,7 @@ class AnthropicProvider(HTTPProvider):
         for _ in range(MAX_MODEL_PAGES):
             query = {"limit": 1000, **({"after_id": cursor} if cursor else {})}
             body = await self.request_json("GET", f"{MODELS_PATH}?{urlencode(query)}")
-            page, cursor = parse_model_list(body)
+            page, cursor = self.wire_call(parse_model_list, body)
             models.extend(page)
             if cursor is None:
                 break

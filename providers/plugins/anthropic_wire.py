@@ -12,8 +12,9 @@ stream is a sequence of typed Server-Sent Events (``message_start``,
 
 Nothing here does I/O, so every translation is tested on recorded JSON.
 Untranslatable input raises ``BadRequestError``; an answer that breaks the
-protocol raises ``ProtocolError``; an ``error`` event in a stream raises
-``StreamErrorEvent`` for the provider to map like an HTTP error.
+protocol raises ``WireFormatError``; an ``error`` event in a stream raises
+``UpstreamErrorEvent`` with the HTTP status of its type. The provider calls
+these through ``HTTPProvider.wire_call``, which types and names those errors.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.errors import BadRequestError, ProtocolError
+from providers.errors import BadRequestError
+from providers.http_provider import UpstreamErrorEvent, WireFormatError
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall, Usage
 
 MESSAGES_PATH = "/v1/messages"
@@ -299,18 +301,14 @@ def usage_from(raw: dict[str, Any] | None) -> Usage:
 def parse_response(body: Any, *, provider: str = "") -> ChatResponse:
     """Return the common response for a Messages API ``message`` BODY."""
     if not isinstance(body, dict) or not isinstance(body.get("content"), list):
-        raise ProtocolError("Anthropic sent a message without a content list.", provider=provider)
+        raise WireFormatError("sent a message without a content list.")
     if body.get("type", "message") != "message":
-        raise ProtocolError(
-            f"Anthropic sent a {body.get('type')!r} object, not a message.", provider=provider
-        )
+        raise WireFormatError(f"sent a {body.get('type')!r} object, not a message.")
     texts: list[str] = []
     tool_calls: list[ToolCall] = []
     for block in body["content"]:
         if not isinstance(block, dict):
-            raise ProtocolError(
-                "Anthropic sent a content block that is not an object.", provider=provider
-            )
+            raise WireFormatError("sent a content block that is not an object.")
         if block.get("type") == "text":
             texts.append(str(block.get("text") or ""))
         elif block.get("type") == "tool_use":
@@ -341,23 +339,13 @@ def parse_response(body: Any, *, provider: str = "") -> ChatResponse:
 def parse_model_list(body: Any) -> tuple[list[str], str | None]:
     """Return (model ids, the cursor for the next page or None) from a ``GET /v1/models`` BODY."""
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise ProtocolError("Anthropic sent a model list without a data list.")
+        raise WireFormatError("sent a model list without a data list.")
     ids = [str(m["id"]) for m in body["data"] if isinstance(m, dict) and m.get("id")]
     cursor = body.get("last_id") if body.get("has_more") else None
     return ids, (str(cursor) if cursor else None)
 
 
 # --- streams -----------------------------------------------------------------
-
-
-class StreamErrorEvent(Exception):
-    """The upstream sent an ``error`` event in the middle of a stream."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
-        self.status = status_for_error_type(error_type)
 
 
 @dataclass
@@ -376,7 +364,7 @@ class StreamFold:
     ``message_stop`` with the finish reason, the usage (input tokens from
     ``message_start``, output tokens from the last ``message_delta``) and the
     complete tool calls, whose JSON arguments arrive in pieces per block.
-    ``finish`` raises ``ProtocolError`` if the stream ended before ``message_stop``.
+    ``finish`` raises ``WireFormatError`` if the stream ended before ``message_stop``.
     """
 
     provider: str = ""
@@ -396,10 +384,7 @@ class StreamFold:
         kind = event.get("type")
         if kind == "error":
             error = event.get("error") if isinstance(event.get("error"), dict) else {}
-            raise StreamErrorEvent(
-                str(error.get("type") or "api_error"),
-                str(error.get("message") or "Anthropic reported an error in the stream."),
-            )
+            raise UpstreamErrorEvent(status_for_error_type(error.get("type")), event)
         if kind == "ping" or self.stopped:
             return None
         if kind == "message_start":
@@ -427,14 +412,12 @@ class StreamFold:
         return None
 
     def finish(self) -> None:
-        """Raise ``ProtocolError`` unless the stream reached ``message_stop``."""
+        """Raise ``WireFormatError`` unless the stream reached ``message_stop``."""
         if not self.stopped:
             raise self._broken("the end of the stream before message_stop")
 
-    def _broken(self, what: str) -> ProtocolError:
-        return ProtocolError(
-            f"Anthropic's event stream broke the protocol: got {what}.", provider=self.provider
-        )
+    def _broken(self, what: str) -> WireFormatError:
+        return WireFormatError(f"broke the event stream's protocol: got {what}.")
 
     def _message_start(self, event: dict[str, Any]) -> None:
         message = event.get("message")

@@ -26,53 +26,51 @@ def count_tokens(text: str) -> int:
 class EchoProvider(AbstractAIProvider):
     """Reply with the last user message, deterministically."""
 
-    @property
-    def metadata(self) -> PluginMetadata:
-        return PluginMetadata(
-            name="Echo",
-            version="1.0.0",
-            description="Offline provider that answers with the last user message.",
-            author="Echo",
-            capabilities=[PluginCapability.STREAMING],
-            models=list(self.config["models"]),
-        )
+    metadata = PluginMetadata(
+        name="Echo",
+        version="1.0.0",
+        description="Offline provider that answers with the last user message.",
+        author="Echo",
+        capabilities=[PluginCapability.STREAMING],
+        # A live instance lists its ``models`` setting instead.
+        models=["echo-1"],
+    )
 
-    def get_config_schema(self) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "title": "Echo settings",
-            "properties": {
-                "prefix": {
-                    "type": "string",
-                    "title": "Reply prefix",
-                    "description": "Text put before the echoed message.",
-                    "default": "Echo: ",
-                },
-                "delay_ms": {
-                    "type": "integer",
-                    "title": "Delay per streamed word (ms)",
-                    "description": "Pause between streamed words, to watch streaming work.",
-                    "default": 0,
-                    "minimum": 0,
-                    "maximum": 10000,
-                },
-                "default_model": {
-                    "type": "string",
-                    "title": "Default model",
-                    "description": "Model used when a request names none.",
-                    "default": "echo-1",
-                },
-                "models": {
-                    "type": "array",
-                    "title": "Models",
-                    "description": "Model names this provider answers to.",
-                    "items": {"type": "string"},
-                    "default": ["echo-1"],
-                    "minItems": 1,
-                },
+    config_json_schema = {
+        "type": "object",
+        "title": "Echo settings",
+        "properties": {
+            "prefix": {
+                "type": "string",
+                "title": "Reply prefix",
+                "description": "Text put before the echoed message.",
+                "default": "Echo: ",
             },
-            "additionalProperties": False,
-        }
+            "delay_ms": {
+                "type": "integer",
+                "title": "Delay per streamed word (ms)",
+                "description": "Pause between streamed words, to watch streaming work.",
+                "default": 0,
+                "minimum": 0,
+                "maximum": 10000,
+            },
+            "default_model": {
+                "type": "string",
+                "title": "Default model",
+                "description": "Model used when a request names none.",
+                "default": "echo-1",
+            },
+            "models": {
+                "type": "array",
+                "title": "Models",
+                "description": "Model names this provider answers to.",
+                "items": {"type": "string"},
+                "default": ["echo-1"],
+                "minItems": 1,
+            },
+        },
+        "additionalProperties": False,
+    }
 
     async def initialize(self) -> None:
         self._started = time.monotonic()

@@ -21,14 +21,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from providers.base import PluginCapability, PluginMetadata
-from providers.errors import (
-    BadRequestError,
-    ModelNotFoundError,
-    ProtocolError,
-    ProviderError,
-    ProviderUnavailableError,
-)
-from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider
+from providers.errors import ProtocolError
+from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, default_model_setting
 from providers.plugins import ollama_wire as wire
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 from providers.usage.model_info import known_model_info
@@ -44,74 +38,65 @@ class OllamaProvider(HTTPProvider):
 
     display_name = "Ollama"
 
-    @property
-    def metadata(self) -> PluginMetadata:
-        return PluginMetadata(
-            name="Ollama",
-            version="1.0.0",
-            description="Local models (Llama, Mistral, Gemma, ...) served by Ollama; no API key.",
-            author="Echo",
-            capabilities=[
-                PluginCapability.STREAMING,
-                PluginCapability.EMBEDDINGS,
-                PluginCapability.FUNCTION_CALLING,
-                PluginCapability.VISION,
-            ],
-            # The guide's model families; the server's own list is list_models().
-            models=["llama3", "llama2", "codellama", "mistral", "gemma"],
-            homepage="https://ollama.com",
-            requires_api_key=False,
-        )
+    metadata = PluginMetadata(
+        name="Ollama",
+        version="1.0.0",
+        description="Local models (Llama, Mistral, Gemma, ...) served by Ollama; no API key.",
+        author="Echo",
+        capabilities=[
+            PluginCapability.STREAMING,
+            PluginCapability.EMBEDDINGS,
+            PluginCapability.FUNCTION_CALLING,
+            PluginCapability.VISION,
+        ],
+        # The guide's model families; the server's own list is list_models().
+        models=["llama3", "llama2", "codellama", "mistral", "gemma"],
+        homepage="https://ollama.com",
+        requires_api_key=False,
+    )
 
-    def get_config_schema(self) -> dict[str, Any]:
-        http_settings = {
+    config_json_schema = {
+        "type": "object",
+        "title": "Ollama settings",
+        "description": "Where the Ollama server runs and which of its models to use.",
+        "properties": {
+            "base_url": {
+                "type": "string",
+                "title": "Server URL",
+                "description": "Address of the Ollama server, without /api.",
+                "default": DEFAULT_BASE_URL,
+                "format": "uri",
+                "pattern": "^https?://",
+                "maxLength": 2048,
+            },
+            "default_model": default_model_setting(
+                "llama3",
+                "Model used when a request names none, e.g. llama3 or "
+                "mistral:7b; it must be pulled on the server (ollama pull).",
+            ),
+            "embedding_model": {
+                "type": "string",
+                "title": "Embedding model",
+                "description": "Model used for embeddings when a request names none.",
+                "default": "nomic-embed-text",
+                "minLength": 1,
+            },
+            "keep_alive": {
+                "type": "string",
+                "title": "Keep model loaded for",
+                "description": "How long Ollama keeps a model in memory after a request, "
+                'as a duration such as "5m" or "1h"; "0" unloads it at once and a '
+                'negative duration ("-1m") keeps it loaded. Empty: the server\'s '
+                "default (5m).",
+                "pattern": KEEP_ALIVE_PATTERN,
+            },
             **HTTP_SETTINGS_SCHEMA,
             # A local model is loaded from disk on its first request, which
             # can take longer than a hosted API's first byte.
             "timeout": {**HTTP_SETTINGS_SCHEMA["timeout"], "default": 120},
-        }
-        return {
-            "type": "object",
-            "title": "Ollama settings",
-            "description": "Where the Ollama server runs and which of its models to use.",
-            "properties": {
-                "base_url": {
-                    "type": "string",
-                    "title": "Server URL",
-                    "description": "Address of the Ollama server, without /api.",
-                    "default": DEFAULT_BASE_URL,
-                    "format": "uri",
-                    "pattern": "^https?://",
-                    "maxLength": 2048,
-                },
-                "default_model": {
-                    "type": "string",
-                    "title": "Default model",
-                    "description": "Model used when a request names none, e.g. llama3 or "
-                    "mistral:7b; it must be pulled on the server (ollama pull).",
-                    "default": "llama3",
-                    "minLength": 1,
-                },
-                "embedding_model": {
-                    "type": "string",
-                    "title": "Embedding model",
-                    "description": "Model used for embeddings when a request names none.",
-                    "default": "nomic-embed-text",
-                    "minLength": 1,
-                },
-                "keep_alive": {
-                    "type": "string",
-                    "title": "Keep model loaded for",
-                    "description": "How long Ollama keeps a model in memory after a request, "
-                    'as a duration such as "5m" or "1h"; "0" unloads it at once and a '
-                    'negative duration ("-1m") keeps it loaded. Empty: the server\'s '
-                    "default (5m).",
-                    "pattern": KEEP_ALIVE_PATTERN,
-                },
-                **http_settings,
-            },
-            "additionalProperties": False,
-        }
+        },
+        "additionalProperties": False,
+    }
 
     # --- chat ------------------------------------------------------------
 
@@ -121,88 +106,57 @@ class OllamaProvider(HTTPProvider):
     def _keep_alive(self) -> str | None:
         return self.config.get("keep_alive") or None
 
-    def _named(self, exc: ProviderError) -> ProviderError:
-        """Return EXC (raised by the wire functions) with this provider's name on it."""
-        if exc.provider is None:
-            exc.provider = self.name
-        return exc
-
     async def chat_completion(self, request: ChatRequest) -> ChatResponse:
         model = self._model(request)
-        try:
-            body = wire.chat_body(request, model=model, stream=False, keep_alive=self._keep_alive())
-            data = await self.post_json(wire.CHAT_PATH, body)
-            message = wire.error_message(data)
-            if message is not None:
-                raise self._stream_error(message)
-            response = wire.parse_chat_response(data, model=model)
-        except ProviderError as exc:
-            raise self._named(exc) from None
+        body = self.wire_call(
+            wire.chat_body, request, model=model, stream=False, keep_alive=self._keep_alive()
+        )
+        data = await self.post_json(wire.CHAT_PATH, body)
+        response = self.wire_call(wire.parse_chat_response, data, model=model)
         response.provider = self.name
         return response
 
     async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
         model = self._model(request)
         made_tool_calls = False
-        try:
-            body = wire.chat_body(request, model=model, stream=True, keep_alive=self._keep_alive())
-            async for data in self.stream_ndjson(wire.CHAT_PATH, body):
-                message = wire.error_message(data)
-                if message is not None:
-                    raise self._stream_error(message)
-                chunk = wire.parse_stream_object(data)
-                chunk.model = chunk.model or model
-                made_tool_calls = made_tool_calls or bool(chunk.tool_calls)
-                if chunk.is_final:
-                    if made_tool_calls:
-                        chunk.finish_reason = "tool_calls"
-                    yield chunk
-                    return
-                if chunk.content or chunk.tool_calls:
-                    yield chunk
-        except ProviderError as exc:
-            raise self._named(exc) from None
+        body = self.wire_call(
+            wire.chat_body, request, model=model, stream=True, keep_alive=self._keep_alive()
+        )
+        async for data in self.stream_ndjson(wire.CHAT_PATH, body):
+            chunk = self.wire_call(wire.parse_stream_object, data)
+            chunk.model = chunk.model or model
+            made_tool_calls = made_tool_calls or bool(chunk.tool_calls)
+            if chunk.is_final:
+                if made_tool_calls:
+                    chunk.finish_reason = "tool_calls"
+                yield chunk
+                return
+            if chunk.content or chunk.tool_calls:
+                yield chunk
         # The connection closed cleanly, but without the final object: the
         # answer may be cut short and its usage is unknown.
-        raise self._error(ProtocolError, "Ollama ended the stream without its final 'done' object.")
-
-    def _stream_error(self, message: str) -> ProviderError:
-        """Return the typed error for an ``{"error": ...}`` object inside a 200 answer.
-
-        The status line was sent before the failure, so the text is all there
-        is to go on: a missing model is the caller's mistake, anything else
-        (the runner crashed, ran out of memory) is the server's.
-        """
-        text = f"Ollama failed mid-answer: {message}"
-        if "not found" in message.lower():
-            return self._error(ModelNotFoundError, text)
-        if "does not support" in message.lower():
-            return self._error(BadRequestError, text)
-        return self._error(ProviderUnavailableError, text)
+        raise self._error(
+            ProtocolError, f"{self.display_name} ended the stream without its final 'done' object."
+        )
 
     # --- embeddings ------------------------------------------------------
 
     async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         if not texts:
             return []
-        body = wire.embed_body(
+        body = self.wire_call(
+            wire.embed_body,
             texts,
             model=model or str(self.config["embedding_model"]),
             keep_alive=self._keep_alive(),
         )
-        try:
-            data = await self.post_json(wire.EMBED_PATH, body)
-            return wire.parse_embeddings(data, count=len(texts))
-        except ProviderError as exc:
-            raise self._named(exc) from None
+        data = await self.post_json(wire.EMBED_PATH, body)
+        return self.wire_call(wire.parse_embeddings, data, count=len(texts))
 
     # --- models and health ---------------------------------------------------
 
     async def list_models(self) -> list[str]:
-        try:
-            return wire.model_names(await self.request_json("GET", wire.TAGS_PATH))
-        except ProviderError as exc:
-            raise self._named(exc) from None
+        return self.wire_call(wire.model_names, await self.request_json("GET", wire.TAGS_PATH))
 
     def get_model_info(self, model_name: str) -> dict[str, Any] | None:
         """Return the facts of MODEL_NAME's family (``llama3:8b`` is ``llama3``), or None."""

@@ -13,9 +13,11 @@ They follow Ollama's API reference (``docs/api.md`` in ollama/ollama):
   counts (``prompt_eval_count``, ``eval_count``); that last object may still
   carry text. A failure after the stream started arrives as ``{"error": ...}``.
 
-Malformed upstream data raises ``ProtocolError``; a request Ollama cannot
-express raises ``BadRequestError`` or ``UnsupportedCapabilityError`` naming
-the field. Errors carry no provider name: the provider adds its own.
+Malformed upstream data raises ``WireFormatError``; an ``{"error": ...}``
+object in place of an answer raises ``UpstreamErrorEvent``; a request Ollama
+cannot express raises ``BadRequestError`` or ``UnsupportedCapabilityError``
+naming the field. The provider calls these through
+``HTTPProvider.wire_call``, which types them and adds its name.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import uuid
 from base64 import b64decode
 from typing import Any
 
-from providers.errors import BadRequestError, ProtocolError, UnsupportedCapabilityError
+from providers.errors import BadRequestError, UnsupportedCapabilityError
+from providers.http_provider import UpstreamErrorEvent, WireFormatError, status_named_in
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall, Usage
 
 CHAT_PATH = "/api/chat"
@@ -218,6 +221,26 @@ def error_message(data: Any) -> str | None:
     return None
 
 
+# The HTTP status of an error sent in place of an answer, by the words of its
+# message: the status line went out before the failure, so the text is all
+# there is to go on. A missing model is the caller's mistake, a model without
+# the ability asked for too; anything else (the runner crashed, ran out of
+# memory) is the server's (500).
+ERROR_WORD_STATUS = {"not found": 404, "does not support": 400}
+
+
+def error_status(message: str) -> int:
+    """Return the HTTP status an error MESSAGE sent in place of an answer stands for."""
+    return status_named_in(message.lower(), ERROR_WORD_STATUS)
+
+
+def _raise_reported_error(data: Any) -> None:
+    """Raise ``UpstreamErrorEvent`` when DATA is an ``{"error": ...}`` object."""
+    message = error_message(data)
+    if message is not None:
+        raise UpstreamErrorEvent(error_status(message), data)
+
+
 def usage_of(data: dict[str, Any]) -> Usage:
     """Return the token counts of a final (``done: true``) object."""
     return Usage(
@@ -230,7 +253,7 @@ def _count(data: dict[str, Any], key: str) -> int:
     # Ollama omits a count that is zero (Go's omitempty), e.g. a fully cached prompt.
     value = data.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolError(f"Ollama sent an invalid {key!r}.")
+        raise WireFormatError(f"sent an invalid {key!r}.")
     return value
 
 
@@ -250,12 +273,12 @@ def tool_calls_of(message: dict[str, Any]) -> list[ToolCall] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise ProtocolError("Ollama sent 'tool_calls' that is not a list.")
+        raise WireFormatError("sent 'tool_calls' that is not a list.")
     calls = []
     for item in raw:
         function = item.get("function") if isinstance(item, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ProtocolError("Ollama sent a tool call without a function name.")
+            raise WireFormatError("sent a tool call without a function name.")
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             text = arguments  # already JSON text (not what the reference shows, but harmless)
@@ -271,23 +294,24 @@ def tool_calls_of(message: dict[str, Any]) -> list[ToolCall] | None:
 
 def _message(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ProtocolError("Ollama sent something other than a JSON object.")
+        raise WireFormatError("sent something other than a JSON object.")
     message = data.get("message", {})
     if message is None:
         message = {}
     if not isinstance(message, dict):
-        raise ProtocolError("Ollama sent a 'message' that is not an object.")
+        raise WireFormatError("sent a 'message' that is not an object.")
     content = message.get("content", "")
     if content is not None and not isinstance(content, str):
-        raise ProtocolError("Ollama sent message content that is not text.")
+        raise WireFormatError("sent message content that is not text.")
     return message
 
 
 def parse_chat_response(data: Any, *, model: str) -> ChatResponse:
     """Return the ChatResponse of a non-streamed ``/api/chat`` answer (MODEL if it names none)."""
+    _raise_reported_error(data)
     message = _message(data)
     if data.get("done") is not True:
-        raise ProtocolError("Ollama sent an unfinished answer to a request that did not stream.")
+        raise WireFormatError("sent an unfinished answer to a request that did not stream.")
     calls = tool_calls_of(message)
     return ChatResponse(
         content=message.get("content") or "",
@@ -306,10 +330,11 @@ def parse_stream_object(data: Any) -> StreamingChunk:
     whatever text it still carries; its finish reason does not know about tool
     calls made in earlier objects, which the caller accounts for.
     """
+    _raise_reported_error(data)
     message = _message(data)
     done = data.get("done", False)
     if not isinstance(done, bool):
-        raise ProtocolError("Ollama sent a 'done' that is not true or false.")
+        raise WireFormatError("sent a 'done' that is not true or false.")
     calls = tool_calls_of(message)
     model = data.get("model") if isinstance(data.get("model"), str) else None
     if not done:
@@ -339,12 +364,12 @@ def model_names(data: Any) -> list[str]:
     """Return the model names of a ``/api/tags`` answer, as Ollama names them (``llama3:latest``)."""
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, list):
-        raise ProtocolError("Ollama sent a model list without 'models'.")
+        raise WireFormatError("sent a model list without 'models'.")
     names = []
     for item in models:
         name = (item.get("name") or item.get("model")) if isinstance(item, dict) else None
         if not isinstance(name, str):
-            raise ProtocolError("Ollama sent a model without a name.")
+            raise WireFormatError("sent a model without a name.")
         names.append(name)
     return names
 
@@ -353,12 +378,12 @@ def parse_embeddings(data: Any, *, count: int) -> list[list[float]]:
     """Return the COUNT vectors of an ``/api/embed`` answer, in input order."""
     vectors = data.get("embeddings") if isinstance(data, dict) else None
     if not isinstance(vectors, list) or len(vectors) != count:
-        raise ProtocolError(f"Ollama sent no embeddings or not {count} of them.")
+        raise WireFormatError(f"sent no embeddings or not {count} of them.")
     result = []
     for vector in vectors:
         if not isinstance(vector, list) or not all(
             isinstance(x, int | float) and not isinstance(x, bool) for x in vector
         ):
-            raise ProtocolError("Ollama sent an embedding that is not a list of numbers.")
+            raise WireFormatError("sent an embedding that is not a list of numbers.")
         result.append([float(x) for x in vector])
     return result

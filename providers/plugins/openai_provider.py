@@ -11,18 +11,17 @@ joins the two.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from providers.base import PluginCapability, PluginMetadata
-from providers.errors import (
-    BadRequestError,
-    ProtocolError,
-    ProviderError,
-    ProviderUnavailableError,
-    RateLimitError,
+from providers.errors import ProtocolError, ProviderError
+from providers.http_provider import (
+    HTTPProvider,
+    SSEEvent,
+    default_model_setting,
+    keyed_api_schema,
 )
-from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, SSEEvent
 from providers.plugins import openai_wire
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 from providers.usage.model_info import known_model_info
@@ -31,14 +30,13 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
 
-# Shown in the plugin's metadata; the live list comes from ``list_models``.
+# Shown in the plugin's metadata (a live provider's default model first); the live
+# list comes from ``list_models``.
 WELL_KNOWN_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-3.5-turbo")
 
 # How long to wait, after ``[DONE]``, for the end of the HTTP body: a body read
 # to its end returns its connection to the pool instead of closing it.
 DRAIN_SECONDS = 1.0
-
-T = TypeVar("T")
 
 
 class OpenAIProvider(HTTPProvider):
@@ -46,75 +44,55 @@ class OpenAIProvider(HTTPProvider):
 
     display_name = "OpenAI"
 
-    @property
-    def metadata(self) -> PluginMetadata:
-        default = self.config["default_model"]
-        return PluginMetadata(
-            name="OpenAI",
-            version="1.0.0",
-            description="OpenAI's Chat Completions, models and embeddings APIs, "
-            "or any OpenAI-compatible server (set its base URL).",
-            author="Echo",
-            capabilities=[
-                PluginCapability.STREAMING,
-                PluginCapability.FUNCTION_CALLING,
-                PluginCapability.VISION,
-                PluginCapability.EMBEDDINGS,
-            ],
-            models=[default, *(m for m in WELL_KNOWN_MODELS if m != default)],
-            homepage="https://platform.openai.com/docs/api-reference",
-            requires_api_key=True,
-        )
+    metadata = PluginMetadata(
+        name="OpenAI",
+        version="1.0.0",
+        description="OpenAI's Chat Completions, models and embeddings APIs, "
+        "or any OpenAI-compatible server (set its base URL).",
+        author="Echo",
+        capabilities=[
+            PluginCapability.STREAMING,
+            PluginCapability.FUNCTION_CALLING,
+            PluginCapability.VISION,
+            PluginCapability.EMBEDDINGS,
+        ],
+        models=list(WELL_KNOWN_MODELS),
+        homepage="https://platform.openai.com/docs/api-reference",
+        requires_api_key=True,
+    )
 
-    def get_config_schema(self) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "title": "OpenAI settings",
-            "properties": {
-                "api_key": {
-                    "type": "string",
-                    "title": "API key",
-                    "description": "Secret key sent as 'Authorization: Bearer'. "
-                    "Any non-empty text for a local server that needs none.",
-                    "writeOnly": True,
-                    "minLength": 1,
-                },
-                "organization": {
-                    "type": "string",
-                    "title": "Organization ID",
-                    "description": "Sent as 'OpenAI-Organization' to bill an organization "
-                    "other than the key's default (org-...). Leave empty otherwise.",
-                },
-                "base_url": {
-                    "type": "string",
-                    "format": "uri",
-                    "pattern": "^https?://",
-                    "maxLength": 2048,
-                    "title": "Base URL",
-                    "description": "Where the API lives; '/chat/completions', '/models' and "
-                    "'/embeddings' are added to it. Change it to reach an "
-                    "OpenAI-compatible server.",
-                    "default": DEFAULT_BASE_URL,
-                },
-                "default_model": {
-                    "type": "string",
-                    "title": "Default model",
-                    "description": "Model used when a request names none.",
-                    "default": DEFAULT_MODEL,
-                    "minLength": 1,
-                },
-                "embedding_model": {
-                    "type": "string",
-                    "title": "Embedding model",
-                    "description": "Model used for embeddings when a request names none.",
-                    "default": DEFAULT_EMBEDDING_MODEL,
-                    "minLength": 1,
-                },
-                **HTTP_SETTINGS_SCHEMA,
+    config_json_schema = keyed_api_schema(
+        "OpenAI settings",
+        api_key_description="Secret key sent as 'Authorization: Bearer'. "
+        "Any non-empty text for a local server that needs none.",
+        properties={
+            "organization": {
+                "type": "string",
+                "title": "Organization ID",
+                "description": "Sent as 'OpenAI-Organization' to bill an organization "
+                "other than the key's default (org-...). Leave empty otherwise.",
             },
-            "required": ["api_key"],
-            "additionalProperties": False,
-        }
+            "base_url": {
+                "type": "string",
+                "format": "uri",
+                "pattern": "^https?://",
+                "maxLength": 2048,
+                "title": "Base URL",
+                "description": "Where the API lives; '/chat/completions', '/models' and "
+                "'/embeddings' are added to it. Change it to reach an "
+                "OpenAI-compatible server.",
+                "default": DEFAULT_BASE_URL,
+            },
+            "default_model": default_model_setting(DEFAULT_MODEL),
+            "embedding_model": {
+                "type": "string",
+                "title": "Embedding model",
+                "description": "Model used for embeddings when a request names none.",
+                "default": DEFAULT_EMBEDDING_MODEL,
+                "minLength": 1,
+            },
+        },
+    )
 
     # --- HTTPProvider hooks ------------------------------------------------
 
@@ -149,19 +127,14 @@ class OpenAIProvider(HTTPProvider):
             max_tokens_field=info.get("max_tokens_field", "max_tokens"),
         )
 
-    def _read(self, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Return PARSE(*ARGS, **KWARGS), a wire-format reading, or raise ``ProtocolError``."""
-        try:
-            return parse(*args, **kwargs)
-        except openai_wire.WireFormatError as exc:
-            raise self._error(ProtocolError, f"{self.display_name} {exc}") from None
-
     async def chat_completion(self, request: ChatRequest) -> ChatResponse:
         model = self._model(request)
         body = await self.post_json(
             "/chat/completions", self._chat_body(request, model, stream=False)
         )
-        return self._read(openai_wire.parse_chat_response, body, model=model, provider=self.name)
+        return self.wire_call(
+            openai_wire.parse_chat_response, body, model=model, provider=self.name
+        )
 
     async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
         """Stream the answer as OpenAI sends it: each text delta as it arrives.
@@ -178,15 +151,13 @@ class OpenAIProvider(HTTPProvider):
         done = False
         try:
             async for sse in events:
-                event = self._read(openai_wire.parse_stream_event, sse.data)
+                event = self.wire_call(openai_wire.parse_stream_event, sse.data)
                 if event.done:
                     done = True
                     break
-                if event.error is not None:
-                    raise self._stream_error(event.error)
                 answered = event.model or answered
                 if event.tool_call_deltas:
-                    self._read(tool_calls.add, event.tool_call_deltas)
+                    self.wire_call(tool_calls.add, event.tool_call_deltas)
                 finish_reason = event.finish_reason or finish_reason
                 usage = event.usage or usage
                 if event.content:
@@ -204,7 +175,7 @@ class OpenAIProvider(HTTPProvider):
             is_final=True,
             finish_reason=finish_reason,
             usage=usage,
-            tool_calls=self._read(tool_calls.calls) or None,
+            tool_calls=self.wire_call(tool_calls.calls) or None,
             model=answered,
         )
 
@@ -217,17 +188,6 @@ class OpenAIProvider(HTTPProvider):
         except (TimeoutError, ProviderError):
             pass  # the answer is whole; only the connection's reuse is lost
 
-    def _stream_error(self, error: dict[str, Any]) -> ProviderError:
-        """Return the typed error for an ``error`` object sent inside a stream."""
-        message = self.upstream_error_message({"error": error}) or "unknown error"
-        text = f"{self.display_name} failed mid-stream: {message}"
-        kind = f"{error.get('type')} {error.get('code')}"
-        if "rate_limit" in kind:
-            return self._error(RateLimitError, text)
-        if "invalid_request" in kind:
-            return self._error(BadRequestError, text)
-        return self._error(ProviderUnavailableError, text)
-
     # --- embeddings, models, health -----------------------------------------
 
     async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
@@ -237,11 +197,11 @@ class OpenAIProvider(HTTPProvider):
             texts, model=model or self.config["embedding_model"]
         )
         answer = await self.post_json("/embeddings", body)
-        return self._read(openai_wire.parse_embeddings, answer, count=len(texts))
+        return self.wire_call(openai_wire.parse_embeddings, answer, count=len(texts))
 
     async def list_models(self) -> list[str]:
         answer = await self.request_json("GET", "/models")
-        return self._read(openai_wire.parse_model_list, answer)
+        return self.wire_call(openai_wire.parse_model_list, answer)
 
     def get_model_info(self, model_name: str) -> dict[str, Any] | None:
         return known_model_info("openai", model_name)

@@ -2,8 +2,10 @@
 
 Everything here is a pure function (or a small accumulator) over parsed JSON,
 so it is tested on recorded request and response bodies without a network.
-``providers.plugins.openai_provider`` does the HTTP and turns
-``WireFormatError`` into ``ProtocolError``.
+``providers.plugins.openai_provider`` does the HTTP and calls these through
+``HTTPProvider.wire_call``, which types what they raise: ``WireFormatError``
+for a body that breaks the format, ``UpstreamErrorEvent`` for an error sent
+inside a stream.
 
 Shapes follow OpenAI's API reference: ``POST /chat/completions`` (a
 ``chat.completion`` object, or ``chat.completion.chunk`` events ended by
@@ -16,14 +18,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from providers.http_provider import UpstreamErrorEvent, WireFormatError, status_named_in
 from providers.types import ChatMessage, ChatRequest, ChatResponse, ToolCall, Usage
 
 #: The data of the Server-Sent Event that ends a stream.
 DONE = "[DONE]"
-
-
-class WireFormatError(ValueError):
-    """A body does not follow the OpenAI wire format (the message says how)."""
 
 
 # --- requests ---------------------------------------------------------------
@@ -192,11 +191,7 @@ def parse_chat_response(body: Any, *, model: str, provider: str = "") -> ChatRes
 
 @dataclass(slots=True)
 class StreamEvent:
-    """What one event of a streamed chat completion says.
-
-    DONE marks the ``[DONE]`` sentinel; ERROR holds an ``error`` object the
-    upstream sent in place of a chunk.
-    """
+    """What one event of a streamed chat completion says; DONE marks the ``[DONE]`` sentinel."""
 
     done: bool = False
     content: str = ""
@@ -204,14 +199,24 @@ class StreamEvent:
     finish_reason: str | None = None
     usage: Usage | None = None
     model: str | None = None
-    error: dict[str, Any] | None = None
+
+
+# The HTTP status of an error sent inside a stream, by a word of its ``type`` or
+# ``code``; anything else is the server's failure (500).
+ERROR_WORD_STATUS = {"rate_limit": 429, "invalid_request": 400}
+
+
+def error_status(error: dict[str, Any]) -> int:
+    """Return the HTTP status an ``error`` object sent inside a stream stands for."""
+    return status_named_in(f"{error.get('type')} {error.get('code')}", ERROR_WORD_STATUS)
 
 
 def parse_stream_event(data: str) -> StreamEvent:
     """Return the meaning of one SSE DATA field of a streamed chat completion.
 
     Only the first choice is read: Echo asks for one. The last chunk of a
-    stream with ``include_usage`` has no choices and carries the usage.
+    stream with ``include_usage`` has no choices and carries the usage. An
+    ``error`` object in place of a chunk raises ``UpstreamErrorEvent``.
     """
     if data.strip() == DONE:
         return StreamEvent(done=True)
@@ -223,7 +228,8 @@ def parse_stream_event(data: str) -> StreamEvent:
         raise WireFormatError("sent a stream event that is not an object.")
     if chunk.get("error") is not None:
         error = chunk["error"]
-        return StreamEvent(error=error if isinstance(error, dict) else {"message": str(error)})
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        raise UpstreamErrorEvent(error_status(error), {"error": error})
     choices = chunk.get("choices") or []
     if not isinstance(choices, list):
         raise WireFormatError("sent stream choices that are not a list.")

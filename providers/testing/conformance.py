@@ -16,7 +16,7 @@ plugin to reach that fake::
             return {"base_url": fake.base_url, "api_key": self.secret}
 
 The kit checks the contract of ``providers.base.AbstractAIProvider``:
-metadata and config schema, per-field config errors, chat and streaming
+metadata and config schema (read from the class too), per-field config errors, chat and streaming
 with usage, health checks that spend no tokens, and that every upstream
 failure (auth, rate limit with Retry-After, server errors, timeouts, a cut or
 malformed stream, a dropped connection) arrives as the right typed
@@ -34,7 +34,13 @@ from typing import Any, ClassVar
 import pytest
 from jsonschema import Draft202012Validator
 
-from providers.base import AbstractAIProvider, PluginCapability, PluginMetadata, secret_fields
+from providers.base import (
+    AbstractAIProvider,
+    PluginCapability,
+    PluginMetadata,
+    normalize_config_schema,
+    secret_fields,
+)
 from providers.errors import (
     AuthenticationError,
     BadRequestError,
@@ -120,6 +126,17 @@ class ProviderConformance:
         assert metadata.name and metadata.version
         assert all(isinstance(c, PluginCapability) for c in metadata.capabilities)
         metadata.as_dict()  # must be JSON-ready
+
+    def test_metadata_and_schema_read_from_the_class(self, provider: AbstractAIProvider) -> None:
+        # The admin, the API and validation before a save have no configured instance.
+        declared = self.plugin_class.plugin_metadata()
+        assert isinstance(declared, PluginMetadata)
+        live = provider.metadata
+        assert (declared.name, declared.version) == (live.name, live.version)
+        assert declared.capabilities == live.capabilities
+        assert self.plugin_class.config_schema() == normalize_config_schema(
+            provider.get_config_schema()
+        )
 
     def test_config_schema_is_valid_json_schema(self) -> None:
         schema = self.plugin_class.config_schema()

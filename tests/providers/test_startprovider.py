@@ -112,6 +112,7 @@ def test_a_bad_name_from_the_command_is_a_command_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_guide_spelling_runs_the_same_generator(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "utils/plugin_template.py", *GUIDE_OPTIONS, f"--plugins-dir={tmp_path}"],
@@ -144,6 +145,7 @@ async def test_a_plugin_named_like_its_base_class_registers_its_own_class(
     assert result.status == "registered" and result.class_name == "OpenAiProvider"
 
 
+@pytest.mark.slow
 def test_every_wire_generates_a_test_that_passes_or_waits_for_the_skeleton(
     tmp_path: Path,
 ) -> None:

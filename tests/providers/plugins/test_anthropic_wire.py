@@ -7,8 +7,8 @@ import json
 import pytest
 
 from providers.errors import BadRequestError, ProtocolError
+from providers.http_provider import UpstreamErrorEvent
 from providers.plugins.anthropic_wire import (
-    StreamErrorEvent,
     StreamFold,
     build_request,
     finish_reason,
@@ -503,11 +503,11 @@ def test_an_error_event_raises_with_the_status_of_its_type() -> None:
     events = events_of(RECORDED_TEXT_STREAM)[:4]
     for event in events:
         fold.feed(event)
-    with pytest.raises(StreamErrorEvent) as caught:
-        fold.feed({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    with pytest.raises(UpstreamErrorEvent) as caught:
+        fold.feed(error)
     assert caught.value.status == 529
-    assert caught.value.error_type == "overloaded_error"
-    assert caught.value.message == "Overloaded"
+    assert caught.value.body == error
 
 
 def test_a_stream_that_ends_before_message_stop_is_a_protocol_error() -> None:

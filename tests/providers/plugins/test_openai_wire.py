@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from providers.http_provider import UpstreamErrorEvent
 from providers.plugins.openai_wire import (
     ToolCallAssembler,
     WireFormatError,
@@ -334,11 +335,19 @@ def test_a_malformed_stream_event_is_refused() -> None:
         parse_stream_event('"a string"')
 
 
-def test_an_error_sent_inside_a_stream_is_reported() -> None:
-    event = parse_stream_event(
-        json.dumps({"error": {"message": "The server had an error", "type": "server_error"}})
-    )
-    assert event.error == {"message": "The server had an error", "type": "server_error"}
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ({"message": "The server had an error", "type": "server_error"}, 500),
+        ({"message": "Slow down", "type": "requests", "code": "rate_limit_exceeded"}, 429),
+        ({"message": "Bad tools", "type": "invalid_request_error"}, 400),
+    ],
+)
+def test_an_error_sent_inside_a_stream_raises_with_the_status_of_its_kind(error, status) -> None:
+    with pytest.raises(UpstreamErrorEvent) as caught:
+        parse_stream_event(json.dumps({"error": error}))
+    assert caught.value.status == status
+    assert caught.value.body == {"error": error}
 
 
 def test_streamed_tool_call_deltas_are_joined_by_index() -> None:

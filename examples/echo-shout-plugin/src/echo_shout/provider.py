@@ -2,14 +2,14 @@
 
 A complete plugin written by hand on ``AbstractAIProvider`` (the guide's
 "manual implementation"), importing only ``providers.base``, ``.errors`` and
-``.types``, as every plugin should: no Django, no database.
+``.types``, as every plugin should: no Django, no database. Its metadata and
+config schema are class attributes, which Echo reads without an instance.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from providers.base import AbstractAIProvider, PluginCapability, PluginMetadata
 from providers.errors import ModelNotFoundError
@@ -26,33 +26,30 @@ def count_tokens(text: str) -> int:
 class ShoutProvider(AbstractAIProvider):
     """Reply with the last user message, shouted."""
 
-    @property
-    def metadata(self) -> PluginMetadata:
-        return PluginMetadata(
-            name="Shout",
-            version="0.1.0",
-            description="Example plugin package: answers in capitals, offline.",
-            author="Echo examples",
-            capabilities=[PluginCapability.STREAMING],
-            models=list(MODELS),
-        )
+    metadata = PluginMetadata(
+        name="Shout",
+        version="0.1.0",
+        description="Example plugin package: answers in capitals, offline.",
+        author="Echo examples",
+        capabilities=[PluginCapability.STREAMING],
+        models=list(MODELS),
+    )
 
-    def get_config_schema(self) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "title": "Shout settings",
-            "properties": {
-                "exclamations": {
-                    "type": "integer",
-                    "title": "Exclamation marks",
-                    "description": "How many '!' end each answer.",
-                    "default": 1,
-                    "minimum": 0,
-                    "maximum": 10,
-                },
+    config_json_schema = {
+        "type": "object",
+        "title": "Shout settings",
+        "properties": {
+            "exclamations": {
+                "type": "integer",
+                "title": "Exclamation marks",
+                "description": "How many '!' end each answer.",
+                "default": 1,
+                "minimum": 0,
+                "maximum": 10,
             },
-            "additionalProperties": False,
-        }
+        },
+        "additionalProperties": False,
+    }
 
     async def initialize(self) -> None:
         # Nothing to open: the provider has no upstream.
