@@ -36,13 +36,15 @@ def known_secrets() -> list[str]:
     being reported may be the database's), the live ones still count.
     """
     from providers.secrets.log_redaction import live_secret_values
+    from providers.secrets.values import config_secret_values
 
     values = live_secret_values()
     try:
         from providers.models import ProviderConfig
 
         for config in ProviderConfig.objects.all():
-            values.extend(str(v) for v in (config.readable_secrets() or {}).values() if v)
+            stored = config.readable_secrets() or {}
+            values.extend(config_secret_values(stored, stored))
     except Exception:  # no database, or an async context: report with what is known
         pass
     return values

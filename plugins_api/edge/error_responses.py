@@ -16,27 +16,20 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 from providers.errors import ProviderError, RateLimitError
+from providers.runtime import process as runtime
 from providers.runtime.retry_policy import retry_after_seconds
 from providers.secrets.masking import redact
 
 logger = logging.getLogger(__name__)
 
 
-def _provider_secrets(name: str | None) -> list[str]:
-    """Return the secret values of live provider NAME, to strip them from messages."""
-    from providers.runtime.process import registry
-
-    if not name:
-        return []
-    # The secret names the registry read when it built the instance: asking
-    # the plugin again here would let a plugin that raises turn a 4xx into a 500.
-    return registry.secret_values(name)
-
-
 def provider_error_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Return (status, body, headers) for a provider error, secrets stripped."""
     body = exc.as_dict()
-    body["message"] = redact(body["message"], _provider_secrets(exc.provider))
+    # By the secret names the registry read when it built the instance: asking
+    # the plugin again here would let a plugin that raises turn a 4xx into a 500.
+    secrets = runtime.registry.secret_values(exc.provider) if exc.provider else []
+    body["message"] = redact(body["message"], secrets)
     headers = {}
     # Clamped: a plugin's inf or NaN retry_after would make ceil() raise (a 500).
     retry_after = retry_after_seconds(exc.retry_after)

@@ -55,14 +55,13 @@ from providers.admin.provider_form import (
 )
 from providers.audit.export import change_record, export_filename, records_csv, records_json
 from providers.audit.history import SOURCE_ADMIN, Actor, actor_for_request
-from providers.base import secret_fields
 from providers.config import selectors
 from providers.config.services import (
     provider_config_create,
     provider_config_delete,
     provider_config_update,
 )
-from providers.health.monitor import ProviderHealth, monitor
+from providers.health.monitor import ProviderHealth
 from providers.health.status import breaker_state
 from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
 from providers.runtime import config_sync
@@ -81,20 +80,9 @@ HISTORY_URL = "admin:providers_providerconfig_history"
 HISTORY_EXPORT_URL = "admin:providers_providerconfig_history_export"
 
 
-def _secret_values(config: ProviderConfig) -> list[str]:
-    """Return CONFIG's stored secrets and those of its live instance (which may be older)."""
-    stored = config.readable_secrets() or {}
-    values = [str(value) for value in stored.values() if value not in (None, "")]
-    if config.name in runtime.registry:
-        live = runtime.registry.get(config.name)
-        names = secret_fields(live.get_config_schema())
-        values += [str(v) for k, v in live.config.items() if k in names and v not in (None, "")]
-    return values
-
-
 def _safe_text(config: ProviderConfig, text: str | None) -> str:
     """Return TEXT with CONFIG's secrets masked, in case a plugin put one in an error."""
-    return redact(text or "", _secret_values(config))
+    return redact(text or "", selectors.provider_secret_values(name=config.name, config=config))
 
 
 def _recent_health(config: ProviderConfig, count: int) -> list[HealthCheck]:
@@ -233,7 +221,7 @@ async def _check_providers(names: list[str]) -> dict[str, ProviderHealth]:
 
     The action records its own rows (disabled providers included), so the monitor records none.
     """
-    return await monitor.check_all(
+    return await runtime.monitor.check_all(
         timeout=settings.ECHO_HEALTH_TIMEOUT_SECONDS, names=names, record=False
     )
 
@@ -689,8 +677,7 @@ class ProviderConfigAdmin(admin.ModelAdmin):
 def _plugin_description(cls: type) -> str:
     """Return what a plugin says of itself, from its metadata or else its docstring."""
     try:
-        # Building an instance does no I/O (the plugin contract); metadata may need the defaults.
-        return cls({}).metadata.description
+        return cls.plugin_metadata().description
     except Exception:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 

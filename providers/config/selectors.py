@@ -13,8 +13,9 @@ from django.db.models import QuerySet
 
 from providers.errors import ProviderError, ProviderNotFoundError
 from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
-from providers.runtime.process import registry
-from providers.secrets.masking import mask_secret, redact
+from providers.runtime import process as runtime
+from providers.secrets.masking import redact
+from providers.secrets.values import config_secret_values
 
 
 def provider_config_list() -> QuerySet[ProviderConfig]:
@@ -30,11 +31,6 @@ def provider_config_get(*, name: str) -> ProviderConfig:
     return row
 
 
-def provider_secrets_masked(config: ProviderConfig) -> dict[str, str]:
-    """Return the stored secrets of CONFIG, each masked ({} when they cannot be decrypted)."""
-    return {key: mask_secret(value) for key, value in (config.readable_secrets() or {}).items()}
-
-
 def timestamp_datetime(timestamp: float | None) -> dt.datetime | None:
     """Return the epoch TIMESTAMP as an aware UTC datetime (None stays None)."""
     if timestamp is None:
@@ -45,30 +41,28 @@ def timestamp_datetime(timestamp: float | None) -> dt.datetime | None:
 def provider_capabilities(config: ProviderConfig) -> list[str]:
     """Return what provider CONFIG can do, from its plugin's metadata.
 
-    The live instance answers when there is one; otherwise a throwaway,
-    uninitialized instance does (plugins do no I/O in ``__init__``), so that
-    a disabled or failing provider still shows its capabilities.
+    The live instance answers when there is one; otherwise the plugin class
+    does, so that a disabled or failing provider still shows its capabilities.
     """
     try:
-        if config.name in registry:
-            metadata = registry.get(config.name).metadata
+        if config.name in runtime.registry:
+            metadata = runtime.registry.get(config.name).metadata
         else:
-            cls = registry.plugin(config.plugin)
-            # Secrets that cannot be decrypted must not hide what the plugin can do.
-            merged = {**(config.settings or {}), **(config.readable_secrets() or {})}
-            metadata = cls(merged, name=config.name).metadata
+            metadata = runtime.registry.plugin(config.plugin).plugin_metadata()
         return metadata.as_dict()["capabilities"]
     except Exception:  # a missing plugin or a plugin bug must not break a listing
         return []
 
 
 def provider_secret_values(*, name: str, config: ProviderConfig | None = None) -> list[str]:
-    """Return the secret values of provider NAME, stored and live, to keep them out of messages."""
+    """Return the secret values of provider NAME, stored and live, to keep them out of messages.
+
+    The live instance's may be older than the row's. No plugin code runs:
+    one that raises must not break a status page, the admin or a health round.
+    """
     stored = (config.readable_secrets() or {}) if config else {}
-    values = [str(v) for v in stored.values() if v]
-    # The secret names the registry read when it built the instance (never the
-    # plugin again: one that raises must not break a status page or a health round).
-    return values + registry.secret_values(name)
+    # Every stored secret is one, whatever the plugin's schema says of its name.
+    return config_secret_values(stored, stored) + runtime.registry.secret_values(name)
 
 
 def _redacted(text: str | None, name: str, config: ProviderConfig | None) -> str | None:
@@ -82,7 +76,7 @@ def provider_live_status(*, name: str, config: ProviderConfig | None = None) -> 
     ``last_error`` is the last load or reload error (a failed reload leaves
     the previous instance serving, so a provider can be loaded and have one).
     """
-    status = registry.status(name)
+    status = runtime.registry.status(name)
     return {
         "loaded": status["loaded"],
         "last_error": _redacted(status["last_error"], name, config),
@@ -95,12 +89,12 @@ def provider_live_status(*, name: str, config: ProviderConfig | None = None) -> 
 
 def provider_last_error(config: ProviderConfig) -> str | None:
     """Return why provider CONFIG is not (or not fully) serving: its load error or disabled reason."""
-    error = registry.last_error(config.name)
+    error = runtime.registry.last_error(config.name)
     if error:
         return _redacted(error, config.name, config)
     if not config.enabled:
         return config.disabled_reason or "Disabled."
-    if config.name not in registry and config.secrets_error:
+    if config.name not in runtime.registry and config.secrets_error:
         return config.secrets_error
     return None
 
@@ -114,18 +108,18 @@ def plugin_list() -> list[dict[str, str]]:
             "source": entry.source,
             "origin": entry.origin,
         }
-        for name, entry in sorted(registry.plugins().items())
+        for name, entry in sorted(runtime.registry.plugins().items())
     ]
 
 
 def provider_instances() -> dict[str, dict[str, Any]]:
     """Return the live provider instances of this process by name, secrets masked."""
     instances = {}
-    for name in registry.names():
-        status = registry.status(name)
+    for name in runtime.registry.names():
+        status = runtime.registry.status(name)
         if not status["loaded"]:  # taken out of service since names() was read
             continue
-        provider = registry.get(name)
+        provider = runtime.registry.get(name)
         instances[name] = {
             "plugin": status["plugin"],
             "class": f"{type(provider).__module__}.{type(provider).__qualname__}",
@@ -143,9 +137,9 @@ def provider_instances() -> dict[str, dict[str, Any]]:
 def provider_metadata_all() -> dict[str, dict[str, Any]]:
     """Return the plugin metadata of every live provider of this process, by name."""
     metadata = {}
-    for name in registry.names():
+    for name in runtime.registry.names():
         try:
-            metadata[name] = registry.metadata(name).as_dict()
+            metadata[name] = runtime.registry.metadata(name).as_dict()
         except ProviderError:  # left service while we read, or its plugin raised (recorded)
             continue
     return metadata

@@ -1,8 +1,9 @@
 """HealthMonitor: check every provider on an interval, keep the latest state, record it, feed the breakers.
 
-Each serving process runs one monitor (``providers.runtime.lifecycle`` starts it
-when ``ECHO_HEALTH_INTERVAL_SECONDS`` is above 0); ``manage.py
-check_providers`` runs the same rounds from cron or a terminal. A round
+Each serving process runs one monitor, its runtime's ``monitor``
+(``providers.runtime.lifecycle`` starts it when
+``ECHO_HEALTH_INTERVAL_SECONDS`` is above 0); ``manage.py check_providers``
+runs the same rounds from cron or a terminal. A round
 checks the live providers concurrently through
 ``ProviderRegistry.health_check``, each within its own timeout and with
 every failure turned into a status, so one hanging upstream holds up no
@@ -46,7 +47,7 @@ import datetime as dt
 import logging
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,26 +105,12 @@ class ProviderHealth:
         }
 
 
-def guarded_secret_values(name: str, config: ProviderConfig | None) -> list[str]:
-    """Return provider NAME's secrets, stored and live, to mask them; never raises.
-
-    ``provider_secret_values`` asks the live plugin for its schema: should
-    the plugin raise there, the secret names the registry read when it built
-    the instance serve instead, so that one plugin cannot break a health round.
-    """
-    try:
-        return provider_secret_values(name=name, config=config)
-    except Exception:
-        stored = (config.readable_secrets() or {}) if config else {}
-        return [str(v) for v in stored.values() if v] + runtime.registry.secret_values(name)
-
-
 def health_from_status(
     name: str, status: HealthStatus, config: ProviderConfig | None
 ) -> ProviderHealth:
     """Return the health of live provider NAME from its check STATUS, secrets masked."""
     # Plugins must keep secrets out of their messages; this catches the ones that do not.
-    secrets = guarded_secret_values(name, config)
+    secrets = provider_secret_values(name=name, config=config)
     last_error = provider_last_error(config) if config else runtime.registry.last_error(name)
     return ProviderHealth(
         name=name,
@@ -199,17 +186,22 @@ def release_connections() -> None:
 
 
 class HealthMonitor:
-    """Check providers, remember the latest results, record them and feed the breakers.
+    """Check REGISTRY's providers, remember the latest results, record them, feed MANAGER's breakers.
 
-    REGISTRY and MANAGER default to the process's; secrets are masked with
-    the help of the process registry.
+    CLOCK (monotonic seconds) times the pruning. Secrets are masked with the
+    help of the current runtime's registry.
     """
 
     def __init__(
-        self, registry: ProviderRegistry | None = None, manager: ModelManager | None = None
+        self,
+        registry: ProviderRegistry,
+        manager: ModelManager,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.registry = registry if registry is not None else runtime.registry
-        self.manager = manager if manager is not None else runtime.manager
+        self.registry = registry
+        self.manager = manager
+        self._clock = clock
         self._latest: dict[str, ProviderHealth] = {}
         self._pruned_at: float | None = None
 
@@ -281,7 +273,7 @@ class HealthMonitor:
     async def prune_if_due(self) -> int:
         """Delete rows past the retention, unless this process did within the hour; return how many."""
         days = settings.ECHO_HEALTH_RETENTION_DAYS
-        now = time.monotonic()
+        now = self._clock()
         if not days or (
             self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_SECONDS
         ):
@@ -316,7 +308,7 @@ class HealthMonitor:
 def _row(config: ProviderConfig, health: ProviderHealth) -> HealthCheck:
     # Redacted where every stored row is made, whichever path built HEALTH (a
     # check, or why the provider is not serving): a row is kept for days.
-    error = redact(health.error or "", guarded_secret_values(config.name, config))
+    error = redact(health.error or "", provider_secret_values(name=config.name, config=config))
     return HealthCheck(
         provider=config,
         available=bool(health.available),
@@ -325,6 +317,3 @@ def _row(config: ProviderConfig, health: ProviderHealth) -> HealthCheck:
         error=error,
         checked_at=health.checked_at or timezone.now(),
     )
-
-
-monitor = HealthMonitor()

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from providers.base import AbstractAIProvider, secret_fields
+from providers.base import AbstractAIProvider
 from providers.errors import (
     AuthenticationError,
     PluginError,
@@ -59,6 +59,7 @@ from providers.runtime.circuit_breaker import HALF_OPEN, CircuitBreaker
 from providers.runtime.registry import ProviderRegistry
 from providers.runtime.retry_policy import RetryPolicy, routing_setting
 from providers.secrets.masking import redact
+from providers.secrets.values import instance_secret_values
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
 logger = logging.getLogger(__name__)
@@ -116,20 +117,6 @@ def plugin_failure(route: Route, exc: Exception) -> ProviderError:
     return PluginError(
         f"Provider {route.provider!r} failed unexpectedly ({name}).", provider=route.provider
     )
-
-
-def secret_values(provider: AbstractAIProvider) -> list[str]:
-    """Return PROVIDER's configured secrets, to keep them out of what status pages show.
-
-    A plugin's own error message may quote its key back (an upstream that
-    echoes it, say); the misconfigured reason is kept with them masked.
-    """
-    try:
-        names = secret_fields(provider.get_config_schema())
-    except Exception:  # the plugin's bug: every value may be a secret, so mask them all
-        names = set(provider.config)
-    values = [str(v) for k, v in provider.config.items() if k in names and v]
-    return values + [v.strip() for v in values if v.strip() and v.strip() != v]
 
 
 @dataclass(slots=True)
@@ -463,7 +450,7 @@ class ModelManager:
         """
         if isinstance(exc, AuthenticationError):
             breaker.record_failure(exc.kind)
-            breaker.mark_misconfigured(redact(exc.message, secret_values(provider)))
+            breaker.mark_misconfigured(redact(exc.message, instance_secret_values(provider)))
         elif exc.retryable:
             breaker.record_failure(exc.kind)
         else:

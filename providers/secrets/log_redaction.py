@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 import traceback
-import weakref
 from collections.abc import Callable
 from typing import Any
 
-from providers.base import AbstractAIProvider, secret_fields
 from providers.secrets.masking import redact
 
 # The attributes every LogRecord has; the others were added by ``extra=``.
@@ -25,26 +23,14 @@ _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), No
     "message",
     "asctime",
 }
-# provider -> (the config dict its secrets were read from, those secrets).
-_secrets_of: weakref.WeakKeyDictionary[AbstractAIProvider, tuple[int, tuple[str, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def provider_secrets(provider: AbstractAIProvider) -> tuple[str, ...]:
-    """Return the secret values PROVIDER is configured with (cached until its config changes)."""
-    config = provider.config
-    cached = _secrets_of.get(provider)
-    if cached is not None and cached[0] == id(config):
-        return cached[1]
-    names = secret_fields(provider.get_config_schema())
-    values = tuple(str(v) for k, v in config.items() if k in names and v not in (None, ""))
-    _secrets_of[provider] = (id(config), values)
-    return values
 
 
 def live_secret_values() -> list[str]:
-    """Return the secrets of every provider live in this process's registry."""
+    """Return the secrets of every provider live in this process's registry.
+
+    By the secret names the registry read when it built each instance: no
+    plugin code runs here, for every log record.
+    """
     from providers.runtime.process import registry  # the registry imports this app's models
 
     values: list[str] = []
@@ -53,10 +39,7 @@ def live_secret_values() -> list[str]:
     except RuntimeError:  # the registry changed while being read (another thread's swap)
         return values
     for name in names:
-        try:
-            values.extend(provider_secrets(registry.get(name)))
-        except Exception:  # gone since, or a plugin whose schema fails: nothing to hide
-            continue
+        values.extend(registry.secret_values(name))
     return values
 
 

@@ -340,6 +340,7 @@ def _settings_in_subprocess(env: dict[str, str], expression: str) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 def test_development_runs_without_debug_unless_asked(tmp_path: Path) -> None:
     env = {"ECHO_ENV": "development", "ECHO_VAR_DIR": str(tmp_path)}
     assert _settings_in_subprocess(env, "settings.DEBUG") == "False"
@@ -348,6 +349,7 @@ def test_development_runs_without_debug_unless_asked(tmp_path: Path) -> None:
     assert "127.0.0.1" in hosts and "localhost" in hosts
 
 
+@pytest.mark.slow
 def test_static_files_and_the_admin_serve_with_debug_off(live_echo, settings) -> None:
     import httpx
 
