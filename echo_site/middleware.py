@@ -1,17 +1,24 @@
-"""Echo's own middleware: refuse unusable URLs, and skip the browser middleware for API keys.
+"""Echo's own middleware: refuse unusable URLs, run Django's header middleware on the loop, and
+skip the cookie middleware for API keys.
 
 ``UrlCharactersMiddleware`` answers 404 to a path with NUL or another control
 character (no route means such a name) and 400 to a query parameter with
 NUL: PostgreSQL refuses NUL in a query, so a provider lookup with one was a 500.
 
-``BrowserMiddleware``: sessions, CSRF, authentication, messages and the
-security headers are for people in a browser. In an async server each of
-those Django middleware costs thread hops on every request; a client that
-authenticates with ``Authorization: Bearer`` (or ``x-api-key``) carries no
-cookie for them to read, so its requests to the API go straight to the view,
-as an anonymous user (its key is checked by the view). Every other request,
-the pages, the login and the admin included, runs the whole list in
-``settings.ECHO_BROWSER_MIDDLEWARE``, CSRF checks included.
+``SecurityMiddleware``, ``CommonMiddleware`` and ``XFrameOptionsMiddleware``
+are Django's, for every request, key clients' included: the security headers,
+HSTS and the HTTPS redirect, the slash redirect. Their hooks only read the
+request and set headers (no database, no I/O), so in an async server they
+run on the event loop: Django's ``MiddlewareMixin`` would hop to a thread for
+each hook, five hops per request, which doubled the middleware's time.
+
+``BrowserMiddleware``: sessions, CSRF, authentication and messages are for
+people in a browser, and in an async server each costs thread hops on every
+request. A client that offers a key (``Authorization: Bearer`` or
+``x-api-key``) carries no cookie for them to read, so its requests to the
+API skip them and reach the view as an anonymous user (the view checks the
+key). Every other request, the pages, the login and the admin included, runs
+the whole list in ``settings.ECHO_BROWSER_MIDDLEWARE``, CSRF checks included.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
+from django.middleware import clickjacking, common, security
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.module_loading import import_string
 
+from plugins_api.access.key_credentials import presents_key
 from plugins_api.edge.api_paths import is_api_path
 from plugins_api.edge.error_views import bad_request, unusable_path
 
@@ -37,17 +46,14 @@ ViewHook = Callable[[HttpRequest, Callable[..., Any], tuple, dict], HttpResponse
 _UNUSABLE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
-def uses_bearer_key(request: HttpRequest) -> bool:
-    """Return whether REQUEST is an API client's, to the API, authenticated by a key.
+def is_key_client(request: HttpRequest) -> bool:
+    """Return whether REQUEST is an API client's, to the API, offering a key.
 
     The key comes as ``Authorization: Bearer`` or, from Anthropic's SDK, ``x-api-key``.
     """
     # Pages (the chat page at ``/`` and ``/chat/``, ``/accounts/``, ``/admin/``)
     # always run the browser middleware, whatever header a client sends.
-    if not is_api_path(request.path_info):
-        return False
-    authorization = request.META.get("HTTP_AUTHORIZATION", "")
-    return authorization[:7].lower() == "bearer " or "HTTP_X_API_KEY" in request.META
+    return is_api_path(request.path_info) and presents_key(request.headers)
 
 
 async def _anonymous_user() -> AnonymousUser:
@@ -100,8 +106,34 @@ def UrlCharactersMiddleware(get_response: Callable[[HttpRequest], Any]) -> Calla
     return middleware
 
 
+class HooksOnTheLoop:
+    """In an async stack, call a ``MiddlewareMixin``'s hooks on the event loop, not in a thread.
+
+    Only for middleware whose hooks neither block nor touch the database.
+    """
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(HooksOnTheLoop, security.SecurityMiddleware):
+    """Django's SecurityMiddleware (security headers, HSTS, HTTPS redirect), on the loop."""
+
+
+class CommonMiddleware(HooksOnTheLoop, common.CommonMiddleware):
+    """Django's CommonMiddleware (the slash redirect, Content-Length), on the loop."""
+
+
+class XFrameOptionsMiddleware(HooksOnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    """Django's XFrameOptionsMiddleware, on the loop."""
+
+
 class BrowserMiddleware:
-    """Run the browser middleware, except for API requests that carry a key."""
+    """Run the browser middleware (sessions, CSRF, login, messages), except for API key clients."""
 
     sync_capable = True
     async_capable = True
@@ -129,17 +161,17 @@ class BrowserMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if uses_bearer_key(request):
+        if is_key_client(request):
             return self.get_response(_as_key_client(request))
         return self.browser_chain(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        if uses_bearer_key(request):
+        if is_key_client(request):
             return await self.get_response(_as_key_client(request))
         return await self.browser_chain(request)
 
     def _process_view(self, request: HttpRequest, view: Any, args: tuple, kwargs: dict) -> Any:
-        if uses_bearer_key(request):
+        if is_key_client(request):
             return None
         for hook in self.view_hooks:
             response = hook(request, view, args, kwargs)
@@ -150,7 +182,7 @@ class BrowserMiddleware:
     async def _aprocess_view(
         self, request: HttpRequest, view: Any, args: tuple, kwargs: dict
     ) -> Any:
-        if uses_bearer_key(request):
+        if is_key_client(request):
             return None
         for hook in self.view_hooks:
             response = await sync_to_async(hook, thread_sensitive=True)(request, view, args, kwargs)

@@ -29,8 +29,14 @@ from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
 from django.http.cookie import parse_cookie
 
-from plugins_api.access.client_keys import averify_key, bearer_token
-from plugins_api.access.request_auth import Denial
+from plugins_api.access.key_credentials import (
+    SEND_A_KEY,
+    Denial,
+    averify_credential,
+    key_credential,
+    unauthorized,
+)
+from plugins_api.access.request_auth import echo_denial
 from plugins_api.compat.anthropic_api import anthropic_denial, anthropic_error
 from plugins_api.compat.openai_api import openai_denial, openai_error
 from plugins_api.edge.api_paths import requires_credential
@@ -54,20 +60,13 @@ def _accepts_api_key_header(path: str) -> bool:
     return path in _API_KEY_HEADER_PATHS or path.startswith(_API_KEY_HEADER_PREFIXES)
 
 
-def _unauthorized(message: str) -> Denial:
-    return Denial(401, "authentication_required", message)
-
-
 def denial_response(path: str, denial: Denial) -> HttpResponse:
     """Render DENIAL in the error shape of the API under PATH."""
     if path == "/v1/messages":
         return anthropic_denial(denial)
     if path.startswith("/v1/"):
         return openai_denial(denial)
-    response = JsonResponse(error_body(denial.kind, denial.message), status=denial.status)
-    if denial.is_authentication:
-        response["WWW-Authenticate"] = 'Bearer realm="echo"'
-    return response
+    return echo_denial(denial)
 
 
 def too_large_response(path: str, limit: int) -> HttpResponse:
@@ -141,10 +140,10 @@ class RequestBodyLimit:
                 # in the request's thread-sensitive context, where Django's
                 # request signals later close that connection.
                 async with ThreadSensitiveContext():
-                    if await averify_key(token) is None:
+                    found = await averify_credential(token)
+                    if isinstance(found, Denial):
                         await sync_to_async(close_old_connections)()
-                        denial = _unauthorized("Unknown or revoked API key.")
-                        await send_early_response(send, denial_response(path, denial))
+                        await send_early_response(send, denial_response(path, found))
                         return
                     await self._serve_bounded(scope, receive, send, path, length, limit)
                 return
@@ -156,20 +155,17 @@ class RequestBodyLimit:
     ) -> str | Denial | None:
         """Return the key to verify, None for a session cookie, or why the request has no credential.
 
-        Mirrors ``plugins_api.access.request_auth.check_chat_client``: ``Authorization``
-        wins over ``x-api-key``. A session is only looked for here, not checked:
-        the view checks it (and its CSRF token) against a body already bounded.
+        The key is read as the views read it (``key_credentials.key_credential``).
+        A session is only looked for here, not checked: the view checks it (and
+        its CSRF token) against a body already bounded.
         """
-        if authorization:
-            token = bearer_token(authorization)
-            return (
-                token if token is not None else _unauthorized("Use 'Authorization: Bearer <key>'.")
-            )
-        if api_key is not None and _accepts_api_key_header(path):
-            return api_key.strip() or _unauthorized("The x-api-key header is empty.")
+        headers = {"authorization": authorization, "x-api-key": api_key}
+        credential = key_credential(headers, x_api_key=_accepts_api_key_header(path))
+        if credential is not None:
+            return credential
         if cookie and parse_cookie(cookie).get(settings.SESSION_COOKIE_NAME):
             return None
-        return _unauthorized("Send 'Authorization: Bearer <key>' (a chat or admin key).")
+        return unauthorized(SEND_A_KEY)
 
     async def _serve_bounded(
         self, scope: Scope, receive: Receive, send: Send, path: str, length: int | None, limit: int

@@ -36,10 +36,6 @@ class ClientAPIKey(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.scope}, {self.prefix}...)"
 
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
-
 
 class Conversation(models.Model):
     """A chat of one owner: a logged-in user (the chat page) or a client key (other clients).

@@ -1,4 +1,9 @@
-"""Authentication and permissions for the API: Bearer client keys or a staff session."""
+"""DRF's authentication and permissions for the REST API: a Bearer client key or a staff session.
+
+``BearerKeyAuthentication`` adapts the one key authentication
+(``key_credentials.authenticate_key``) to DRF. The REST API takes the key as
+``Authorization: Bearer`` only, not as ``x-api-key``: see ``key_credentials``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
 
-from plugins_api.access.client_keys import ClientIdentity, bearer_token, verify_key
+from plugins_api.access.client_keys import ClientIdentity
+from plugins_api.access.key_credentials import Denial, authenticate_key
 from plugins_api.models import ClientAPIKey
 
 
@@ -35,16 +41,12 @@ class BearerKeyAuthentication(authentication.BaseAuthentication):
     """Authenticate ``Authorization: Bearer <client key>``."""
 
     def authenticate(self, request: Any) -> tuple[ClientKeyUser, ClientIdentity] | None:
-        header = request.META.get("HTTP_AUTHORIZATION")
-        if not header:
+        found = authenticate_key(request.headers)
+        if isinstance(found, Denial):
+            raise exceptions.AuthenticationFailed(found.message)
+        if found is None:
             return None
-        token = bearer_token(header)
-        if token is None:
-            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <key>'.")
-        identity = verify_key(token)
-        if identity is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
-        return ClientKeyUser(identity), identity
+        return ClientKeyUser(found), found
 
     def authenticate_header(self, request: Any) -> str:
         return 'Bearer realm="echo"'

@@ -1,17 +1,21 @@
 """Issue, revoke and verify client API keys, with a small in-process cache.
 
 Verification sits on every request, so it must not cost a database query
-each time: a verified key is cached for ``CACHE_SECONDS``; a key saved or
-revoked in this process drops out of the cache at once (other workers see a
-revocation within ``CACHE_SECONDS``). Open chat websockets of a key that is
-revoked, deleted or loses its chat scope are closed in every worker
-(``client_key_push``, on any save of the row). ``last_used_at`` is written at
-most once a minute per key, off the request's path.
+each time: a verified key is cached for ``CACHE_SECONDS`` (in the runtime's
+``key_cache``); a key saved or revoked in this process drops out of the
+cache at once (other workers see a revocation within ``CACHE_SECONDS``).
+Unknown keys are cached too (a client retrying a bad key costs one query per
+``CACHE_SECONDS``), and the cache holds at most ``CACHE_MAX_KEYS`` entries, so a
+client sending endless random keys cannot grow it: past the bound the expired
+entries go, then the oldest.
+Open chat websockets of a key that is revoked, deleted or loses its chat
+scope are closed in every worker (``client_key_push``, on any save of the
+row). Each verified use is noted in ``key_last_use``, which writes
+``last_used_at`` at most once a minute per key, off the request's path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
@@ -20,11 +24,13 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from plugins_api.access.key_last_use import key_last_use
 from plugins_api.models import ClientAPIKey
+from providers.runtime import process as runtime
 
 KEY_PREFIX = "echo-"
 CACHE_SECONDS = 10.0
-LAST_USED_EVERY_SECONDS = 60.0
+CACHE_MAX_KEYS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +48,6 @@ class ClientIdentity:
     def allows(self, scope: str) -> bool:
         """Return whether this client may act in SCOPE (admin keys may do everything)."""
         return self.is_admin or self.scope == scope
-
-
-_cache: dict[str, tuple[float, ClientIdentity | None]] = {}
-_last_used_written: dict[int, float] = {}
-_background: set[asyncio.Task[None]] = set()
 
 
 def hash_key(raw_key: str) -> str:
@@ -83,7 +84,7 @@ def client_key_revoke(*, name: str) -> ClientAPIKey:
 
 def forget_cached_keys() -> None:
     """Drop every cached verification (after a key changes)."""
-    _cache.clear()
+    runtime.current().key_cache.clear()
 
 
 def _identity(row: ClientAPIKey | None) -> ClientIdentity | None:
@@ -93,10 +94,21 @@ def _identity(row: ClientAPIKey | None) -> ClientIdentity | None:
 
 
 def _cached(digest: str) -> tuple[bool, ClientIdentity | None]:
-    hit = _cache.get(digest)
+    hit = runtime.current().key_cache.get(digest)
     if hit and hit[0] > time.monotonic():
         return True, hit[1]
     return False, None
+
+
+def _remember(digest: str, identity: ClientIdentity | None) -> None:
+    cache = runtime.current().key_cache
+    if len(cache) >= CACHE_MAX_KEYS and digest not in cache:
+        now = time.monotonic()
+        for stale in [d for d, (expires, _) in cache.items() if expires <= now]:
+            del cache[stale]
+        while len(cache) >= CACHE_MAX_KEYS:
+            del cache[next(iter(cache))]
+    cache[digest] = (time.monotonic() + CACHE_SECONDS, identity)
 
 
 def verify_key(raw_key: str) -> ClientIdentity | None:
@@ -105,9 +117,9 @@ def verify_key(raw_key: str) -> ClientIdentity | None:
     found, identity = _cached(digest)
     if not found:
         identity = _identity(ClientAPIKey.objects.filter(key_hash=digest).first())
-        _cache[digest] = (time.monotonic() + CACHE_SECONDS, identity)
+        _remember(digest, identity)
     if identity is not None:
-        _note_use_sync(identity.key_id)
+        key_last_use.note(identity.key_id)
     return identity
 
 
@@ -117,36 +129,7 @@ async def averify_key(raw_key: str) -> ClientIdentity | None:
     found, identity = _cached(digest)
     if not found:
         identity = _identity(await ClientAPIKey.objects.filter(key_hash=digest).afirst())
-        _cache[digest] = (time.monotonic() + CACHE_SECONDS, identity)
-    if identity is not None and _due(identity.key_id):
-        task = asyncio.get_running_loop().create_task(_write_last_used(identity.key_id))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _remember(digest, identity)
+    if identity is not None:
+        key_last_use.note(identity.key_id)
     return identity
-
-
-def _due(key_id: int) -> bool:
-    now = time.monotonic()
-    if now - _last_used_written.get(key_id, -LAST_USED_EVERY_SECONDS) < LAST_USED_EVERY_SECONDS:
-        return False
-    _last_used_written[key_id] = now
-    return True
-
-
-def _note_use_sync(key_id: int) -> None:
-    if _due(key_id):
-        ClientAPIKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
-
-
-async def _write_last_used(key_id: int) -> None:
-    await ClientAPIKey.objects.filter(pk=key_id).aupdate(last_used_at=timezone.now())
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """Return the token of an ``Authorization: Bearer <token>`` header, or None."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()

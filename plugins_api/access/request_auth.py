@@ -1,44 +1,25 @@
-"""Authentication for the async views, which do not go through DRF.
+"""Who may chat through the async views (``/chat``, ``/v1/...``), which do not go through DRF.
 
 Same rules as the DRF classes in ``authentication.py``: a client key, or a
-logged-in session (with its CSRF token checked). The key comes as
-``Authorization: Bearer <key>`` (OpenAI's SDK and Echo's own clients) or as
-``x-api-key: <key>`` (Anthropic's SDK), so that either SDK works unchanged.
+logged-in session (with its CSRF token checked). The key is read and
+verified by the one key authentication (``key_credentials``); these views
+take it as ``Authorization: Bearer <key>`` (OpenAI's SDK and Echo's own
+clients) or as ``x-api-key: <key>`` (Anthropic's SDK), so that either SDK
+works unchanged.
 
 ``check_chat_client`` returns a ``Denial`` that each API renders in its own
 error shape (Echo's, OpenAI's, Anthropic's); ``authenticate_chat_client``
-renders it in Echo's.
+renders it in Echo's (``echo_denial``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from plugins_api.access.client_keys import averify_key, bearer_token
+from plugins_api.access.key_credentials import SEND_A_KEY, Denial, aauthenticate_key, unauthorized
 from plugins_api.edge.error_responses import error_body
 from plugins_api.models import ClientAPIKey
-
-API_KEY_HEADER = "x-api-key"
-
-
-@dataclass(frozen=True, slots=True)
-class Denial:
-    """Why a request may not chat: STATUS (401 or 403), Echo's error KIND and a MESSAGE."""
-
-    status: int
-    kind: str
-    message: str
-
-    @property
-    def is_authentication(self) -> bool:
-        return self.status == 401
-
-
-def _unauthorized(message: str) -> Denial:
-    return Denial(401, "authentication_required", message)
 
 
 async def check_chat_client(request: HttpRequest) -> Denial | None:
@@ -48,39 +29,32 @@ async def check_chat_client(request: HttpRequest) -> Denial | None:
     ``Authorization`` wins over ``x-api-key`` when a request has both.
     """
     request.client = None
-    header = request.headers.get("Authorization")
-    api_key = request.headers.get(API_KEY_HEADER)
-    if header or api_key is not None:
-        if header:
-            token = bearer_token(header)
-            if token is None:
-                return _unauthorized("Use 'Authorization: Bearer <key>'.")
-        else:
-            token = api_key.strip()
-            if not token:
-                return _unauthorized("The x-api-key header is empty.")
-        identity = await averify_key(token)
-        if identity is None:
-            return _unauthorized("Unknown or revoked API key.")
-        if not identity.allows(ClientAPIKey.SCOPE_CHAT):
+    found = await aauthenticate_key(request.headers, x_api_key=True)
+    if isinstance(found, Denial):
+        return found
+    if found is not None:
+        if not found.allows(ClientAPIKey.SCOPE_CHAT):
             return Denial(403, "permission_denied", "This key cannot chat.")
-        request.client = identity
+        request.client = found
         return None
     user = await request.auser()
     if not user.is_authenticated:
-        return _unauthorized("Send 'Authorization: Bearer <key>' (a chat or admin key).")
+        return unauthorized(SEND_A_KEY)
     rejected = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
     if rejected is not None:
         return Denial(403, "csrf_failed", "CSRF check failed for a session request.")
     return None
 
 
-async def authenticate_chat_client(request: HttpRequest) -> JsonResponse | None:
-    """Check that REQUEST may chat; return an error response in Echo's shape, or None."""
-    denial = await check_chat_client(request)
-    if denial is None:
-        return None
+def echo_denial(denial: Denial) -> JsonResponse:
+    """Render DENIAL in Echo's error shape, with the Bearer challenge on a 401."""
     response = JsonResponse(error_body(denial.kind, denial.message), status=denial.status)
     if denial.is_authentication:
         response["WWW-Authenticate"] = 'Bearer realm="echo"'
     return response
+
+
+async def authenticate_chat_client(request: HttpRequest) -> JsonResponse | None:
+    """Check that REQUEST may chat; return an error response in Echo's shape, or None."""
+    denial = await check_chat_client(request)
+    return None if denial is None else echo_denial(denial)

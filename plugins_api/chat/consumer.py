@@ -1,7 +1,8 @@
 """The browser chat's websocket consumer (``/ws/chat/``); the protocol is in ``chat_protocol``.
 
 A connection belongs to a logged-in user (the session cookie, the chat page)
-or to a client key (``Authorization: Bearer``, other clients). It answers
+or to a client key (``Authorization: Bearer``, other clients), read and
+verified by the one key authentication (``key_credentials``). It answers
 one question at a time: the answer streams in an asyncio task of its own,
 so that the consumer keeps reading frames meanwhile and ``cancel`` (or the
 connection closing) can cancel the task, and with it the upstream call.
@@ -38,12 +39,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from plugins_api.access.client_keys import (
-    ClientIdentity,
-    averify_key,
-    bearer_token,
-    forget_cached_keys,
-)
+from plugins_api.access.client_keys import ClientIdentity, forget_cached_keys
+from plugins_api.access.key_credentials import aauthenticate_key, credential_headers
 from plugins_api.chat import revoked_key_sockets as client_key_push
 from plugins_api.chat.conversations import (
     ChatTurn,
@@ -66,7 +63,7 @@ from plugins_api.chat.protocol import (
 from plugins_api.edge.request_usage import RequestUsage
 from plugins_api.models import ClientAPIKey, ConversationMessage
 from providers.errors import ProviderError
-from providers.runtime.process import manager, registry
+from providers.runtime import process as runtime
 from providers.runtime.registry import ProviderChange
 from providers.types import ChatRequest, StreamingChunk, Usage
 from providers.usage.storable import storable_json, storable_text
@@ -88,13 +85,6 @@ RATE_WINDOW_SECONDS = 60.0
 
 chat_turn_begin_async = database_sync_to_async(chat_turn_begin)
 chat_turn_finish_async = database_sync_to_async(chat_turn_finish)
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin1")
-    return None
 
 
 def _ms(since: float) -> float:
@@ -133,8 +123,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # (a start-up, a discovery) sends the page one list, not one per change.
         self.providers_push_queued = False
         self.subscribed = False
-        # A key client's key, checked again before each frame (None: a session).
-        self.key_token: str | None = None
+        # A key client's key headers, checked again before each frame (None: a session).
+        self.key_headers: dict[str, str] | None = None
         caller = await self._authenticate()
         if isinstance(caller, int):
             await self.close(code=caller)
@@ -148,7 +138,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # The loop this connection lives on: registry changes are scheduled onto it.
         self.socket_loop = asyncio.get_running_loop()
         # Held weakly by the registry, and dropped in disconnect.
-        registry.subscribe(self.providers_changed)
+        runtime.registry.subscribe(self.providers_changed)
         self.subscribed = True
         await self.send_frame({"type": "providers", "providers": chat_provider_list()})
 
@@ -157,17 +147,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         A Bearer header wins over a session cookie: it is what the client chose to send.
         """
-        header = _header(self.scope, b"authorization")
-        if header is not None:
-            token = bearer_token(header)
-            identity = await averify_key(token) if token else None
-            if token is None or identity is None:
-                return CLOSE_UNAUTHENTICATED
-            if not identity.allows(ClientAPIKey.SCOPE_CHAT):
-                return CLOSE_FORBIDDEN
-            self.key_token = token
+        headers = credential_headers(self.scope.get("headers", []))
+        found = await aauthenticate_key(headers)
+        if isinstance(found, ClientIdentity):
+            refused = _key_refusal(found)
+            if refused is not None:
+                return refused[0]
+            self.key_headers = headers
             # Named as request_usage.client_label names key clients.
-            return ConversationOwner(key_id=identity.key_id), f"key:{identity.name}"
+            return ConversationOwner(key_id=found.key_id), f"key:{found.name}"
+        if found is not None:  # a malformed header, or an unknown or revoked key
+            return CLOSE_UNAUTHENTICATED
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             return ConversationOwner(user_id=user.pk), user.get_username()
@@ -176,7 +166,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self.closing = True
         if self.subscribed:
-            registry.unsubscribe(self.providers_changed)
+            runtime.registry.unsubscribe(self.providers_changed)
             self.subscribed = False
         if self.channel_layer is not None:
             for group in self.groups_joined:
@@ -235,7 +225,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if retry_after is not None:
             await self._refuse(retry_after)
             return
-        if self.key_token is not None and not await self._key_still_valid():
+        if self.key_headers is not None and not await self._key_still_valid():
             return
         if text_data is None:
             await self.send_frame(error_frame("invalid_message", "Send JSON in text frames."))
@@ -297,8 +287,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         The backstop for a lost ``client_key.changed`` message.
         """
-        assert self.key_token is not None
-        refused = _key_refusal(await averify_key(self.key_token))
+        assert self.key_headers is not None
+        found = await aauthenticate_key(self.key_headers)
+        refused = _key_refusal(found if isinstance(found, ClientIdentity) else None)
         if refused is None:
             return True
         await self._end(refused[1], refused[0])
@@ -319,15 +310,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         received = time.monotonic()
         accounting = RequestUsage(client=self.client_label, endpoint=USAGE_ENDPOINT, stream=True)
         try:
-            route = manager.resolve(ChatRequest(messages=[], model=frame.model), frame.provider)
+            route = runtime.manager.resolve(
+                ChatRequest(messages=[], model=frame.model), frame.provider
+            )
         except ProviderError as exc:
             # Nothing is stored for a question no provider can take.
             accounting.failed(exc, provider=frame.provider or "", model=frame.model or "")
             await self.send_frame(provider_error_frame(exc))
             return
         model = route.model
-        if model is None and route.provider in registry:
-            model = registry.get(route.provider).config.get("default_model")
+        if model is None and route.provider in runtime.registry:
+            model = runtime.registry.get(route.provider).config.get("default_model")
         # An admin's default model is not bounded like a client's: it must store all the same.
         model = storable_text(model, STORED_MODEL_CHARS) or None
         try:
@@ -382,7 +375,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         final: StreamingChunk | None = None
         failure: ProviderError | None = None
         try:
-            stream = manager.chat_completion_stream(request, provider)
+            stream = runtime.manager.chat_completion_stream(request, provider)
             async with contextlib.aclosing(stream):
                 async for chunk in stream:
                     if first is None:

@@ -1,4 +1,4 @@
-"""Browser requests get Django's middleware (CSRF included); Bearer API clients skip it."""
+"""Browser requests get Django's cookie middleware (CSRF included); Bearer API clients skip it."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def test_a_bearer_client_skips_the_browser_middleware(client, chat_key) -> None:
         HTTP_AUTHORIZATION=f"Bearer {chat_key[1]}",
     )
     assert response.status_code == 200
-    assert "X-Frame-Options" not in response
     assert not hasattr(response.wsgi_request, "session")
+    # The header middleware runs for every request (test_key_client_middleware.py).
+    assert response["X-Frame-Options"] == "DENY"
 
 
 @pytest.mark.django_db

@@ -16,23 +16,25 @@ from plugins_api.access import client_keys
 from plugins_api.access.client_keys import (
     KEY_PREFIX,
     averify_key,
-    bearer_token,
     client_key_issue,
     client_key_revoke,
     hash_key,
     verify_key,
 )
+from plugins_api.access.key_credentials import bearer_token
+from plugins_api.access.key_last_use import key_last_use
 from plugins_api.models import ClientAPIKey
+from providers.runtime import process as runtime
 
 
 @pytest.fixture(autouse=True)
 def fresh_key_state() -> Iterator[None]:
     """Forget cached verifications and last-use stamps (row ids repeat across rolled-back tests)."""
     client_keys.forget_cached_keys()
-    client_keys._last_used_written.clear()
+    key_last_use.reset()
     yield
     client_keys.forget_cached_keys()
-    client_keys._last_used_written.clear()
+    key_last_use.reset()
 
 
 def test_key_is_stored_hashed_with_only_a_prefix_kept(db) -> None:
@@ -124,7 +126,7 @@ def test_a_lookup_racing_the_revocation_does_not_keep_the_key_alive(
         # Another request read the key before the revocation committed and cached it
         # as valid. (Simulated: the in-memory test database locks readers out.)
         expires = time.monotonic() + client_keys.CACHE_SECONDS
-        client_keys._cache[hash_key(raw_key)] = (expires, valid)
+        runtime.key_cache[hash_key(raw_key)] = (expires, valid)
 
     assert verify_key(raw_key) is None
 
@@ -150,6 +152,7 @@ def test_verification_records_last_use(db) -> None:
     assert row.last_used_at is not None
 
 
+@pytest.mark.slow
 def test_chat_over_http_records_last_use(
     echo_config: Any, chat_key: tuple[ClientAPIKey, str], live_echo: Any
 ) -> None:
@@ -191,3 +194,16 @@ def last_used_at(key_id: int) -> Any:
 )
 def test_bearer_token_parsing(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+def test_endless_random_keys_keep_the_cache_bounded_and_known_keys_working(db, monkeypatch) -> None:
+    monkeypatch.setattr(client_keys, "CACHE_MAX_KEYS", 50)
+    _, raw_key = client_key_issue(name="ci", scope="chat")
+    assert verify_key(raw_key) is not None
+
+    for n in range(400):
+        assert verify_key(f"echo-guess-{n}") is None
+        assert len(runtime.key_cache) <= 50
+
+    assert verify_key(raw_key) is not None  # evicted or not, the real key still verifies
+    assert len(runtime.key_cache) <= 50

@@ -1,0 +1,136 @@
+"""Echo's one key authentication: read a client key from request headers and verify it.
+
+A key comes as ``Authorization: Bearer <key>``. The endpoints the model SDKs
+call (``/chat``, ``/v1/...``, and ``/metrics``) also take ``x-api-key: <key>``,
+as Anthropic's SDK sends it, so that either SDK works unchanged; their callers
+pass ``x_api_key=True``. The REST API (``/api/``, ``/plugins/``) and the chat
+websocket take Bearer only: they are Echo's own, and one form keeps their
+documentation and OpenAPI schema true. ``Authorization`` wins over
+``x-api-key`` when a request has both; an empty ``Authorization`` is no
+credential at all.
+
+``authenticate_key`` (sync: DRF's views run in threads) and
+``aauthenticate_key`` (the async views, the websocket, the ASGI body limit)
+return the key's identity, None when the headers offer no key (the caller
+may look for a session instead), or the 401 ``Denial`` of a malformed header
+or of an unknown or revoked key. Verification goes through the cached
+client-key store (``client_keys.verify_key``). What a key may do, its scope,
+is each caller's rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from plugins_api.access.client_keys import ClientIdentity, averify_key, verify_key
+
+AUTHORIZATION_HEADER = "authorization"
+API_KEY_HEADER = "x-api-key"
+#: What a caller with neither a key nor a session is told.
+SEND_A_KEY = "Send 'Authorization: Bearer <key>' (a chat or admin key)."
+
+Headers = Mapping[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a request is refused: STATUS (401 or 403), Echo's error KIND and a MESSAGE.
+
+    Each API renders it in its own error shape (Echo's, OpenAI's, Anthropic's).
+    """
+
+    status: int
+    kind: str
+    message: str
+
+    @property
+    def is_authentication(self) -> bool:
+        return self.status == 401
+
+
+def unauthorized(message: str) -> Denial:
+    """Return the 401 Denial saying MESSAGE."""
+    return Denial(401, "authentication_required", message)
+
+
+def _bearer_part(authorization: str) -> str | None:
+    """Return what follows the ``Bearer`` scheme in AUTHORIZATION, or None for another scheme."""
+    scheme, space, rest = authorization.partition(" ")
+    return rest if space and scheme.lower() == "bearer" else None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """Return the token of an ``Authorization: Bearer <token>`` header, or None."""
+    rest = _bearer_part(authorization) if authorization else None
+    return (rest or "").strip() or None
+
+
+def presents_key(headers: Headers) -> bool:
+    """Return whether HEADERS offer a key in any form Echo reads, well formed or not.
+
+    HEADERS answer lower-case names: Django's ``request.headers`` or ``credential_headers``.
+    """
+    authorization = headers.get(AUTHORIZATION_HEADER)
+    return (authorization is not None and _bearer_part(authorization) is not None) or (
+        headers.get(API_KEY_HEADER) is not None
+    )
+
+
+def credential_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Return the key headers among an ASGI scope's RAW_HEADERS, by lower-case name.
+
+    A header sent twice is joined with a comma, as Django joins it for the views.
+    """
+    found: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1").lower()
+        if name in (AUTHORIZATION_HEADER, API_KEY_HEADER):
+            value = raw_value.decode("latin-1")
+            found[name] = f"{found[name]},{value}" if name in found else value
+    return found
+
+
+def key_credential(headers: Headers, *, x_api_key: bool = False) -> str | Denial | None:
+    """Return the key HEADERS offer, None when they offer none, or the Denial of a malformed one.
+
+    X_API_KEY: whether this endpoint takes the ``x-api-key`` header too.
+    """
+    authorization = headers.get(AUTHORIZATION_HEADER)
+    if authorization:
+        token = bearer_token(authorization)
+        return token if token is not None else unauthorized("Use 'Authorization: Bearer <key>'.")
+    api_key = headers.get(API_KEY_HEADER) if x_api_key else None
+    if api_key is not None:
+        return api_key.strip() or unauthorized("The x-api-key header is empty.")
+    return None
+
+
+def _verified(identity: ClientIdentity | None) -> ClientIdentity | Denial:
+    return identity if identity is not None else unauthorized("Unknown or revoked API key.")
+
+
+def verify_credential(token: str) -> ClientIdentity | Denial:
+    """Return the identity behind TOKEN, or the 401 Denial of an unknown or revoked key (sync)."""
+    return _verified(verify_key(token))
+
+
+async def averify_credential(token: str) -> ClientIdentity | Denial:
+    """Return the identity behind TOKEN, or the 401 Denial of an unknown or revoked key (async)."""
+    return _verified(await averify_key(token))
+
+
+def authenticate_key(
+    headers: Headers, *, x_api_key: bool = False
+) -> ClientIdentity | Denial | None:
+    """Return the identity of the key HEADERS offer, None for no key, or the 401 Denial (sync)."""
+    credential = key_credential(headers, x_api_key=x_api_key)
+    return verify_credential(credential) if isinstance(credential, str) else credential
+
+
+async def aauthenticate_key(
+    headers: Headers, *, x_api_key: bool = False
+) -> ClientIdentity | Denial | None:
+    """Return the identity of the key HEADERS offer, None for no key, or the 401 Denial (async)."""
+    credential = key_credential(headers, x_api_key=x_api_key)
+    return await averify_credential(credential) if isinstance(credential, str) else credential

@@ -1,0 +1,61 @@
+"""A key's last use is written off the request's path: by the serving loop, in bounded batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from plugins_api.access import key_last_use as key_last_use_module
+from plugins_api.access.client_keys import averify_key, client_key_issue, verify_key
+from plugins_api.access.key_last_use import key_last_use
+from plugins_api.models import ClientAPIKey
+from tests.plugins_api.test_client_keys import fresh_key_state  # noqa: F401 - autouse fixture
+
+
+def stamped_names() -> set[str]:
+    return set(
+        ClientAPIKey.objects.filter(last_used_at__isnull=False).values_list("name", flat=True)
+    )
+
+
+def test_in_a_serving_process_the_request_does_not_write_the_stamp(
+    transactional_db, serving_loop: asyncio.AbstractEventLoop
+) -> None:
+    _, raw_key = client_key_issue(name="ci", scope="chat")
+
+    # As one of DRF's request threads verifies a key while the loop serves.
+    with CaptureQueriesContext(connection) as queries:
+        assert verify_key(raw_key) is not None
+    assert [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")] == []
+
+    deadline = time.monotonic() + 5
+    while stamped_names() != {"ci"}:
+        assert time.monotonic() < deadline, "the serving loop never wrote the stamp"
+        time.sleep(0.05)
+    # The writer's connection lives in asgiref's thread: close it, as the lifecycle's stop does.
+    asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), serving_loop).result(5)
+
+
+async def test_waiting_stamps_are_bounded_and_one_flush_writes_them(
+    transactional_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(key_last_use_module, "MAX_PENDING", 2)
+    keys = [await sync_to_async(client_key_issue)(name=f"k{i}", scope="chat") for i in range(3)]
+
+    # A loop that serves nothing (this test's) leaves the stamps to flush().
+    for _, raw_key in keys:
+        assert await averify_key(raw_key) is not None
+    assert await key_last_use.flush() == 2  # the third key found no room
+    assert await sync_to_async(stamped_names)() == {"k0", "k1"}
+
+    for _, raw_key in keys:
+        assert await averify_key(raw_key) is not None
+    # Within the minute only the key that found no room is stamped.
+    assert await key_last_use.flush() == 1
+    assert await sync_to_async(stamped_names)() == {"k0", "k1", "k2"}
+    await sync_to_async(connections.close_all)()
