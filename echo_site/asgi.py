@@ -24,7 +24,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
 from plugins_api.routing import websocket_application  # noqa: E402
-from providers.runtime.lifecycle import lifecycle  # noqa: E402
+from providers.runtime import process as runtime  # noqa: E402
 
 router = ProtocolTypeRouter(
     {
@@ -39,12 +39,14 @@ async def application(scope, receive, send):
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
+    lifecycle = runtime.current().lifecycle
     if not lifecycle.started:
         await lifecycle.ensure_started()
     await router(scope, receive, send)
 
 
 async def _lifespan(receive, send) -> None:
+    lifecycle = runtime.current().lifecycle
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

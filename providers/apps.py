@@ -14,10 +14,10 @@ class ProvidersConfig(AppConfig):
         from providers.config import commit_signals as signals
         from providers.config import system_checks
         from providers.models import ProviderConfig
-        from providers.runtime.process import register_builtin_plugins
+        from providers.runtime import process as runtime
         from providers.secrets.log_redaction import install_log_redaction
 
-        register_builtin_plugins()
+        runtime.current()  # this process's runtime, built once, with the built-in plugins
         # Every log record of the process, not only Echo's handlers', loses live secrets.
         install_log_redaction()
         post_save.connect(

@@ -17,19 +17,24 @@ from providers.runtime import process as runtime
 
 @contextmanager
 def serving_loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    """Run an event loop in a thread, make it the serving loop; stop it afterwards."""
+    """Run an event loop in a thread, make it the current runtime's serving loop; stop it afterwards.
+
+    Afterwards, that runtime (even if the test installed another meanwhile)
+    serves on no loop and its providers are shut down on the loop they served on.
+    """
     loop = asyncio.new_event_loop()
     started = threading.Event()
     loop.call_soon(started.set)
     thread = threading.Thread(target=loop.run_forever, name="serving-loop", daemon=True)
     thread.start()
     started.wait(5)
-    runtime.set_serving_loop(loop)
+    serving = runtime.current()
+    serving.serving_loop = loop
     try:
         yield loop
     finally:
-        runtime.set_serving_loop(None)
-        asyncio.run_coroutine_threadsafe(runtime.registry.shutdown_all(), loop).result(10)
+        serving.serving_loop = None
+        asyncio.run_coroutine_threadsafe(serving.registry.shutdown_all(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

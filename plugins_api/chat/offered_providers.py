@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from providers.errors import ProviderError, ProviderNotFoundError
-from providers.health.monitor import monitor
-from providers.runtime.process import manager, registry
+from providers.runtime import process as runtime
 
 
 def _models(name: str, health_models: list[str]) -> tuple[list[str], str | None]:
@@ -21,9 +20,9 @@ def _models(name: str, health_models: list[str]) -> tuple[list[str], str | None]
     Its metadata comes through the registry's guard: a plugin that raises
     there has the error recorded as its status and offers no listed models.
     """
-    default = registry.get(name).config.get("default_model") or None
+    default = runtime.registry.get(name).config.get("default_model") or None
     try:
-        listed = list(registry.metadata(name).models)
+        listed = list(runtime.registry.metadata(name).models)
     except ProviderError as exc:
         if isinstance(exc, ProviderNotFoundError):
             raise
@@ -43,11 +42,11 @@ def chat_provider_list() -> list[dict[str, Any]]:
     checked yet; ``checked_at``) and ``breaker`` (``closed``, ``open``,
     ``half_open``).
     """
-    latest = monitor.latest()
+    latest = runtime.monitor.latest()
     providers = []
-    for name in registry.names():
+    for name in runtime.registry.names():
         try:
-            spec = registry.spec(name)
+            spec = runtime.registry.spec(name)
             health = latest.get(name)
             models, default = _models(name, list(health.models) if health else [])
         except ProviderNotFoundError:  # taken out of service while we read
@@ -67,7 +66,7 @@ def chat_provider_list() -> list[dict[str, Any]]:
                     if health and health.checked_at
                     else None,
                 },
-                "breaker": manager.breaker(name).state,
+                "breaker": runtime.manager.breaker(name).state,
             }
         )
     return providers

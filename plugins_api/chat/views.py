@@ -16,7 +16,7 @@ from plugins_api.edge.error_responses import error_body, error_response
 from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import chat_event_stream, event_stream_response, first_chunk
 from providers.errors import ProviderError
-from providers.runtime.process import manager
+from providers.runtime import process as runtime
 
 
 @csrf_exempt  # Bearer clients carry no CSRF token; session callers are checked in authenticate_chat_client
@@ -33,13 +33,13 @@ async def chat(request: HttpRequest) -> HttpResponse:
     usage = RequestUsage(client=await client_label(request), endpoint="/chat", stream=call.stream)
     try:
         if not call.stream:
-            response = await manager.chat_completion(call.request, call.provider)
+            response = await runtime.manager.chat_completion(call.request, call.provider)
             overhead = usage.answered(response)
             answer = JsonResponse(response.as_dict())
             if overhead is not None:
                 answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
             return answer
-        chunks = manager.chat_completion_stream(call.request, call.provider)
+        chunks = runtime.manager.chat_completion_stream(call.request, call.provider)
         first = await first_chunk(chunks)
         usage.first_chunk()
     except ProviderError as exc:

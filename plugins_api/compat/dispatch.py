@@ -23,7 +23,7 @@ from plugins_api.edge.error_responses import provider_error_body
 from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import StreamFormat, encode_stream, event_stream_response, first_chunk
 from providers.errors import ProviderError
-from providers.runtime.process import manager, registry
+from providers.runtime import process as runtime
 from providers.types import ChatRequest, ChatResponse
 
 PROVIDER_HEADER = "x-echo-provider"
@@ -61,7 +61,7 @@ def unknown_prefix_hint(model: str | None) -> str:
     if not model or "/" not in model:
         return ""
     prefix = model.split("/", 1)[0]
-    if prefix in registry:
+    if prefix in runtime.registry:
         return ""
     return (
         f" No provider is named {prefix!r} either: name the model as 'provider/model' "
@@ -161,12 +161,12 @@ async def serve_chat(
     )
     try:
         if not call.stream:
-            answer = await manager.chat_completion(call.request)
+            answer = await runtime.manager.chat_completion(call.request)
             overhead = usage.answered(answer)
             response = JsonResponse(wire.body(answer))
             answered_by(response, answer.provider, answer.model, overhead)
             return response
-        chunks = manager.chat_completion_stream(call.request)
+        chunks = runtime.manager.chat_completion_stream(call.request)
         first = await first_chunk(chunks)
         usage.first_chunk()
     except ProviderError as exc:

@@ -71,9 +71,8 @@ from providers.errors import (
     ProviderNotFoundError,
     ProviderTimeoutError,
 )
+from providers.runtime import process as runtime
 from providers.runtime.manager import Route, plugin_failure
-from providers.runtime.model_lists import model_lists
-from providers.runtime.process import manager, registry
 from providers.runtime.retry_policy import routing_setting
 from providers.types import ChatRequest, ChatResponse, StreamingChunk, ToolCall
 
@@ -408,11 +407,11 @@ async def _provider_models(name: str) -> list[str]:
     Any chat client may call these views: they never ask an upstream per
     request, and concurrent callers share one upstream call.
     """
-    return await model_lists.models(name, timeout=MODEL_LIST_SECONDS)
+    return await runtime.model_lists.models(name, timeout=MODEL_LIST_SECONDS)
 
 
 def _model_object(provider: str, model: str) -> dict[str, Any]:
-    status = registry.status(provider)
+    status = runtime.registry.status(provider)
     return {
         "id": f"{provider}/{model}",
         "object": "model",
@@ -427,13 +426,13 @@ async def models(request: HttpRequest) -> HttpResponse:
     denial = await check_chat_client(request)
     if denial is not None:
         return openai_denial(denial)
-    names = registry.names()
+    names = runtime.registry.names()
     lists = await asyncio.gather(*(_provider_models(name) for name in names))
     data = [
         _model_object(name, model)
         for name, found in zip(names, lists, strict=True)
         for model in found
-        if name in registry
+        if name in runtime.registry
     ]
     return JsonResponse({"object": "list", "data": data})
 
@@ -445,7 +444,7 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     if denial is not None:
         return openai_denial(denial)
     provider, _, model = model_id.partition("/")
-    if provider in registry and model and model in await _provider_models(provider):
+    if provider in runtime.registry and model and model in await _provider_models(provider):
         return JsonResponse(_model_object(provider, model))
     return openai_error(
         404,
@@ -499,7 +498,7 @@ async def _embed(route: Route, texts: list[str]) -> tuple[list[list[float]], str
     One call on the provider the model names: the manager's retries and
     failover are for chat, and vectors of another model would not compare.
     """
-    async with registry.lease(route.provider) as provider:
+    async with runtime.registry.lease(route.provider) as provider:
         deadline = float(routing_setting(provider.config, "deadline_seconds"))
         try:
             async with asyncio.timeout(deadline):
@@ -530,7 +529,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
     if isinstance(call, HttpResponse):
         return call
     try:
-        route = manager.resolve(ChatRequest(messages=[], model=call.model))
+        route = runtime.manager.resolve(ChatRequest(messages=[], model=call.model))
         vectors, model = await _embed(route, call.texts)
     except ProviderError as exc:
         return openai_provider_error(exc, model=call.model)

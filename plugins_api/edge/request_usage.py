@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from providers.errors import ProviderError
+from providers.runtime import process as runtime
 from providers.types import ChatResponse, StreamingChunk
-from providers.usage.recorder import UsageEvent, usage_recorder
+from providers.usage.recorder import UsageEvent
 
 
 async def client_label(request: Any) -> str:
@@ -57,7 +58,7 @@ class RequestUsage:
         """Record a whole answer; return the milliseconds Echo itself added."""
         total = self._elapsed_ms()
         overhead = self._overhead(total, response.metadata)
-        usage_recorder.record(
+        runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -77,7 +78,7 @@ class RequestUsage:
 
     def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:
         """Record a request that failed before any answer."""
-        usage_recorder.record(
+        runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -106,7 +107,7 @@ class RequestUsage:
         if self.first_chunk_at is not None:
             ttft = (self.first_chunk_at - self.started) * 1000
         outcome = "cancelled" if cancelled else "error" if error or final is None else "ok"
-        usage_recorder.record(
+        runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,

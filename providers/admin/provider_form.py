@@ -40,7 +40,7 @@ from providers.config.services import (
 )
 from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
 from providers.models import ProviderConfig
-from providers.runtime.process import registry
+from providers.runtime import process as runtime
 from providers.secrets.masking import mask_secret
 
 SETTING_PREFIX = "setting__"
@@ -404,7 +404,7 @@ def provider_config_form(
     plugin that is not installed, it has the routing fields only.
     """
     try:
-        schema = registry.plugin(plugin).config_schema() if plugin else None
+        schema = runtime.registry.plugin(plugin).config_schema() if plugin else None
     except ProviderNotFoundError:
         schema = None
     attrs: dict[str, Any] = {
@@ -415,7 +415,7 @@ def provider_config_form(
         "clearable_props": [],
         "has_extra_settings": False,
         "plugin": forms.ChoiceField(
-            choices=[(name, name) for name in sorted(registry.plugins())],
+            choices=[(name, name) for name in sorted(runtime.registry.plugins())],
             initial=plugin,
             # Fixed by the page's ?plugin=: the schema fields below belong to it.
             disabled=bool(schema),

@@ -50,10 +50,12 @@ from providers.errors import (
     ProviderNotFoundError,
 )
 from providers.models import ProviderConfig
-from providers.runtime.process import registry, run_in_serving_loop
+from providers.runtime import process as runtime
+from providers.runtime.process import run_in_serving_loop
 from providers.runtime.registry import ProviderSpec
 from providers.secrets.box import DECRYPTION_FAILED
 from providers.secrets.masking import mask_secret, redact
+from providers.secrets.values import config_secret_values
 from providers.upstream.policy import base_url_problem
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ RESERVED_NAMES = frozenset({"health", "metadata", "instances", "discover"})
 
 def plugin_schema(plugin: str) -> dict[str, Any]:
     """Return the normalized config schema of PLUGIN; raise ``ProviderNotFoundError``."""
-    return registry.plugin(plugin).config_schema()
+    return runtime.registry.plugin(plugin).config_schema()
 
 
 def split_config(plugin: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -117,7 +119,7 @@ def provider_config_errors(
     if "settings" in errors or "secrets" in errors:
         return errors
     try:
-        cls = registry.plugin(plugin)
+        cls = runtime.registry.plugin(plugin)
     except ProviderNotFoundError as exc:
         errors["plugin"] = [exc.message]
         return errors
@@ -127,7 +129,7 @@ def provider_config_errors(
     for key in misplaced:
         errors[key] = ["This is a secret: send it in 'secrets', not 'settings'."]
     merged = {k: v for k, v in {**settings, **secrets}.items() if v is not None}
-    for field, messages in cls.__new__(cls).get_config_errors(merged).items():
+    for field, messages in cls.check_config(merged).items():
         if not enabled and messages == [REQUIRED_MESSAGE]:
             continue
         errors[field] = messages
@@ -397,7 +399,8 @@ def check_candidate(change: ProviderConfigPlan) -> None:
     spec = change.spec()
     if spec is None:
         return
-    secrets = [str(v) for v in (change.secrets or {}).values() if v]
+    stored = change.secrets or {}
+    secrets = config_secret_values(stored, stored)
     try:
         run_in_serving_loop(_start_and_stop, spec)
     except ProviderConfigError as exc:
@@ -415,7 +418,7 @@ def check_candidate(change: ProviderConfigPlan) -> None:
 
 async def _start_and_stop(spec: ProviderSpec) -> None:
     """Build and initialize SPEC's instance beside the live one, then shut it down."""
-    await registry.discard(await registry.build_candidate(spec))
+    await runtime.registry.discard(await runtime.registry.build_candidate(spec))
 
 
 # --- the services -----------------------------------------------------------------

@@ -26,15 +26,15 @@ from typing import Any
 
 from django.conf import settings
 
+from providers.config.selectors import provider_secret_values
 from providers.errors import ProviderNotFoundError
 from providers.health.monitor import (
     ProviderHealth,
-    guarded_secret_values,
     health_not_serving,
-    monitor,
 )
 from providers.models import ProviderConfig
-from providers.runtime.process import manager, registry, run_in_serving_loop
+from providers.runtime import process as runtime
+from providers.runtime.process import run_in_serving_loop
 from providers.runtime.single_flight import SingleFlight
 from providers.secrets.masking import redact
 
@@ -50,11 +50,11 @@ _rounds: SingleFlight[dict[str, ProviderHealth]] = SingleFlight()
 
 def breaker_state(name: str, config: ProviderConfig | None = None) -> dict[str, Any]:
     """Return the circuit breaker state of provider NAME in this process, secrets masked."""
-    state = manager.breaker(name).as_dict()
+    state = runtime.manager.breaker(name).as_dict()
     # Its reasons may quote an upstream's message, which may quote the key.
     reasons = [key for key, value in state.items() if isinstance(value, str) and value]
     if reasons:
-        secrets = guarded_secret_values(name, config)
+        secrets = provider_secret_values(name=name, config=config)
         for key in reasons:
             state[key] = redact(state[key], secrets)
     return state
@@ -73,11 +73,11 @@ def provider_health_latest() -> dict[str, dict[str, Any]]:
     has ``available`` and ``checked_at`` None.
     """
     configs = {row.name: row for row in ProviderConfig.objects.all()}
-    latest = monitor.latest()
+    latest = runtime.monitor.latest()
     reports = {}
-    for name in sorted(set(configs) | set(registry.names())):
+    for name in sorted(set(configs) | set(runtime.registry.names())):
         config = configs.get(name)
-        if config is not None and (not config.enabled or name not in registry):
+        if config is not None and (not config.enabled or name not in runtime.registry):
             # Known without a check: what it would find is why nothing serves.
             health = health_not_serving(config, checked_at=None)
         elif name in latest:
@@ -91,7 +91,7 @@ def provider_health_latest() -> dict[str, dict[str, Any]]:
 async def _check(names: list[str] | None, timeout: float) -> dict[str, ProviderHealth]:
     """Check NAMES (all when None) through the monitor; concurrent asks for the same share a round."""
     key = tuple(sorted(names)) if names is not None else None
-    return await _rounds.run(key, lambda: monitor.check_all(timeout=timeout, names=names))
+    return await _rounds.run(key, lambda: runtime.monitor.check_all(timeout=timeout, names=names))
 
 
 def provider_health_check_all(*, timeout: float | None = None) -> dict[str, dict[str, Any]]:
@@ -113,7 +113,7 @@ def provider_health_check(*, name: str, timeout: float | None = None) -> dict[st
     """
     timeout = settings.ECHO_HEALTH_TIMEOUT_SECONDS if timeout is None else timeout
     config = ProviderConfig.objects.filter(name=name).first()
-    if config is None and name not in registry:
+    if config is None and name not in runtime.registry:
         raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name)
     results = run_in_serving_loop(_check, [name], timeout)
     health = results.get(name)
@@ -134,17 +134,17 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     timeout = PUBLIC_TIMEOUT if timeout is None else timeout
     max_age = PUBLIC_CACHE_SECONDS if max_age is None else max_age
     enabled = set(ProviderConfig.objects.filter(enabled=True).values_list("name", flat=True))
-    names = sorted(enabled | set(registry.names()))
+    names = sorted(enabled | set(runtime.registry.names()))
     now = time.monotonic()
     for key, (expires, _) in list(_public_cache.items()):  # a copy: probes run in threads
         if expires <= now:
             _public_cache.pop(key, None)
-    latest = monitor.latest()
+    latest = runtime.monitor.latest()
     trusted_for = _checks_trusted_for(max_age)
     providers: dict[str, bool] = {}
     unknown: dict[str, tuple[str, Any, Any]] = {}
     for name in names:
-        if name not in registry:
+        if name not in runtime.registry:
             providers[name] = False
             continue
         key = _instance_key(name)  # taken before any check: a swap meanwhile must not inherit it
@@ -208,7 +208,7 @@ async def _probe(name: str, key: tuple[str, Any, Any], timeout: float, max_age: 
         return cached[1]  # a shared probe ended while this caller was on its way
 
     async def check() -> bool:
-        status = await registry.health_check(name, timeout=timeout)
+        status = await runtime.registry.health_check(name, timeout=timeout)
         _public_cache[key] = (time.monotonic() + max_age, status.available)
         return status.available
 
@@ -217,5 +217,5 @@ async def _probe(name: str, key: tuple[str, Any, Any], timeout: float, max_age: 
 
 def _instance_key(name: str) -> tuple[str, Any, Any]:
     """Return a key that changes whenever provider NAME's live instance is replaced."""
-    status = registry.status(name)
+    status = runtime.registry.status(name)
     return (name, status.get("generation"), status.get("loaded_at"))

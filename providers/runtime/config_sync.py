@@ -63,9 +63,6 @@ class Served:
     error: str | None
 
 
-_served: dict[str, Served] = {}
-
-
 class _ProviderLocks:
     """One asyncio lock per provider name, kept only while someone holds or awaits it.
 
@@ -92,18 +89,26 @@ class _ProviderLocks:
         return len(self._locks)
 
 
-_locks = _ProviderLocks()
+class ConfigSyncState:
+    """What one runtime serves, per provider, and the per-provider locks its syncs take."""
+
+    def __init__(self) -> None:
+        self.served: dict[str, Served] = {}
+        self.locks = _ProviderLocks()
+
+    def forget_all(self) -> None:
+        """Forget what this worker serves (its registry was emptied: a shutdown)."""
+        self.served.clear()
+
+
+def _state() -> ConfigSyncState:
+    return runtime.current().config_sync_state
 
 
 def served_revision(name: str) -> int | None:
     """Return the revision of provider NAME this worker serves, None if it serves none."""
-    served = _served.get(name)
+    served = _state().served.get(name)
     return served.revision if served is not None else None
-
-
-def forget_all() -> None:
-    """Forget what this worker serves (its registry was emptied: a shutdown, a test)."""
-    _served.clear()
 
 
 def config_digest(row: Any) -> str:
@@ -141,7 +146,7 @@ async def sync_provider(name: str, *, force: bool = False) -> str | None:
     from providers.models import ProviderConfig
 
     try:
-        async with _locks.hold(name):
+        async with _state().locks.hold(name):
             row = await ProviderConfig.objects.filter(name=name).afirst()
             return await _apply_row(name, row, force=force)
     except asyncio.CancelledError:
@@ -156,9 +161,10 @@ async def sync_provider(name: str, *, force: bool = False) -> str | None:
 
 async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
     """Apply ROW (read under NAME's lock) unless it is what is served already."""
-    served = _served.get(name)
+    served_configs = _state().served
+    served = served_configs.get(name)
     if row is None:
-        _served.pop(name, None)
+        served_configs.pop(name, None)
         if served is not None or name in runtime.registry:
             await runtime.apply_config_state(name, None, "")
         return None
@@ -171,7 +177,7 @@ async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
         live: bool | None = False
     else:
         live = True if error is None else None
-    _served[name] = Served(row.revision, digest, live, error)
+    served_configs[name] = Served(row.revision, digest, live, error)
     return error
 
 
@@ -202,13 +208,14 @@ async def repair_all() -> None:
     except Exception:
         logger.exception("repair pass: the provider configurations could not be read")
         return
+    served = _state().served
     in_database = set()
     for row in rows:
         in_database.add(row.name)
-        if not _in_step(row.name, _served.get(row.name), row.revision, config_digest(row)):
+        if not _in_step(row.name, served.get(row.name), row.revision, config_digest(row)):
             logger.info("repair pass: provider %s differs from the database; applying", row.name)
             await sync_provider(row.name)
-    for name in sorted(set(_served) - in_database):
+    for name in sorted(set(served) - in_database):
         logger.info("repair pass: provider %s is no longer configured; removing", name)
         await sync_provider(name)
 
@@ -244,7 +251,7 @@ def after_commit(name: str) -> None:
     """
     revision: int | None = None
     try:
-        if _serving_here() or name in _served:
+        if _serving_here() or name in _state().served:
             # Read here, in the thread that committed: the serving loop then needs
             # no database thread, which this caller may be holding (asgiref runs
             # every thread-sensitive call of a context on one thread).
@@ -278,8 +285,8 @@ async def apply_committed_row(name: str, row: Any, *, force: bool = False) -> st
     to an older revision: a restore). Never raises.
     """
     try:
-        async with _locks.hold(name):
-            served = _served.get(name)
+        async with _state().locks.hold(name):
+            served = _state().served.get(name)
             if row is not None and served is not None and row.revision < served.revision:
                 return served.error
             return await _apply_row(name, row, force=force)

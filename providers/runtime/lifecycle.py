@@ -15,24 +15,31 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from providers.health.monitor import monitor
 from providers.runtime import broadcast, config_sync
 from providers.runtime import process as runtime
-from providers.runtime.registry import DiscoveryResult
-from providers.usage.recorder import usage_recorder
+from providers.runtime.registry import DiscoveryResult, ProviderRegistry
+
+if TYPE_CHECKING:
+    from providers.runtime.process_runtime import EchoRuntime
 
 logger = logging.getLogger(__name__)
 
 
 class ProviderLifecycle:
-    """Start the provider runtime once, on the serving loop; stop it at shutdown."""
+    """Start RUNTIME once, on the serving loop; stop it at shutdown.
 
-    def __init__(self) -> None:
+    Providers load through ``process.load_all_from_database``, which serves
+    the current runtime: start the one installed.
+    """
+
+    def __init__(self, runtime: EchoRuntime) -> None:
+        self._runtime = runtime
         self._started = False
         self._starting: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -66,8 +73,8 @@ class ProviderLifecycle:
         starting.set_result(None)
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        runtime.set_serving_loop(loop)
-        for result in await discover_all_plugins():
+        self._runtime.serving_loop = loop
+        for result in await discover_all_plugins(self._runtime.registry):
             if result.status == "failed":
                 logger.error("plugin %s not loaded: %s", result.origin, result.error)
         errors = await runtime.load_all_from_database()
@@ -87,6 +94,7 @@ class ProviderLifecycle:
         )
         interval = settings.ECHO_HEALTH_INTERVAL_SECONDS
         if interval > 0:
+            monitor = self._runtime.monitor
             monitor.reset()
             # An empty context: started by the first request (daphne has no
             # lifespan), the task would otherwise keep that request's context
@@ -109,25 +117,22 @@ class ProviderLifecycle:
         self._repair = None
         self._listener = None
         try:
-            await usage_recorder.stop()
+            await self._runtime.usage_recorder.stop()
         except Exception:
             logger.exception("usage rows could not be written at shutdown")
-        await runtime.registry.shutdown_all()
-        config_sync.forget_all()
-        runtime.set_serving_loop(None)
+        await self._runtime.registry.shutdown_all()
+        self._runtime.config_sync_state.forget_all()
+        self._runtime.serving_loop = None
         # The start-up queries left a connection open in the ORM's thread.
         await sync_to_async(connections.close_all)()
         self._started = False
 
 
-async def discover_all_plugins() -> list[DiscoveryResult]:
-    """Register the plugins of the ECHO_PLUGIN_DIRS directories and the entry points; report each."""
+async def discover_all_plugins(registry: ProviderRegistry) -> list[DiscoveryResult]:
+    """Register in REGISTRY the plugins of the ECHO_PLUGIN_DIRS directories and the entry points; report each."""
     results: list[DiscoveryResult] = []
     for directory in settings.ECHO_PLUGIN_DIRS:
         if directory.is_dir():
-            results += await runtime.registry.discover_plugins(directory)
-    results += await runtime.registry.discover_entry_points()
+            results += await registry.discover_plugins(directory)
+    results += await registry.discover_entry_points()
     return results
-
-
-lifecycle = ProviderLifecycle()

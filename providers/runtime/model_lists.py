@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
 from providers.errors import ProviderNotFoundError
-from providers.runtime import process as runtime
+from providers.runtime.registry import ProviderRegistry
 from providers.runtime.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
@@ -39,22 +40,22 @@ class _Entry:
     from_upstream: bool
 
 
-def instance_key(name: str) -> InstanceKey:
-    """Return a key that changes whenever provider NAME's live instance is replaced."""
-    status = runtime.registry.status(name)
+def instance_key(registry: ProviderRegistry, name: str) -> InstanceKey:
+    """Return a key that changes whenever REGISTRY's live instance of provider NAME is replaced."""
+    status = registry.status(name)
     return (name, status.get("generation"), status.get("loaded_at"))
 
 
 class ModelListCache:
-    """The model lists of this process's live providers, by name."""
+    """The model lists of REGISTRY's live providers, by name; CLOCK (monotonic seconds) ages them."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, registry: ProviderRegistry, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._flight: SingleFlight[list[str]] = SingleFlight()
-
-    def reset(self) -> None:
-        """Forget every list."""
-        self._entries.clear()
 
     async def models(self, name: str, *, timeout: float) -> list[str]:
         """Return the models of live provider NAME ([] when it is not live).
@@ -63,11 +64,11 @@ class ModelListCache:
         call; otherwise one fetch, waiting at most TIMEOUT seconds, serves
         every concurrent caller.
         """
-        if name not in runtime.registry:
+        if name not in self._registry:
             return []
-        instance = instance_key(name)
+        instance = instance_key(self._registry, name)
         entry = self._entries.get(name)
-        if entry is not None and entry.instance == instance and entry.expires > time.monotonic():
+        if entry is not None and entry.instance == instance and entry.expires > self._clock():
             return list(entry.models)
         models = await self._flight.run(instance, lambda: self._fetch(name, instance, timeout))
         return list(models)
@@ -77,7 +78,7 @@ class ModelListCache:
         if previous is not None and previous.instance != instance:
             previous = None  # another configuration's list (another key, another server)
         try:
-            async with runtime.registry.lease(name) as provider:
+            async with self._registry.lease(name) as provider:
                 try:
                     async with asyncio.timeout(timeout):
                         models = list(await provider.list_models())
@@ -92,11 +93,8 @@ class ModelListCache:
         except ProviderNotFoundError:
             return []  # taken out of service meanwhile
         models = list(dict.fromkeys(models))
-        self._entries[name] = _Entry(instance, models, time.monotonic() + ttl, from_upstream)
+        self._entries[name] = _Entry(instance, models, self._clock() + ttl, from_upstream)
         # Bounded by the providers: lists of providers gone from service go too.
-        for gone in set(self._entries) - set(runtime.registry.names()):
+        for gone in set(self._entries) - set(self._registry.names()):
             self._entries.pop(gone, None)
         return models
-
-
-model_lists = ModelListCache()

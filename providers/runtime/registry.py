@@ -52,6 +52,7 @@ from providers.errors import (
     ProviderTimeoutError,
 )
 from providers.secrets.masking import mask_config, redact
+from providers.secrets.values import config_secret_values, schema_secret_names
 from providers.types import HealthStatus
 
 logger = logging.getLogger(__name__)
@@ -199,9 +200,11 @@ class ProviderRegistry:
         """
         if not (inspect.isclass(cls) and issubclass(cls, AbstractAIProvider)):
             raise PluginLoadError(f"{cls!r} does not extend AbstractAIProvider.")
-        if inspect.isabstract(cls):
-            missing = ", ".join(sorted(cls.__abstractmethods__))
-            raise PluginLoadError(f"{cls.__name__} does not implement: {missing}.")
+        missing = sorted(cls.__abstractmethods__)
+        if not cls.declares_config_schema():
+            missing.append("config_json_schema (or get_config_schema)")
+        if missing:
+            raise PluginLoadError(f"{cls.__name__} does not implement: {', '.join(missing)}.")
         current = self._plugins.get(name)
         if (
             current
@@ -337,7 +340,7 @@ class ProviderRegistry:
         ``ProviderInitializationError`` naming the step, secrets masked.
         """
         cls = self.plugin(spec.plugin)
-        secrets = config_secret_values(cls, spec.config)
+        secrets = config_secret_values(spec.config, schema_secret_names(cls.config_schema))
 
         def failed(step: str, exc: BaseException) -> ProviderInitializationError:
             message = redact(f"{step}: {plugin_failure_text(exc)}", secrets)
@@ -564,13 +567,13 @@ class ProviderRegistry:
         }
 
     def secret_values(self, name: str) -> list[str]:
-        """Return the configured secrets of live provider NAME, to mask them; never raises."""
+        """Return the configured secrets of live provider NAME, to mask them; never raises.
+
+        By the secret names read when the instance was built: asking the plugin
+        again could raise, and turn a masked message into a failure.
+        """
         live = self._live.get(name)
-        if live is None:
-            return []
-        config = live.provider.config if isinstance(live.provider.config, dict) else {}
-        values = [str(v) for k, v in config.items() if k in live.secret_names and v]
-        return values + [v.strip() for v in values if v.strip() and v.strip() != v]
+        return config_secret_values(live.provider.config, live.secret_names) if live else []
 
     def _plugin_failed(self, name: str, step: str, exc: BaseException) -> PluginError:
         """Record that live provider NAME's plugin raised EXC in STEP; return it as a ``PluginError``."""
@@ -834,25 +837,6 @@ def plugin_failure_text(exc: BaseException) -> str:
     except Exception:  # an exception whose __str__ raises is a plugin bug too
         text = ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def config_secret_values(cls: type[AbstractAIProvider] | None, config: dict[str, Any]) -> list[str]:
-    """Return the secret values in CONFIG, by plugin CLS's schema and by name; never raises.
-
-    Used to mask a plugin's errors before there is an instance to ask: a
-    plugin whose schema cannot be read still has its ``api_key`` masked.
-    """
-    if not isinstance(config, dict):
-        return []
-    names: set[str] = set()
-    if cls is not None:
-        try:
-            names = secret_fields(cls.config_schema())
-        except PLUGIN_FAILURES:
-            names = set()
-    names |= secret_fields({"properties": {k: {} for k in config if isinstance(k, str)}})
-    values = [str(v) for k, v in config.items() if k in names and v not in (None, "")]
-    return values + [v.strip() for v in values if v.strip() and v.strip() != v]
 
 
 def _overrides(provider: AbstractAIProvider, method: str) -> bool:

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from providers.errors import ProviderError
+
+if TYPE_CHECKING:
+    from providers.health.monitor import HealthMonitor
+    from providers.runtime.registry import ProviderRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -47,24 +51,23 @@ class _ProviderModels:
 
 
 class MetricLabels:
-    """Turn recorded names into label values from bounded sets; cheap per request."""
+    """Turn recorded names into label values from bounded sets; cheap per request.
 
-    def __init__(self) -> None:
+    A provider is known when REGISTRY serves it; a model also when MONITOR's
+    last check of its provider listed it.
+    """
+
+    def __init__(self, registry: ProviderRegistry, monitor: HealthMonitor) -> None:
+        self._registry = registry
+        self._monitor = monitor
         self._models: dict[str, _ProviderModels] = {}
         self._kinds: frozenset[str] = frozenset()
 
-    def forget(self) -> None:
-        """Forget the admitted models and memos (for tests: series already made stay)."""
-        self._models.clear()
-        self._kinds = frozenset()
-
     def provider(self, name: object) -> str:
         """Return NAME if it is a live provider, ``none`` when empty, else ``other``."""
-        from providers.runtime.process import registry
-
         if not name:
             return NONE
-        if isinstance(name, str) and len(name) <= MAX_LABEL_LENGTH and name in registry:
+        if isinstance(name, str) and len(name) <= MAX_LABEL_LENGTH and name in self._registry:
             return name
         return OTHER
 
@@ -115,13 +118,10 @@ class MetricLabels:
             return NONE
         return endpoint[:MAX_LABEL_LENGTH]
 
-    @staticmethod
-    def _live_instance(provider: str, state: _ProviderModels) -> Any | None:
+    def _live_instance(self, provider: str, state: _ProviderModels) -> Any | None:
         """Return PROVIDER's live instance; forget STATE's unknown names when it was replaced."""
-        from providers.runtime.process import registry
-
         try:
-            instance = registry.get(provider)
+            instance = self._registry.get(provider)
         except ProviderError:
             return None
         if state.instance is None or state.instance() is not instance:
@@ -130,8 +130,7 @@ class MetricLabels:
             state.instance = weakref.ref(instance)
         return instance
 
-    @staticmethod
-    def _is_known(instance: Any, provider: str, model: str) -> bool:
+    def _is_known(self, instance: Any, provider: str, model: str) -> bool:
         config = getattr(instance, "config", None) or {}
         if model == config.get("default_model") or model == config.get("embedding_model"):
             return True
@@ -144,7 +143,12 @@ class MetricLabels:
                 return True
         except Exception:
             logger.debug("provider %s could not describe a model", provider, exc_info=True)
-        return model in _listed_models(provider)
+        return model in self._listed_models(provider)
+
+    def _listed_models(self, provider: str) -> list[str]:
+        """Return the models PROVIDER's last health check in this process listed."""
+        health = self._monitor.latest().get(provider)
+        return health.models if health is not None else []
 
 
 def _declared_kinds(cls: type[ProviderError]) -> set[str]:
@@ -152,14 +156,3 @@ def _declared_kinds(cls: type[ProviderError]) -> set[str]:
     for sub in cls.__subclasses__():
         kinds |= _declared_kinds(sub)
     return kinds
-
-
-def _listed_models(provider: str) -> list[str]:
-    """Return the models PROVIDER's last health check in this process listed."""
-    from providers.health.monitor import monitor
-
-    health = monitor.latest().get(provider)
-    return health.models if health is not None else []
-
-
-metric_labels = MetricLabels()

@@ -88,14 +88,22 @@ BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 class BreakerStateCollector(Collector):
     """Report each live provider's circuit breaker: 0 closed, 1 half-open, 2 open."""
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from providers.runtime.process import manager
-
-        family = GaugeMetricFamily(
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             "echo_breaker_state",
             "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
             labels=["provider"],
         )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Asked at registration, at import: the metric's name, without the runtime's breakers.
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from providers.runtime.process import manager
+
+        family = self._family()
         for name in manager.registry.names():
             family.add_metric([name], BREAKER_VALUES.get(manager.breaker(name).state, 0))
         yield family

@@ -1,8 +1,9 @@
 """Record what each request used: tokens, cost, timing, outcome; off the request's path.
 
-``usage_recorder.record(event)`` costs the request only a few metric updates
-and a queue append; rows reach the database in batches, written by a
-background task on the serving loop (``flush`` writes them at once).
+``UsageRecorder.record(event)`` (the runtime's ``usage_recorder``) costs
+the request only a few metric updates and a queue append; rows reach the
+database in batches, written by a background task on the serving loop
+(``flush`` writes them at once).
 
 No client can stop the accounting of the others: every field is made
 storable (cut to its column, no NUL, no lone surrogate) before it is queued;
@@ -18,7 +19,7 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -27,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from providers.runtime import process as runtime
 from providers.usage import metrics
-from providers.usage.metric_labels import metric_labels
 from providers.usage.storable import storable_float, storable_int, storable_json, storable_text
 
 if TYPE_CHECKING:
     from providers.models import UsageRecord
+    from providers.runtime.registry import ProviderRegistry
+    from providers.usage.metric_labels import MetricLabels
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +69,13 @@ class UsageEvent:
 
 
 def cost_of(
-    provider: str, model: str, prompt_tokens: int, completion_tokens: int
+    registry: ProviderRegistry,
+    provider: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
 ) -> Decimal | None:
-    """Return the cost in USD from the model's known prices, or None when unknown."""
-    from providers.runtime.process import registry
-
+    """Return the cost in USD from the prices REGISTRY's PROVIDER gives MODEL, or None when unknown."""
     if not isinstance(provider, str) or provider not in registry or not model:
         return None
     try:
@@ -181,9 +186,22 @@ def usage_rows_write(rows: list[UsageRecord]) -> WriteResult:
 
 
 class UsageRecorder:
-    """Queue usage rows, bounded, and write them in batches."""
+    """Queue usage rows, bounded, and write them in batches.
 
-    def __init__(self) -> None:
+    REGISTRY prices the models, LABELS bound the metrics' labels, and
+    SERVING_LOOP says which loop (if any) the background writer runs on.
+    """
+
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        labels: MetricLabels,
+        *,
+        serving_loop: Callable[[], asyncio.AbstractEventLoop | None],
+    ) -> None:
+        self._registry = registry
+        self._labels = labels
+        self._serving_loop = serving_loop
         self._pending: deque[UsageRecord] = deque()
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -193,14 +211,20 @@ class UsageRecorder:
 
     def record(self, event: UsageEvent) -> None:
         """Count EVENT in the metrics and queue its row."""
-        cost = cost_of(event.provider, event.model, event.prompt_tokens, event.completion_tokens)
+        cost = cost_of(
+            self._registry,
+            event.provider,
+            event.model,
+            event.prompt_tokens,
+            event.completion_tokens,
+        )
         self._observe(event, cost)
         self._pending.append(usage_row(event, cost))
         self._trim()
         self._schedule()
 
-    @staticmethod
-    def _observe(event: UsageEvent, cost: Decimal | None) -> None:
+    def _observe(self, event: UsageEvent, cost: Decimal | None) -> None:
+        metric_labels = self._labels
         provider = metric_labels.provider(event.provider)
         labels = (provider, metric_labels.model(provider, event.model))
         metrics.REQUESTS.labels(
@@ -221,9 +245,9 @@ class UsageRecorder:
         if event.error_kind:
             metrics.ERRORS.labels(metric_labels.kind(event.error_kind), provider).inc()
         for retry in event.retries:
-            metrics.RETRIES.labels(_route_provider(retry)).inc()
+            metrics.RETRIES.labels(_route_provider(metric_labels, retry)).inc()
         for step in event.fallback_path:
-            metrics.FAILOVERS.labels(_route_provider(step)).inc()
+            metrics.FAILOVERS.labels(_route_provider(metric_labels, step)).inc()
 
     def _trim(self) -> None:
         """Drop the oldest rows beyond ECHO_USAGE_QUEUE_MAX, counting them."""
@@ -239,13 +263,11 @@ class UsageRecorder:
         self._trim()
 
     def _schedule(self) -> None:
-        from providers.runtime.process import serving_loop
-
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # a sync caller: flush() writes the rows
-        if loop is not serving_loop():
+        if loop is not self._serving_loop():
             return  # a short-lived loop (a sync test client): flush() writes the rows
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._wake = asyncio.Event()
@@ -348,12 +370,11 @@ class UsageRecorder:
             )
 
 
-def _route_provider(step: Any) -> str:
+def _route_provider(labels: MetricLabels, step: Any) -> str:
     """Return the provider label of a retry or fallback STEP (its route is ``provider/model``)."""
     route = step.get("route", "") if isinstance(step, dict) else ""
-    return metric_labels.provider(str(route).partition("/")[0])
+    return labels.provider(str(route).partition("/")[0])
 
 
-usage_recorder = UsageRecorder()
 # Read when scraped: nothing to update per request.
-metrics.USAGE_QUEUE_ROWS.set_function(lambda: len(usage_recorder._pending))
+metrics.USAGE_QUEUE_ROWS.set_function(lambda: len(runtime.usage_recorder._pending))

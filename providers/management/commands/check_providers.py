@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from providers.health.monitor import ProviderHealth, monitor, release_connections
+from providers.health.monitor import ProviderHealth, release_connections
 from providers.models import ProviderConfig
 from providers.runtime import process as runtime
 from providers.runtime.lifecycle import discover_all_plugins
@@ -122,7 +122,7 @@ class Command(BaseCommand):
         rounds: int | None,
     ) -> list[str]:
         """Check the providers once, or each INTERVAL with WATCH; return the last round's unavailable."""
-        for result in await discover_all_plugins():
+        for result in await discover_all_plugins(runtime.registry):
             if result.status == "failed":
                 self.stderr.write(f"Plugin {result.origin} not loaded: {result.error}")
         done = 0
@@ -132,7 +132,7 @@ class Command(BaseCommand):
                 if watch:
                     self.stdout.write(f"-- {dt.datetime.now(tz=dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
                 checked = [c.name for c in configs if c.enabled]
-                results = await monitor.check_all(
+                results = await runtime.monitor.check_all(
                     timeout=timeout,
                     names=checked,
                     # Next to serving workers, a watch records no more than they do.

@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from echo_site.environment import ENVIRONMENTS
 from providers.config.files import ConfigFileError, config_path, load_provider_entries
 from providers.config.yaml_import import sync_provider_configs
-from providers.runtime.process import registry, run_in_serving_loop
+from providers.runtime import process as runtime
+from providers.runtime.process import run_in_serving_loop
 
 
 class Command(BaseCommand):
@@ -77,8 +78,8 @@ class Command(BaseCommand):
         results = []
         for directory in settings.ECHO_PLUGIN_DIRS:
             if Path(directory).is_dir():
-                results.extend(run_in_serving_loop(registry.discover_plugins, directory))
-        results.extend(run_in_serving_loop(registry.discover_entry_points))
+                results.extend(run_in_serving_loop(runtime.registry.discover_plugins, directory))
+        results.extend(run_in_serving_loop(runtime.registry.discover_entry_points))
         for result in results:
             if result.status == "failed":
                 self.stderr.write(f"Plugin {result.origin} not loaded: {result.error}")
