@@ -1,4 +1,5 @@
-# Echo: `make run` serves it on http://$(HOST):$(PORT); `make test` runs the whole suite.
+# Echo: `make run` serves it on http://$(HOST):$(PORT); `make test` runs the whole suite,
+# `make test-fast` all but the tests marked slow (servers, processes, browser, fuzzing).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ PORT ?= 8000
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install install-dev run test lint format bench clean
+.PHONY: install install-dev run test test-fast lint format bench clean
 
 $(INSTALLED): pyproject.toml examples/echo-shout-plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +38,14 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite runs on PostgreSQL: this machine's (127.0.0.1:5432, user postgres) unless
+# DATABASE_URL names another (echo_site/pytest_environment.py); each run makes and
+# drops a test database of its own.
 test: install-dev lint
 	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests
+
+test-fast: install-dev
+	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -m "not slow"
 
 format: install-dev
 	$(BIN)/ruff format .

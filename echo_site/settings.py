@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -64,28 +63,29 @@ INSTALLED_APPS = [
     "plugins_api",
 ]
 
-# Browser requests run ECHO_BROWSER_MIDDLEWARE; API clients with a Bearer key
-# skip it (see echo_site/middleware.py): it costs thread hops and reads cookies
-# they do not send.
+# Every request runs MIDDLEWARE: Django's Security, Common and X-Frame-Options
+# middleware run on the event loop (echo_site/middleware.py). Browser requests
+# also run ECHO_BROWSER_MIDDLEWARE; API clients with a key skip it: it costs
+# thread hops and reads cookies they do not send.
 MIDDLEWARE = [
     "echo_site.request_context.RequestIdMiddleware",
+    "echo_site.middleware.SecurityMiddleware",
     # A path with NUL or another control character is a 404, a query with NUL a 400,
     # before any view (PostgreSQL refuses NUL: a provider lookup with one was a 500).
     "echo_site.middleware.UrlCharactersMiddleware",
+    "echo_site.middleware.CommonMiddleware",
+    "echo_site.middleware.XFrameOptionsMiddleware",
     "echo_site.middleware.BrowserMiddleware",
 ]
 ECHO_BROWSER_MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# The admin and Django's deploy checks look for their middleware in MIDDLEWARE;
-# BrowserMiddleware runs them. echo_site.security_checks checks them where they are.
+# The admin and Django's deploy checks look for Django's own middleware paths in
+# MIDDLEWARE; Echo runs them as above. echo_site.security_checks checks them where they are.
 SILENCED_SYSTEM_CHECKS = [
     "admin.E408",
     "admin.E409",
@@ -127,10 +127,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     # Wait for a lock rather than fail at once when another thread writes.
     DATABASES["default"]["OPTIONS"]["timeout"] = 20
-    # Tests that serve over real HTTP share the database with a server thread:
-    # an in-memory shared-cache database fails such readers at once ("table is
-    # locked"), a file in WAL mode lets them wait. One file per test process.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -262,7 +258,7 @@ ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60, min
 # and applies what differs, so lost broadcasts, SQL changes and restores converge.
 ECHO_CONFIG_REPAIR_SECONDS = env_int("ECHO_CONFIG_REPAIR_SECONDS", 5, minimum=1)
 
-# Transport security for browsers (django.middleware.security, run by BrowserMiddleware),
+# Transport security (django.middleware.security, for every request, key clients' too),
 # on by default in production. SECURE_PROXY_SSL_HEADER is set only when
 # ECHO_PROXY_SETS_X_FORWARDED_PROTO says a TLS proxy in front sets (overwrites) the
 # header: without such a proxy any client could send it and pass for HTTPS. Behind

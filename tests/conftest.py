@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from providers.runtime import config_sync
 from providers.runtime import process as runtime
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -14,21 +13,15 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 @pytest.fixture(autouse=True)
 def clean_runtime():
-    """Give every test an empty process registry with only the built-in plugins.
+    """Give every test a runtime of its own: a registry with only the built-in plugins.
 
-    The process manager starts afresh too: its circuit breakers must not carry
-    one test's failures into the next.
+    Everything else starts afresh with it: the circuit breakers, the health
+    results, the usage queue, the metric labels, the model lists, what
+    configuration is served, the verified keys, and no serving loop. The
+    process's runtime is put back after the test.
     """
-    runtime.registry.__init__()
-    runtime.manager.__init__(runtime.registry)
-    runtime.register_builtin_plugins()
-    runtime.set_serving_loop(None)
-    config_sync.forget_all()
-    yield runtime.registry
-    runtime.registry.__init__()
-    runtime.manager.__init__(runtime.registry)
-    runtime.set_serving_loop(None)
-    config_sync.forget_all()
+    with runtime.installed(runtime.build_runtime()) as fresh:
+        yield fresh
 
 
 @pytest.fixture
@@ -128,3 +121,32 @@ def admin_key(db):
 
     forget_cached_keys()
     return client_key_issue(name="test-admin", scope="admin")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, django_db_blocker):
+    """Give this run a PostgreSQL test database of its own (see tests/suite_database.py)."""
+    from django.conf import settings
+
+    from tests import suite_database
+
+    suite_database.prepare(settings.DATABASES["default"], django_db_blocker, in_ci=IN_CI)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, django_db_keepdb):
+    """pytest-django's test database; what server threads left connected is ended before the drop."""
+    yield
+    if not django_db_keepdb:
+        from tests import suite_database
+
+        suite_database.release(django_db_blocker)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """Hash the tests' passwords with MD5: PBKDF2's 0.2 s a hash guards real logins, here it only waits."""
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield

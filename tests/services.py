@@ -13,13 +13,14 @@ from contextlib import contextmanager
 
 import pytest
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ECHO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+from echo_site.pytest_environment import LOCAL_POSTGRES_URL
+
+POSTGRES_ADMIN_URL = os.environ.get("ECHO_TEST_POSTGRES_URL", LOCAL_POSTGRES_URL)
 REDIS_URL = os.environ.get("ECHO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def _reachable(host: str, port: int) -> bool:
+def reachable(host: str, port: int) -> bool:
+    """Return whether something accepts a TCP connection on HOST:PORT within a second."""
     try:
         with socket.create_connection((host, port), timeout=1):
             return True
@@ -29,7 +30,7 @@ def _reachable(host: str, port: int) -> bool:
 
 def require_service(name: str, host: str, port: int) -> None:
     """Fail (under CI) or skip (elsewhere) unless NAME answers on HOST:PORT."""
-    if _reachable(host, port):
+    if reachable(host, port):
         return
     message = f"{name} is not reachable on {host}:{port}"
     if os.environ.get("CI", "").lower() == "true":

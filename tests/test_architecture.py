@@ -36,7 +36,9 @@ def test_only_the_contract_and_djangos_places_sit_at_an_apps_root(app):
 @pytest.mark.parametrize("app", sorted(APP_ROOTS))
 def test_every_wing_is_in_the_architecture_page_and_the_readme(app):
     for wing in wings(app):
-        assert re.search(rf"^\s+{wing}/", ARCHITECTURE, re.M), f"docs/ARCHITECTURE.md misses {app}/{wing}/"
+        assert re.search(rf"^\s+{wing}/", ARCHITECTURE, re.M), (
+            f"docs/ARCHITECTURE.md misses {app}/{wing}/"
+        )
         assert re.search(rf"\b{wing}/", README_LAYOUT), f"README's Layout misses {app}/{wing}/"
 
 
@@ -50,7 +52,9 @@ def test_every_module_the_architecture_page_names_exists():
 def test_every_wing_says_its_job_in_its_docstring():
     for app in APP_ROOTS:
         for wing in wings(app):
-            docstring = ast.get_docstring(ast.parse((ROOT / app / wing / "__init__.py").read_text()))
+            docstring = ast.get_docstring(
+                ast.parse((ROOT / app / wing / "__init__.py").read_text())
+            )
             assert docstring, f"{app}/{wing}/__init__.py has no docstring"
 
 
@@ -63,5 +67,7 @@ def test_the_domain_never_imports_the_http_side():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "plugins_api"]
+            offenders += [
+                f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "plugins_api"
+            ]
     assert offenders == []

@@ -25,6 +25,9 @@ from providers.config.services import provider_config_create
 from providers.models import ProviderConfig
 from providers.runtime import process as runtime
 
+# Slow: a real browser against a live server.
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 
 CHROMIUM = Path("/usr/bin/chromium")

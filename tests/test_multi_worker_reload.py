@@ -18,6 +18,9 @@ import pytest
 from tests.server_processes import django_shell, manage, start_daphne
 from tests.services import require_redis, scratch_postgres_database
 
+# Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
+pytestmark = pytest.mark.slow
+
 
 def chat(url: str, key: str) -> str:
     response = httpx.post(

@@ -28,6 +28,9 @@ from psycopg.types.json import Jsonb
 from tests.server_processes import django_shell, free_port, manage
 from tests.services import require_redis, scratch_postgres_database
 
+# Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 UVICORN = Path(sys.executable).with_name("uvicorn")
 ROUNDS = 50

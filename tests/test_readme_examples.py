@@ -19,6 +19,9 @@ from providers.config.services import provider_config_create
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 
+# Slow: a live server, and curl for every README example.
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

@@ -26,6 +26,9 @@ from providers.config.services import provider_config_create
 from providers.models import ProviderConfig
 from providers.runtime import process as runtime
 
+# Slow: schemathesis generates requests for every operation of the schema.
+pytestmark = pytest.mark.slow
+
 EXAMPLES_PER_OPERATION = 10
 # The browser chat's endpoints (another part of the app) are held to no 5xx and
 # schema-shaped answers; ours also to documenting every status they answer with.

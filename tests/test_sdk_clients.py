@@ -24,6 +24,9 @@ from providers.config.services import provider_config_create
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 
+# Slow: a live server for every test, driven by the OpenAI and Anthropic SDKs.
+pytestmark = pytest.mark.slow
+
 UPSTREAM_KEY = "sk-upstream-fake-0000000001"
 WEATHER_TOOL = {
     "name": "get_weather",

@@ -30,6 +30,9 @@ from django.views.debug import technical_500_response
 from providers.models import ProviderConfig, ProviderConfigChange
 from providers.testing.fake_openai import FakeOpenAI
 
+# Slow: a live server, driven through every interface.
+pytestmark = pytest.mark.slow
+
 CANARY = f"sk-canary-{secrets.token_hex(16)}"
 CANARY_MASK = f"sk-...{CANARY[-4:]}"
 WINDOW = 8

@@ -71,6 +71,7 @@ def check_deploy(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow
 def test_production_turns_every_protection_on(tmp_path: Path) -> None:
     shown = security_settings(tmp_path, **PRODUCTION)
     assert shown["SESSION_COOKIE_SECURE"] == "True"
@@ -83,6 +84,7 @@ def test_production_turns_every_protection_on(tmp_path: Path) -> None:
     assert shown["SECURE_PROXY_SSL_HEADER"] == "None"
 
 
+@pytest.mark.slow
 def test_development_keeps_plain_http_working(tmp_path: Path) -> None:
     shown = security_settings(tmp_path, ECHO_ENV="development")
     assert shown["SESSION_COOKIE_SECURE"] == "False"
@@ -90,6 +92,7 @@ def test_development_keeps_plain_http_working(tmp_path: Path) -> None:
     assert shown["SECURE_HSTS_SECONDS"] == "0"
 
 
+@pytest.mark.slow
 def test_each_protection_is_configurable(tmp_path: Path) -> None:
     shown = security_settings(
         tmp_path,
@@ -105,6 +108,7 @@ def test_each_protection_is_configurable(tmp_path: Path) -> None:
     assert shown["SECURE_PROXY_SSL_HEADER"] == "('HTTP_X_FORWARDED_PROTO', 'https')"
 
 
+@pytest.mark.slow
 def test_a_bad_value_names_its_variable(tmp_path: Path) -> None:
     result = settings_of(tmp_path, ECHO_ENV="test", SECURE_HSTS_SECONDS="-1")
     assert result.returncode != 0
@@ -114,12 +118,14 @@ def test_a_bad_value_names_its_variable(tmp_path: Path) -> None:
     assert "ECHO_LOGIN_FAILURES_PER_USERNAME" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_deploy_is_clean_in_production(tmp_path: Path) -> None:
     result = check_deploy(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow
 def test_check_deploy_still_sees_the_browser_middleware(tmp_path: Path) -> None:
     """Django's own middleware checks are silenced (BrowserMiddleware runs it); Echo's are not."""
     result = check_deploy(tmp_path, SECURE_SSL_REDIRECT="false", SECURE_HSTS_SECONDS="0")

@@ -17,6 +17,9 @@ from websockets.sync.client import connect
 
 from tests.echo_site.production_server import ProductionEcho
 
+# Slow: the server `make run` starts, in a process of its own.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[ProductionEcho]:

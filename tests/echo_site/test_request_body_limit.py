@@ -18,6 +18,9 @@ import pytest
 
 from tests.echo_site.production_server import ROOT, ProductionEcho, chunks_of, raw_post
 
+# Slow: a production server in a process of its own, and fresh interpreters.
+pytestmark = pytest.mark.slow
+
 LIMIT = 4 * 1024 * 1024
 # Over Django's 2.5 MB default for request.body, under Echo's limit: the size
 # of a request with a base64 image.

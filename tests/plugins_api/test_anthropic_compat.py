@@ -183,6 +183,7 @@ def events_of(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
     return pairs
 
 
+@pytest.mark.slow
 def test_stream_event_sequence_text_then_tool_use(live: httpx.Client) -> None:
     response = live.post("/v1/messages", json=ask("tools/x", stream=True))
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -208,6 +209,7 @@ def test_stream_event_sequence_text_then_tool_use(live: httpx.Client) -> None:
     assert events[8][1]["usage"] == {"input_tokens": 3, "output_tokens": 4}
 
 
+@pytest.mark.slow
 def test_stream_failure_after_start_is_an_error_event(live: httpx.Client) -> None:
     events = events_of(live.post("/v1/messages", json=ask("dies/x", stream=True)))
     assert [name for name, _ in events][-1] == "error"

@@ -88,7 +88,6 @@ def var_dir(settings, tmp_path: Path) -> Path:
     """A private var/ for bootstrap_local."""
     settings.VAR_DIR = tmp_path / "var"
     settings.ECHO_ENV = "development"
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast
     return settings.VAR_DIR
 
 

@@ -25,6 +25,9 @@ from websockets.exceptions import ConnectionClosed
 from tests.server_processes import django_shell, manage, start_daphne
 from tests.services import require_redis
 
+# Slow: daphne workers in processes of their own.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[tuple[str, Any]]]]:

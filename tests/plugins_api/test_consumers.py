@@ -24,11 +24,9 @@ from plugins_api.access.client_keys import client_key_revoke
 from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
 from providers.config.services import provider_config_create, provider_config_delete
 from providers.errors import BadRequestError, ProviderUnavailableError
-from providers.health.monitor import monitor
 from providers.plugins.echo_provider import EchoProvider
 from providers.runtime import process as runtime
 from providers.types import ChatRequest, StreamingChunk
-from providers.usage.recorder import usage_recorder
 from tests.echo_site.test_settings import settings_of
 from tests.services import require_redis
 
@@ -112,8 +110,6 @@ def add_provider(name: str, cls: type[EchoProvider], **fields: Any) -> None:
 @pytest.fixture
 def providers(transactional_db) -> Iterator[None]:
     """Echo as the default, a second echo ("parrot") and the misbehaving test providers."""
-    monitor.reset()  # no health results of earlier tests
-    usage_recorder._pending.clear()  # nor usage rows
     Endless.reset()
     RecordingProvider.requests = []
     provider_config_create(
@@ -139,8 +135,6 @@ def providers(transactional_db) -> Iterator[None]:
         runtime.registry.names()
     )
     yield
-    monitor.reset()
-    usage_recorder._pending.clear()
 
 
 @pytest.fixture
@@ -265,7 +259,7 @@ async def test_the_provider_list_comes_first_with_models_health_and_breaker(
     assert by_name["echo"]["health"] == {"available": None, "checked_at": None}
     assert by_name["echo"]["breaker"] == "closed"
 
-    await monitor.check_all(timeout=2, record=False)
+    await runtime.monitor.check_all(timeout=2, record=False)
     for _ in range(runtime.manager.breaker("parrot").failure_threshold):
         runtime.manager.breaker("parrot").record_failure("unavailable")
     by_name = await listed()
@@ -383,7 +377,7 @@ async def test_each_answer_is_accounted_like_the_http_chat(
     await browser.send_json_to({"type": "cancel"})
     await until(browser, "done")
 
-    await usage_recorder.flush()
+    await runtime.usage_recorder.flush()
     rows = [row async for row in UsageRecord.objects.order_by("id")]
     assert [(r.client, r.endpoint, r.provider, r.outcome) for r in rows] == [
         ("alice", "/ws/chat/", "echo", "ok"),

@@ -63,6 +63,7 @@ def test_the_limit_is_the_configured_number_of_failures(url, admin_user, client,
     assert attempt(client, url, ADMIN_PASSWORD).status_code == 429
 
 
+@pytest.mark.slow
 def test_after_the_lockout_the_right_password_works_again(admin_user, client, settings):
     settings.ECHO_LOGIN_FAILURES_PER_USERNAME = 2
     settings.ECHO_LOGIN_LOCKOUT_SECONDS = 1

@@ -19,8 +19,8 @@ from providers.errors import ProviderError
 from providers.runtime import process as runtime
 from providers.runtime.registry import ProviderSpec
 from providers.testing.fake_openai import FakeOpenAI
-from providers.usage.metric_labels import MAX_LABEL_LENGTH, metric_labels
-from providers.usage.recorder import UsageEvent, usage_recorder
+from providers.usage.metric_labels import MAX_LABEL_LENGTH
+from providers.usage.recorder import UsageEvent
 
 KEY = "sk-labels-test-000000000000"
 HUGE = 2_400_000
@@ -68,8 +68,6 @@ def sample(text: str, name: str, **labels: str) -> float:
 def served(echo_config, chat_key, admin_key, live_echo, settings):
     """Echo over real HTTP with the echo provider and an OpenAI provider named ``labels-oai``."""
     settings.ECHO_METRICS_MODELS_PER_PROVIDER = MODEL_CAP
-    metric_labels.forget()
-    usage_recorder._pending.clear()
     with FakeOpenAI() as fake:
         runtime.run_in_serving_loop(
             runtime.registry.apply,
@@ -80,8 +78,6 @@ def served(echo_config, chat_key, admin_key, live_echo, settings):
                 runtime.registry.apply, ProviderSpec("echo", "echo", {}, is_default=True)
             )
         yield live_echo, chat_key[1], admin_key[1]
-    usage_recorder._pending.clear()
-    metric_labels.forget()
 
 
 def scrape(url: str, admin: str) -> str:
@@ -90,6 +86,7 @@ def scrape(url: str, admin: str) -> str:
     return response.text
 
 
+@pytest.mark.slow
 def test_hostile_names_leave_metrics_and_memory_bounded(served) -> None:
     live, chat, admin = served
     gc.collect()
@@ -105,7 +102,7 @@ def test_hostile_names_leave_metrics_and_memory_bounded(served) -> None:
         # by prefix): only the per-provider cap keeps these bounded.
         model = ("gpt-4o-" if i % 2 else "") + random_name(180)
         route = f"{random_name(30)}/{model}"
-        usage_recorder.record(
+        runtime.usage_recorder.record(
             UsageEvent(
                 client=f"key:c{i}",
                 endpoint="/chat",
@@ -123,7 +120,7 @@ def test_hostile_names_leave_metrics_and_memory_bounded(served) -> None:
             )
         )
     for provider in ("echo", "labels-oai", "x" * HUGE):
-        usage_recorder.record(
+        runtime.usage_recorder.record(
             UsageEvent(
                 client="key:huge",
                 endpoint="/chat",
@@ -150,7 +147,7 @@ def test_hostile_names_leave_metrics_and_memory_bounded(served) -> None:
         assert oai.status_code == 200, oai.text
 
     text = scrape(live.url, admin)
-    usage_recorder._pending.clear()  # the rows are not what this test measures
+    runtime.usage_recorder._pending.clear()  # the rows are not what this test measures
     gc.collect()
     growth = rss_bytes() - rss_before
 
@@ -196,6 +193,7 @@ def test_hostile_names_leave_metrics_and_memory_bounded(served) -> None:
     assert sample(text, "echo_requests_total", provider="other", model="other") >= 1
 
 
+@pytest.mark.slow
 def test_a_reload_that_configures_a_model_gives_it_its_label(served) -> None:
     live, chat, admin = served
     with httpx.Client(headers={"Authorization": f"Bearer {chat}"}, timeout=30) as client:

@@ -150,6 +150,7 @@ def chat(messages: Any = None, **extra: Any) -> dict[str, Any]:
     } | extra
 
 
+@pytest.mark.slow
 def test_stream_framing_role_text_finish_usage_done(live: httpx.Client) -> None:
     body = chat([{"role": "user", "content": "one two"}])
     body["stream_options"] = {"include_usage": True}
@@ -178,6 +179,7 @@ def test_stream_framing_role_text_finish_usage_done(live: httpx.Client) -> None:
     assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
 
 
+@pytest.mark.slow
 def test_stream_without_include_usage_has_no_usage_chunk(live: httpx.Client) -> None:
     events = data_events(stream(live, chat()))
     chunks = [json.loads(e) for e in events[:-1]]

@@ -99,16 +99,6 @@ def securetest(db) -> ProviderConfig:
     return config
 
 
-@pytest.fixture(autouse=True)
-def forget_the_latest_health():
-    """The process monitor's latest results must not leak from one test into the next."""
-    from providers.health.monitor import monitor
-
-    monitor.reset()
-    yield
-    monitor.reset()
-
-
 def error_of(response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}, body
@@ -259,7 +249,7 @@ def test_status_includes_a_fresh_health_check(api, admin, echo):
 
 def test_status_of_a_provider_that_failed_to_load(api, admin, securetest):
     ProviderConfig.objects.filter(name="secure").update(settings={"fail_init": True})
-    runtime.registry.__init__()  # a fresh worker: the load fails, nothing serves
+    runtime.install(runtime.build_runtime())  # a fresh worker: the load fails, nothing serves
     runtime.registry.register(SecuretestProvider, "securetest")
     assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "secure")
     body = api.get("/plugins/secure/status", **admin).json()
@@ -775,6 +765,7 @@ def test_no_response_ever_shows_a_secret(api, admin, echo, securetest):
 # --- over real HTTP -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_over_http(echo_config, admin_key, live_echo):
     auth = {"Authorization": f"Bearer {admin_key[1]}"}
     with httpx.Client(base_url=live_echo.url, timeout=10) as client:
@@ -788,6 +779,7 @@ def test_status_over_http(echo_config, admin_key, live_echo):
     assert refused.status_code == 401
 
 
+@pytest.mark.slow
 def test_reload_and_reconfigure_over_http(echo_config, admin_key, live_echo):
     """Both run provider code on the server's loop from a request thread: no deadlock."""
     auth = {"Authorization": f"Bearer {admin_key[1]}"}

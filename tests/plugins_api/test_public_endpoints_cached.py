@@ -17,9 +17,7 @@ from asgiref.sync import async_to_sync
 
 from providers.config.services import provider_config_create
 from providers.health import status as health
-from providers.health.monitor import monitor
 from providers.runtime import process as runtime
-from providers.runtime.model_lists import model_lists
 from providers.testing.fake_openai import FakeOpenAI
 
 CROWD = 50
@@ -28,13 +26,9 @@ MODELS = "/v1/models"  # what the openai plugin asks for both its model list and
 
 @pytest.fixture(autouse=True)
 def forget_shared_state() -> Iterator[None]:
-    """The process keeps latest checks, public probes and model lists: start each test clean."""
-    monitor.reset()
-    model_lists.reset()
+    """The process keeps public probes, outside the runtime: start each test clean."""
     health._public_cache.clear()
     yield
-    monitor.reset()
-    model_lists.reset()
     health._public_cache.clear()
 
 
@@ -79,6 +73,7 @@ def crowd_get(url: str, path: str, headers: dict[str, str] | None = None) -> lis
     return asyncio.run(all_at_once())
 
 
+@pytest.mark.slow
 def test_health_under_a_crowd_makes_at_most_one_probe_per_provider(upstreams, live_echo):
     slow_down(upstreams)
     responses = crowd_get(live_echo.url, "/health")
@@ -87,6 +82,7 @@ def test_health_under_a_crowd_makes_at_most_one_probe_per_provider(upstreams, li
     assert all(n <= 1 for n in upstream_calls(upstreams).values()), upstream_calls(upstreams)
 
 
+@pytest.mark.slow
 def test_health_answers_from_recent_checks_without_any_upstream_call(
     upstreams, admin_key, live_echo
 ):
@@ -101,6 +97,7 @@ def test_health_answers_from_recent_checks_without_any_upstream_call(
     assert upstream_calls(upstreams) == {"alpha": 0, "beta": 0}
 
 
+@pytest.mark.slow
 def test_a_check_of_a_replaced_instance_is_not_trusted(upstreams, admin_key, live_echo):
     auth = {"Authorization": f"Bearer {admin_key[1]}"}
     httpx.get(f"{live_echo.url}/plugins/health?refresh=1", headers=auth, timeout=10)
@@ -112,6 +109,7 @@ def test_a_check_of_a_replaced_instance_is_not_trusted(upstreams, admin_key, liv
     assert upstream_calls(upstreams) == {"alpha": 0, "beta": 1}
 
 
+@pytest.mark.slow
 def test_refresh_stays_admin_only(upstreams, live_echo):
     slow_down(upstreams, 0.0)
     assert httpx.get(f"{live_echo.url}/plugins/health?refresh=1", timeout=10).status_code == 401
@@ -150,6 +148,7 @@ def test_concurrent_refreshes_share_one_round(upstreams, admin_user):
     assert upstream_calls(upstreams) == {"alpha": 1, "beta": 1}
 
 
+@pytest.mark.slow
 def test_models_under_a_crowd_makes_at_most_one_call_per_provider(upstreams, chat_key, live_echo):
     slow_down(upstreams)
     auth = {"Authorization": f"Bearer {chat_key[1]}"}
@@ -168,6 +167,7 @@ def test_models_under_a_crowd_makes_at_most_one_call_per_provider(upstreams, cha
     assert upstream_calls(upstreams) == {"alpha": 1, "beta": 1}
 
 
+@pytest.mark.slow
 def test_a_failing_upstream_serves_the_last_known_list(upstreams, settings):
     settings.ECHO_MODEL_LIST_CACHE_SECONDS = 1
     fake = upstreams["alpha"]
@@ -175,12 +175,12 @@ def test_a_failing_upstream_serves_the_last_known_list(upstreams, settings):
     assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "alpha") is None
 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
-        first = await model_lists.models("alpha", timeout=5)
+        first = await runtime.model_lists.models("alpha", timeout=5)
         await asyncio.sleep(1.1)  # the list is now stale
         fake.inject(status=500, times=1000, path=MODELS)
-        during = await model_lists.models("alpha", timeout=5)
+        during = await runtime.model_lists.models("alpha", timeout=5)
         asked = len(fake.requests_to(MODELS))
-        again = await model_lists.models("alpha", timeout=5)
+        again = await runtime.model_lists.models("alpha", timeout=5)
         assert len(fake.requests_to(MODELS)) == asked  # a failure is not retried at once
         await runtime.registry.shutdown_all()
         return first, during, again
@@ -196,10 +196,10 @@ def test_model_lists_follow_a_reload(upstreams):
     assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "alpha") is None
 
     async def scenario() -> tuple[list[str], list[str]]:
-        before = await model_lists.models("alpha", timeout=5)
+        before = await runtime.model_lists.models("alpha", timeout=5)
         fake.models = ["gpt-new"]
         await runtime.load_provider_from_database("alpha")  # the same row: a new instance
-        after = await model_lists.models("alpha", timeout=5)
+        after = await runtime.model_lists.models("alpha", timeout=5)
         await runtime.registry.shutdown_all()
         return before, after
 

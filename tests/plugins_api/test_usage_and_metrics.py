@@ -10,20 +10,12 @@ from providers.models import UsageRecord
 from providers.runtime import process as runtime
 from providers.runtime.registry import ProviderSpec
 from providers.testing.fake_openai import FakeOpenAI
-from providers.usage.recorder import usage_recorder
 
 KEY = "sk-usage-test-000000000000"
 
 
-@pytest.fixture(autouse=True)
-def fresh_usage():
-    usage_recorder._pending.clear()
-    yield
-    usage_recorder._pending.clear()
-
-
 def flush() -> list[UsageRecord]:
-    async_to_sync(usage_recorder.flush)()
+    async_to_sync(runtime.usage_recorder.flush)()
     return list(UsageRecord.objects.order_by("id"))
 
 
@@ -102,6 +94,7 @@ def live_fakes(live_echo):
         yield live_echo, backup
 
 
+@pytest.mark.slow
 def test_streamed_usage_is_exact_too(live_fakes, chat_key) -> None:
     import time
 

@@ -157,6 +157,7 @@ def test_origins_parse_to_scheme_host_and_port() -> None:
         assert parse_origin(not_an_origin) is None, not_an_origin
 
 
+@pytest.mark.slow
 def test_the_setting_refuses_what_is_not_an_origin(tmp_path: Any) -> None:
     result = settings_of(
         tmp_path, ECHO_WS_ALLOWED_ORIGINS="https://ok.example.com,chat.example.com"
@@ -165,6 +166,7 @@ def test_the_setting_refuses_what_is_not_an_origin(tmp_path: Any) -> None:
     assert "ECHO_WS_ALLOWED_ORIGINS: 'chat.example.com' is not an origin" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_setting_defaults_to_csrf_trusted_origins(tmp_path: Any) -> None:
     env = {
         **os.environ,

@@ -19,7 +19,6 @@ from django.core.management import CommandError, call_command
 
 from providers.base import AbstractAIProvider, PluginMetadata
 from providers.config.services import provider_config_create
-from providers.health.monitor import monitor
 from providers.models import HealthCheck
 from providers.runtime import process as runtime
 from providers.testing.fake_openai import FakeOpenAI
@@ -151,6 +150,7 @@ def test_checks_never_spend_tokens(transactional_db):
     assert not fake.requests_to("/v1/chat/completions")
 
 
+@pytest.mark.slow
 def test_the_exit_status_reaches_the_shell(tmp_path):
     """As cron sees it: a real process, a real database file."""
     env = {
@@ -188,10 +188,3 @@ def test_the_exit_status_reaches_the_shell(tmp_path):
     assert "echo  up" in down.stdout and "gone  DOWN" in down.stdout
     assert "Unavailable: gone." in down.stderr
     assert up.returncode == 0, up.stderr
-
-
-@pytest.fixture(autouse=True)
-def forget_the_process_monitor():
-    monitor.reset()
-    yield
-    monitor.reset()

@@ -143,13 +143,13 @@ def test_a_late_read_never_applies_over_a_newer_one(echo_row, monkeypatch) -> No
     on_loop(race)
     assert calls == [2, 3]
     assert (prefix(), config_sync.served_revision("echo")) == ("r3: ", 3)
-    assert len(config_sync._locks) == 0  # a lock lives only while it is used
+    assert len(runtime.config_sync_state.locks) == 0  # a lock lives only while it is used
 
 
 def test_messages_about_unknown_providers_leave_nothing_behind(serving_loop) -> None:
     for number in range(50):
         on_loop(message, f"ghost-{number}", number)
-    assert len(config_sync._locks) == 0
+    assert len(runtime.config_sync_state.locks) == 0
     assert config_sync.served_revision("ghost-1") is None
     assert runtime.registry.names() == []
 
@@ -249,6 +249,7 @@ def test_the_repair_pass_applies_what_differs_and_only_that(echo_row) -> None:
     assert config_sync.served_revision("echo") is None
 
 
+@pytest.mark.slow
 def test_the_repair_pass_restores_a_provider_the_registry_lost(echo_row) -> None:
     on_loop(runtime.registry.unregister, "echo")
     on_loop(config_sync.repair_all)
@@ -270,6 +271,7 @@ def repairing_echo(settings, transactional_db):
         server.stop()
 
 
+@pytest.mark.slow
 def test_sql_updates_and_restores_converge_within_the_repair_interval(repairing_echo) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -286,6 +288,7 @@ def test_sql_updates_and_restores_converge_within_the_repair_interval(repairing_
     assert config_sync.served_revision("echo") == 2
 
 
+@pytest.mark.slow
 def test_a_deleted_row_disappears_within_the_repair_interval(repairing_echo) -> None:
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM providers_providerconfig WHERE name = %s", ["echo"])

@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import OperationalError
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from providers.base import AbstractAIProvider, PluginMetadata
 from providers.config.services import provider_config_create
-from providers.health.monitor import HealthMonitor, monitor
+from providers.health.monitor import (
+    RECORD_LOCK_KEY,
+    HealthMonitor,
+    health_check_rows_record,
+)
 from providers.models import HealthCheck, ProviderConfig
 from providers.runtime import process as runtime
 from providers.runtime.manager import ModelManager
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatRequest, ChatResponse, HealthStatus
-
-T = TypeVar("T")
 
 
 class SwitchProvider(AbstractAIProvider):
@@ -151,6 +155,63 @@ def test_periodic_rounds_of_several_workers_record_a_provider_once_per_gap(switc
     assert HealthCheck.objects.filter(provider=switch).count() == 2
 
 
+def waiting_for_the_record_lock() -> int:
+    """Return how many connections wait for the periodic recorders' advisory lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND objid::bigint = %s",
+            [RECORD_LOCK_KEY],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_two_workers_recording_at_once_take_turns_on_postgresql(transactional_db):
+    """Two workers' periodic recorders, in two connections at the same moment, write one row.
+
+    The first writes its row and keeps its transaction open; the second must
+    wait for it (on ``pg_advisory_xact_lock``), then find that row and write
+    none. Without the lock it would find no committed row and write a second.
+    """
+    config = provider_config_create(name="echo", plugin="echo")
+    first_wrote, finish_first = threading.Event(), threading.Event()
+
+    def record() -> list[HealthCheck]:
+        row = HealthCheck(provider=config, available=True, checked_at=timezone.now())
+        return health_check_rows_record(rows=[row], min_gap=30)
+
+    def first_worker() -> list[HealthCheck]:
+        try:
+            with transaction.atomic():  # the lock is held until this commits
+                saved = record()
+                first_wrote.set()
+                finish_first.wait(10)
+            return saved
+        finally:
+            connection.close()
+
+    def second_worker() -> list[HealthCheck]:
+        try:
+            return record()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            first = pool.submit(first_worker)
+            assert first_wrote.wait(10)
+            second = pool.submit(second_worker)
+            assert wait_for(lambda: waiting_for_the_record_lock() == 1, timeout=5), (
+                "the second recorder did not wait for the first"
+            )
+            assert not second.done()
+        finally:
+            finish_first.set()
+        assert len(first.result(timeout=10)) == 1
+        assert second.result(timeout=10) == []
+    assert HealthCheck.objects.filter(provider=config).count() == 1
+
+
 def test_a_slow_provider_times_out_without_holding_up_the_others(fresh_monitor, switch):
     provider_config_create(name="stuck", plugin="switch", settings={"delay": 5})
     load("stuck")
@@ -247,25 +308,30 @@ async def test_run_forever_survives_a_failing_round(monkeypatch, caplog):
     assert "health check round failed" in caplog.text
 
 
-def retry_locked(read: Callable[[], T]) -> T:
-    """Run READ, retrying while the server thread's write holds SQLite's shared-cache lock."""
-    for _ in range(50):
-        try:
-            return read()
-        except OperationalError as exc:
-            if "locked" not in str(exc):
-                raise
-            time.sleep(0.05)
-    return read()
-
-
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if retry_locked(predicate):
+        if predicate():
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.fixture
+def monitor_runs(monkeypatch) -> list[threading.Event]:
+    """The background check loops started from now on: one event each, set when it ends."""
+    runs: list[threading.Event] = []
+    run_forever = HealthMonitor.run_forever
+
+    async def recorded(self: HealthMonitor, **options: Any) -> None:
+        runs.append(ended := threading.Event())
+        try:
+            await run_forever(self, **options)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(HealthMonitor, "run_forever", recorded)
+    return runs
 
 
 @pytest.fixture
@@ -275,8 +341,9 @@ def fast_health_checks(settings) -> None:
     settings.ECHO_HEALTH_TIMEOUT_SECONDS = 1
 
 
+@pytest.mark.slow
 def test_the_background_checks_start_with_the_asgi_app(
-    fast_health_checks, echo_config, admin_key, live_echo
+    fast_health_checks, monitor_runs, echo_config, admin_key, live_echo
 ):
     def echo_rows() -> int:
         return HealthCheck.objects.filter(provider__name="echo").count()
@@ -289,18 +356,18 @@ def test_the_background_checks_start_with_the_asgi_app(
     assert body["echo"]["breaker"]["state"] == "closed"
 
     live_echo.stop()
-    stopped = retry_locked(echo_rows)
-    time.sleep(0.5)
-    assert retry_locked(echo_rows) == stopped  # the task ended with the server
+    # The task ended with the server (no row can follow), not merely went quiet.
+    assert [run.is_set() for run in monitor_runs] == [True]
 
 
+@pytest.mark.slow
 def test_a_server_restarted_in_the_same_process_checks_again(
     fast_health_checks, echo_config, transactional_db
 ):
     from tests.conftest import LiveEcho
 
     for _ in range(2):
-        before = retry_locked(lambda: HealthCheck.objects.count())
+        before = HealthCheck.objects.count()
         server = LiveEcho().start()
         try:
             assert wait_for(lambda before=before: HealthCheck.objects.count() > before + 1)
@@ -314,14 +381,10 @@ def no_health_checks(settings) -> None:
     settings.ECHO_HEALTH_INTERVAL_SECONDS = 0
 
 
-def test_no_background_checks_when_the_interval_is_zero(no_health_checks, echo_config, live_echo):
-    time.sleep(0.5)
-    assert retry_locked(lambda: HealthCheck.objects.count()) == 0
-
-
-@pytest.fixture(autouse=True)
-def forget_the_process_monitor():
-    """The process monitor's latest results must not leak from one test into the next."""
-    monitor.reset()
-    yield
-    monitor.reset()
+@pytest.mark.slow
+def test_no_background_checks_when_the_interval_is_zero(
+    no_health_checks, monitor_runs, echo_config, live_echo
+):
+    # The server has started: its lifespan start-up, which would start the task, is over.
+    assert monitor_runs == []
+    assert HealthCheck.objects.count() == 0

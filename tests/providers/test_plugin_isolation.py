@@ -240,6 +240,7 @@ async def test_a_plugin_hanging_in_initialize_is_refused_in_time_and_the_old_one
     await registry.shutdown_all()
 
 
+@pytest.mark.slow
 async def test_a_slow_plugin_import_does_not_stall_the_event_loop(tmp_path: Path) -> None:
     """Discovery imports in a worker thread: a coroutine on the loop keeps ticking meanwhile."""
     (tmp_path / "sleepy_provider.py").write_text(
@@ -315,6 +316,7 @@ def _get(url: str, path: str, key: str) -> Any:
     return response.json()
 
 
+@pytest.mark.slow
 def test_broken_plugins_at_start_up_leave_echo_serving_and_show_their_errors(
     transactional_db: Any, chat_key: Any, admin_key: Any
 ) -> None:
@@ -360,6 +362,7 @@ def test_broken_plugins_at_start_up_leave_echo_serving_and_show_their_errors(
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", AT_LOAD)
 def test_a_plugin_breaking_on_reload_keeps_its_old_instance_and_echo_serving(
     method: str, transactional_db: Any, chat_key: Any, admin_key: Any

@@ -16,6 +16,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 from providers.plugins.anthropic_provider import AnthropicProvider
 from providers.plugins.openai_provider import OpenAIProvider
 from providers.runtime.manager import ModelManager
@@ -23,6 +25,9 @@ from providers.runtime.registry import ProviderRegistry, ProviderSpec
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest
+
+# Slow: a soak under load.
+pytestmark = pytest.mark.slow
 
 REQUESTS = 300
 CONCURRENCY = 50

@@ -316,7 +316,7 @@ def test_a_plugin_not_built_on_http_provider_gets_the_url_policy_too(clean_runti
                 },
             }
 
-    clean_runtime.register(CustomProvider, "custom-url")
+    clean_runtime.registry.register(CustomProvider, "custom-url")
     errors = provider_config_errors(
         plugin="custom-url",
         settings={

@@ -3,8 +3,9 @@
 Before the fix, one /chat with a 100-character provider name (or a model
 holding NUL) made the batch insert fail; the batch was queued again forever,
 so no later request of anyone was recorded, the queue grew without bound and
-its rows were lost at shutdown. SQLite accepts those values, so these tests
-run against a scratch PostgreSQL database, in processes of their own.
+its rows were lost at shutdown. SQLite accepts those values; PostgreSQL, which
+production runs, refuses them. These tests run in processes of their own, on a
+scratch PostgreSQL database that the outage scenario closes to every connection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import pytest
 from providers.usage.storable import storable_json, storable_text
 from tests.server_processes import free_port
 from tests.services import scratch_postgres_database
+
+# Slow: scenarios and a server in processes of their own.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -130,10 +130,15 @@ def test_a_save_the_database_itself_refuses_changes_nothing(
     """A real refusal, not a stand-in: a trigger makes the database abort the update."""
     from django.db import connection
 
+    # Created inside the test's transaction: the rollback after the test removes it.
     with connection.cursor() as cursor:
         cursor.execute(
+            "CREATE FUNCTION refuse_provider_update() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'refused by the database'; END $$"
+        )
+        cursor.execute(
             "CREATE TRIGGER refuse_provider_update BEFORE UPDATE ON providers_providerconfig"
-            " BEGIN SELECT RAISE(ABORT, 'refused by the database'); END"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_provider_update()"
         )
     live, audits = runtime.registry.get("kc"), ProviderConfigChange.objects.count()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:

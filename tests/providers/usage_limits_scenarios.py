@@ -1,9 +1,10 @@
 """Usage-recorder scenarios that need PostgreSQL, run in a process of their own.
 
 ``tests/providers/test_usage_limits.py`` runs ``main(NAME)`` with
-``DATABASE_URL`` naming a scratch PostgreSQL database (the test suite itself
-runs on SQLite, which accepts what PostgreSQL refuses). Each scenario prints
-one JSON object, its findings, as the last line of its output.
+``DATABASE_URL`` naming a scratch PostgreSQL database: a scenario may close
+it to every connection, as an outage does, which the suite's own database
+must never see. Each scenario prints one JSON object, its findings, as the
+last line of its output.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ async def _refused_raw() -> list[str]:
 
 async def hostile() -> dict[str, Any]:
     """A hostile row in a batch; then other clients' rows, in that batch and the next."""
-    from providers.usage.recorder import usage_recorder
+    from providers.runtime import process as runtime
+
+    usage_recorder = runtime.usage_recorder
 
     raw = await _refused_raw()
     usage_recorder.record(_event("key:alice"))
@@ -106,7 +109,9 @@ async def refused() -> dict[str, Any]:
     """A row the database refuses (a CHECK constraint) is dropped; its batch is written."""
     from django.db import connection
 
-    from providers.usage.recorder import usage_recorder
+    from providers.runtime import process as runtime
+
+    usage_recorder = runtime.usage_recorder
 
     def constrain() -> None:
         with connection.cursor() as cursor:
@@ -151,7 +156,9 @@ def _allow_connections(allow: bool) -> None:
 
 async def outage() -> dict[str, Any]:
     """The database goes away: rows wait, at most ECHO_USAGE_QUEUE_MAX; it comes back: they are written."""
-    from providers.usage.recorder import usage_recorder
+    from providers.runtime import process as runtime
+
+    usage_recorder = runtime.usage_recorder
 
     usage_recorder.record(_event("key:before"))
     before = await usage_recorder.flush()  # the ORM now holds an open connection

@@ -263,6 +263,7 @@ def test_embeddings_are_deterministic_unit_vectors(client, fake) -> None:
 # --- standalone -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_it_runs_standalone_until_interrupted() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "providers.testing.fake_openai", "--port", "0"],

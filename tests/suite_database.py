@@ -1,0 +1,88 @@
+"""The suite's own PostgreSQL database: one per run, named after its process, dropped after it.
+
+pytest-django creates ``test_<NAME>``: two runs at once (two terminals, two
+checkouts) would share it and drop it under each other. Each run's is
+``test_<NAME>_<pid>`` instead. At the end, connections that server threads
+left open are ended, so that pytest-django can drop it (PostgreSQL refuses to
+drop a database in use, and pytest-django then only warns). A run killed
+before its end leaves its database behind; the next run against this
+machine's server drops those whose process is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytest
+
+from tests.services import reachable
+
+POSTGRESQL = "django.db.backends.postgresql"
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def prepare(database: dict[str, Any], db_blocker: Any, *, in_ci: bool) -> None:
+    """Give this run a test database of its own on DATABASE's server, or stop the run saying why not.
+
+    There is no fallback to SQLite: a run on it is one that asked for it with
+    DATABASE_URL, and never one under CI.
+    """
+    if database["ENGINE"] != POSTGRESQL:
+        if in_ci:
+            pytest.exit(
+                f"CI runs the suite on PostgreSQL; DATABASE_URL names {database['ENGINE']}.",
+                returncode=pytest.ExitCode.USAGE_ERROR,
+            )
+        return
+    host, port = database["HOST"] or "localhost", int(database["PORT"] or 5432)
+    on_socket = host.startswith("/")
+    if not on_socket and not reachable(host, port):
+        pytest.exit(
+            f"PostgreSQL is not reachable on {host}:{port}, and the suite runs on it:"
+            " start it (.ci/run shows how) or name another server with DATABASE_URL.",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+    test = database.setdefault("TEST", {})
+    shared = test.get("NAME") or f"test_{database['NAME']}"
+    test["NAME"] = f"{shared}_{os.getpid()}"
+    if on_socket or host in LOOPBACK:  # process ids mean something only on this machine
+        with db_blocker.unblock():
+            _drop_abandoned(shared)
+
+
+def _drop_abandoned(shared: str) -> None:
+    """Drop the databases SHARED_<pid> whose process no longer runs."""
+    from django.db import connection
+
+    with connection._nodb_cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database")
+        for (name,) in cursor.fetchall():
+            found = re.fullmatch(re.escape(shared) + r"_(\d+)", name)
+            if found and not _running(int(found[1])):
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def release(db_blocker: Any) -> None:
+    """End every other connection to this run's test database, so that it can be dropped."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with db_blocker.unblock(), connection._nodb_cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [connection.settings_dict["NAME"]],
+        )
