@@ -41,11 +41,16 @@ from providers.secrets.masking import redact
 PUBLIC_TIMEOUT = 2.0
 PUBLIC_CACHE_SECONDS = 5.0
 
-# (name, generation, loaded_at) of a live instance -> (expires at, available).
-_public_cache: dict[tuple[str, Any, Any], tuple[float, bool]] = {}
-# Concurrent probes of one instance, and concurrent check rounds, share one call.
-_probes: SingleFlight[bool] = SingleFlight()
-_rounds: SingleFlight[dict[str, ProviderHealth]] = SingleFlight()
+
+class HealthProbes:
+    """What one runtime remembers of health answers: recent public probes, and calls in flight."""
+
+    def __init__(self) -> None:
+        # (name, generation, loaded_at) of a live instance -> (expires at, available).
+        self.public: dict[tuple[str, Any, Any], tuple[float, bool]] = {}
+        # Concurrent probes of one instance, and concurrent check rounds, share one call.
+        self.probes: SingleFlight[bool] = SingleFlight()
+        self.rounds: SingleFlight[dict[str, ProviderHealth]] = SingleFlight()
 
 
 def breaker_state(name: str, config: ProviderConfig | None = None) -> dict[str, Any]:
@@ -91,7 +96,9 @@ def provider_health_latest() -> dict[str, dict[str, Any]]:
 async def _check(names: list[str] | None, timeout: float) -> dict[str, ProviderHealth]:
     """Check NAMES (all when None) through the monitor; concurrent asks for the same share a round."""
     key = tuple(sorted(names)) if names is not None else None
-    return await _rounds.run(key, lambda: runtime.monitor.check_all(timeout=timeout, names=names))
+    return await runtime.health_probes.rounds.run(
+        key, lambda: runtime.monitor.check_all(timeout=timeout, names=names)
+    )
 
 
 def provider_health_check_all(*, timeout: float | None = None) -> dict[str, dict[str, Any]]:
@@ -136,9 +143,11 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     enabled = set(ProviderConfig.objects.filter(enabled=True).values_list("name", flat=True))
     names = sorted(enabled | set(runtime.registry.names()))
     now = time.monotonic()
-    for key, (expires, _) in list(_public_cache.items()):  # a copy: probes run in threads
+    for key, (expires, _) in list(
+        runtime.health_probes.public.items()
+    ):  # a copy: probes run in threads
         if expires <= now:
-            _public_cache.pop(key, None)
+            runtime.health_probes.public.pop(key, None)
     latest = runtime.monitor.latest()
     trusted_for = _checks_trusted_for(max_age)
     providers: dict[str, bool] = {}
@@ -149,7 +158,7 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
             continue
         key = _instance_key(name)  # taken before any check: a swap meanwhile must not inherit it
         checked = _recent_check(latest.get(name), key, trusted_for)
-        cached = _public_cache.get(key)
+        cached = runtime.health_probes.public.get(key)
         if checked is not None:
             providers[name] = checked
         elif cached is not None:
@@ -203,16 +212,16 @@ async def _probe_all(
 
 
 async def _probe(name: str, key: tuple[str, Any, Any], timeout: float, max_age: float) -> bool:
-    cached = _public_cache.get(key)
+    cached = runtime.health_probes.public.get(key)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]  # a shared probe ended while this caller was on its way
 
     async def check() -> bool:
         status = await runtime.registry.health_check(name, timeout=timeout)
-        _public_cache[key] = (time.monotonic() + max_age, status.available)
+        runtime.health_probes.public[key] = (time.monotonic() + max_age, status.available)
         return status.available
 
-    return await _probes.run(key, check)
+    return await runtime.health_probes.probes.run(key, check)
 
 
 def _instance_key(name: str) -> tuple[str, Any, Any]:

@@ -38,6 +38,7 @@ from providers.secrets.masking import redact
 
 if TYPE_CHECKING:
     from providers.health.monitor import HealthMonitor
+    from providers.health.status import HealthProbes
     from providers.runtime.config_sync import ConfigSyncState
     from providers.runtime.lifecycle import ProviderLifecycle
     from providers.runtime.manager import ModelManager
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     model_lists: ModelListCache
     config_sync_state: ConfigSyncState
     key_cache: dict[str, tuple[float, Any]]
+    health_probes: HealthProbes
     lifecycle: ProviderLifecycle
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ RUNTIME_PARTS = frozenset(
         "model_lists",
         "config_sync_state",
         "key_cache",
+        "health_probes",
         "lifecycle",
     }
 )

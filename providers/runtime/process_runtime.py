@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from providers.health.monitor import HealthMonitor
+from providers.health.status import HealthProbes
 from providers.runtime.config_sync import ConfigSyncState
 from providers.runtime.lifecycle import ProviderLifecycle
 from providers.runtime.manager import ModelManager
@@ -52,6 +53,7 @@ class EchoRuntime:
             self.registry, self.metric_labels, serving_loop=lambda: self.serving_loop
         )
         self.model_lists = ModelListCache(self.registry, clock=clock)
+        self.health_probes = HealthProbes()
         self.config_sync_state = ConfigSyncState()
         # Client-key verifications by key digest: (expiry, identity or None).
         # Filled and read by ``plugins_api.access.client_keys``.

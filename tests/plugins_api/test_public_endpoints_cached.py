@@ -19,17 +19,10 @@ from providers.config.services import provider_config_create
 from providers.health import status as health
 from providers.runtime import process as runtime
 from providers.testing.fake_openai import FakeOpenAI
+from tests.fake_time import FakeClock
 
 CROWD = 50
 MODELS = "/v1/models"  # what the openai plugin asks for both its model list and its health
-
-
-@pytest.fixture(autouse=True)
-def forget_shared_state() -> Iterator[None]:
-    """The process keeps public probes, outside the runtime: start each test clean."""
-    health._public_cache.clear()
-    yield
-    health._public_cache.clear()
 
 
 @pytest.fixture
@@ -167,16 +160,17 @@ def test_models_under_a_crowd_makes_at_most_one_call_per_provider(upstreams, cha
     assert upstream_calls(upstreams) == {"alpha": 1, "beta": 1}
 
 
-@pytest.mark.slow
 def test_a_failing_upstream_serves_the_last_known_list(upstreams, settings):
     settings.ECHO_MODEL_LIST_CACHE_SECONDS = 1
+    clock = FakeClock()
+    runtime.install(runtime.build_runtime(clock=clock))  # clean_runtime puts its own back after
     fake = upstreams["alpha"]
     fake.models = ["gpt-live-only", "gpt-4o-mini"]
     assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "alpha") is None
 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         first = await runtime.model_lists.models("alpha", timeout=5)
-        await asyncio.sleep(1.1)  # the list is now stale
+        clock.now += 1.1  # the list is now stale
         fake.inject(status=500, times=1000, path=MODELS)
         during = await runtime.model_lists.models("alpha", timeout=5)
         asked = len(fake.requests_to(MODELS))
