@@ -109,6 +109,8 @@ def start_services(workdir: Path, server: str) -> tuple[list[subprocess.Popen], 
         "ECHO_CONFIG_DIR": str(config_dir),
         "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
         "ALLOWED_HOSTS": "127.0.0.1",
+        # Plain HTTP on loopback, as behind a TLS proxy: no redirect to https.
+        "SECURE_SSL_REDIRECT": "false",
         "LOG_LEVEL": "WARNING",
     }
     env.pop("REDIS_URL", None)
