@@ -7,11 +7,22 @@ unauthenticated or oversized body before it is read. Daphne, which buffers
 whole bodies and has no lifespan, still works: the runtime then starts on the
 first request of each process. Static files (the admin's, the chat page's) are served from the apps'
 ``static/`` directories, with no collectstatic step.
+
+Graceful shutdown, under uvicorn: SIGTERM starts the runtime's drain
+(``providers.runtime.lifecycle``) before uvicorn's own handler runs, since
+uvicorn would close every websocket at once (1012). While draining, new
+requests get 503 ``shutting_down`` (with ``Connection: close``) and new
+sockets are closed with 1001; only ``/health`` paths are still answered,
+for the probes. At start-up, answers left ``streaming`` by a worker that
+died are marked ``interrupted``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from datetime import timedelta
 
 from django.core.asgi import get_asgi_application
 
@@ -19,12 +30,32 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echo_site.settings")
 django_asgi_app = get_asgi_application()
 
 # Imported after get_asgi_application(): they import models.
+from asgiref.sync import sync_to_async  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.utils import timezone  # noqa: E402
 
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
+from plugins_api.chat.conversations import chat_answers_interrupt_orphaned  # noqa: E402
 from plugins_api.routing import websocket_application  # noqa: E402
 from providers.runtime import process as runtime  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: A ``streaming`` answer this old at start-up belongs to a worker that died:
+#: no live worker streams one answer for this long. Younger ones may be another
+#: live worker's (several serve one database), so they are left alone.
+ORPHANED_ANSWER_AGE = timedelta(hours=1)
+#: Paths still answered while draining: the health probes (readiness says 503 itself).
+PROBE_PREFIX = "/health"
+SHUTTING_DOWN_BODY = json.dumps(
+    {
+        "error": {
+            "type": "shutting_down",
+            "message": "This server is shutting down; send the request again.",
+        }
+    }
+).encode()
 
 router = ProtocolTypeRouter(
     {
@@ -41,8 +72,47 @@ async def application(scope, receive, send):
         return
     lifecycle = runtime.current().lifecycle
     if not lifecycle.started:
-        await lifecycle.ensure_started()
-    await router(scope, receive, send)
+        await _start(lifecycle)
+    if lifecycle.draining:
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1001})
+            return
+        if not scope["path"].startswith(PROBE_PREFIX):
+            await _refuse_while_draining(send)
+            return
+    with lifecycle.serving_request():
+        await router(scope, receive, send)
+
+
+async def _start(lifecycle) -> None:
+    """Start the runtime, then settle the answers a dead worker left ``streaming``."""
+    await lifecycle.ensure_started()
+    try:
+        swept = await sync_to_async(chat_answers_interrupt_orphaned)(
+            started_before=timezone.now() - ORPHANED_ANSWER_AGE
+        )
+    except Exception:
+        logger.exception("could not settle the answers left streaming")
+        return
+    if swept:
+        logger.warning("%d answers left streaming by a stopped worker are now interrupted", swept)
+
+
+async def _refuse_while_draining(send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(SHUTTING_DOWN_BODY)).encode()),
+                (b"connection", b"close"),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": SHUTTING_DOWN_BODY})
 
 
 async def _lifespan(receive, send) -> None:
@@ -51,10 +121,11 @@ async def _lifespan(receive, send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
-                await lifecycle.ensure_started()
+                await _start(lifecycle)
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
+            lifecycle.catch_sigterm()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await lifecycle.stop()

@@ -81,7 +81,8 @@ class ConversationMessage(models.Model):
     """One message of a conversation: the person's, or an answer and how it came about.
 
     An answer is written when it starts (``streaming``) and settled when it
-    ends: ``complete``, or ``cancelled``/``failed`` with the partial text kept.
+    ends: ``complete``, or ``cancelled``/``failed`` with the partial text kept,
+    or ``interrupted``: its worker shut down (or crashed) before it ended.
     PROVIDER and MODEL name who wrote it (after any failover); the timings
     are measured from the moment the question arrived.
     """
@@ -94,11 +95,13 @@ class ConversationMessage(models.Model):
     STATUS_COMPLETE = "complete"
     STATUS_CANCELLED = "cancelled"
     STATUS_FAILED = "failed"
+    STATUS_INTERRUPTED = "interrupted"
     STATUSES = [
         (STATUS_STREAMING, "streaming"),
         (STATUS_COMPLETE, "complete"),
         (STATUS_CANCELLED, "cancelled"),
         (STATUS_FAILED, "failed"),
+        (STATUS_INTERRUPTED, "interrupted"),
     ]
 
     conversation = models.ForeignKey(

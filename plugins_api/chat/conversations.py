@@ -10,6 +10,7 @@ through ``database_sync_to_async``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -178,6 +179,22 @@ def chat_turn_finish(
     if model:
         fields["model"] = model
     ConversationMessage.objects.filter(pk=answer_id).update(**fields)
+
+
+def chat_answers_interrupt_orphaned(*, started_before: datetime) -> int:
+    """Mark answers still ``streaming`` that started before STARTED_BEFORE ``interrupted``; count them.
+
+    Run at start-up for the answers of a worker that died mid-stream. Other
+    workers may be streaming right now, and their rows say nothing of whose
+    they are, so only answers older than any live stream can be are settled.
+    """
+    return ConversationMessage.objects.filter(
+        status=ConversationMessage.STATUS_STREAMING, created_at__lt=started_before
+    ).update(
+        status=ConversationMessage.STATUS_INTERRUPTED,
+        finish_reason="interrupted",
+        completed_at=timezone.now(),
+    )
 
 
 @transaction.atomic

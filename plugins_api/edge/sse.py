@@ -10,6 +10,12 @@ only its ``StreamFormat`` (which events a chunk becomes) is its own.
 piece of text; ``done`` ``{"type", "finish_reason", "usage", "provider",
 "model"}`` last; ``error`` ``{"type", "error": {...}}`` when the provider
 fails mid-stream, after which the stream ends (the text already sent stands).
+
+A worker that is shutting down lets its streams run until the drain's
+deadline (``ECHO_DRAIN_SECONDS``, see ``providers.runtime.lifecycle``); a
+stream still waiting for a chunk then ends with the API's failure event for
+``ShuttingDown`` (error type ``shutting_down``), and a request still waiting
+for its first chunk is answered 503 with it.
 """
 
 from __future__ import annotations
@@ -23,12 +29,37 @@ from django.http import StreamingHttpResponse
 
 from plugins_api.edge.error_responses import provider_error_body
 from providers.errors import ProtocolError, ProviderError
+from providers.runtime import process as runtime
 from providers.types import StreamingChunk
 
 logger = logging.getLogger(__name__)
 
 #: The failure a stream reports when it stops before its final chunk.
 ENDED_EARLY = "The provider ended the stream early."
+
+
+class ShuttingDown(ProviderError):
+    """This worker is shutting down and the drain's time ran out: ask again (another worker)."""
+
+    kind = "shutting_down"
+    retryable = True
+    http_status = 503
+
+
+def shutting_down() -> ShuttingDown:
+    return ShuttingDown("This server is shutting down; the stream was ended. Ask again.")
+
+
+async def _next_chunk(chunks: AsyncIterator[StreamingChunk]) -> StreamingChunk | None:
+    """Return the next of CHUNKS (None at their end); raise ShuttingDown if the drain ends first."""
+    limit = runtime.lifecycle.stream_limit()
+    try:
+        async with limit:
+            return await anext(chunks, None)
+    except TimeoutError:
+        if limit.expired:
+            raise shutting_down() from None
+        raise
 
 
 def sse_frame(data: dict[str, Any] | str, *, event: str | None = None) -> bytes:
@@ -63,7 +94,7 @@ async def first_chunk(chunks: AsyncIterator[StreamingChunk]) -> StreamingChunk:
     and the error raised.
     """
     try:
-        first = await anext(chunks, None)
+        first = await _next_chunk(chunks)
     except BaseException:
         await chunks.aclose()
         raise
@@ -92,8 +123,9 @@ async def encode_stream(
     """Yield FORM's events for FIRST (already read) and then the rest of CHUNKS.
 
     The stream ends after the final chunk's events, or with FORM's failure
-    event when the provider fails, or stops before its final chunk; the
-    text already sent stands. CHUNKS are closed however it ends.
+    event when the provider fails, stops before its final chunk, or the
+    worker's drain ends it (``ShuttingDown``); the text already sent stands.
+    CHUNKS are closed however it ends.
     """
     try:
         for event in form.opening(first):
@@ -104,7 +136,7 @@ async def encode_stream(
                 yield event
             if chunk.is_final:
                 return
-            chunk = await anext(chunks, None)
+            chunk = await _next_chunk(chunks)
         yield form.failure(ProtocolError(ENDED_EARLY))
     except ProviderError as exc:
         logger.warning("stream failed after it started: %s", exc.kind)

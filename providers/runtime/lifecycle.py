@@ -8,6 +8,17 @@ repair pass (every ``ECHO_CONFIG_REPAIR_SECONDS``) and, when
 ``ECHO_HEALTH_INTERVAL_SECONDS`` is above 0, starts the periodic health
 checks. Their first round runs in the background: start-up, and so the
 first request, never waits on an upstream.
+
+Graceful shutdown (``drain``): a worker told to go (SIGTERM, caught by
+``catch_sigterm`` under uvicorn) is ``draining`` at once, so readiness says
+no and new requests and sockets are refused; the streams in flight run on
+for ``ECHO_DRAIN_SECONDS``. Each stream waits for its next chunk inside a
+``stream_limit``, which expires at the drain's deadline: the stream then
+ends with its ``shutting_down`` event. Open websockets (``DrainableSocket``)
+finish the answer under way, or are interrupted at the deadline, and close
+with 1001. Only then is the server's own exit handler called: it closes the
+listening sockets and runs the lifespan shutdown, which calls ``stop`` (the
+usage rows are written there).
 """
 
 from __future__ import annotations
@@ -15,13 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import TYPE_CHECKING
+import signal
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from providers.runtime import broadcast, config_sync
+from providers.runtime import broadcast, config_sync, shared_breakers
 from providers.runtime import process as runtime
 from providers.runtime.registry import DiscoveryResult, ProviderRegistry
 
@@ -29,6 +46,50 @@ if TYPE_CHECKING:
     from providers.runtime.process_runtime import EchoRuntime
 
 logger = logging.getLogger(__name__)
+
+#: How long past the drain's deadline requests get to write their last event
+#: before they are cancelled (a request stuck on a non-streaming upstream call).
+DRAIN_GRACE_SECONDS = 1.0
+
+
+class DrainableSocket(Protocol):
+    """An open connection that a drain closes properly (the chat websocket)."""
+
+    async def shut_down(self, deadline: float) -> None:
+        """Let the work under way finish until DEADLINE (loop time), then end it and close."""
+
+
+class StreamLimit:
+    """An ``asyncio.timeout`` that expires when the drain's deadline passes.
+
+    Entered around each wait for a stream's next chunk; one entered before
+    the drain began is moved to its deadline. ``expired`` says whether it was
+    the drain that stopped the wait.
+    """
+
+    def __init__(self, lifecycle: ProviderLifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._timeout: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> StreamLimit:
+        self._timeout = asyncio.timeout_at(self._lifecycle.drain_deadline)
+        await self._timeout.__aenter__()
+        self._lifecycle._limits.add(self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._timeout is not None
+        self._lifecycle._limits.discard(self._timeout)
+        return await self._timeout.__aexit__(exc_type, exc, tb)
+
+    @property
+    def expired(self) -> bool:
+        return self._timeout is not None and self._timeout.expired()
 
 
 class ProviderLifecycle:
@@ -45,10 +106,145 @@ class ProviderLifecycle:
         self._listener: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._repair: asyncio.Task[None] | None = None
+        self._breakers: asyncio.Task[None] | None = None
+        self._draining = False
+        self._drain_deadline: float | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._limits: set[asyncio.Timeout] = set()
+        self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._requests: set[asyncio.Task[Any]] = set()
+        self._sigterm_handler: Callable[[int, FrameType | None], Any] | None = None
+        self._sigterm_previous: Any = None
 
     @property
     def started(self) -> bool:
         return self._started
+
+    @property
+    def draining(self) -> bool:
+        """Whether this worker is shutting down: not ready, refusing new requests and sockets."""
+        return self._draining
+
+    @property
+    def drain_deadline(self) -> float | None:
+        """When (loop time) the streams still running are ended; None while not draining."""
+        return self._drain_deadline
+
+    def stream_limit(self) -> StreamLimit:
+        """Return the limit to wait for a stream's next chunk in (see ``StreamLimit``)."""
+        return StreamLimit(self)
+
+    def add_socket(self, socket: DrainableSocket) -> None:
+        """Have a drain close SOCKET properly (held weakly: a socket gone is forgotten)."""
+        self._sockets.add(socket)
+
+    def discard_socket(self, socket: DrainableSocket) -> None:
+        self._sockets.discard(socket)
+
+    @contextmanager
+    def serving_request(self) -> Iterator[None]:
+        """Count the current task as a request in flight, which a drain waits for."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._requests.add(task)
+        try:
+            yield
+        finally:
+            self._requests.discard(task)
+
+    def begin_drain(self) -> None:
+        """Stop being ready now, and end the streams still running in ECHO_DRAIN_SECONDS."""
+        if self._draining:
+            return
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        self._drain_deadline = loop.time() + settings.ECHO_DRAIN_SECONDS
+        for limit in list(self._limits):
+            limit.reschedule(self._drain_deadline)
+        logger.warning(
+            "draining: %d requests and %d sockets get up to %d s to finish",
+            len(self._requests),
+            len(self._sockets),
+            settings.ECHO_DRAIN_SECONDS,
+        )
+
+    async def drain(self) -> None:
+        """Drain this worker (see the module docstring); return when nothing is in flight.
+
+        Sockets close once their answer is over, or interrupted at the
+        deadline; requests end by the deadline (a stream with its
+        ``shutting_down`` event), and any still running a moment after it
+        are cancelled.
+        """
+        self.begin_drain()
+        assert self._drain_deadline is not None
+        deadline = self._drain_deadline
+        sockets = list(self._sockets)
+        results = await asyncio.gather(
+            *(socket.shut_down(deadline) for socket in sockets), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.error("a socket could not be closed properly: %r", result)
+        loop = asyncio.get_running_loop()
+        running = self._requests - {asyncio.current_task()}
+        if running:
+            wait = max(0.0, deadline + DRAIN_GRACE_SECONDS - loop.time())
+            await asyncio.wait(running, timeout=wait)
+        stuck = [task for task in running if not task.done()]
+        if stuck:
+            logger.error("cancelling %d requests still running after the drain", len(stuck))
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+
+    def catch_sigterm(self) -> None:
+        """Drain on SIGTERM before the server's own handler runs (it closes websockets at once).
+
+        Installed over the server's handler (uvicorn's), which is called once
+        the drain is over; a second SIGTERM calls it at once. Only the main
+        thread can catch signals: elsewhere (a server in a test's thread)
+        nothing is installed.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            if self._drain_task is not None:
+                _call_handler(previous, signum, frame)
+                return
+            try:
+                loop.call_soon_threadsafe(self._start_drain, previous, signum)
+            except RuntimeError:  # the loop is closed: nothing left to drain
+                _call_handler(previous, signum, frame)
+
+        self._sigterm_previous = previous
+        self._sigterm_handler = on_sigterm
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _start_drain(self, previous: Any, signum: int) -> None:
+        async def drain_then_exit() -> None:
+            try:
+                await self.drain()
+            finally:
+                _call_handler(previous, signum, None)
+
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(
+                drain_then_exit(), name="echo-drain", context=contextvars.Context()
+            )
+
+    def _release_sigterm(self) -> None:
+        handler, self._sigterm_handler = self._sigterm_handler, None
+        if handler is None or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, self._sigterm_previous)
+        self._sigterm_previous = None
 
     async def ensure_started(self) -> None:
         """Start the runtime if this process has not yet; concurrent callers wait for it."""
@@ -92,6 +288,11 @@ class ProviderLifecycle:
             name="echo-config-repair",
             context=contextvars.Context(),
         )
+        self._breakers = loop.create_task(
+            shared_breakers.share_breakers(self._runtime.manager),
+            name="echo-shared-breakers",
+            context=contextvars.Context(),
+        )
         interval = settings.ECHO_HEALTH_INTERVAL_SECONDS
         if interval > 0:
             monitor = self._runtime.monitor
@@ -109,13 +310,14 @@ class ProviderLifecycle:
 
     async def stop(self) -> None:
         """Stop the health checks, the repair pass and listening; shut every provider down."""
-        for task in (self._monitor, self._repair, self._listener):
+        for task in (self._monitor, self._repair, self._listener, self._breakers):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._monitor = None
         self._repair = None
         self._listener = None
+        self._breakers = None
         try:
             await self._runtime.usage_recorder.stop()
         except Exception:
@@ -126,6 +328,19 @@ class ProviderLifecycle:
         # The start-up queries left a connection open in the ORM's thread.
         await sync_to_async(connections.close_all)()
         self._started = False
+        self._release_sigterm()
+        self._draining = False
+        self._drain_deadline = None
+        self._drain_task = None
+
+
+def _call_handler(handler: Any, signum: int, frame: FrameType | None) -> None:
+    """Call the signal HANDLER that was installed before Echo's, as the signal would have."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
 
 
 async def discover_all_plugins(registry: ProviderRegistry) -> list[DiscoveryResult]:
