@@ -357,7 +357,8 @@ class Fuzzer:
             outcome, status = f"{type(exc).__name__}: {exc}"[:300], None
         else:
             status = response.status_code
-            if status < 500:
+            # A readiness probe's 503 is its answer: this test never starts the runtime.
+            if status < 500 or (status == 503 and url.startswith("/health/ready")):
                 return status
             outcome = f"{status} {response.text[:160]!r}"
         tracebacks = " || ".join(self.errors.tracebacks[seen:])

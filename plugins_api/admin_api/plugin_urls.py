@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.urls import path
 
 from plugins_api.admin_api import plugin_views as views
+from plugins_api.admin_api import probes
 
 urlpatterns = [
     path("plugins/", views.PluginListView.as_view(), name="plugins"),
@@ -35,5 +36,8 @@ urlpatterns = [
         name="plugin-model",
     ),
     path("health", views.HealthView.as_view(), name="health"),
+    # Before health/<name>: a provider called "live" or "ready" has only /plugins/<name>/status.
+    path("health/live", probes.live, name="health-live"),
+    path("health/ready", probes.ready, name="health-ready"),
     path("health/<str:name>", views.ProviderHealthView.as_view(), name="health-provider"),
 ]

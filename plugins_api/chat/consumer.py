@@ -23,6 +23,19 @@ A key client's socket closes (4401, or 4403 without the chat scope) when its
 key is revoked or deleted: at once through the key's group
 (``client_key_push``), and, should that message be lost, at its next frame,
 which verifies the key again (cached for ``client_keys.CACHE_SECONDS``).
+
+The channel layer (Redis) carries only those group pushes, so its outage never
+ends a socket: channels would close it with 1011 when the layer's receive
+raises, so the consumer hands channels a receive that waits the outage out
+(``_receive_from_layer``), and joins its groups again once the layer answers
+(a restarted Redis has forgotten them). Chats go on meanwhile; a revoked key is
+still refused at its next frame.
+
+When the worker shuts down (``lifecycle.drain``), each socket lets the answer
+under way finish until the drain's deadline (``ECHO_DRAIN_SECONDS``); one
+still streaming then is stored ``interrupted`` and ends with an ``error``
+frame of type ``shutting_down``. Every socket gets that frame (an idle one at
+once) and closes with 1001 (going away): the page reconnects to another worker.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -63,6 +77,7 @@ from plugins_api.chat.protocol import (
 from plugins_api.edge.request_usage import RequestUsage
 from plugins_api.models import ClientAPIKey, ConversationMessage
 from providers.errors import ProviderError
+from providers.runtime import broadcast
 from providers.runtime import process as runtime
 from providers.runtime.registry import ProviderChange
 from providers.types import ChatRequest, StreamingChunk, Usage
@@ -77,6 +92,8 @@ CLOSE_POLICY_VIOLATION = 1008
 # What daphne sends instead: its websocket library refuses codes outside 1000
 # and 3000-4999 (raising before anything is sent), and 4000-4999 are ours.
 CLOSE_POLICY_VIOLATION_PRIVATE = 4008
+CLOSE_GOING_AWAY = 1001
+SHUTTING_DOWN = "This server is shutting down; the connection is closed. Connect again."
 # The stored answer's column lengths (ConversationMessage).
 STORED_PROVIDER_CHARS = 64
 STORED_MODEL_CHARS = 200
@@ -109,6 +126,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
     answering: asyncio.Task[None] | None
     socket_loop: asyncio.AbstractEventLoop
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set here, not in connect: the layer's receive starts before connect runs.
+        self.closing = False
+        # The groups this socket belongs in, and those the layer has confirmed.
+        self.groups_wanted: list[str] = []
+        self.groups_joined: list[str] = []
+        self.rejoining: asyncio.Task[None] | None = None
+        # Whether this socket has logged the layer's outage under way.
+        self.layer_failing = False
+
     async def connect(self) -> None:
         self.answering = None
         # Whether the answer under way was asked to stop: a second "cancel" must
@@ -117,12 +145,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.background: set[asyncio.Task[None]] = set()
         self.frame_times: deque[float] = deque()
         self.rejected_times: deque[float] = deque()
-        self.groups_joined: list[str] = []
         self.closing = False
         # Whether a provider-list push is queued: a burst of registry changes
         # (a start-up, a discovery) sends the page one list, not one per change.
         self.providers_push_queued = False
         self.subscribed = False
+        # Whether the answer under way is being ended by the worker's drain.
+        self.shutting_down = False
         # A key client's key headers, checked again before each frame (None: a session).
         self.key_headers: dict[str, str] | None = None
         caller = await self._authenticate()
@@ -132,14 +161,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.owner, self.client_label = caller
         await self.accept()
         if self.channel_layer is not None and self.owner.key_id is not None:
-            group = client_key_push.key_group(self.owner.key_id)
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.groups_joined.append(group)
+            self.groups_wanted.append(client_key_push.key_group(self.owner.key_id))
+            await self._join_groups()
         # The loop this connection lives on: registry changes are scheduled onto it.
         self.socket_loop = asyncio.get_running_loop()
         # Held weakly by the registry, and dropped in disconnect.
         runtime.registry.subscribe(self.providers_changed)
         self.subscribed = True
+        runtime.lifecycle.add_socket(self)
         await self.send_frame({"type": "providers", "providers": chat_provider_list()})
 
     async def _authenticate(self) -> tuple[ConversationOwner, str] | int:
@@ -165,13 +194,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        runtime.lifecycle.discard_socket(self)
         if self.subscribed:
             runtime.registry.unsubscribe(self.providers_changed)
             self.subscribed = False
+        if self.rejoining is not None:
+            self.rejoining.cancel()
         if self.channel_layer is not None:
-            for group in self.groups_joined:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            self.groups_joined = []
+            await self._leave_groups()
         tasks = [t for t in [self.answering, *self.background] if t is not None]
         for task in tasks:
             task.cancel()
@@ -205,6 +235,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.answering is not None:
             self.answering.cancel()
         await self._close(code)
+
+    async def shut_down(self, deadline: float) -> None:
+        """Let the answer under way finish until DEADLINE (loop time), interrupt it then; close 1001."""
+        answering = self.answering
+        if answering is not None and not answering.done():
+            wait = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait([answering], timeout=wait)
+            if not answering.done():
+                self.shutting_down = True
+                answering.cancel()
+                # The task stores the answer as interrupted and sends the error frame.
+                await asyncio.gather(answering, return_exceptions=True)
+        if self.closing:
+            return
+        if not self.shutting_down:
+            await self.send_frame(error_frame("shutting_down", SHUTTING_DOWN))
+        self.closing = True
+        await self._close(CLOSE_GOING_AWAY)
 
     # --- frames in --------------------------------------------------------
 
@@ -399,6 +447,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Cancelled by the client (or it left): the partial answer stays, marked.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status, finish_reason = ConversationMessage.STATUS_CANCELLED, "cancelled"
+            if self.shutting_down:  # ended by the worker's drain, not by the client
+                status, finish_reason = ConversationMessage.STATUS_INTERRUPTED, "interrupted"
+                error = error_frame("shutting_down", SHUTTING_DOWN, **ids)
         except ProviderError as exc:
             failure = exc
             error = provider_error_frame(exc, **ids)
@@ -408,7 +459,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "internal_error", f"The answer failed ({type(exc).__name__}).", **ids
             )
         latency_ms = _ms(received)
-        cancelled = status == ConversationMessage.STATUS_CANCELLED
+        cancelled = status in (
+            ConversationMessage.STATUS_CANCELLED,
+            ConversationMessage.STATUS_INTERRUPTED,
+        )
         try:
             if first is None and failure is not None:
                 accounting.failed(failure, provider=who["provider"], model=who["model"])
@@ -460,6 +514,75 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "latency_ms": latency_ms,
             }
         )
+
+    # --- the channel layer: an outage pauses group pushes, never the socket ---
+
+    @property
+    def channel_receive(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """What channels awaits for the next channel-layer message: one that survives outages."""
+        return self._receive_from_layer
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        # channels' AsyncConsumer.__call__ sets the layer's own receive here.
+        self._layer_receive = receive
+
+    async def _receive_from_layer(self) -> dict[str, Any]:
+        """Return the next channel-layer message; while the layer fails, retry every second or so."""
+        while True:
+            try:
+                message = await self._layer_receive()
+            except Exception:
+                self._layer_failed()
+                await asyncio.sleep(broadcast.retry_delay())
+                continue
+            self.layer_failing = False
+            return message
+
+    async def _join_groups(self) -> bool:
+        """Join the wanted groups the layer has not confirmed; return whether it confirmed them all."""
+        for group in self.groups_wanted:
+            if group in self.groups_joined:
+                continue
+            try:
+                async with asyncio.timeout(broadcast.LAYER_TIMEOUT_SECONDS):
+                    await self.channel_layer.group_add(group, self.channel_name)
+            except Exception:
+                self._layer_failed()
+                return False
+            self.groups_joined.append(group)
+        self.layer_failing = False
+        return True
+
+    def _layer_failed(self) -> None:
+        """Note the layer failed: join the groups again, once it answers, until the socket closes."""
+        if not self.layer_failing:
+            self.layer_failing = True
+            logger.warning(
+                "a chat socket lost the channel layer; it keeps serving and rejoins its groups"
+            )
+        # A restarted Redis has lost every membership: all are joined again.
+        self.groups_joined = []
+        if self.groups_wanted and not self.closing:
+            if self.rejoining is None or self.rejoining.done():
+                self.rejoining = asyncio.get_running_loop().create_task(self._rejoin_groups())
+
+    async def _rejoin_groups(self) -> None:
+        while not self.closing:
+            await asyncio.sleep(broadcast.retry_delay())
+            if await self._join_groups():
+                return
+
+    async def _leave_groups(self) -> None:
+        """Leave the joined groups; a failure is only logged (Redis expires memberships)."""
+        groups, self.groups_joined = self.groups_joined, []
+        for group in groups:
+            try:
+                async with asyncio.timeout(broadcast.LAYER_TIMEOUT_SECONDS):
+                    await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.info("a closed chat socket could not leave group %s", group)
+                return
 
     # --- registry and group events ---------------------------------------
 

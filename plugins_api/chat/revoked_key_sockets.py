@@ -12,6 +12,7 @@ before each frame: within ``client_keys.CACHE_SECONDS``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from plugins_api.access.client_keys import forget_cached_keys
+from providers.runtime.broadcast import LAYER_TIMEOUT_SECONDS
 from providers.runtime.process import run_in_serving_loop
 
 logger = logging.getLogger(__name__)
@@ -48,8 +50,9 @@ def client_key_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 def publish_client_key_changed(key_id: int, *, scope: str, revoked: bool) -> None:
     """Send key KEY_ID's group its SCOPE and whether it is REVOKED; log a failure, never raise.
 
-    The change has committed already; a socket that misses the message is
-    closed by its own next check of the key.
+    The change has committed already; a socket that misses the message (the
+    layer, Redis, is down or hangs: the send gives up after
+    ``LAYER_TIMEOUT_SECONDS``) is closed by its own next check of the key.
     """
     # This process forgets its verifications now: its HTTP requests stop at once too.
     forget_cached_keys()
@@ -59,6 +62,11 @@ def publish_client_key_changed(key_id: int, *, scope: str, revoked: bool) -> Non
     message = {"type": EVENT_TYPE, "key_id": key_id, "scope": scope, "revoked": revoked}
     try:
         # On the serving loop, where the in-memory layer's consumers wait.
-        run_in_serving_loop(layer.group_send, key_group(key_id), message)
+        run_in_serving_loop(_send, layer, key_group(key_id), message)
     except Exception:
         logger.exception("could not tell the chat sockets of client key %s that it changed", key_id)
+
+
+async def _send(layer: Any, group: str, message: dict[str, Any]) -> None:
+    async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+        await layer.group_send(group, message)

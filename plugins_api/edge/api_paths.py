@@ -12,8 +12,8 @@ from __future__ import annotations
 API_PATHS = frozenset({"/chat", "/metrics", "/health", "/plugins"})
 #: Prefixes under which every route is API.
 API_PATH_PREFIXES = ("/api/", "/plugins/", "/health/", "/v1/")
-#: API paths anyone may call: the load balancer's probe.
-PUBLIC_API_PATHS = frozenset({"/health"})
+#: API paths anyone may call: the load balancer's probes.
+PUBLIC_API_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 
 def is_api_path(path: str) -> bool:

@@ -7,12 +7,18 @@ message to ``providers.runtime.config_sync``; that re-reads the row, the source 
 truth, unless the revision is not newer than the one it serves. The sender
 receives its own message too and drops it by revision. With the in-memory
 layer there is only one process and nothing to tell.
+
+While the layer (Redis) is unreachable the listener tries again every
+``RETRY_SECONDS`` (a random delay in that range, so that workers do not
+reconnect in step), and once back it runs the repair pass: a change saved
+during the outage reaches the worker within about a second of Redis returning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -24,6 +30,16 @@ EVENT_TYPE = "provider.changed"
 # A subscription is renewed this often, as a backstop for a group membership
 # that expired in Redis; the repair pass runs after each one.
 RESUBSCRIBE_SECONDS = 3600
+#: While the channel layer is unreachable, try again after a random delay in this range.
+RETRY_SECONDS = (0.5, 1.0)
+#: A call to the layer gives up after this long (a Redis that hangs must hold
+#: neither a save nor a reconnection).
+LAYER_TIMEOUT_SECONDS = 2.0
+
+
+def retry_delay() -> float:
+    """Return how long to wait before trying the unreachable channel layer again."""
+    return random.uniform(*RETRY_SECONDS)
 
 
 def _shared_layer():
@@ -45,9 +61,14 @@ def publish_provider_changed(
         return
     message = {"type": EVENT_TYPE, "name": name, "revision": revision, "force": force}
     try:
-        async_to_sync(layer.group_send)(GROUP, message)
+        async_to_sync(_send)(layer, message)
     except Exception:
         logger.exception("could not broadcast the change of provider %s", name)
+
+
+async def _send(layer, message: dict) -> None:
+    async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+        await layer.group_send(GROUP, message)
 
 
 async def listen_for_provider_changes() -> None:
@@ -61,13 +82,16 @@ async def listen_for_provider_changes() -> None:
     layer = _shared_layer()
     if layer is None:
         return
-    delay = 1.0
+    failing = False
     while True:
         try:
             channel = await layer.new_channel()
-            await layer.group_add(GROUP, channel)
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await layer.group_add(GROUP, channel)
             await config_sync.repair_all()
-            delay = 1.0
+            if failing:
+                logger.warning("provider change listener is listening again")
+                failing = False
             loop = asyncio.get_running_loop()
             resubscribe_at = loop.time() + RESUBSCRIBE_SECONDS
             while loop.time() < resubscribe_at:
@@ -81,6 +105,10 @@ async def listen_for_provider_changes() -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("provider change listener failed; retrying in %.0fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            # Logged once per outage: the retries below come every second or so.
+            if not failing:
+                logger.exception(
+                    "provider change listener failed; retrying every %g-%gs", *RETRY_SECONDS
+                )
+                failing = True
+            await asyncio.sleep(retry_delay())
