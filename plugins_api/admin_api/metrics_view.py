@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from plugins_api.access.key_credentials import Denial, aauthenticate_key, unauthorized
 from plugins_api.access.request_auth import echo_denial
-from providers.usage.metrics import REGISTRY
+from providers.usage.metrics import exposition
 
 
 @require_GET
@@ -33,4 +33,4 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         return echo_denial(
             Denial(403, "permission_denied", "Metrics need an admin key or a staff login.")
         )
-    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

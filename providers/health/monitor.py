@@ -28,16 +28,27 @@ What a round does with its results:
 - deletes the rows older than ``ECHO_HEALTH_RETENTION_DAYS``, at most once an
   hour per process (one indexed ``DELETE``).
 
-Several workers, one history. Every worker runs its own loop, because its
-breakers and its latest state are its own. The periodic rounds record with
-a minimum gap of half the interval: in one transaction, a provider's row is
-written only when it has no row newer than the gap. That transaction is
-serialized across processes (``pg_advisory_xact_lock`` on PostgreSQL;
+Several workers, one checker. On PostgreSQL, a periodic round is run by
+the worker that holds the round lease: a session advisory lock
+(``pg_try_advisory_lock``) on a connection the monitor keeps for that alone
+(``PostgresRoundLease``). Each interval every worker tries it; the one that
+holds it keeps it, round after round, while its connection lives, and when
+that worker stops (or its connection drops) the lock goes with it and
+another worker takes the next round. The other workers check nothing: they
+read each provider's newest ``HealthCheck`` row (``read_shared``), so their
+``latest()`` is the checker's view, and a new row feeds their breakers as a
+check of their own would. When the lease cannot be asked for (its
+connection fails), a worker checks by itself, as on SQLite or any other
+database, where every process checks (``ProcessRoundLease``).
+
+The history stays one row per interval even then: periodic rounds record
+with a minimum gap of half the interval. In one transaction, a provider's
+row is written only when it has no row newer than the gap. That transaction
+is serialized across processes (``pg_advisory_xact_lock`` on PostgreSQL;
 ``BEGIN IMMEDIATE``, the site's SQLite transaction mode, on SQLite), so two
-workers checking at the same moment cannot both find "no recent row". A
-provider thus gets at most two rows per interval however many workers serve,
-and no worker has to be elected. Checks someone asked for (``?refresh=1``,
-the status endpoints, ``check_providers`` without ``--watch``) always record.
+workers checking at the same moment cannot both find "no recent row". Checks
+someone asked for (``?refresh=1``, the status endpoints, ``check_providers``
+without ``--watch``) always record.
 """
 
 from __future__ import annotations
@@ -45,12 +56,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, connections, transaction
@@ -74,6 +87,8 @@ logger = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 3600.0
 # Any fixed 64-bit number: the PostgreSQL advisory lock the periodic recorders share.
 RECORD_LOCK_KEY = zlib.crc32(b"echo.providers.health_checks.record")
+# The session advisory lock held by the worker that runs the periodic rounds.
+ROUND_LOCK_KEY = zlib.crc32(b"echo.providers.health_checks.round")
 
 
 @dataclass(slots=True)
@@ -185,11 +200,97 @@ def release_connections() -> None:
             conn.close_if_unusable_or_obsolete()
 
 
+class RoundLease(Protocol):
+    """Who runs the next periodic round."""
+
+    async def claim(self) -> bool:
+        """Return whether this process runs the next round."""
+
+    async def release(self) -> None:
+        """Give the lease up (the loop ends)."""
+
+
+class ProcessRoundLease:
+    """Every process runs its own rounds: SQLite, or no database the workers share."""
+
+    async def claim(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        pass
+
+
+class PostgresRoundLease:
+    """The rounds of the worker holding a session advisory lock on a connection of its own.
+
+    The connection is psycopg's async one, opened on the event loop with the
+    settings of the ``default`` database; it holds nothing but the lock. When
+    it cannot be opened or fails, ``claim`` says yes (a round run twice is
+    better than none; the recording's minimum gap keeps one row) and the next
+    claim opens a new one.
+    """
+
+    def __init__(self, *, key: int = ROUND_LOCK_KEY, connect_timeout: int = 5) -> None:
+        self.key = key
+        self.connect_timeout = connect_timeout
+        self.held = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def claim(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self.held = False
+                self._conn = await psycopg.AsyncConnection.connect(
+                    **_lease_connection_params(),
+                    autocommit=True,
+                    connect_timeout=self.connect_timeout,
+                )
+            if self.held:
+                await self._conn.execute("SELECT 1")  # still ours while the connection lives
+                return True
+            cursor = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
+            row = await cursor.fetchone()
+            self.held = bool(row and row[0])
+            return self.held
+        except psycopg.Error as exc:
+            logger.warning("health round lease unavailable (%s); this worker checks by itself", exc)
+            await self.release()
+            return True
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        self.held = False
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()  # the session lock goes with the session
+            except psycopg.Error:
+                logger.debug("health round lease: closing its connection failed", exc_info=True)
+
+
+def _lease_connection_params() -> dict[str, Any]:
+    # Django's own parameters, minus its cursor class and adapters, which are
+    # made for its synchronous connections.
+    params = connection.get_connection_params()
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    # Named for operators (and tests): pg_stat_activity shows which worker checks.
+    params.setdefault("application_name", f"echo-health-lease-{os.getpid()}")
+    return params
+
+
+def round_lease() -> RoundLease:
+    """Return the lease the periodic rounds of this process use: shared on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        return PostgresRoundLease()
+    return ProcessRoundLease()
+
+
 class HealthMonitor:
     """Check REGISTRY's providers, remember the latest results, record them, feed MANAGER's breakers.
 
     CLOCK (monotonic seconds) times the pruning. Secrets are masked with the
-    help of the current runtime's registry.
+    help of the current runtime's registry. LEASE decides which process runs
+    the periodic rounds (default: ``round_lease()``, chosen when the loop starts).
     """
 
     def __init__(
@@ -198,12 +299,17 @@ class HealthMonitor:
         manager: ModelManager,
         *,
         clock: Callable[[], float] = time.monotonic,
+        lease: RoundLease | None = None,
     ) -> None:
         self.registry = registry
         self.manager = manager
         self._clock = clock
+        self._lease = lease
         self._latest: dict[str, ProviderHealth] = {}
         self._pruned_at: float | None = None
+        self._fed_rows: dict[str, dt.datetime] = {}
+        #: Whether this process ran the last periodic round (None: no round yet).
+        self.checking: bool | None = None
 
     def latest(self) -> dict[str, ProviderHealth]:
         """Return the latest result of each provider checked in this process, by name."""
@@ -213,6 +319,8 @@ class HealthMonitor:
         """Forget every result, and when the history was last pruned."""
         self._latest.clear()
         self._pruned_at = None
+        self._fed_rows.clear()
+        self.checking = None
 
     async def check_all(
         self,
@@ -262,6 +370,40 @@ class HealthMonitor:
         await self.prune_if_due()
         return results
 
+    async def read_shared(self) -> dict[str, ProviderHealth]:
+        """Take the checking worker's results as this process's latest; return them by name.
+
+        Each enabled configured provider's newest ``HealthCheck`` row becomes
+        its health; one without a row, or disabled, that this process does
+        not serve is reported not serving. A row not seen before feeds the breaker of
+        a provider served here, as this worker's own check would have.
+        """
+        configs = {row.pk: row async for row in ProviderConfig.objects.all()}
+        newest = HealthCheck.objects.filter(provider_id__in=list(configs)).order_by(
+            "provider_id", "-checked_at"
+        )
+        if connection.vendor == "postgresql":
+            newest = newest.distinct("provider_id")
+        rows: dict[int, HealthCheck] = {}
+        async for row in newest:
+            rows.setdefault(row.provider_id, row)
+        live = set(self.registry.names())
+        results: dict[str, ProviderHealth] = {}
+        for pk, config in configs.items():
+            row = rows.get(pk)
+            if row is None or not config.enabled:
+                # A disabled provider has no rows from now on: its last one would mislead.
+                if config.name not in live:
+                    results[config.name] = health_not_serving(config, checked_at=None)
+                continue
+            results[config.name] = health = _health_from_row(config, row)
+            if config.name in live and self._fed_rows.get(config.name) != row.checked_at:
+                self._fed_rows[config.name] = row.checked_at
+                self._feed_breaker(config.name, health)
+        results = dict(sorted(results.items()))
+        self._latest.update(results)
+        return results
+
     def _feed_breaker(self, name: str, health: ProviderHealth) -> None:
         """Count a failed check against NAME's breaker; let a good one close it (a free probe)."""
         breaker = self.manager.breaker(name)
@@ -292,17 +434,41 @@ class HealthMonitor:
         away, say) is logged, and the next one comes on time.
         """
         loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.check_all(timeout=timeout, min_gap=interval / 2)
-            except Exception:
-                logger.exception("health check round failed; the next starts in %gs", interval)
-            try:
-                await sync_to_async(release_connections)()
-            except Exception:
-                logger.exception("could not release the health monitor's database connections")
-            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+        lease = self._lease or round_lease()
+        try:
+            while True:
+                started = loop.time()
+                try:
+                    self.checking = await lease.claim()
+                    if self.checking:
+                        await self.check_all(timeout=timeout, min_gap=interval / 2)
+                    else:
+                        await self.read_shared()
+                except Exception:
+                    logger.exception("health check round failed; the next starts in %gs", interval)
+                try:
+                    await sync_to_async(release_connections)()
+                except Exception:
+                    logger.exception("could not release the health monitor's database connections")
+                await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+        finally:
+            await lease.release()
+
+
+def _health_from_row(config: ProviderConfig, row: HealthCheck) -> ProviderHealth:
+    # The row's error was redacted when it was written; the last error is read now.
+    last_error = provider_last_error(config)
+    if last_error:
+        last_error = redact(last_error, provider_secret_values(name=config.name, config=config))
+    return ProviderHealth(
+        name=config.name,
+        available=row.available,
+        models=list(row.models),
+        response_time_ms=row.response_time_ms,
+        error=row.error or None,
+        last_error=last_error or None,
+        checked_at=row.checked_at,
+    )
 
 
 def _row(config: ProviderConfig, health: ProviderHealth) -> HealthCheck:

@@ -4,7 +4,10 @@ Closed, it counts consecutive failures; at ``failure_threshold`` it opens
 and refuses traffic for ``cooldown_seconds``. Then it is half-open: exactly
 one caller (a request or a health check) is let through as a probe; success
 closes it, failure opens it for another cooldown. State lives in the
-process, like the provider instances it guards.
+process, like the provider instances it guards; ``on_transition`` hears when
+it opens or closes, so that ``providers.runtime.shared_breakers`` can tell
+the other workers, whose news arrives through ``open_from_peer`` and
+``close_from_peer`` (which tell no one, so news never echoes back).
 
 A breaker also remembers that its provider is *misconfigured* (the upstream
 refused its credentials): the provider is broken rather than busy, which a
@@ -16,11 +19,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+
+
+class BreakerNews(Protocol):
+    """Where a breaker's transitions go to reach the other workers."""
+
+    def publish(self, name: str, breaker: CircuitBreaker) -> None:
+        """Tell the others that provider NAME's BREAKER opened or closed; never block, never raise."""
 
 
 @dataclass(slots=True)
@@ -36,6 +46,8 @@ class CircuitBreaker:
     last_failure: str | None = None
     misconfigured: str | None = None
     misconfigured_since: float | None = None
+    # Called with OPEN when the breaker opens (from closed, or a failed probe), CLOSED when it closes.
+    on_transition: Callable[[str], None] | None = field(default=None, repr=False)
 
     @property
     def state(self) -> str:
@@ -58,16 +70,17 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """Note a call that succeeded: the breaker closes and the provider is no longer misconfigured."""
-        self.consecutive_failures = 0
-        self.opened_at = None
-        self.probe_in_flight = False
-        self.clear_misconfigured()
+        was_open = self.opened_at is not None
+        self._close()
+        if was_open and self.on_transition is not None:
+            self.on_transition(CLOSED)
 
     def record_failure(self, reason: str | None = None) -> None:
         """Note a call that failed; open at the threshold, or again after a failed probe."""
         self.consecutive_failures += 1
         self.last_failure = reason
         was_probe = self.probe_in_flight
+        was_closed = self.opened_at is None
         self.probe_in_flight = False
         if (
             was_probe
@@ -75,6 +88,28 @@ class CircuitBreaker:
             or (self.consecutive_failures >= self.failure_threshold)
         ):
             self.opened_at = self.clock()
+            # A failure while already open only pushes the cooldown on: no news for the others.
+            if (was_closed or was_probe) and self.on_transition is not None:
+                self.on_transition(OPEN)
+
+    def open_from_peer(self, *, remaining: float, reason: str | None = None) -> None:
+        """Open because another worker's breaker opened; let a probe through in REMAINING seconds."""
+        remaining = min(max(0.0, remaining), self.cooldown_seconds)
+        self.opened_at = self.clock() - (self.cooldown_seconds - remaining)
+        self.consecutive_failures = max(self.consecutive_failures, self.failure_threshold)
+        self.probe_in_flight = False
+        if reason:
+            self.last_failure = reason
+
+    def close_from_peer(self) -> None:
+        """Close because a call to the provider succeeded in another worker."""
+        self._close()
+
+    def _close(self) -> None:
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.probe_in_flight = False
+        self.clear_misconfigured()
 
     def release_probe(self) -> None:
         """Give the probe back unused (the call ended with neither success nor failure)."""

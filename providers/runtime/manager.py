@@ -34,6 +34,7 @@ metadata ``attempts`` (upstream calls made for the request), ``fallback_path``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -55,7 +56,7 @@ from providers.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from providers.runtime.circuit_breaker import HALF_OPEN, CircuitBreaker
+from providers.runtime.circuit_breaker import HALF_OPEN, BreakerNews, CircuitBreaker
 from providers.runtime.registry import ProviderRegistry
 from providers.runtime.retry_policy import RetryPolicy, routing_setting
 from providers.secrets.masking import redact
@@ -177,6 +178,8 @@ class ModelManager:
         self._rng = rng or random.Random()
         self._clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
+        # Set while ``providers.runtime.shared_breakers`` shares the breakers through Redis.
+        self.shared_breakers: BreakerNews | None = None
         self._counters: dict[str, RouteCounters] = {}
         self._instances: dict[str, weakref.ref[AbstractAIProvider]] = {}
 
@@ -193,8 +196,16 @@ class ModelManager:
     def _stored_breaker(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
         if breaker is None:
-            breaker = self._breakers[name] = CircuitBreaker(clock=self._clock)
+            breaker = self._breakers[name] = CircuitBreaker(
+                clock=self._clock, on_transition=functools.partial(self._breaker_moved, name)
+            )
         return breaker
+
+    def _breaker_moved(self, name: str, state: str) -> None:
+        """Tell the other workers that NAME's breaker went to STATE, when they share breakers."""
+        shared = self.shared_breakers
+        if shared is not None:
+            shared.publish(name, self._breakers[name])
 
     def counters(self, name: str) -> RouteCounters:
         """Return the request counters of provider NAME (made on first use)."""

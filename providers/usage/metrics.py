@@ -4,14 +4,25 @@ Counters and histograms move as requests finish (``providers.usage.recorder``);
 breaker states are read from the live ModelManager when scraped. Every label
 value comes from a bounded set (``providers.usage.metric_labels``): a label made
 from what a client sent would grow these metrics, and the process, for good.
+
+Each worker counts for itself. ``exposition()``, what ``/metrics`` answers,
+adds a ``worker`` label to every sample: ``ECHO_WORKER_ID`` when set (a
+stable name such as ``web-1``, at most 64 letters, digits, ``.``, ``_`` or
+``-``), else the process id. Scrape every worker (not the balancer, which
+would answer from any one of them) and sum over the label:
+``sum without (worker) (rate(echo_requests_total[5m]))``. With pids, a
+restarted worker starts new series; set ``ECHO_WORKER_ID`` to keep them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -110,3 +121,44 @@ class BreakerStateCollector(Collector):
 
 
 REGISTRY.register(BreakerStateCollector())
+
+
+WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def worker_id() -> str:
+    """Return this worker's ``worker`` label: ``ECHO_WORKER_ID``, or the process id."""
+    value = os.environ.get("ECHO_WORKER_ID")
+    if value is None:
+        return str(os.getpid())
+    if not WORKER_ID_PATTERN.fullmatch(value):
+        raise ImproperlyConfigured(
+            "ECHO_WORKER_ID must be 1 to 64 letters, digits, '.', '_' or '-'."
+        )
+    return value
+
+
+class WorkerLabelled(Collector):
+    """Every metric of SOURCE, each sample with this worker's ``worker`` label added."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        worker = worker_id()
+        for family in self._source.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, "worker": worker})
+                for sample in family.samples
+            ]
+            yield labelled
+
+
+EXPOSED = CollectorRegistry(auto_describe=False)
+EXPOSED.register(WorkerLabelled(REGISTRY))
+
+
+def exposition() -> bytes:
+    """Return every metric of this worker in Prometheus' text format, with its ``worker`` label."""
+    return generate_latest(EXPOSED)

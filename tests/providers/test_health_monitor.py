@@ -26,6 +26,7 @@ from providers.config.services import provider_config_create
 from providers.health.monitor import (
     RECORD_LOCK_KEY,
     HealthMonitor,
+    ProcessRoundLease,
     health_check_rows_record,
 )
 from providers.models import HealthCheck, ProviderConfig
@@ -293,7 +294,9 @@ async def test_run_forever_survives_a_failing_round(monkeypatch, caplog):
             raise OperationalError("the database went away")
         return {}
 
-    worker = HealthMonitor(runtime.registry, ModelManager(runtime.registry))
+    worker = HealthMonitor(
+        runtime.registry, ModelManager(runtime.registry), lease=ProcessRoundLease()
+    )
     monkeypatch.setattr(worker, "check_all", flaky_round)
     monkeypatch.setattr("providers.health.monitor.release_connections", lambda: None)
     task = asyncio.create_task(worker.run_forever(interval=0.05, timeout=1))
