@@ -258,6 +258,11 @@ ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60, min
 # and applies what differs, so lost broadcasts, SQL changes and restores converge.
 ECHO_CONFIG_REPAIR_SECONDS = env_int("ECHO_CONFIG_REPAIR_SECONDS", 5, minimum=1)
 
+# Graceful shutdown (providers.runtime.lifecycle): on SIGTERM a worker refuses new
+# requests and sockets, and lets the streams in flight run this long before it ends
+# them with a ``shutting_down`` error event; then it flushes usage rows and exits.
+ECHO_DRAIN_SECONDS = env_int("ECHO_DRAIN_SECONDS", 30, minimum=0)
+
 # Transport security (django.middleware.security, for every request, key clients' too),
 # on by default in production. SECURE_PROXY_SSL_HEADER is set only when
 # ECHO_PROXY_SETS_X_FORWARDED_PROTO says a TLS proxy in front sets (overwrites) the
@@ -269,7 +274,7 @@ _PRODUCTION = ECHO_ENV == "production"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", _PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", _PRODUCTION)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _PRODUCTION)
-SECURE_REDIRECT_EXEMPT = [r"^health$"]
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^health/(live|ready)$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if _PRODUCTION else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _PRODUCTION)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", _PRODUCTION)
