@@ -26,6 +26,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from providers.runtime import process as runtime
@@ -160,12 +161,14 @@ async def readiness() -> tuple[bool, dict[str, Any]]:
     return not failed, body
 
 
+@csrf_exempt  # they change nothing: any other method gets 405, not the CSRF page
 @require_safe
 async def live(request: HttpRequest) -> JsonResponse:
     """Answer 200 while the process serves requests (a liveness probe)."""
     return JsonResponse({"status": "live"})
 
 
+@csrf_exempt
 @require_safe
 async def ready(request: HttpRequest) -> JsonResponse:
     """Answer 200 when this worker should get traffic, else 503 naming each failed check."""
