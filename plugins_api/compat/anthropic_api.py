@@ -497,7 +497,12 @@ class MessageEvents:
 
     def failure(self, exc: ProviderError) -> bytes:
         status, message, _ = provider_failure(exc)
-        return sse_event("error", error_body(status, message))
+        body = error_body(status, message)
+        if exc.kind == "shutting_down":
+            # Not one of Anthropic's types, said as every Echo stream says it: the
+            # SDKs raise on any error event, and the type tells a client to ask again.
+            body["error"]["type"] = exc.kind
+        return sse_event("error", body)
 
     def _start(self, block: dict[str, Any]) -> Iterator[bytes]:
         """Open content block BLOCK at the current index (the first one followed by a ``ping``)."""

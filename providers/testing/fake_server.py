@@ -257,9 +257,11 @@ class FakeUpstream:
         self._server.fake = self
         self.port = self._server.server_address[1]
         # stop() wakes serve_forever with a connection rather than waiting out
-        # its poll (0.5 s by default: every fake's teardown paid it).
+        # its poll (0.5 s by default: every fake's teardown paid it); the short
+        # poll stays as the backstop when no connection gets through.
         self._thread = threading.Thread(
             target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
             name=f"fake-{self.name}",
             daemon=True,
         )
