@@ -1,6 +1,6 @@
 """Echo in processes of its own, for the tests about several workers or a real server.
 
-Ports, ``manage.py`` runs and daphne workers, written once for every test
+Ports, ``manage.py`` runs, uvicorn and daphne workers, written once for every test
 that starts them.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DAPHNE = Path(sys.executable).with_name("daphne")
+UVICORN = Path(sys.executable).with_name("uvicorn")
 
 
 def free_port() -> int:
@@ -50,5 +51,27 @@ def start_daphne(env: dict[str, str]) -> tuple[int, subprocess.Popen[bytes]]:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+    )
+    return port, process
+
+
+def start_uvicorn(
+    env: dict[str, str], *, stderr: int = subprocess.PIPE
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start a uvicorn worker of Echo with ENV (lifespan on) on a free port; return (port, process)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(UVICORN),
+            "echo_site.asgi:application",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--lifespan=on",
+            "--log-level=warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
     )
     return port, process

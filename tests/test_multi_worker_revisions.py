@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,14 +24,12 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.server_processes import django_shell, free_port, manage
+from tests.server_processes import django_shell, manage, start_uvicorn
 from tests.services import require_redis, scratch_postgres_database
 
 # Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-UVICORN = Path(sys.executable).with_name("uvicorn")
 ROUNDS = 50
 CONVERGE_SECONDS = 2.0
 
@@ -84,21 +81,7 @@ class Deployment:
         workers: list[Worker] = []
         try:
             for prefix in prefixes:
-                port = free_port()
-                process = subprocess.Popen(
-                    [
-                        str(UVICORN),
-                        "echo_site.asgi:application",
-                        "--host=127.0.0.1",
-                        f"--port={port}",
-                        "--lifespan=on",
-                        "--log-level=warning",
-                    ],
-                    cwd=ROOT,
-                    env={**self.env, "ECHO_CHANNEL_PREFIX": prefix},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
+                port, process = start_uvicorn({**self.env, "ECHO_CHANNEL_PREFIX": prefix})
                 client = httpx.Client(headers={"Authorization": f"Bearer {self.key}"}, timeout=10)
                 workers.append(Worker(f"http://127.0.0.1:{port}", process, client))
             deadline = time.monotonic() + 30

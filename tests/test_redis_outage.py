@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,11 +38,9 @@ from plugins_api.access.client_keys import client_key_issue, client_key_revoke
 from providers.runtime import broadcast, config_sync
 from tests.plugins_api.test_consumers import answer, key_headers, providers  # noqa: F401
 from tests.plugins_api.test_consumers import connect as connect_socket
-from tests.server_processes import django_shell, free_port, manage
+from tests.server_processes import django_shell, free_port, manage, start_uvicorn
 from tests.services import reachable, scratch_postgres_database
 
-ROOT = Path(__file__).resolve().parent.parent
-UVICORN = Path(sys.executable).with_name("uvicorn")
 OUTAGE_SECONDS = max(3.0, float(os.environ.get("ECHO_TEST_REDIS_OUTAGE_SECONDS", "3")))
 CONVERGE_SECONDS = 5.0
 
@@ -193,23 +190,8 @@ def uvicorn_workers(env: dict[str, str], count: int) -> Iterator[list[str]]:
     urls: list[str] = []
     try:
         for _ in range(count):
-            port = free_port()
-            processes.append(
-                subprocess.Popen(
-                    [
-                        str(UVICORN),
-                        "echo_site.asgi:application",
-                        "--host=127.0.0.1",
-                        f"--port={port}",
-                        "--lifespan=on",
-                        "--log-level=warning",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+            port, process = start_uvicorn(env, stderr=subprocess.DEVNULL)
+            processes.append(process)
             urls.append(f"http://127.0.0.1:{port}")
         for url, process in zip(urls, processes, strict=True):
             deadline = time.monotonic() + 30

@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,11 +40,8 @@ from providers.runtime.shared_breakers import SharedBreakers
 from providers.testing.fake_openai import FakeOpenAI
 from providers.testing.fake_server import Fault
 from providers.usage import metrics
-from tests.server_processes import django_shell, free_port, manage
+from tests.server_processes import django_shell, free_port, manage, start_uvicorn
 from tests.services import require_redis, scratch_postgres_database
-
-ROOT = Path(__file__).resolve().parent.parent
-UVICORN = Path(sys.executable).with_name("uvicorn")
 
 
 class Clock:
@@ -414,23 +410,8 @@ class Workers:
 
     def start(self, count: int) -> None:
         for _ in range(count):
-            port = free_port()
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        str(UVICORN),
-                        "echo_site.asgi:application",
-                        "--host=127.0.0.1",
-                        f"--port={port}",
-                        "--lifespan=on",
-                        "--log-level=warning",
-                    ],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-            )
+            port, process = start_uvicorn(self.env)
+            self.processes.append(process)
             self.urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 30
         for url, process in zip(self.urls, self.processes, strict=True):
