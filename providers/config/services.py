@@ -438,47 +438,28 @@ def provider_config_check_create(*, start: bool = True, **new: Any) -> ProviderC
     return change
 
 
-@sensitive_variables("secrets", "settings")
+@sensitive_variables("new")
 def provider_config_create(
-    *,
-    name: str,
-    plugin: str,
-    settings: dict[str, Any] | None = None,
-    secrets: dict[str, Any] | None = None,
-    enabled: bool = True,
-    is_default: bool = False,
-    fallbacks: list[str] | None = None,
-    disabled_reason: str = "",
-    missing_secrets: list[str] | tuple[str, ...] = (),
-    actor: Actor = SYSTEM,
-    checked: ProviderConfigPlan | None = None,
+    *, actor: Actor = SYSTEM, checked: ProviderConfigPlan | None = None, **new: Any
 ) -> ProviderConfig:
-    """Create provider NAME (validated, its candidate started, then saved and audited).
+    """Create a provider (validated, its candidate started, then saved and audited).
 
-    Raise ``ProviderConfigError`` naming each bad field, or
-    ``ProviderInitializationError`` when it cannot start; either way nothing
-    is saved. ACTOR (who, through what) goes into the audit trail. CHECKED,
-    what ``provider_config_check_create`` returned for the same input, spares
-    starting the candidate a second time.
+    NEW are the new provider's fields, as ``_plan_create`` names them: name,
+    plugin, settings, secrets, enabled, is_default, fallbacks,
+    disabled_reason, missing_secrets. Raise ``ProviderConfigError`` naming
+    each bad field, or ``ProviderInitializationError`` when it cannot start;
+    either way nothing is saved. ACTOR (who, through what) goes into the audit
+    trail. CHECKED, what ``provider_config_check_create`` returned for the same
+    input, spares starting the candidate a second time.
     """
-    arguments = {
-        "name": name,
-        "plugin": plugin,
-        "settings": settings,
-        "secrets": secrets,
-        "enabled": enabled,
-        "is_default": is_default,
-        "fallbacks": fallbacks,
-        "disabled_reason": disabled_reason,
-        "missing_secrets": missing_secrets,
-    }
-    change = _plan_create(**arguments)
+    change = _plan_create(**new)
     if change != checked:
         check_candidate(change)
     with transaction.atomic():
         # Checked again now that this transaction will write: a create that
         # raced this one is refused by name, not by the unique constraint.
-        change = _plan_create(**arguments)
+        change = _plan_create(**new)
+        name = change.name
         if change.is_default:
             _take_default_from_others(name, actor)
         config = ProviderConfig(name=name, revision=1)
