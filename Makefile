@@ -40,16 +40,34 @@ lint: install-dev
 
 # The suite runs on PostgreSQL: this machine's (127.0.0.1:5432, user postgres) unless
 # DATABASE_URL names another (echo_site/pytest_environment.py); each run makes and
-# drops a test database of its own.
+# drops a test database of its own (one per pytest-xdist worker). Two workers:
+# the suite mostly waits on servers, subprocesses and the browser.
+TEST_WORKERS ?= 2
 test: install-dev lint
-	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests
+	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install-dev
-	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -m "not slow"
+	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# `make bench`: Echo beside the bare forwarder (the floor) and LiteLLM's proxy, measured
+# in one interleaved run; writes bench/results/latest.md and .json (docs/BENCHMARKS.md).
+# BENCH_ARGS="--quick" for a short run, "--skip-litellm" to leave LiteLLM out. LiteLLM is
+# installed in its own environment (var/bench/litellm-venv), wrk from Debian.
+BENCH_ARGS ?=
+BENCH_INSTALLED := $(VENV)/.installed-bench
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_INSTALLED)
+
+bench: $(BENCH_INSTALLED)
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; \
+		else echo "wrk is missing: run 'sudo apt-get install -y wrk', then make bench" >&2; exit 2; fi; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

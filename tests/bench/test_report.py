@@ -1,0 +1,150 @@
+"""The report writer judges every target of issue 16 and writes it as markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+
+from bench.report import evaluate_targets, render_markdown, write_report
+
+TARGET_IDS = {
+    "latency_p50_vs_floor:echo_v1",
+    "latency_p50_vs_litellm:echo_v1",
+    "latency_p99_vs_floor:echo_v1",
+    "ttft_vs_floor:echo_v1",
+    "latency_p50_vs_floor:echo_chat",
+    "latency_p50_vs_litellm:echo_chat",
+    "latency_p99_vs_floor:echo_chat",
+    "ttft_vs_floor:echo_chat",
+    "throughput_vs_floor",
+    "throughput_vs_litellm",
+    "cpu_per_request",
+    "streams_no_stall",
+    "websocket_thousand",
+}
+
+
+def step(connections, rps, p99, cpu):
+    return {
+        "connections": connections,
+        "rps": rps,
+        "errors": 0,
+        "latency_ms": {"p50": p99 / 2, "p99": p99},
+        "cpu_ms_per_request": cpu,
+        "rss_max_mb": 100.0,
+    }
+
+
+def latency(p50, p99, ttft):
+    return {
+        "nonstream": {"n": 10, "p50": p50 + 0.5, "p90": p99, "p99": p99 + 0.5, "max": p99 + 1},
+        "nonstream_added": {"p50": p50, "p99": p99},
+        "ttft": {"n": 10, "p50": ttft + 0.5, "p90": ttft, "p99": ttft, "max": ttft},
+        "ttft_added": {"p50": ttft, "p99": ttft * 2},
+    }
+
+
+def results(with_litellm=True):
+    data = {
+        "generated_at": "2026-01-01 00:00 UTC",
+        "mode": "quick",
+        "machine": {"cores": 2, "CPU": "test CPU"},
+        "versions": {"Echo commit": "abc1234", "uvicorn": "0.38.0"},
+        "make_run_server": "uvicorn",
+        "systems": {
+            "echo_v1": {"label": "Echo v1", "state": "ok"},
+            "floor": {"label": "floor", "state": "ok"},
+            "litellm": {
+                "label": "LiteLLM",
+                "state": "ok" if with_litellm else "did not start: boom",
+            },
+        },
+        "latency": {
+            # /v1: p50 within 2x the floor and a tenth of LiteLLM; p99 over 3x the floor.
+            "echo_v1": latency(1.0, 4.0, 0.9),
+            # /chat: p50 over 2x the floor.
+            "echo_chat": latency(1.5, 2.0, 1.2),
+            "floor": latency(0.6, 1.0, 0.5),
+        },
+        "throughput": {
+            "echo_v1": {"steps": [step(8, 1500.0, 20.0, 1.2)], "best": step(8, 1500.0, 20.0, 1.2)},
+            "floor": {"steps": [step(16, 2000.0, 30.0, 0.4)], "best": step(16, 2000.0, 30.0, 0.4)},
+        },
+        "streams": {"echo_v1": {"steps": [], "max_without_stall": 128}},
+        "websocket": {"uvicorn": {"ratio_total": 1.2, "thousand": {"sockets": 1000, "errors": 0}}},
+    }
+    if with_litellm:
+        data["latency"]["litellm"] = latency(12.0, 30.0, 10.0)
+        data["throughput"]["litellm"] = {
+            "steps": [step(1, 100.0, 40.0, 9.0)],
+            "best": step(1, 100.0, 40.0, 9.0),
+        }
+    return data
+
+
+def by_id(targets):
+    return {t["id"]: t for t in targets}
+
+
+def test_every_target_is_judged():
+    targets = by_id(evaluate_targets(results()))
+    assert set(targets) == TARGET_IDS
+    assert targets["latency_p50_vs_floor:echo_v1"]["met"] is True  # 1.0 <= 1.2
+    assert targets["latency_p50_vs_litellm:echo_v1"]["met"] is True  # 1.0 <= 1.2
+    assert targets["latency_p99_vs_floor:echo_v1"]["met"] is False  # 4.0 > 3.0
+    assert targets["ttft_vs_floor:echo_v1"]["met"] is True  # 0.9 <= 1.0
+    assert targets["latency_p50_vs_floor:echo_chat"]["met"] is False  # 1.5 > 1.2
+    assert targets["ttft_vs_floor:echo_chat"]["met"] is False  # 1.2 > 1.0
+    assert targets["throughput_vs_floor"]["met"] is True  # 1500 >= 1000
+    assert targets["throughput_vs_litellm"]["met"] is True  # 1500 >= 1000
+    assert targets["cpu_per_request"]["met"] is True  # 1.2 <= 1.5
+    assert targets["streams_no_stall"]["met"] is False  # 128 < 256
+    assert targets["websocket_thousand"]["met"] is True
+
+
+def test_a_missing_peer_is_not_measured_never_met():
+    targets = by_id(evaluate_targets(results(with_litellm=False)))
+    for ident in ("latency_p50_vs_litellm:echo_v1", "throughput_vs_litellm"):
+        assert targets[ident]["met"] is None
+        assert "did not start: boom" in targets[ident]["why"]
+
+
+def test_no_step_under_the_p99_limit_is_zero_throughput():
+    data = results()
+    data["throughput"]["echo_v1"] = {"steps": [step(1, 900.0, 80.0, 2.0)], "best": None}
+    targets = by_id(evaluate_targets(data))
+    assert targets["throughput_vs_floor"]["value"] == 0.0
+    assert targets["throughput_vs_floor"]["met"] is False
+    assert targets["cpu_per_request"]["met"] is None
+
+
+def test_websocket_errors_miss_the_target():
+    data = results()
+    data["websocket"]["uvicorn"]["thousand"] = {"sockets": 1000, "errors": 3}
+    assert by_id(evaluate_targets(data))["websocket_thousand"]["met"] is False
+
+
+def test_markdown_and_json_name_every_target(tmp_path):
+    data = results()
+    markdown_path, json_path = write_report(data, tmp_path)
+    markdown = markdown_path.read_text()
+    written = json.loads(json_path.read_text())
+    assert {t["id"] for t in written["targets"]} == TARGET_IDS
+    for target in written["targets"]:
+        assert target["target"] in markdown
+    assert markdown.count("| met |") + markdown.count("| **missed** |") == len(TARGET_IDS)
+    assert "test CPU" in markdown and "abc1234" in markdown
+    assert written["ratios"]["echo_v1 req/s / floor req/s"] == 0.75
+    assert written["ratios"]["echo_v1 added p50 / LiteLLM added p50"] == round(1.0 / 12.0, 3)
+
+
+def test_markdown_of_a_partial_run():
+    markdown = render_markdown({"machine": {}, "notes": ["THE RUN FAILED: boom"]})
+    assert "not measured" in markdown and "THE RUN FAILED: boom" in markdown
+
+
+def test_a_peer_with_no_step_under_the_limit_is_not_measured():
+    data = results()
+    data["throughput"]["litellm"] = {"steps": [step(1, 20.0, 60.0, 9.0)], "best": None}
+    target = by_id(evaluate_targets(data))["throughput_vs_litellm"]
+    assert target["met"] is None
+    assert "no step with p99" in target["why"]
