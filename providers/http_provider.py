@@ -3,8 +3,9 @@
 A provider built on it is mostly its wire format: it says how to
 authenticate, how to read an upstream's error body, and how to build and
 parse its requests. This module owns the rest, once: a pooled
-``httpx.AsyncClient`` per instance (per event loop), timeouts from settings,
-every new connection checked against the upstream policy after DNS
+``httpx.AsyncClient`` per instance (per event loop) over aiohttp's connection
+pool (``providers.upstream.transport``), timeouts from settings, every new
+connection checked against the upstream policy after DNS
 (``providers.upstream.connections``), no redirects and no retries of its own
 (the ModelManager owns retries), the SSE and NDJSON stream readers, and the
 mapping of every failure to a typed ``ProviderError`` with secrets stripped.
@@ -49,12 +50,9 @@ from providers.runtime.retry_policy import parse_retry_after
 from providers.secrets.masking import redact
 from providers.secrets.values import instance_secret_values
 from providers.types import HealthStatus
-from providers.upstream.connections import (
-    BlockedUpstreamError,
-    PolicyCheckedTransport,
-    resolved_problem,
-)
+from providers.upstream.connections import BlockedUpstreamError, resolved_problem
 from providers.upstream.policy import base_url_problem
+from providers.upstream.transport import PolicyCheckedTransport
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
 HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
@@ -275,21 +273,23 @@ class HTTPProvider(AbstractAIProvider):
                 max_connections=int(self.config["max_connections"]),
                 max_keepalive_connections=int(self.config["max_connections"]),
             )
+            connect_timeout = float(self.config["connect_timeout"])
             self._client = httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=self.default_headers(),
-                timeout=httpx.Timeout(
-                    float(self.config["timeout"]), connect=float(self.config["connect_timeout"])
-                ),
+                timeout=httpx.Timeout(float(self.config["timeout"]), connect=connect_timeout),
                 limits=limits,
                 follow_redirects=False,
                 verify=shared_ssl_context(),
                 # No proxy from the environment (HTTPS_PROXY...): a proxy would
                 # resolve and connect itself, past the policy's address check.
                 trust_env=False,
-                # Every new connection is checked against the upstream policy
-                # after DNS, so a name that resolves elsewhere later is refused.
-                transport=PolicyCheckedTransport(verify=shared_ssl_context(), limits=limits),
+                # aiohttp's pool under httpx's API, one per provider; every new
+                # connection is checked against the upstream policy after DNS, so
+                # a name that resolves elsewhere later is refused.
+                transport=PolicyCheckedTransport(
+                    verify=shared_ssl_context(), limits=limits, connect_timeout=connect_timeout
+                ),
             )
             self._client_loop = loop
         return self._client

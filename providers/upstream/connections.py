@@ -3,33 +3,45 @@
 A provider's host name is checked when its config is saved and when it
 starts, but DNS can answer differently later (DNS rebinding: a name that
 resolved to a public address at start resolves to 169.254.169.254 or a
-loopback service a minute on). So the HTTP client of every provider opens
-its connections through ``PolicyCheckedTransport``: each new connection
-resolves the host here, checks every address the resolver gave against
-``providers.upstream.policy``, and connects to a checked address, never to
-the name (which the socket layer would resolve again). TLS still verifies
-and sends SNI for the name, and the Host header is untouched, because httpcore
-takes both from the request's origin, not from the address connected to.
+loopback service a minute on). So every provider's connection pool (an
+aiohttp ``PolicyCheckedConnector``, under httpx's API: see
+``providers.upstream.transport``) opens its connections through
+``PolicyCheckedResolver``: each new connection to a name resolves the name
+here, checks every address the resolver gave against
+``providers.upstream.policy``, and hands aiohttp only those checked
+addresses, so the socket connects to a checked address, never to the name
+(which the socket layer would resolve again). An address literal, which
+aiohttp connects to without asking a resolver, is checked by the connector
+itself before it opens the connection. TLS still verifies and sends SNI for
+the name, and the Host header is untouched: both come from the request's URL,
+not from the address connected to.
 
-Connections are pooled, so the cost (one lookup, which connecting needs
-anyway) is paid per new connection, not per request.
+Connections are pooled and aiohttp's DNS cache is off, so the cost (one
+lookup, which connecting needs anyway) is paid per new connection, not per
+request, and every new connection asks DNS afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
-import ssl
-from collections.abc import Iterable
+from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from providers.upstream.policy import connection_problem, host_problem
 
 
-class BlockedUpstreamError(httpcore.ConnectError):
-    """A connection was refused by the upstream policy; the message says why."""
+class BlockedUpstreamError(Exception):
+    """A connection was refused by the upstream policy; the message says why.
+
+    Not an ``OSError`` on purpose: aiohttp passes it through untouched (it
+    would wrap an ``OSError`` as a DNS failure), so the transport can tell a
+    refusal from a failure.
+    """
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
@@ -63,84 +75,86 @@ async def resolved_problem(url: str) -> str | None:
     return connection_problem(host, addresses)
 
 
-class PolicyCheckedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that resolves, checks, then connects to an address."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Open a connection to HOST:PORT if every address HOST resolves to may be reached.
-
-        The lookup counts against the connect TIMEOUT, as it would inside
-        the socket layer. Addresses are tried in the resolver's order.
-        """
-        # A literal or a metadata name is refused before any lookup.
-        if problem := host_problem(host):
-            raise BlockedUpstreamError(problem)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await resolve_host(host, port)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"Resolving {host!r} timed out.") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"Cannot resolve {host!r}: {exc}") from None
-        if not addresses:
-            raise httpcore.ConnectError(f"{host!r} resolves to no address.")
-        if problem := connection_problem(host, addresses):
-            raise BlockedUpstreamError(problem)
-        last_error: Exception | None = None
-        for address in addresses:
-            left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
-            try:
-                return await self._inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=left,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last_error = exc
-        assert last_error is not None  # at least one address was tried
-        raise last_error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Refuse: a provider reaches its upstream over TCP only."""
-        raise BlockedUpstreamError("Unix sockets are not upstreams.")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+def _family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-class PolicyCheckedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool opening connections through the policy.
+class PolicyCheckedResolver(AbstractResolver):
+    """An aiohttp resolver that resolves a name, checks every address, and returns them all.
 
-    httpx does not take a network backend, so the pool it builds is replaced
-    by the same pool over ``PolicyCheckedBackend`` (httpx is pinned; the
-    tests of ``providers.upstream.connections`` fail if this stops working).
+    The lookup is bounded by TIMEOUT (the provider's connect timeout), as it
+    would be inside the socket layer. A refused name raises
+    ``BlockedUpstreamError``; a lookup that fails raises ``OSError`` and one
+    that runs out of time ``TimeoutError``, which aiohttp reports as a
+    connect error and a connect timeout.
     """
 
-    def __init__(self, *, verify: ssl.SSLContext, limits: httpx.Limits) -> None:
-        super().__init__(verify=verify, limits=limits)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=verify,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=PolicyCheckedBackend(),
+    def __init__(self, *, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Return the checked addresses of HOST, in the resolver's order of preference."""
+        # A metadata name or a name outside ECHO_UPSTREAM_ALLOW is refused before any lookup.
+        if problem := host_problem(host):
+            raise BlockedUpstreamError(problem)
+        try:
+            async with asyncio.timeout(self._timeout):
+                addresses = await resolve_host(host, port)
+        except TimeoutError:
+            raise TimeoutError(f"Resolving {host!r} timed out.") from None
+        if family:
+            addresses = [a for a in addresses if _family_of(a) == family]
+        if not addresses:
+            raise OSError(f"{host!r} resolves to no address.")
+        if problem := connection_problem(host, addresses):
+            raise BlockedUpstreamError(problem)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=_family_of(address),
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        """Nothing to release: lookups run on the event loop's resolver."""
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+class PolicyCheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connection pool, every new connection checked against the upstream policy.
+
+    Names go through ``PolicyCheckedResolver`` (aiohttp's DNS cache is off, so
+    each new connection asks it); an address literal, which aiohttp dials
+    without a lookup, is checked here when a connection to it opens. Pooled
+    connections are reused without a check: they were checked when they opened.
+    """
+
+    def __init__(self, *, connect_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(
+            resolver=PolicyCheckedResolver(timeout=connect_timeout),
+            use_dns_cache=False,
+            **kwargs,
         )
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        # The one place aiohttp opens a connection (the pool's reuse path does not
+        # come here). Its name is private; aiohttp is pinned and the tests of this
+        # module dial a blocked literal, so a rename fails them.
+        host = req.url.raw_host or ""
+        if _is_address(host) and (problem := host_problem(host)):
+            raise BlockedUpstreamError(problem)
+        return await super()._create_connection(req, traces, timeout)

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import aiohappyeyeballs
 import pytest
 
 from providers.errors import ProviderUnavailableError
@@ -83,6 +84,19 @@ def connections_to(listener: socket.socket) -> int:
         count += 1
 
 
+def dial_spy(monkeypatch) -> list[str]:
+    """Return the list of addresses the upstream pool dials from now on (aiohttp's dialer)."""
+    dialled: list[str] = []
+    real_start = aiohappyeyeballs.start_connection
+
+    async def spy(addr_infos: Any, *args: Any, **kwargs: Any):
+        dialled.extend(info[4][0] for info in addr_infos)
+        return await real_start(addr_infos, *args, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", spy)
+    return dialled
+
+
 def name_url(upstream: FakeOpenAI) -> str:
     return f"http://rebind.test:{upstream.port}/v1"
 
@@ -133,24 +147,42 @@ async def test_one_blocked_address_among_good_ones_refuses_the_connection(
 async def test_a_metadata_address_in_any_spelling_is_never_dialled(
     resolver, upstream, monkeypatch, answer
 ) -> None:
-    dialled: list[str] = []
-    real_connect = upstream_connections.httpcore.AnyIOBackend.connect_tcp
-
-    async def spy(self, host: str, port: int, *args: Any, **kwargs: Any):
-        dialled.append(host)
-        return await real_connect(self, host, port, *args, **kwargs)
-
-    monkeypatch.setattr(upstream_connections.httpcore.AnyIOBackend, "connect_tcp", spy)
+    dialled = dial_spy(monkeypatch)
     resolver.answers = [answer]
     provider = OpenAIProvider({"api_key": KEY, "base_url": name_url(upstream)}, name="meta")
     try:
         with pytest.raises(ProviderUnavailableError, match="blocked range"):
             await provider.chat_completion(REQUEST)
         health = await provider.health_check()
+        assert health.available is False and "refused to connect" in health.error
+        assert dialled == []
+        # The spy sees a dial when there is one: the same provider, answered well.
+        resolver.answers = ["127.0.0.1"]
+        assert (await provider.chat_completion(REQUEST)).content
     finally:
         await provider.shutdown()
-    assert health.available is False and "refused to connect" in health.error
+    assert dialled == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("literal", ["169.254.169.254", "[::ffff:169.254.169.254]", "0.0.0.0"])
+async def test_a_blocked_address_literal_is_never_dialled(
+    resolver, upstream, monkeypatch, literal
+) -> None:
+    # An address literal skips the resolver: the pool checks it when it opens a connection.
+    dialled = dial_spy(monkeypatch)
+    provider = OpenAIProvider({"api_key": KEY, "base_url": name_url(upstream)}, name="lit")
+    await provider.initialize()
+    try:
+        # A row saved before the rule existed: the connection still refuses it.
+        provider.config["base_url"] = f"http://{literal}:{upstream.port}/v1"
+        provider._client = None
+        with pytest.raises(ProviderUnavailableError, match="blocked range") as refused:
+            await provider.chat_completion(REQUEST)
+    finally:
+        await provider.shutdown()
+    assert "Echo refused to connect to OpenAI" in refused.value.message
     assert dialled == []
+    assert resolver.lookups == ["rebind.test"]  # the start-up check only
 
 
 async def test_pooled_connections_are_checked_once_not_per_request(resolver, upstream) -> None:
