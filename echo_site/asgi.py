@@ -5,7 +5,10 @@ the runtime starts at boot and stops (flushing usage) at shutdown, and it
 streams request bodies with flow control, so ``RequestBodyLimit`` refuses an
 unauthenticated or oversized body before it is read. Daphne, which buffers
 whole bodies and has no lifespan, still works: the runtime then starts on the
-first request of each process. Static files (the admin's, the chat page's) are served from the apps'
+first request of each process. Key clients' chat calls (``POST /chat``,
+``/v1/chat/completions``, ``/v1/messages``, ``/v1/embeddings``) take the hot
+path (``echo_site.hot_path``): the same middleware and views, without
+Django's request signals and their thread hops. Static files (the admin's, the chat page's) are served from the apps'
 ``static/`` directories, with no collectstatic step.
 
 Graceful shutdown, under uvicorn: SIGTERM starts the runtime's drain
@@ -35,6 +38,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from echo_site.hot_path import HotPath  # noqa: E402
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
 from plugins_api.chat.conversations import chat_answers_interrupt_orphaned  # noqa: E402
 from plugins_api.routing import websocket_application  # noqa: E402
@@ -57,9 +61,14 @@ SHUTTING_DOWN_BODY = json.dumps(
     }
 ).encode()
 
+#: Every HTTP request as Django serves it, static files included.
+django_http = ASGIStaticFilesHandler(django_asgi_app)
+#: Key clients' chat calls take the hot path (``echo_site.hot_path``); the rest go to Django.
+hot_path = HotPath(django_http)
+
 router = ProtocolTypeRouter(
     {
-        "http": RequestBodyLimit(ASGIStaticFilesHandler(django_asgi_app)),
+        "http": RequestBodyLimit(hot_path),
         "websocket": websocket_application(),
     }
 )

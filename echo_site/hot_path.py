@@ -1,0 +1,206 @@
+"""The hot path: key clients' chat calls, served by Django's own middleware and views, minus the rest.
+
+``POST /chat``, ``/v1/chat/completions``, ``/v1/messages`` and
+``/v1/embeddings`` from a client that offers a key (``Authorization:
+Bearer`` or ``x-api-key``) are most of Echo's traffic. Django's ASGI handler
+costs each of them two thread hops (the ``request_started`` and
+``request_finished`` signals, whose receivers are sync) and a walk through the
+whole URL map, which is most of the time Echo spends on such a call.
+``HotPath`` sends those requests to ``HotPathHandler`` and everything else
+(pages, the admin, session callers, other routes and methods) to Django
+unchanged.
+
+``HotPathHandler`` *is* Django's ``ASGIHandler``, with three things left out:
+
+- the request signals: no thread hop, on any request that does not touch the
+  database. Their one job here, closing the database connection a key-cache
+  miss opened, is done by the handler itself, and only when this request
+  ran code in a thread (see ``_close_connections_of``);
+- the URL map: the four paths were resolved once, an exact-path lookup finds
+  their view (the same view function, the same ``ResolverMatch``);
+- the thread hop to log a 4xx/5xx response: the same ``log_response``, on
+  the loop.
+
+Everything a client can see is Django's, so both ways give the same answer
+to the same request, byte for byte: ``settings.MIDDLEWARE`` as loaded by
+Django (the request id, the security headers, HSTS and the HTTPS redirect,
+X-Frame-Options, Content-Length, the browser middleware skipped for a key
+client), the view's exception handling, ``send_response``, and the
+listening for ``http.disconnect`` that cancels a view or a stream when the
+client goes away. ``HotPath`` sits inside ``RequestBodyLimit`` and inside
+the drain (``echo_site.asgi.application``), so the key-before-body rule,
+``ECHO_MAX_BODY_BYTES`` and graceful shutdown hold for it as for Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterable
+
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import ResolverMatch, get_resolver, set_script_prefix, set_urlconf
+from django.utils.log import log_response
+
+from echo_site.request_body_limit import ASGIApp, Receive, Scope, Send
+from plugins_api.access.key_credentials import credential_headers, presents_key
+
+#: The paths of the hot path (POST only, key clients only).
+HOT_PATHS = ("/chat", "/v1/chat/completions", "/v1/messages", "/v1/embeddings")
+
+
+def path_info(scope: Scope) -> str:
+    """Return SCOPE's path below its ``root_path``, as Django's ``request.path_info`` has it."""
+    path: str = scope["path"]
+    root_path = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :] or "/"
+    return path
+
+
+async def read_body(receive: Receive) -> bytes:
+    """Return the whole request body; raise RequestAborted if the client goes away first."""
+    first = await receive()
+    if first["type"] == "http.disconnect":
+        raise RequestAborted()
+    body = first.get("body", b"")
+    if not first.get("more_body", False):
+        return body  # the usual case: one message, no copy
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _close_connections_of(context: ThreadSensitiveContext) -> None:
+    """Close the database connections CONTEXT's thread opened, as ``request_finished`` would.
+
+    A request's sync code (the ORM behind a key-cache miss, in the view or in
+    ``RequestBodyLimit``) runs in its thread-sensitive context's own thread,
+    which asgiref makes on the first such call: no thread, no connection, and
+    nothing to close (no hop). Otherwise the connection would be left open in
+    a thread that ends with the request.
+    """
+    if context in SyncToAsync.context_to_thread_executor:
+        await sync_to_async(close_old_connections)()
+
+
+class HotPathHandler(ASGIHandler):
+    """Django's ASGI handler for PATHS only: no request signals, no URL map walk, no thread hops."""
+
+    def __init__(self, paths: Iterable[str] = HOT_PATHS) -> None:
+        super().__init__()
+        resolver = get_resolver()
+        self.routes: dict[str, ResolverMatch] = {path: resolver.resolve(path) for path in paths}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = SyncToAsync.thread_sensitive_context.get(None)
+        if context is not None:  # RequestBodyLimit's, where it verified the key
+            await self.handle(scope, receive, send)
+            await _close_connections_of(context)
+            return
+        async with ThreadSensitiveContext() as context:
+            await self.handle(scope, receive, send)
+            await _close_connections_of(context)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve SCOPE as ``ASGIHandler.handle`` does, without the request signals."""
+        try:
+            body = await read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, io.BytesIO(body))
+        if request is None:
+            await self.send_response(error_response, send)
+            return
+        await self._respond(request, receive, send)
+
+    async def _respond(self, request: HttpRequest, receive: Receive, send: Send) -> None:
+        """Answer REQUEST; if the client goes away first, cancel the view or the stream.
+
+        As Django's handler does, but with one task, not two: the request's own
+        task answers, and a second one waits for ``http.disconnect``.
+        """
+        serving = asyncio.current_task()
+        assert serving is not None
+        gone = False
+
+        async def cancel_on_disconnect() -> None:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                serving.cancel()
+
+        watcher = asyncio.create_task(cancel_on_disconnect())
+        response: HttpResponseBase | None = None
+        try:
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            serving.uncancel()
+        finally:
+            watcher.cancel()
+            # What response.close() does, without its request_finished signal.
+            for closer in response._resource_closers if response is not None else ():
+                closer()
+            request.close()
+
+    def resolve_request(self, request: HttpRequest) -> ResolverMatch:
+        """Return the view of REQUEST's path, resolved once (no walk through the URL map)."""
+        match = self.routes[request.path_info]
+        request.resolver_match = match
+        return match
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """Run the middleware chain and view; log a 4xx/5xx as Django does, on the loop."""
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)
+        if response.status_code >= 400:
+            log_response(
+                "%s: %s",
+                response.reason_phrase,
+                request.path,
+                response=response,
+                request=request,
+            )
+        return response
+
+
+class HotPath:
+    """Send key clients' ``POST`` to a hot path to ``HotPathHandler``, everything else to APP."""
+
+    def __init__(self, app: ASGIApp, handler: HotPathHandler | None = None) -> None:
+        self.app = app
+        self.handler = handler or HotPathHandler()
+
+    def takes(self, scope: Scope) -> bool:
+        """Return whether SCOPE goes the hot path: a key client's POST to one of its paths.
+
+        A session caller (no key) goes to Django: its CSRF check needs the
+        browser middleware.
+        """
+        return (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and path_info(scope) in self.handler.routes
+            and presents_key(credential_headers(scope["headers"]))
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.takes(scope):
+            await self.handler(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
