@@ -279,13 +279,21 @@ def test_sql_updates_and_restores_converge_within_the_repair_interval(repairing_
             " WHERE name = %s",
             [json.dumps({"prefix": "raw sql: "}), "echo"],
         )
-    assert wait_until(lambda: prefix() == "raw sql: ", timeout=2.5) <= 2.5
-    assert config_sync.served_revision("echo") == 5
+    # The new instance serves first, then its revision is noted: wait for both.
+    assert (
+        wait_until(
+            lambda: prefix() == "raw sql: " and config_sync.served_revision("echo") == 5,
+            timeout=2.5,
+        )
+        <= 2.5
+    )
 
     # A restore: the backup's older revision and content come back.
     sql_update(revision=2, settings={"prefix": "restored: "})
-    wait_until(lambda: prefix() == "restored: ", timeout=2.5)
-    assert config_sync.served_revision("echo") == 2
+    wait_until(
+        lambda: prefix() == "restored: " and config_sync.served_revision("echo") == 2,
+        timeout=2.5,
+    )
 
 
 @pytest.mark.slow
