@@ -103,9 +103,22 @@ class ChatResponse:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["usage"] = self.usage.as_dict()
-        return data
+        """Return the answer as JSON-ready data (written out: ``asdict`` deep-copies, per request)."""
+        return {
+            "content": self.content,
+            "model": self.model,
+            "provider": self.provider,
+            "usage": self.usage.as_dict(),
+            "finish_reason": self.finish_reason,
+            "tool_calls": (
+                None
+                if self.tool_calls is None
+                else [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls]
+            ),
+            "id": self.id,
+            "created": self.created,
+            "metadata": dict(self.metadata),
+        }
 
 
 @dataclass(slots=True)
