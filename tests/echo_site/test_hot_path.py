@@ -483,3 +483,41 @@ def test_a_key_looked_up_in_the_database_leaves_no_connection_open(
     assert result[0].status == (200 if body else 400), result[0].body
     assert opened, "the key was not looked up in the database"
     assert all(connection.connection is None for connection in opened), "a connection was left open"
+
+
+@pytest.mark.parametrize(
+    ("path", "case"),
+    [("/chat", "json"), ("/v1/chat/completions", "stream"), ("/v1/messages", "json")],
+)
+def test_a_call_with_a_cached_key_makes_no_thread_hop(
+    providers, keys, started, monkeypatch, path: str, case: str
+) -> None:
+    """Once the key is cached, a hot call runs on the event loop alone: no sync_to_async at all.
+
+    Django's path makes at least two (the request signals), so this fails if the lane is
+    bypassed; background writers (usage, last use) run in their own tasks and are not counted.
+    """
+    from asgiref.sync import SyncToAsync
+
+    body = json.dumps(CASES[path][case][0]).encode()
+    hops: list[str] = []
+    real_call = SyncToAsync.__call__
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        name = task.get_name() if task is not None else ""
+        if not name.startswith("echo-"):
+            hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await real_call(self, *args, **kwargs)
+
+    warm = async_to_sync(serve_async)(HOT, path, body, keys["bearer"])  # caches the key
+    assert warm.status == 200, warm.body
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+
+    hot = async_to_sync(serve_async)(HOT, path, body, keys["bearer"])
+    assert hot.status == 200, hot.body
+    assert hops == [], f"thread hops on the hot path: {hops}"
+
+    django = async_to_sync(serve_async)(DJANGO, path, body, keys["bearer"])
+    assert django.status == 200
+    assert len(hops) >= 2, hops  # the counter sees Django's request signals
