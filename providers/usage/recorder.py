@@ -1,16 +1,17 @@
 """Record what each request used: tokens, cost, timing, outcome; off the request's path.
 
 ``UsageRecorder.record(event)`` (the runtime's ``usage_recorder``) costs
-the request only a few metric updates and a queue append; rows reach the
-database in batches, written by a background task on the serving loop
-(``flush`` writes them at once).
+the request only a few metric updates and a queue append of
+``(event, cost, time)``; rows reach the database in batches, made and
+written (``providers.usage.row_writer``) in the ORM's thread by a background
+task on the serving loop (``flush`` writes them at once).
 
-No client can stop the accounting of the others: every field is made
-storable (cut to its column, no NUL, no lone surrogate) before it is queued;
-a batch the database refuses is written row by row, and a row it refuses is
-dropped and counted. While the database is away rows wait, but at most
-``ECHO_USAGE_QUEUE_MAX`` of them: beyond that the oldest are dropped and
-counted in ``echo_usage_rows_dropped_total``.
+No client can stop the accounting of the others: the writer makes every
+field storable (cut to its column, no NUL, no lone surrogate); a batch the
+database refuses is written row by row, and a row it refuses is dropped and
+counted. While the database is away rows wait, made storable (so bounded in
+size), but at most ``ECHO_USAGE_QUEUE_MAX`` of them: beyond that the oldest
+are dropped and counted in ``echo_usage_rows_dropped_total``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -30,21 +31,22 @@ from django.conf import settings
 
 from providers.runtime import process as runtime
 from providers.usage import metrics
-from providers.usage.storable import storable_float, storable_int, storable_json, storable_text
+from providers.usage.row_writer import (
+    MAX_COST,
+    MAX_TOKENS,
+    QueuedUsage,
+    UsageRow,
+    usage_rows_write,
+)
+from providers.usage.storable import storable_int
 
 if TYPE_CHECKING:
-    from providers.models import UsageRecord
     from providers.runtime.registry import ProviderRegistry
     from providers.usage.metric_labels import MetricLabels
 
 logger = logging.getLogger(__name__)
 
 FLUSH_AT = 200
-# The columns' limits: PositiveIntegerField and PositiveSmallIntegerField on PostgreSQL.
-MAX_TOKENS = 2**31 - 1
-MAX_ATTEMPTS = 2**15 - 1
-# DecimalField(max_digits=14, decimal_places=8) holds less than a million.
-MAX_COST = Decimal("999999.99999999")
 
 
 @dataclass(slots=True)
@@ -66,6 +68,23 @@ class UsageEvent:
     attempts: int = 1
     fallback_path: list[dict[str, Any]] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: Text longer than any usage column is cut to this before it is queued: the writer
+#: cuts it to its column later, but a queued event must not hold a client's megabytes.
+QUEUED_TEXT_MAX = 1024
+_TEXT_FIELDS = ("client", "endpoint", "provider", "model", "outcome", "error_kind")
+
+
+def _held(event: UsageEvent) -> UsageEvent:
+    """Return EVENT as the queue may hold it: no huge text, and lists of its own (copied)."""
+    changes: dict[str, Any] = {
+        name: value[:QUEUED_TEXT_MAX]
+        for name in _TEXT_FIELDS
+        if isinstance(value := getattr(event, name), str) and len(value) > QUEUED_TEXT_MAX
+    }
+    changes["fallback_path"] = list(event.fallback_path or [])
+    return replace(event, **changes)
 
 
 def cost_of(
@@ -91,100 +110,6 @@ def cost_of(
     return cost if cost.is_finite() and abs(cost) <= MAX_COST else None
 
 
-@cache
-def _column_lengths() -> dict[str, int]:
-    from providers.models import UsageRecord
-
-    return {
-        f.name: f.max_length
-        for f in UsageRecord._meta.get_fields()
-        if getattr(f, "max_length", None) is not None
-    }
-
-
-def usage_row(event: UsageEvent, cost: Decimal | None) -> UsageRecord:
-    """Return the row that records EVENT, every field storable in its column."""
-    from providers.models import UsageRecord
-
-    size = _column_lengths()
-    return UsageRecord(
-        client=storable_text(event.client, size["client"]),
-        endpoint=storable_text(event.endpoint, size["endpoint"]),
-        provider=storable_text(event.provider, size["provider"]),
-        model=storable_text(event.model, size["model"]),
-        stream=bool(event.stream),
-        prompt_tokens=storable_int(event.prompt_tokens, low=0, high=MAX_TOKENS),
-        completion_tokens=storable_int(event.completion_tokens, low=0, high=MAX_TOKENS),
-        cost_usd=cost,
-        latency_ms=storable_float(event.latency_ms) or 0.0,
-        ttft_ms=storable_float(event.ttft_ms),
-        overhead_ms=storable_float(event.overhead_ms),
-        outcome=storable_text(event.outcome, size["outcome"]),
-        error_kind=storable_text(event.error_kind, size["error_kind"]),
-        attempts=storable_int(event.attempts, low=0, high=MAX_ATTEMPTS),
-        fallback_path=storable_json(list(event.fallback_path or [])),
-    )
-
-
-@dataclass(slots=True)
-class WriteResult:
-    """What one write of queued rows did."""
-
-    written: int = 0
-    refused: list[str] = field(default_factory=list)  # the kind of each refused row
-    left: list[Any] = field(default_factory=list)  # rows to try again: the database is away
-    error: Exception | None = None  # why LEFT is not empty
-
-
-def _is_transient(exc: Exception) -> bool:
-    """Return whether EXC says the database is away (keep the rows), not that it refuses them."""
-    from django.db import InterfaceError, OperationalError
-
-    return isinstance(exc, OperationalError | InterfaceError)
-
-
-def _refusal_kind(exc: Exception) -> str:
-    """Name the refusal by its class and SQLSTATE: never by the message, which may quote the row."""
-    sqlstate = getattr(exc.__cause__, "sqlstate", None) or getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__} {sqlstate}" if sqlstate else type(exc).__name__
-
-
-def usage_rows_write(rows: list[UsageRecord]) -> WriteResult:
-    """Write ROWS in one batch or, if the database refuses the batch, one by one.
-
-    Runs in the ORM's thread. A row the database refuses is left out (its
-    kind is in ``refused``); when the database is away, the unwritten rows
-    come back in ``left``.
-    """
-    from django.db import connection, transaction
-
-    from providers.models import UsageRecord
-
-    if not connection.in_atomic_block:
-        # A connection broken by an outage is replaced instead of failing for good.
-        connection.close_if_unusable_or_obsolete()
-    try:
-        with transaction.atomic():
-            UsageRecord.objects.bulk_create(rows)
-        return WriteResult(written=len(rows))
-    except Exception as exc:
-        if _is_transient(exc):
-            return WriteResult(left=rows, error=exc)
-    result = WriteResult()
-    for index, row in enumerate(rows):
-        try:
-            with transaction.atomic():
-                UsageRecord.objects.bulk_create([row])
-        except Exception as exc:
-            if _is_transient(exc):
-                result.left, result.error = rows[index:], exc
-                return result
-            result.refused.append(_refusal_kind(exc))
-        else:
-            result.written += 1
-    return result
-
-
 class UsageRecorder:
     """Queue usage rows, bounded, and write them in batches.
 
@@ -202,7 +127,8 @@ class UsageRecorder:
         self._registry = registry
         self._labels = labels
         self._serving_loop = serving_loop
-        self._pending: deque[UsageRecord] = deque()
+        # Requests as they were recorded, or rows made by a write that found the database away.
+        self._pending: deque[QueuedUsage | UsageRow] = deque()
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._closing = False
@@ -210,7 +136,7 @@ class UsageRecorder:
         self._refusals_logged: set[str] = set()
 
     def record(self, event: UsageEvent) -> None:
-        """Count EVENT in the metrics and queue its row."""
+        """Count EVENT in the metrics and queue it; its row is made by the writer, off this path."""
         cost = cost_of(
             self._registry,
             event.provider,
@@ -219,7 +145,7 @@ class UsageRecorder:
             event.completion_tokens,
         )
         self._observe(event, cost)
-        self._pending.append(usage_row(event, cost))
+        self._pending.append((_held(event), cost, time.time()))
         self._trim()
         self._schedule()
 
@@ -257,7 +183,7 @@ class UsageRecorder:
         if excess > 0:
             metrics.USAGE_ROWS_DROPPED.labels("queue_full").inc(excess)
 
-    def _requeue(self, rows: Iterable[UsageRecord]) -> None:
+    def _requeue(self, rows: Iterable[QueuedUsage | UsageRow]) -> None:
         """Put ROWS back in front of the rows queued since (they are older)."""
         self._pending.extendleft(reversed(list(rows)))
         self._trim()

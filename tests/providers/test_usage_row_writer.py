@@ -1,0 +1,137 @@
+"""The usage writer stores exactly what ``bulk_create`` stored, keeps its connection, reconnects after an outage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.forms.models import model_to_dict
+
+from providers.models import UsageRecord
+from providers.usage.recorder import UsageEvent
+from providers.usage.row_writer import UsageInsert, usage_row, usage_rows_write
+
+
+def event(client: str, **fields) -> UsageEvent:
+    values = {
+        "client": client,
+        "endpoint": "/v1/chat/completions",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "stream": True,
+        "latency_ms": 12.3456,
+        **fields,
+    }
+    return UsageEvent(**values)
+
+
+EVENTS = [
+    (event("key:plain"), None),
+    (
+        event(
+            "key:\ud800full\x00",
+            prompt_tokens=10**12,
+            completion_tokens=-3,
+            ttft_ms=1.5,
+            overhead_ms=float("nan"),
+            outcome="error",
+            error_kind="rate_limited",
+            attempts=3,
+            fallback_path=[
+                {"route": "a/b", "error": "x" * 500, "wait": 0.25, "n": [1, {"deep": [[["x"]]]}]},
+                {"route": "c\x00/d", "ok": True, "none": None},
+            ],
+        ),
+        Decimal("0.00012345"),
+    ),
+    (event("key:big-cost", model="m" * 500, stream=False), Decimal("999999.99999999")),
+]
+
+
+def stored(pks) -> list[dict]:
+    rows = UsageRecord.objects.filter(pk__in=pks).order_by("pk")
+    return [{**model_to_dict(row, exclude=["id"]), "created_at": row.created_at} for row in rows]
+
+
+@pytest.mark.django_db
+def test_a_batch_stores_what_bulk_create_stored() -> None:
+    recorded_at = time.time()
+    before = UsageRecord.objects.bulk_create(
+        [UsageRecord(**usage_row(e, cost, recorded_at)) for e, cost in EVENTS]
+    )
+    start = UsageRecord.objects.order_by("-pk").values_list("pk", flat=True).first()
+    result = usage_rows_write([(e, cost, recorded_at) for e, cost in EVENTS])
+    assert (result.written, result.refused, result.left) == (3, [], [])
+    after = UsageRecord.objects.filter(pk__gt=start).values_list("pk", flat=True)
+    old, new = stored([row.pk for row in before]), stored(list(after))
+    # bulk_create sets auto_now_add's created_at itself (the write's time); all else is equal.
+    assert [{**row, "created_at": None} for row in new] == [
+        {**row, "created_at": None} for row in old
+    ]
+    assert all(isinstance(row["created_at"], dt.datetime) for row in old + new)
+    # What the columns hold: clean text, clamped numbers, the JSON as built, the cost exact.
+    full = new[1]
+    assert full["client"] == "key:\ufffdfull" and full["prompt_tokens"] == 2**31 - 1
+    assert full["completion_tokens"] == 0 and full["overhead_ms"] is None
+    assert full["fallback_path"][0]["n"] == [1, {"deep": "<nested too deep>"}]
+    assert full["fallback_path"][1] == {"route": "c/d", "ok": True, "none": None}
+    assert full["cost_usd"] == Decimal("0.00012345") and new[0]["cost_usd"] is None
+    assert new[2]["cost_usd"] == Decimal("999999.99999999") and len(new[2]["model"]) == 200
+    assert new[0]["ttft_ms"] is None and full["ttft_ms"] == 1.5 and new[0]["latency_ms"] == 12.346
+    # created_at: when the request was recorded, in UTC, as auto_now_add would have set it.
+    assert new[0]["created_at"] == dt.datetime.fromtimestamp(recorded_at, tz=dt.UTC)
+
+
+def test_the_insert_names_every_concrete_column_but_the_id() -> None:
+    insert = UsageInsert.for_connection(connection)
+    columns = {f.column for f in UsageRecord._meta.concrete_fields} - {"id"}
+    assert {f.column for f in insert.fields} == columns
+    assert set(usage_row(event("key:a"), None, 0.0)) == {f.name for f in insert.fields}
+    for column in columns:
+        assert connection.ops.quote_name(column) in insert.sql
+
+
+@pytest.mark.django_db
+def test_a_row_that_cannot_be_made_is_refused_alone() -> None:
+    result = usage_rows_write(
+        [(event("key:ok"), None, time.time()), (event("key:odd", fallback_path=5), None, 0.0)]
+    )
+    assert (result.written, result.refused) == (1, ["TypeError"])
+    assert list(UsageRecord.objects.values_list("client", flat=True)) == ["key:ok"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_connection_is_kept_between_batches_and_replaced_after_an_outage() -> None:
+    usage_rows_write([(event("key:first"), None, time.time())])
+    kept = connection.connection
+    assert kept is not None
+    usage_rows_write([(event("key:second"), None, time.time())])
+    assert connection.connection is kept  # CONN_MAX_AGE=0 closed it at every batch before
+
+    kept.close()  # the database went away under the writer
+    lost = usage_rows_write([(event("key:third"), None, time.time())])
+    assert lost.written == 0 and [row["client"] for row in lost.left] == ["key:third"]
+    assert connection.connection is None  # so that the next batch connects anew
+
+    again = usage_rows_write(lost.left)
+    assert again.written == 1 and connection.connection is not None
+    clients = UsageRecord.objects.order_by("pk").values_list("client", flat=True)
+    assert list(clients) == ["key:first", "key:second", "key:third"]
+
+
+def test_a_queued_event_holds_no_huge_text_and_its_own_lists() -> None:
+    from providers.runtime import process as runtime
+    from providers.usage.recorder import QUEUED_TEXT_MAX, UsageRecorder
+
+    recorder = UsageRecorder(runtime.registry, runtime.metric_labels, serving_loop=lambda: None)
+    path = [{"provider": "a", "error": "x"}]
+    recorder.record(
+        event("key:huge", model="m" * 5_000_000, error_kind="e" * 10_000, fallback_path=path)
+    )
+    queued, _cost, _at = recorder._pending[-1]
+    assert len(queued.model) == QUEUED_TEXT_MAX and len(queued.error_kind) == QUEUED_TEXT_MAX
+    path.append({"provider": "b"})
+    assert queued.fallback_path == [{"provider": "a", "error": "x"}]
