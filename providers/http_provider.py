@@ -83,8 +83,11 @@ HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
     "max_connections": {
         "type": "integer",
         "title": "Connection pool size",
-        "description": "Most connections kept open to the upstream at once.",
-        "default": 100,
+        "description": (
+            "Most connections open to the upstream at once, per worker: each streamed answer "
+            "holds one for as long as it streams, so this bounds a worker's concurrent streams."
+        ),
+        "default": 1000,
         "minimum": 1,
         "maximum": 10000,
     },
