@@ -113,7 +113,9 @@ class ChatResponse:
             "tool_calls": (
                 None
                 if self.tool_calls is None
-                else [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls]
+                else [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls
+                ]
             ),
             "id": self.id,
             "created": self.created,
