@@ -12,11 +12,12 @@ checked address, verifies and sends the host's name.
 from __future__ import annotations
 
 import asyncio
-import datetime
+import importlib.util
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohappyeyeballs
@@ -31,6 +32,7 @@ from providers.types import ChatMessage, ChatRequest
 from providers.upstream import connections as upstream_connections
 
 KEY = "sk-transport-000000000000"
+DEPLOY_CERT = Path(__file__).resolve().parents[2] / "deploy" / "self_signed_cert.py"
 REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="hi")])
 STREAM_REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="hi")], stream=True)
 ANSWER = (
@@ -310,35 +312,12 @@ def tls_context(tmp_path, monkeypatch) -> ssl.SSLContext:
 
     Every name resolves to 127.0.0.1, as a checked address.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tls.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("tls.test")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    # deploy/ is no package (its scripts run alone): its certificate writer, loaded by path.
+    spec = importlib.util.spec_from_file_location("deploy_cert", DEPLOY_CERT)
+    deploy_cert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy_cert)
+    assert deploy_cert.write_certificate(tmp_path, "tls.test")
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
     client = ssl.create_default_context(cafile=str(cert_file))
