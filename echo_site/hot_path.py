@@ -2,7 +2,8 @@
 
 ``POST /chat``, ``/v1/chat/completions``, ``/v1/messages`` and
 ``/v1/embeddings`` from a client that offers a key (``Authorization:
-Bearer`` or ``x-api-key``) are most of Echo's traffic. Django's ASGI handler
+Bearer`` or ``x-api-key``) are most of Echo's traffic; load balancers' ``GET``
+of ``/health``, ``/health/live`` and ``/health/ready`` most of the rest. Django's ASGI handler
 costs each of them two thread hops (the ``request_started`` and
 ``request_finished`` signals, whose receivers are sync) and a walk through the
 whole URL map, which is most of the time Echo spends on such a call.
@@ -49,9 +50,12 @@ from django.utils.log import log_response
 
 from echo_site.request_body_limit import ASGIApp, Receive, Scope, Send
 from plugins_api.access.key_credentials import credential_headers, presents_key
+from plugins_api.edge.api_paths import PUBLIC_API_PATHS
 
-#: The paths of the hot path (POST only, key clients only).
+#: The chat paths of the hot path (POST, key clients only).
 HOT_PATHS = ("/chat", "/v1/chat/completions", "/v1/messages", "/v1/embeddings")
+#: The probes' paths (GET and HEAD, anyone): load balancers call them several times a second.
+PROBE_PATHS = tuple(sorted(PUBLIC_API_PATHS))
 
 
 def path_info(scope: Scope) -> str:
@@ -97,10 +101,16 @@ async def _close_connections_of(context: ThreadSensitiveContext) -> None:
 class HotPathHandler(ASGIHandler):
     """Django's ASGI handler for PATHS only: no request signals, no URL map walk, no thread hops."""
 
-    def __init__(self, paths: Iterable[str] = HOT_PATHS) -> None:
+    def __init__(
+        self, paths: Iterable[str] = HOT_PATHS, probe_paths: Iterable[str] = PROBE_PATHS
+    ) -> None:
         super().__init__()
         resolver = get_resolver()
-        self.routes: dict[str, ResolverMatch] = {path: resolver.resolve(path) for path in paths}
+        self.chat_paths = frozenset(paths)
+        self.probe_paths = frozenset(probe_paths)
+        self.routes: dict[str, ResolverMatch] = {
+            path: resolver.resolve(path) for path in self.chat_paths | self.probe_paths
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = SyncToAsync.thread_sensitive_context.get(None)
@@ -187,17 +197,20 @@ class HotPath:
         self.handler = handler or HotPathHandler()
 
     def takes(self, scope: Scope) -> bool:
-        """Return whether SCOPE goes the hot path: a key client's POST to one of its paths.
+        """Return whether SCOPE goes the hot path.
 
-        A session caller (no key) goes to Django: its CSRF check needs the
-        browser middleware.
+        A key client's POST to a chat path, or anyone's GET or HEAD of a probe.
+        A session caller of a chat path (no key) goes to Django: its CSRF check
+        needs the browser middleware.
         """
-        return (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and path_info(scope) in self.handler.routes
-            and presents_key(credential_headers(scope["headers"]))
-        )
+        if scope["type"] != "http":
+            return False
+        method, path = scope["method"], path_info(scope)
+        if method == "POST":
+            return path in self.handler.chat_paths and presents_key(
+                credential_headers(scope["headers"])
+            )
+        return method in ("GET", "HEAD") and path in self.handler.probe_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.takes(scope):

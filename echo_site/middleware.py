@@ -17,7 +17,8 @@ people in a browser, and in an async server each costs thread hops on every
 request. A client that offers a key (``Authorization: Bearer`` or
 ``x-api-key``) carries no cookie for them to read, so its requests to the
 API skip them and reach the view as an anonymous user (the view checks the
-key). Every other request, the pages, the login and the admin included, runs
+key); so do the public probes (``/health``, ``/health/live``,
+``/health/ready``), which read no session, whoever calls them. Every other request, the pages, the login and the admin included, runs
 the whole list in ``settings.ECHO_BROWSER_MIDDLEWARE``, CSRF checks included.
 """
 
@@ -36,7 +37,7 @@ from django.utils.decorators import sync_and_async_middleware
 from django.utils.module_loading import import_string
 
 from plugins_api.access.key_credentials import presents_key
-from plugins_api.edge.api_paths import is_api_path
+from plugins_api.edge.api_paths import PUBLIC_API_PATHS, is_api_path
 from plugins_api.edge.error_views import bad_request, unusable_path
 
 ViewHook = Callable[[HttpRequest, Callable[..., Any], tuple, dict], HttpResponse | None]
@@ -44,6 +45,15 @@ ViewHook = Callable[[HttpRequest, Callable[..., Any], tuple, dict], HttpResponse
 
 # C0 controls, DEL and lone surrogates: no name Echo serves holds one.
 _UNUSABLE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def needs_no_browser(request: HttpRequest) -> bool:
+    """Return whether REQUEST skips the browser middleware: a key client's, or a probe's.
+
+    The public probes (``/health``, ``/health/live``, ``/health/ready``) read no
+    session and set no cookie, whoever calls them.
+    """
+    return request.path_info in PUBLIC_API_PATHS or is_key_client(request)
 
 
 def is_key_client(request: HttpRequest) -> bool:
@@ -161,17 +171,17 @@ class BrowserMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if is_key_client(request):
+        if needs_no_browser(request):
             return self.get_response(_as_key_client(request))
         return self.browser_chain(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        if is_key_client(request):
+        if needs_no_browser(request):
             return await self.get_response(_as_key_client(request))
         return await self.browser_chain(request)
 
     def _process_view(self, request: HttpRequest, view: Any, args: tuple, kwargs: dict) -> Any:
-        if is_key_client(request):
+        if needs_no_browser(request):
             return None
         for hook in self.view_hooks:
             response = hook(request, view, args, kwargs)
@@ -182,7 +192,7 @@ class BrowserMiddleware:
     async def _aprocess_view(
         self, request: HttpRequest, view: Any, args: tuple, kwargs: dict
     ) -> Any:
-        if is_key_client(request):
+        if needs_no_browser(request):
             return None
         for hook in self.view_hooks:
             response = await sync_to_async(hook, thread_sensitive=True)(request, view, args, kwargs)

@@ -37,6 +37,7 @@ from providers.errors import BadRequestError, ModelNotFoundError
 from providers.models import ProviderConfig
 from providers.plugins.echo_provider import EchoProvider
 from providers.runtime import process as runtime
+from providers.runtime.lifecycle import ProviderLifecycle
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 
 HOT = RequestBodyLimit(asgi.hot_path)
@@ -521,3 +522,37 @@ def test_a_call_with_a_cached_key_makes_no_thread_hop(
     django = async_to_sync(serve_async)(DJANGO, path, body, keys["bearer"])
     assert django.status == 200
     assert len(hops) >= 2, hops  # the counter sees Django's request signals
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("who", ["no key", "bearer", "session cookie"])
+def test_the_probes_take_the_hot_path_with_the_same_answers(
+    providers, keys, started, monkeypatch, settings, path: str, method: str, who: str
+) -> None:
+    """A load balancer's probes skip the request signals and the browser middleware, whoever calls."""
+    headers = {"session cookie": {"Cookie": "sessionid=abc; csrftoken=" + "f" * 32}}.get(
+        who, keys.get(who, {})
+    )
+    # Readiness needs a started runtime (these calls skip the ASGI start-up) and, here, no Redis.
+    monkeypatch.setattr(ProviderLifecycle, "started", property(lambda self: True))
+    settings.REDIS_URL = ""
+    before = len(started)
+    hot = async_to_sync(serve_async)(HOT, path, b"", headers, method)
+    hot_started = len(started) - before
+    django = async_to_sync(serve_async)(DJANGO, path, b"", headers, method)
+
+    assert hot.status == 200, hot.body
+    assert hot.normalized() == django.normalized()
+    assert hot_started == 0, "the probe fired request_started: Django served it"
+    assert hot.header(b"set-cookie") is None  # no session, no CSRF cookie
+    assert b"Cookie" not in (hot.header(b"vary") or b"")
+    if method == "GET":
+        assert any(f'"{word}"'.encode() in hot.body for word in ("ok", "live", "ready"))
+
+
+def test_a_provider_health_check_and_other_methods_still_go_to_django(providers, started) -> None:
+    for path, method in (("/health/echo", "GET"), ("/health/live", "POST"), ("/health", "DELETE")):
+        before = len(started)
+        async_to_sync(serve_async)(HOT, path, b"", {}, method)
+        assert len(started) - before == 1, (path, method)
