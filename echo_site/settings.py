@@ -209,6 +209,16 @@ if _not_origins:
         " '*.' may start the host)."
     )
 
+# Per-key rate limits (plugins_api.access.key_limits): shared through Redis when
+# REDIS_URL is set. When Redis cannot be reached, "local" counts in each worker's
+# memory meanwhile (a key then gets up to its limit per worker); "refuse" answers 503.
+ECHO_KEY_LIMITS_WHEN_REDIS_DOWN = (
+    env_str("ECHO_KEY_LIMITS_WHEN_REDIS_DOWN", "local") or ""
+).lower()
+if ECHO_KEY_LIMITS_WHEN_REDIS_DOWN not in ("local", "refuse"):
+    raise ImproperlyConfigured("ECHO_KEY_LIMITS_WHEN_REDIS_DOWN must be 'local' or 'refuse'.")
+ECHO_KEY_LIMITS_PREFIX = env_str("ECHO_CACHE_PREFIX", "echo")
+
 # The largest HTTP request body Echo reads (echo_site.request_body_limit), counted
 # as it streams in; base64 images need a few MB. Django's own cap on request.body
 # follows it, so a body under the limit is never refused by a smaller default.

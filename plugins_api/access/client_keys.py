@@ -12,6 +12,9 @@ Open chat websockets of a key that is revoked, deleted or loses its chat
 scope are closed in every worker (``client_key_push``, on any save of the
 row). Each verified use is noted in ``key_last_use``, which writes
 ``last_used_at`` at most once a minute per key, off the request's path.
+A key's identity carries its rate limits (``key_limits``); changing them
+(``client_key_set_limits``) drops this process's cache at once, the other
+workers' within ``CACHE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from plugins_api.access.key_last_use import key_last_use
+from plugins_api.access.key_limits import UNLIMITED, KeyLimits
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
 
@@ -35,11 +39,12 @@ CACHE_MAX_KEYS = 10_000
 
 @dataclass(frozen=True, slots=True)
 class ClientIdentity:
-    """Who is calling: the key's name and scope."""
+    """Who is calling: the key's name, scope and limits."""
 
     key_id: int
     name: str
     scope: str
+    limits: KeyLimits = UNLIMITED
 
     @property
     def is_admin(self) -> bool:
@@ -55,15 +60,48 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def client_key_issue(*, name: str, scope: str) -> tuple[ClientAPIKey, str]:
-    """Create a key called NAME with SCOPE; return the row and the key, shown only now."""
+def _limit_fields(limits: KeyLimits) -> dict[str, int | None]:
+    for value in (limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError("A limit must be a whole number of at least 1 (or none).")
+    return {
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "max_concurrent_requests": limits.max_concurrent,
+    }
+
+
+def client_key_issue(
+    *, name: str, scope: str, limits: KeyLimits = UNLIMITED
+) -> tuple[ClientAPIKey, str]:
+    """Create a key called NAME with SCOPE and LIMITS; return the row and the key, shown only now."""
     if scope not in dict(ClientAPIKey.SCOPES):
         raise ValueError(f"scope must be one of: {', '.join(dict(ClientAPIKey.SCOPES))}.")
+    fields = _limit_fields(limits)
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ClientAPIKey.objects.create(
-        name=name, scope=scope, prefix=raw_key[: len(KEY_PREFIX) + 6], key_hash=hash_key(raw_key)
+        name=name,
+        scope=scope,
+        prefix=raw_key[: len(KEY_PREFIX) + 6],
+        key_hash=hash_key(raw_key),
+        **fields,
     )
     return row, raw_key
+
+
+@transaction.atomic
+def client_key_set_limits(*, name: str, limits: KeyLimits) -> ClientAPIKey:
+    """Set the limits of the key called NAME; this process sees them at once, others within CACHE_SECONDS."""
+    row = ClientAPIKey.objects.select_for_update().get(name=name)
+    fields = _limit_fields(limits)
+    for attribute, value in fields.items():
+        setattr(row, attribute, value)
+    row.save(update_fields=list(fields))
+    forget_cached_keys()
+    transaction.on_commit(forget_cached_keys)
+    return row
 
 
 @transaction.atomic
@@ -90,7 +128,20 @@ def forget_cached_keys() -> None:
 def _identity(row: ClientAPIKey | None) -> ClientIdentity | None:
     if row is None or row.revoked_at is not None:
         return None
-    return ClientIdentity(key_id=row.pk, name=row.name, scope=row.scope)
+    return ClientIdentity(key_id=row.pk, name=row.name, scope=row.scope, limits=key_limits_of(row))
+
+
+def key_limits_of(row: ClientAPIKey) -> KeyLimits:
+    """Return the limits stored on ROW (a 0 written past the validators is read as 1: fail closed)."""
+    return KeyLimits(
+        requests_per_minute=_at_least_one(row.requests_per_minute),
+        tokens_per_minute=_at_least_one(row.tokens_per_minute),
+        max_concurrent=_at_least_one(row.max_concurrent_requests),
+    )
+
+
+def _at_least_one(value: int | None) -> int | None:
+    return None if value is None else max(1, value)
 
 
 def _cached(digest: str) -> tuple[bool, ClientIdentity | None]:
