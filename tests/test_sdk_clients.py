@@ -349,3 +349,55 @@ async def test_anthropic_error_classes(
             await stream.get_final_message()
     assert failed.value.status_code == 503
     assert failed.value.body["error"]["type"] == "overloaded_error"
+
+
+# --- per-key rate limits (issue 17) ------------------------------------------------
+
+
+@pytest.fixture
+def limited_key(upstreams: Any, live_echo: Any) -> Iterator[str]:
+    """A chat key limited to 1 request a minute, with a fresh in-process limiter."""
+    from plugins_api.access.client_keys import client_key_issue, forget_cached_keys
+    from plugins_api.access.key_limits import KeyLimiter, KeyLimits, set_key_limiter
+
+    set_key_limiter(KeyLimiter())
+    forget_cached_keys()
+    _, key = client_key_issue(name="limited", scope="chat", limits=KeyLimits(requests_per_minute=1))
+    yield key
+    set_key_limiter(None)
+
+
+async def test_openai_sdk_raises_rate_limit_error_with_the_retry_hint(
+    limited_key: str, live_echo: Any
+) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{live_echo.url}/v1", api_key=limited_key, max_retries=0, timeout=10
+    ) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="echo/echo-1", messages=user("one")
+        )
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="echo/echo-1", messages=user("two"))
+    headers = limited.value.response.headers
+    assert 50 <= int(headers["retry-after"]) <= 60
+    assert int(headers["retry-after-ms"]) > 0
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert limited.value.code == "rate_limit_exceeded"
+    assert limited.value.type == "requests"
+
+
+async def test_anthropic_sdk_raises_rate_limit_error_with_the_retry_hint(
+    limited_key: str, live_echo: Any
+) -> None:
+    async with anthropic.AsyncAnthropic(
+        base_url=live_echo.url, api_key=limited_key, max_retries=0, timeout=10
+    ) as client:
+        await client.messages.create(model="echo/echo-1", max_tokens=10, messages=user("one"))
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await client.messages.create(model="echo/echo-1", max_tokens=10, messages=user("two"))
+    headers = limited.value.response.headers
+    assert 50 <= int(headers["retry-after"]) <= 60
+    assert headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert limited.value.body["error"]["type"] == "rate_limit_error"

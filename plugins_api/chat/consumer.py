@@ -12,7 +12,10 @@ over ``ECHO_WS_MESSAGES_PER_MINUTE`` get an error frame and are dropped; a
 client that goes on sending at twice the rate is closed (code 1008, or 4008
 where the server refuses 1008: daphne accepts only 1000 and 3000-4999).
 Whatever goes wrong with one frame, the client gets an ``error`` frame and
-the connection stays open.
+the connection stays open. A key client's chat frames are also held to the
+key's own limits (``key_limits``, shared with its HTTP calls): a question
+over them gets an ``error`` frame of type ``rate_limited`` with
+``retry_after`` (seconds), and the socket stays open.
 
 The page's provider list is pushed again whenever this process's registry
 applies, replaces or removes a provider (``registry.subscribe``): every
@@ -55,6 +58,7 @@ from django.conf import settings
 
 from plugins_api.access.client_keys import ClientIdentity, forget_cached_keys
 from plugins_api.access.key_credentials import aauthenticate_key, credential_headers
+from plugins_api.access.key_limits import Admission, LimitRefusal, key_limiter
 from plugins_api.chat import revoked_key_sockets as client_key_push
 from plugins_api.chat.conversations import (
     ChatTurn,
@@ -154,6 +158,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.shutting_down = False
         # A key client's key headers, checked again before each frame (None: a session).
         self.key_headers: dict[str, str] | None = None
+        # The key's identity as last verified (its rate limits); None for a session.
+        self.key_identity: ClientIdentity | None = None
         caller = await self._authenticate()
         if isinstance(caller, int):
             await self.close(code=caller)
@@ -183,6 +189,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if refused is not None:
                 return refused[0]
             self.key_headers = headers
+            self.key_identity = found
             # Named as request_usage.client_label names key clients.
             return ConversationOwner(key_id=found.key_id), f"key:{found.name}"
         if found is not None:  # a malformed header, or an unknown or revoked key
@@ -339,6 +346,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         found = await aauthenticate_key(self.key_headers)
         refused = _key_refusal(found if isinstance(found, ClientIdentity) else None)
         if refused is None:
+            self.key_identity = found if isinstance(found, ClientIdentity) else None
             return True
         await self._end(refused[1], refused[0])
         return False
@@ -356,7 +364,38 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         received = time.monotonic()
-        accounting = RequestUsage(client=self.client_label, endpoint=USAGE_ENDPOINT, stream=True)
+        admission = await self._admit()
+        if isinstance(admission, LimitRefusal):
+            kind = "rate_limited" if admission.status == 429 else "limits_unavailable"
+            await self.send_frame(
+                error_frame(
+                    kind,
+                    admission.message,
+                    limit=admission.limit,
+                    retry_after=admission.retry_after_seconds,
+                )
+            )
+            return
+        accounting = RequestUsage(
+            client=self.client_label, endpoint=USAGE_ENDPOINT, stream=True, admission=admission
+        )
+        try:
+            await self._begin_answer(frame, received, accounting)
+        except BaseException:
+            accounting.release()  # no answer task took the admission: give it back
+            raise
+
+    async def _admit(self) -> Admission | LimitRefusal | None:
+        """Hold the connection's key to its rate limits (key_limits); None for none or a session."""
+        identity = self.key_identity
+        if identity is None or not identity.limits.any:
+            return None
+        return await key_limiter().admit(identity.key_id, identity.limits)
+
+    async def _begin_answer(
+        self, frame: ChatFrame, received: float, accounting: RequestUsage
+    ) -> None:
+        """Store the question and start the answer's task, which then finishes ACCOUNTING."""
         try:
             route = runtime.manager.resolve(
                 ChatRequest(messages=[], model=frame.model), frame.provider
@@ -380,6 +419,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 model=model,
             )
         except ConversationNotFound as exc:
+            accounting.release()
             await self.send_frame(error_frame("not_found", exc.message, field="conversation"))
             return
         await self.send_frame(

@@ -2,6 +2,8 @@
 
 An async view on the request's hot path: the key check is cached, routing
 and the provider call are in memory, nothing blocks the event loop.
+A key with rate limits is held to them (``request_auth.admit_client``): a
+refusal is a 429 ``rate_limited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from plugins_api.access.request_auth import authenticate_chat_client
+from plugins_api.access.key_limit_headers import openai_headers
+from plugins_api.access.key_limits import LimitRefusal
+from plugins_api.access.request_auth import (
+    admit_client,
+    authenticate_chat_client,
+    echo_limit_refusal,
+)
 from plugins_api.edge.chat_requests import RequestFieldError, parse_chat_call, parse_json
 from plugins_api.edge.error_responses import error_body, error_response
 from plugins_api.edge.request_usage import RequestUsage, client_label
@@ -30,12 +38,21 @@ async def chat(request: HttpRequest) -> HttpResponse:
         call = parse_chat_call(parse_json(request.body))
     except RequestFieldError as exc:
         return JsonResponse(error_body("invalid_request", exc.message, field=exc.field), status=400)
-    usage = RequestUsage(client=await client_label(request), endpoint="/chat", stream=call.stream)
+    admission = await admit_client(request)
+    if isinstance(admission, LimitRefusal):
+        return echo_limit_refusal(admission)
+    counters = openai_headers(admission.state) if admission is not None else {}
+    usage = RequestUsage(
+        client=await client_label(request),
+        endpoint="/chat",
+        stream=call.stream,
+        admission=admission,
+    )
     try:
         if not call.stream:
             response = await runtime.manager.chat_completion(call.request, call.provider)
             overhead = usage.answered(response)
-            answer = JsonResponse(response.as_dict())
+            answer = JsonResponse(response.as_dict(), headers=counters)
             if overhead is not None:
                 answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
             return answer
@@ -45,4 +62,10 @@ async def chat(request: HttpRequest) -> HttpResponse:
     except ProviderError as exc:
         usage.failed(exc, provider=call.provider or "", model=call.request.model or "")
         return error_response(exc)
-    return event_stream_response(chat_event_stream(first, usage.track(first, chunks)))
+    except BaseException:  # cancelled (the client left) or a bug: the slot is given back
+        usage.release()
+        raise
+    streamed = event_stream_response(chat_event_stream(first, usage.track(first, chunks)))
+    for name, value in counters.items():
+        streamed[name] = value
+    return streamed

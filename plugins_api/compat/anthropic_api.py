@@ -41,6 +41,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from plugins_api.access.key_limit_headers import anthropic_headers, retry_headers
+from plugins_api.access.key_limits import LimitRefusal
 from plugins_api.access.request_auth import Denial
 from plugins_api.compat.dispatch import (
     ChatCall,
@@ -125,8 +127,18 @@ def _field_error(exc: RequestFieldError) -> JsonResponse:
     return anthropic_error(400, message)
 
 
+def anthropic_rate_limited(refusal: LimitRefusal) -> JsonResponse:
+    """Render a key's rate-limit refusal as Anthropic does: ``rate_limit_error``, ``retry-after``."""
+    headers = {**retry_headers(refusal), **anthropic_headers(refusal.state)}
+    return anthropic_error(refusal.status, refusal.message, headers)
+
+
 ANTHROPIC_ERRORS = CompatErrors(
-    denial=anthropic_denial, field_error=_field_error, provider_error=anthropic_provider_error
+    denial=anthropic_denial,
+    field_error=_field_error,
+    provider_error=anthropic_provider_error,
+    rate_limited=anthropic_rate_limited,
+    limit_headers=anthropic_headers,
 )
 
 

@@ -6,7 +6,10 @@ What ``/v1/chat/completions`` (``openai_api``) and ``/v1/messages``
 writes an answer or a stream). The conventions both follow live here too:
 an answer's model is ``provider/model`` (as ``GET /v1/models`` lists it), the
 ``x-echo-provider`` / ``x-echo-model`` headers say who answered, and a 404
-for a ``prefix/model`` whose prefix is no provider says so.
+for a ``prefix/model`` whose prefix is no provider says so. A key with rate
+limits (``key_limits``) is admitted after its body is read and before the
+provider is called (``limit``); its refusal and its counters go out in the
+API's own shape and headers (``CompatErrors.rate_limited``, ``limit_headers``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
-from plugins_api.access.request_auth import Denial, check_chat_client
+from plugins_api.access.key_limits import Admission, LimitRefusal, LimitState
+from plugins_api.access.request_auth import Denial, admit_client, check_chat_client
 from plugins_api.edge.chat_requests import RequestFieldError, parse_json
 from plugins_api.edge.error_responses import provider_error_body
 from plugins_api.edge.request_usage import RequestUsage, client_label
@@ -98,11 +102,16 @@ class ProviderErrorRenderer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CompatErrors:
-    """How one compatible API refuses: a caller it denies, a bad field, a provider's failure."""
+    """How one compatible API refuses: a caller it denies, a bad field, a provider's failure, a limit.
+
+    LIMIT_HEADERS names a key's rate-limit counters as the API's SDKs read them.
+    """
 
     denial: Callable[[Denial], HttpResponse]
     field_error: Callable[[RequestFieldError], HttpResponse]
     provider_error: ProviderErrorRenderer
+    rate_limited: Callable[[LimitRefusal], HttpResponse]
+    limit_headers: Callable[[LimitState], dict[str, str]]
 
 
 @dataclass(slots=True)
@@ -144,6 +153,23 @@ async def admit(
         return errors.field_error(exc)
 
 
+async def limit(request: HttpRequest, errors: CompatErrors) -> Admission | HttpResponse | None:
+    """Hold REQUEST's key to its rate limits: its Admission, None (no limits), or the refusal."""
+    found = await admit_client(request)
+    return errors.rate_limited(found) if isinstance(found, LimitRefusal) else found
+
+
+def with_limit_headers(
+    response: HttpResponse | StreamingHttpResponse,
+    admission: Admission | None,
+    errors: CompatErrors,
+) -> None:
+    """Put ADMISSION's counters on RESPONSE in ERRORS' API's names (nothing for no limits)."""
+    if admission is not None:
+        for name, value in errors.limit_headers(admission.state).items():
+            response[name] = value
+
+
 async def serve_chat(
     request: HttpRequest, wire: ChatWire[Any]
 ) -> HttpResponse | StreamingHttpResponse:
@@ -156,8 +182,14 @@ async def serve_chat(
     call = await admit(request, wire.errors, wire.parse)
     if isinstance(call, HttpResponse):
         return call
+    admission = await limit(request, wire.errors)
+    if isinstance(admission, HttpResponse):
+        return admission
     usage = RequestUsage(
-        client=await client_label(request), endpoint=wire.endpoint, stream=call.stream
+        client=await client_label(request),
+        endpoint=wire.endpoint,
+        stream=call.stream,
+        admission=admission,
     )
     try:
         if not call.stream:
@@ -165,6 +197,7 @@ async def serve_chat(
             overhead = usage.answered(answer)
             response = JsonResponse(wire.body(answer))
             answered_by(response, answer.provider, answer.model, overhead)
+            with_limit_headers(response, admission, wire.errors)
             return response
         chunks = runtime.manager.chat_completion_stream(call.request)
         first = await first_chunk(chunks)
@@ -172,7 +205,11 @@ async def serve_chat(
     except ProviderError as exc:
         usage.failed(exc, model=call.request.model or "")
         return wire.errors.provider_error(exc, model=call.request.model)
+    except BaseException:  # cancelled (the client left) or a bug: the slot is given back
+        usage.release()
+        raise
     events = encode_stream(first, usage.track(first, chunks), wire.stream_format(call))
     streamed = event_stream_response(events)
     answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
+    with_limit_headers(streamed, admission, wire.errors)
     return streamed

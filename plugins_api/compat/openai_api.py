@@ -42,6 +42,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from plugins_api.access.key_limit_headers import openai_headers, retry_headers
+from plugins_api.access.key_limits import LimitRefusal
 from plugins_api.access.request_auth import Denial, check_chat_client
 from plugins_api.compat.dispatch import (
     ChatCall,
@@ -49,9 +51,11 @@ from plugins_api.compat.dispatch import (
     CompatErrors,
     admit,
     answered_by,
+    limit,
     model_label,
     provider_failure,
     serve_chat,
+    with_limit_headers,
 )
 from plugins_api.edge.chat_requests import (
     MAX_TOOLS,
@@ -153,8 +157,28 @@ def openai_field_error(exc: RequestFieldError) -> JsonResponse:
     return openai_error(400, exc.message, param=exc.field)
 
 
+def openai_rate_limited(refusal: LimitRefusal) -> JsonResponse:
+    """Render a key's rate-limit refusal as OpenAI does: 429 ``rate_limit_exceeded``, ``retry-after``.
+
+    The type is OpenAI's for the limit reached (``requests`` or ``tokens``).
+    """
+    headers = {**retry_headers(refusal), **openai_headers(refusal.state)}
+    if refusal.status != 429:
+        return openai_error(
+            refusal.status, refusal.message, code="limits_unavailable", headers=headers
+        )
+    kind = "tokens" if refusal.limit == "tokens" else "requests"
+    return openai_error(
+        429, refusal.message, kind=kind, code="rate_limit_exceeded", headers=headers
+    )
+
+
 OPENAI_ERRORS = CompatErrors(
-    denial=openai_denial, field_error=openai_field_error, provider_error=openai_provider_error
+    denial=openai_denial,
+    field_error=openai_field_error,
+    provider_error=openai_provider_error,
+    rate_limited=openai_rate_limited,
+    limit_headers=openai_headers,
 )
 
 
@@ -426,6 +450,11 @@ async def models(request: HttpRequest) -> HttpResponse:
     denial = await check_chat_client(request)
     if denial is not None:
         return openai_denial(denial)
+    admission = await limit(request, OPENAI_ERRORS)
+    if isinstance(admission, HttpResponse):
+        return admission
+    if admission is not None:
+        admission.finish()  # answered from memory: it counts as a request, holds no slot
     names = runtime.registry.names()
     lists = await asyncio.gather(*(_provider_models(name) for name in names))
     data = [
@@ -443,6 +472,11 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     denial = await check_chat_client(request)
     if denial is not None:
         return openai_denial(denial)
+    admission = await limit(request, OPENAI_ERRORS)
+    if isinstance(admission, HttpResponse):
+        return admission
+    if admission is not None:
+        admission.finish()
     provider, _, model = model_id.partition("/")
     if provider in runtime.registry and model and model in await _provider_models(provider):
         return JsonResponse(_model_object(provider, model))
@@ -528,11 +562,17 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
     call = await admit(request, OPENAI_ERRORS, parse_embeddings_call)
     if isinstance(call, HttpResponse):
         return call
+    admission = await limit(request, OPENAI_ERRORS)
+    if isinstance(admission, HttpResponse):
+        return admission
     try:
         route = runtime.manager.resolve(ChatRequest(messages=[], model=call.model))
         vectors, model = await _embed(route, call.texts)
     except ProviderError as exc:
         return openai_provider_error(exc, model=call.model)
+    finally:
+        if admission is not None:
+            admission.finish()  # Echo's providers report no embedding tokens
     data = [
         {"object": "embedding", "index": index, "embedding": _encode(vector, call.base64)}
         for index, vector in enumerate(vectors)
@@ -546,4 +586,5 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         }
     )
     answered_by(response, route.provider, model)
+    with_limit_headers(response, admission, OPENAI_ERRORS)
     return response

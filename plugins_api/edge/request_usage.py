@@ -2,6 +2,9 @@
 
 Shared by every endpoint that chats (``/chat``, the compatible ``/v1``
 endpoints, the websocket), so that each records the same facts the same way.
+A call admitted under its key's rate limits (``key_limits.Admission``) is
+finished here too, however it ends: the tokens its answer used are charged
+to the key's tokens per minute and its concurrency slot is given back.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from plugins_api.access.key_limits import Admission
 from providers.errors import ProviderError
 from providers.runtime import process as runtime
 from providers.types import ChatResponse, StreamingChunk
@@ -31,7 +35,10 @@ async def client_label(request: Any) -> str:
 class RequestUsage:
     """The clock and usage of one request."""
 
-    def __init__(self, *, client: str, endpoint: str, stream: bool) -> None:
+    def __init__(
+        self, *, client: str, endpoint: str, stream: bool, admission: Admission | None = None
+    ) -> None:
+        self.admission = admission
         self.client = client
         self.endpoint = endpoint
         self.stream = stream
@@ -40,6 +47,11 @@ class RequestUsage:
 
     def _elapsed_ms(self, since: float | None = None) -> float:
         return (time.perf_counter() - (since or self.started)) * 1000
+
+    def release(self, tokens: int = 0) -> None:
+        """Finish the call's admission, charging TOKENS (once; later calls do nothing)."""
+        if self.admission is not None:
+            self.admission.finish(tokens)
 
     def first_chunk(self) -> None:
         """Note that the first chunk arrived now."""
@@ -58,6 +70,7 @@ class RequestUsage:
         """Record a whole answer; return the milliseconds Echo itself added."""
         total = self._elapsed_ms()
         overhead = self._overhead(total, response.metadata)
+        self.release(response.usage.prompt_tokens + response.usage.completion_tokens)
         runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
@@ -78,6 +91,7 @@ class RequestUsage:
 
     def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:
         """Record a request that failed before any answer."""
+        self.release()
         runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
@@ -103,6 +117,7 @@ class RequestUsage:
         """Record a stream that ended: complete (FINAL), failed (ERROR) or CANCELLED."""
         meta = (final or first).metadata if (final or first) is not None else {}
         usage = final.usage if final is not None else None
+        self.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
         ttft = None
         if self.first_chunk_at is not None:
             ttft = (self.first_chunk_at - self.started) * 1000
