@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_processes import django_shell, manage, start_uvicorn
+from tests.server_processes import django_shell, manage, start_uvicorn, stop_all
 from tests.services import require_redis, scratch_postgres_database
 
 # Slow: uvicorn workers in processes of their own.
@@ -77,13 +77,7 @@ def workers(envs: list[dict[str, str]]) -> Iterator[list[str]]:
                     time.sleep(0.05)
         yield [url for url, _ in started]
     finally:
-        for _, process in started:
-            process.terminate()
-        for _, process in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all([process for _, process in started])
 
 
 def chat(url: str, key: str) -> httpx.Response:

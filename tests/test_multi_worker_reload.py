@@ -8,14 +8,13 @@ reach both workers with no restart.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.server_processes import django_shell, manage, start_daphne
+from tests.server_processes import django_shell, manage, start_daphne, stop_all
 from tests.services import require_redis, scratch_postgres_database
 
 # Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
@@ -109,10 +108,4 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
         for url, _ in workers:
             assert wait_until(lambda url=url: gone(url), timeout=10), url
     finally:
-        for _, proc in workers:
-            proc.terminate()
-        for _, proc in workers:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all([proc for _, proc in workers])

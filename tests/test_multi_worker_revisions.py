@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.server_processes import django_shell, manage, start_uvicorn
+from tests.server_processes import django_shell, manage, start_uvicorn, stop_all
 from tests.services import require_redis, scratch_postgres_database
 
 # Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
@@ -99,12 +99,7 @@ class Deployment:
         finally:
             for worker in workers:
                 worker.client.close()
-                worker.process.terminate()
-            for worker in workers:
-                try:
-                    worker.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    worker.process.kill()
+            stop_all([worker.process for worker in workers])
 
 
 def deployment(tmp_path: Path, *, repair_seconds: int) -> Iterator[Deployment]:

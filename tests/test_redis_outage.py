@@ -39,7 +39,7 @@ from plugins_api.access.client_keys import client_key_issue, client_key_revoke
 from providers.runtime import broadcast, config_sync
 from tests.plugins_api.test_consumers import answer, key_headers, providers  # noqa: F401
 from tests.plugins_api.test_consumers import connect as connect_socket
-from tests.server_processes import django_shell, free_port, manage, start_uvicorn
+from tests.server_processes import django_shell, free_port, manage, start_uvicorn, stop_all
 from tests.services import reachable, scratch_postgres_database
 
 OUTAGE_SECONDS = max(3.0, float(os.environ.get("ECHO_TEST_REDIS_OUTAGE_SECONDS", "10")))
@@ -207,13 +207,7 @@ def uvicorn_workers(env: dict[str, str], count: int) -> Iterator[list[str]]:
                 time.sleep(0.05)
         yield urls
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
 
 
 async def open_socket(base_url: str, key: str) -> ClientConnection:

@@ -40,7 +40,7 @@ from providers.runtime.shared_breakers import SharedBreakers
 from providers.testing.fake_openai import FakeOpenAI
 from providers.testing.fake_server import Fault
 from providers.usage import metrics
-from tests.server_processes import django_shell, free_port, manage, start_uvicorn
+from tests.server_processes import django_shell, free_port, manage, start_uvicorn, stop_all
 from tests.services import require_redis, scratch_postgres_database
 
 
@@ -436,13 +436,7 @@ class Workers:
 
     def stop(self) -> None:
         self.client.close()
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(self.processes)
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.server_processes import django_shell, manage, start_daphne
+from tests.server_processes import django_shell, manage, start_daphne, stop_all
 from tests.services import require_redis
 
 # Slow: daphne workers in processes of their own.
@@ -55,13 +54,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[tuple[str, An
             started.append((f"ws://127.0.0.1:{port}/ws/chat/", proc))
         yield env, started
     finally:
-        for _, proc in started:
-            proc.terminate()
-        for _, proc in started:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all([proc for _, proc in started])
 
 
 def issue_key(env: dict[str, str], name: str) -> str:
