@@ -39,6 +39,12 @@ class ClientAPIKey(models.Model):
     max_concurrent_requests = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)]
     )
+    # Model access (plugins_api.access.key_model_access): ``provider/model`` patterns
+    # (empty: every model) and the model used when a call names none.
+    allowed_models = models.JSONField(default=list, blank=True)
+    default_model = models.CharField(max_length=200, blank=True)
+    # After this moment the key is refused like a revoked one (null: never).
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -14,7 +14,12 @@ row). Each verified use is noted in ``key_last_use``, which writes
 ``last_used_at`` at most once a minute per key, off the request's path.
 A key's identity carries its rate limits (``key_limits``); changing them
 (``client_key_set_limits``) drops this process's cache at once, the other
-workers' within ``CACHE_SECONDS``.
+workers' within ``CACHE_SECONDS``. It carries its model access too
+(``key_model_access``) and its expiry: a cache entry holds ``expires_at``
+and each use checks it against ``clock()`` (replaceable in tests), so a
+cached key stops at the moment it expires, not ``CACHE_SECONDS`` later.
+``verify_key`` answers None for an expired key like a revoked one;
+``lookup_key`` returns it, so that the caller can say it expired.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
 from plugins_api.access.key_last_use import key_last_use
 from plugins_api.access.key_limits import UNLIMITED, KeyLimits
+from plugins_api.access.key_model_access import OPEN, ModelAccess, stored_access
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
 
@@ -36,15 +44,24 @@ KEY_PREFIX = "echo-"
 CACHE_SECONDS = 10.0
 CACHE_MAX_KEYS = 10_000
 
+#: The wall clock keys expire by (tests replace it).
+clock: Callable[[], datetime] = timezone.now
+
 
 @dataclass(frozen=True, slots=True)
 class ClientIdentity:
-    """Who is calling: the key's name, scope and limits."""
+    """Who is calling: the key's name, scope, limits, model access and expiry (None: never)."""
 
     key_id: int
     name: str
     scope: str
     limits: KeyLimits = UNLIMITED
+    access: ModelAccess = field(default=OPEN)
+    expires_at: datetime | None = None
+
+    def expired(self) -> bool:
+        """Return whether the key has expired, by ``clock()`` now."""
+        return self.expires_at is not None and clock() >= self.expires_at
 
     @property
     def is_admin(self) -> bool:
@@ -74,12 +91,23 @@ def _limit_fields(limits: KeyLimits) -> dict[str, int | None]:
 
 
 def client_key_issue(
-    *, name: str, scope: str, limits: KeyLimits = UNLIMITED
+    *,
+    name: str,
+    scope: str,
+    limits: KeyLimits = UNLIMITED,
+    access: ModelAccess = OPEN,
+    expires_at: datetime | None = None,
 ) -> tuple[ClientAPIKey, str]:
-    """Create a key called NAME with SCOPE and LIMITS; return the row and the key, shown only now."""
+    """Create a key called NAME with SCOPE, LIMITS, model ACCESS and EXPIRES_AT.
+
+    Return the row and the key, shown only now.
+    """
     if scope not in dict(ClientAPIKey.SCOPES):
         raise ValueError(f"scope must be one of: {', '.join(dict(ClientAPIKey.SCOPES))}.")
     fields = _limit_fields(limits)
+    fields["allowed_models"] = list(access.patterns)
+    fields["default_model"] = access.default_model or ""
+    fields["expires_at"] = expires_at
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ClientAPIKey.objects.create(
         name=name,
@@ -128,7 +156,14 @@ def forget_cached_keys() -> None:
 def _identity(row: ClientAPIKey | None) -> ClientIdentity | None:
     if row is None or row.revoked_at is not None:
         return None
-    return ClientIdentity(key_id=row.pk, name=row.name, scope=row.scope, limits=key_limits_of(row))
+    return ClientIdentity(
+        key_id=row.pk,
+        name=row.name,
+        scope=row.scope,
+        limits=key_limits_of(row),
+        access=stored_access(row.allowed_models, row.default_model),
+        expires_at=row.expires_at,
+    )
 
 
 def key_limits_of(row: ClientAPIKey) -> KeyLimits:
@@ -162,25 +197,39 @@ def _remember(digest: str, identity: ClientIdentity | None) -> None:
     cache[digest] = (time.monotonic() + CACHE_SECONDS, identity)
 
 
-def verify_key(raw_key: str) -> ClientIdentity | None:
-    """Return the identity behind RAW_KEY, or None for an unknown or revoked key (sync)."""
+def lookup_key(raw_key: str) -> ClientIdentity | None:
+    """Return the identity behind RAW_KEY, expired or not; None for an unknown or revoked key (sync)."""
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
         identity = _identity(ClientAPIKey.objects.filter(key_hash=digest).first())
         _remember(digest, identity)
-    if identity is not None:
+    if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity
 
 
-async def averify_key(raw_key: str) -> ClientIdentity | None:
-    """Return the identity behind RAW_KEY, or None (async; cached, so usually no query)."""
+async def alookup_key(raw_key: str) -> ClientIdentity | None:
+    """Return the identity behind RAW_KEY, expired or not, or None (async; usually no query)."""
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
         identity = _identity(await ClientAPIKey.objects.filter(key_hash=digest).afirst())
         _remember(digest, identity)
-    if identity is not None:
+    if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity
+
+
+def _usable(identity: ClientIdentity | None) -> ClientIdentity | None:
+    return None if identity is None or identity.expired() else identity
+
+
+def verify_key(raw_key: str) -> ClientIdentity | None:
+    """Return the identity behind RAW_KEY, or None for an unknown, revoked or expired key (sync)."""
+    return _usable(lookup_key(raw_key))
+
+
+async def averify_key(raw_key: str) -> ClientIdentity | None:
+    """Return the identity behind RAW_KEY, or None for an unknown, revoked or expired key (async)."""
+    return _usable(await alookup_key(raw_key))

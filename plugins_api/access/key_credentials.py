@@ -13,7 +13,8 @@ credential at all.
 ``aauthenticate_key`` (the async views, the websocket, the ASGI body limit)
 return the key's identity, None when the headers offer no key (the caller
 may look for a session instead), or the 401 ``Denial`` of a malformed header
-or of an unknown or revoked key. Verification goes through the cached
+or of an unknown or revoked key, or of an expired one (kind ``key_expired``,
+its message saying so). Verification goes through the cached
 client-key store (``client_keys.verify_key``). What a key may do, its scope,
 is each caller's rule.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from plugins_api.access.client_keys import ClientIdentity, averify_key, verify_key
+from plugins_api.access.client_keys import ClientIdentity, alookup_key, lookup_key
 
 AUTHORIZATION_HEADER = "authorization"
 API_KEY_HEADER = "x-api-key"
@@ -107,17 +108,27 @@ def key_credential(headers: Headers, *, x_api_key: bool = False) -> str | Denial
 
 
 def _verified(identity: ClientIdentity | None) -> ClientIdentity | Denial:
-    return identity if identity is not None else unauthorized("Unknown or revoked API key.")
+    if identity is None:
+        return unauthorized("Unknown or revoked API key.")
+    if identity.expired():
+        assert identity.expires_at is not None
+        return Denial(
+            401,
+            "key_expired",
+            f"This API key expired at {identity.expires_at.isoformat(timespec='seconds')}; "
+            "ask for a new one.",
+        )
+    return identity
 
 
 def verify_credential(token: str) -> ClientIdentity | Denial:
-    """Return the identity behind TOKEN, or the 401 Denial of an unknown or revoked key (sync)."""
-    return _verified(verify_key(token))
+    """Return the identity behind TOKEN, or the 401 Denial of an unknown, revoked or expired key (sync)."""
+    return _verified(lookup_key(token))
 
 
 async def averify_credential(token: str) -> ClientIdentity | Denial:
-    """Return the identity behind TOKEN, or the 401 Denial of an unknown or revoked key (async)."""
-    return _verified(await averify_key(token))
+    """Return the identity behind TOKEN, or the 401 Denial of an unknown, revoked or expired key (async)."""
+    return _verified(await alookup_key(token))
 
 
 def authenticate_key(

@@ -15,6 +15,13 @@ renders it in Echo's (``echo_denial``).
 (``key_limits``): an unlimited key or a session user costs nothing, a
 limited one gets an ``Admission`` to finish when its call ends, or a
 ``LimitRefusal`` each API renders (``echo_limit_refusal`` in Echo's shape).
+
+``check_model_access`` holds a key to its model allow-list
+(``key_model_access``): it puts the key's default model on a call that names
+none, and refuses (403 ``model_not_allowed``, naming the model) a call whose
+first route the key may not use. ``route_filter`` is what the manager is
+then given, so that a failover never lands on a provider or model the key
+may not use: such a fallback is skipped, not served.
 """
 
 from __future__ import annotations
@@ -22,11 +29,16 @@ from __future__ import annotations
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
+from plugins_api.access.client_keys import ClientIdentity
 from plugins_api.access.key_credentials import SEND_A_KEY, Denial, aauthenticate_key, unauthorized
 from plugins_api.access.key_limit_headers import openai_headers, retry_headers
 from plugins_api.access.key_limits import Admission, LimitRefusal, key_limiter
 from plugins_api.edge.error_responses import error_body
 from plugins_api.models import ClientAPIKey
+from providers.errors import ProviderError
+from providers.runtime import process as runtime
+from providers.runtime.manager import RouteFilter
+from providers.types import ChatRequest
 
 
 async def check_chat_client(request: HttpRequest) -> Denial | None:
@@ -90,3 +102,57 @@ def echo_limit_refusal(refusal: LimitRefusal) -> JsonResponse:
     for name, value in {**retry_headers(refusal), **openai_headers(refusal.state)}.items():
         response[name] = value
     return response
+
+
+def with_default_model(
+    identity: ClientIdentity | None, request: ChatRequest, provider_name: str | None
+) -> ChatRequest:
+    """Return REQUEST with IDENTITY's default model when it names no model (and no other provider)."""
+    default = identity.access.default_model if identity is not None else None
+    if request.model or not default:
+        return request
+    prefix, _, name = default.partition("/")
+    if provider_name is None:
+        return request.with_model(default)
+    return request.with_model(name) if provider_name == prefix else request
+
+
+def model_not_allowed(provider: str, model: str | None) -> Denial:
+    """Return the 403 Denial of PROVIDER's MODEL, naming it."""
+    label = f"{provider}/{model}" if model else provider
+    return Denial(
+        403,
+        "model_not_allowed",
+        f"This key may not use the model {label!r}; ask for access or use another model.",
+    )
+
+
+def check_model_access(
+    identity: ClientIdentity | None, request: ChatRequest, provider_name: str | None = None
+) -> ChatRequest | Denial:
+    """Return REQUEST as IDENTITY may send it (its default model put in), or the 403 Denial.
+
+    The route is resolved as the manager resolves it; a request no provider
+    can take is let through for the manager to refuse in its own words. A
+    session user (IDENTITY None) may use every model.
+    """
+    request = with_default_model(identity, request, provider_name)
+    if identity is None or not identity.access.restricted:
+        return request
+    try:
+        route = runtime.manager.resolve(request, provider_name)
+    except ProviderError:
+        return request
+    model = route.model
+    if model is None and route.provider in runtime.registry:
+        model = runtime.registry.get(route.provider).config.get("default_model")
+    if not identity.access.allows(route.provider, model):
+        return model_not_allowed(route.provider, model)
+    return request
+
+
+def route_filter(identity: ClientIdentity | None) -> RouteFilter | None:
+    """Return the manager's filter of the routes IDENTITY may use (None: every route)."""
+    if identity is None or not identity.access.restricted:
+        return None
+    return identity.access.allows

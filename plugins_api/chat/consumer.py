@@ -15,7 +15,11 @@ Whatever goes wrong with one frame, the client gets an ``error`` frame and
 the connection stays open. A key client's chat frames are also held to the
 key's own limits (``key_limits``, shared with its HTTP calls): a question
 over them gets an ``error`` frame of type ``rate_limited`` with
-``retry_after`` (seconds), and the socket stays open.
+``retry_after`` (seconds), and the socket stays open. So is its model
+allow-list (``key_model_access``): a question for a model the key may not
+use gets an ``error`` frame of type ``model_not_allowed`` naming it, a
+question naming no model gets the key's default model, and no answer fails
+over to a model the key may not use.
 
 The page's provider list is pushed again whenever this process's registry
 applies, replaces or removes a provider (``registry.subscribe``): every
@@ -26,6 +30,8 @@ A key client's socket closes (4401, or 4403 without the chat scope) when its
 key is revoked or deleted: at once through the key's group
 (``client_key_push``), and, should that message be lost, at its next frame,
 which verifies the key again (cached for ``client_keys.CACHE_SECONDS``).
+A key that expires mid-connection is closed (4401, an ``error`` frame of
+type ``key_expired``) at its next frame: the cached identity holds the expiry.
 
 The channel layer (Redis) carries only those group pushes, so its outage never
 ends a socket: channels would close it with 1011 when the layer's receive
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -57,8 +64,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from plugins_api.access.client_keys import ClientIdentity, forget_cached_keys
-from plugins_api.access.key_credentials import aauthenticate_key, credential_headers
+from plugins_api.access.key_credentials import Denial, aauthenticate_key, credential_headers
 from plugins_api.access.key_limits import Admission, LimitRefusal, key_limiter
+from plugins_api.access.request_auth import check_model_access, route_filter
 from plugins_api.chat import revoked_key_sockets as client_key_push
 from plugins_api.chat.conversations import (
     ChatTurn,
@@ -112,8 +120,17 @@ def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 3)
 
 
-def _key_refusal(identity: ClientIdentity | None) -> tuple[int, dict[str, Any]] | None:
-    """Return None if IDENTITY may chat, else the close code and the error frame saying why."""
+def _key_refusal(
+    identity: ClientIdentity | None, denial: Denial | None = None
+) -> tuple[int, dict[str, Any]] | None:
+    """Return None if IDENTITY may chat, else the close code and the error frame saying why.
+
+    DENIAL, when the key was refused, says why (an expired key is told so).
+    """
+    if identity is None and denial is not None and denial.kind == "key_expired":
+        return CLOSE_UNAUTHENTICATED, error_frame(
+            "key_expired", f"{denial.message} The connection is closed."
+        )
     if identity is None:
         message = "This client key is not valid (unknown or revoked); the connection is closed."
         return CLOSE_UNAUTHENTICATED, error_frame("key_revoked", message)
@@ -344,7 +361,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """
         assert self.key_headers is not None
         found = await aauthenticate_key(self.key_headers)
-        refused = _key_refusal(found if isinstance(found, ClientIdentity) else None)
+        refused = _key_refusal(
+            found if isinstance(found, ClientIdentity) else None,
+            found if isinstance(found, Denial) else None,
+        )
         if refused is None:
             self.key_identity = found if isinstance(found, ClientIdentity) else None
             return True
@@ -364,6 +384,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         received = time.monotonic()
+        checked = check_model_access(
+            self.key_identity, ChatRequest(messages=[], model=frame.model), frame.provider
+        )
+        if isinstance(checked, Denial):  # the socket stays open for another question
+            await self.send_frame(error_frame(checked.kind, checked.message))
+            return
+        frame = dataclasses.replace(frame, model=checked.model)
         admission = await self._admit()
         if isinstance(admission, LimitRefusal):
             kind = "rate_limited" if admission.status == 429 else "limits_unavailable"
@@ -463,7 +490,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         final: StreamingChunk | None = None
         failure: ProviderError | None = None
         try:
-            stream = runtime.manager.chat_completion_stream(request, provider)
+            stream = runtime.manager.chat_completion_stream(
+                request, provider, allow=route_filter(self.key_identity)
+            )
             async with contextlib.aclosing(stream):
                 async for chunk in stream:
                     if first is None:

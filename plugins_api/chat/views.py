@@ -3,7 +3,10 @@
 An async view on the request's hot path: the key check is cached, routing
 and the provider call are in memory, nothing blocks the event loop.
 A key with rate limits is held to them (``request_auth.admit_client``): a
-refusal is a 429 ``rate_limited`` with ``Retry-After``.
+refusal is a 429 ``rate_limited`` with ``Retry-After``. A key with a model
+allow-list gets its default model when the call names none, a 403
+``model_not_allowed`` for a model it may not use, and no failover to one
+(``request_auth.check_model_access``, ``route_filter``).
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from django.views.decorators.http import require_POST
 from plugins_api.access.key_limit_headers import openai_headers
 from plugins_api.access.key_limits import LimitRefusal
 from plugins_api.access.request_auth import (
+    Denial,
     admit_client,
     authenticate_chat_client,
+    check_model_access,
+    echo_denial,
     echo_limit_refusal,
+    route_filter,
 )
 from plugins_api.edge.chat_requests import RequestFieldError, parse_chat_call, parse_json
 from plugins_api.edge.error_responses import error_body, error_response
@@ -38,6 +45,12 @@ async def chat(request: HttpRequest) -> HttpResponse:
         call = parse_chat_call(parse_json(request.body))
     except RequestFieldError as exc:
         return JsonResponse(error_body("invalid_request", exc.message, field=exc.field), status=400)
+    identity = getattr(request, "client", None)
+    checked = check_model_access(identity, call.request, call.provider)
+    if isinstance(checked, Denial):
+        return echo_denial(checked)
+    call.request = checked
+    allow = route_filter(identity)
     admission = await admit_client(request)
     if isinstance(admission, LimitRefusal):
         return echo_limit_refusal(admission)
@@ -50,13 +63,15 @@ async def chat(request: HttpRequest) -> HttpResponse:
     )
     try:
         if not call.stream:
-            response = await runtime.manager.chat_completion(call.request, call.provider)
+            response = await runtime.manager.chat_completion(
+                call.request, call.provider, allow=allow
+            )
             overhead = usage.answered(response)
             answer = JsonResponse(response.as_dict(), headers=counters)
             if overhead is not None:
                 answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
             return answer
-        chunks = runtime.manager.chat_completion_stream(call.request, call.provider)
+        chunks = runtime.manager.chat_completion_stream(call.request, call.provider, allow=allow)
         first = await first_chunk(chunks)
         usage.first_chunk()
     except ProviderError as exc:

@@ -10,6 +10,10 @@ for a ``prefix/model`` whose prefix is no provider says so. A key with rate
 limits (``key_limits``) is admitted after its body is read and before the
 provider is called (``limit``); its refusal and its counters go out in the
 API's own shape and headers (``CompatErrors.rate_limited``, ``limit_headers``).
+A key with a model allow-list (``key_model_access``) is refused a model it
+may not use (403 ``model_not_allowed`` in the API's shape, before its limits
+are counted), and the manager skips any fallback it may not use
+(``request_auth.route_filter``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from plugins_api.access.key_limits import Admission, LimitRefusal, LimitState
-from plugins_api.access.request_auth import Denial, admit_client, check_chat_client
+from plugins_api.access.request_auth import (
+    Denial,
+    admit_client,
+    check_chat_client,
+    check_model_access,
+    route_filter,
+)
 from plugins_api.edge.chat_requests import RequestFieldError, parse_json
 from plugins_api.edge.error_responses import provider_error_body
 from plugins_api.edge.request_usage import RequestUsage, client_label
@@ -182,6 +192,12 @@ async def serve_chat(
     call = await admit(request, wire.errors, wire.parse)
     if isinstance(call, HttpResponse):
         return call
+    identity = getattr(request, "client", None)
+    checked = check_model_access(identity, call.request)
+    if isinstance(checked, Denial):
+        return wire.errors.denial(checked)
+    call.request = checked
+    allow = route_filter(identity)
     admission = await limit(request, wire.errors)
     if isinstance(admission, HttpResponse):
         return admission
@@ -193,13 +209,13 @@ async def serve_chat(
     )
     try:
         if not call.stream:
-            answer = await runtime.manager.chat_completion(call.request)
+            answer = await runtime.manager.chat_completion(call.request, allow=allow)
             overhead = usage.answered(answer)
             response = JsonResponse(wire.body(answer))
             answered_by(response, answer.provider, answer.model, overhead)
             with_limit_headers(response, admission, wire.errors)
             return response
-        chunks = runtime.manager.chat_completion_stream(call.request)
+        chunks = runtime.manager.chat_completion_stream(call.request, allow=allow)
         first = await first_chunk(chunks)
         usage.first_chunk()
     except ProviderError as exc:

@@ -44,7 +44,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from plugins_api.access.key_limit_headers import openai_headers, retry_headers
 from plugins_api.access.key_limits import LimitRefusal
-from plugins_api.access.request_auth import Denial, check_chat_client
+from plugins_api.access.request_auth import (
+    Denial,
+    check_chat_client,
+    model_not_allowed,
+)
 from plugins_api.compat.dispatch import (
     ChatCall,
     ChatWire,
@@ -141,12 +145,12 @@ def openai_provider_error(exc: ProviderError, *, model: str | None = None) -> Js
 
 
 def openai_denial(denial: Denial) -> JsonResponse:
-    """Render an authentication failure in OpenAI's shape."""
+    """Render an authentication failure in OpenAI's shape (``key_expired`` keeps its code)."""
     if denial.is_authentication:
         return openai_error(
             401,
             denial.message,
-            code="invalid_api_key",
+            code="key_expired" if denial.kind == "key_expired" else "invalid_api_key",
             headers={"WWW-Authenticate": 'Bearer realm="echo"'},
         )
     return openai_error(denial.status, denial.message, code=denial.kind)
@@ -446,7 +450,10 @@ def _model_object(provider: str, model: str) -> dict[str, Any]:
 
 @require_GET
 async def models(request: HttpRequest) -> HttpResponse:
-    """Answer ``GET /v1/models``: every live provider's models, as ``provider/model``."""
+    """Answer ``GET /v1/models``: every live provider's models, as ``provider/model``.
+
+    A key with a model allow-list sees only the models it may use.
+    """
     denial = await check_chat_client(request)
     if denial is not None:
         return openai_denial(denial)
@@ -455,13 +462,19 @@ async def models(request: HttpRequest) -> HttpResponse:
         return admission
     if admission is not None:
         admission.finish()  # answered from memory: it counts as a request, holds no slot
-    names = runtime.registry.names()
+    identity = getattr(request, "client", None)
+    access = identity.access if identity is not None else None
+    names = [
+        name
+        for name in runtime.registry.names()
+        if access is None or not access.restricted or access.allows_provider(name)
+    ]
     lists = await asyncio.gather(*(_provider_models(name) for name in names))
     data = [
         _model_object(name, model)
         for name, found in zip(names, lists, strict=True)
         for model in found
-        if name in runtime.registry
+        if name in runtime.registry and (access is None or access.allows(name, model))
     ]
     return JsonResponse({"object": "list", "data": data})
 
@@ -478,6 +491,9 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     if admission is not None:
         admission.finish()
     provider, _, model = model_id.partition("/")
+    identity = getattr(request, "client", None)
+    if identity is not None and not identity.access.allows(provider, model):
+        return openai_denial(model_not_allowed(provider, model))
     if provider in runtime.registry and model and model in await _provider_models(provider):
         return JsonResponse(_model_object(provider, model))
     return openai_error(
@@ -551,17 +567,36 @@ async def _embed(route: Route, texts: list[str]) -> tuple[list[list[float]], str
     return vectors, model
 
 
+def _embedding_denial(identity: Any, model: str) -> Denial | None:
+    """Return the 403 Denial when IDENTITY's key may not embed with MODEL, else None."""
+    if identity is None or not identity.access.restricted:
+        return None
+    try:
+        route = runtime.manager.resolve(ChatRequest(messages=[], model=model))
+        config = runtime.registry.get(route.provider).config
+    except ProviderError:
+        return None  # the call below refuses it in its own words
+    embedding_model = route.model or config.get("embedding_model")
+    if not identity.access.allows(route.provider, embedding_model):
+        return model_not_allowed(route.provider, embedding_model)
+    return None
+
+
 @csrf_exempt  # key clients carry no CSRF token; session callers are checked in check_chat_client
 @require_POST
 async def embeddings(request: HttpRequest) -> HttpResponse:
     """Answer ``POST /v1/embeddings`` from the provider the model names.
 
     The usage reports zero tokens: Echo's provider interface returns the
-    vectors only.
+    vectors only. A key may embed only with a model its allow-list allows
+    (the provider's ``embedding_model`` when the call names the provider only).
     """
     call = await admit(request, OPENAI_ERRORS, parse_embeddings_call)
     if isinstance(call, HttpResponse):
         return call
+    denial = _embedding_denial(getattr(request, "client", None), call.model)
+    if denial is not None:
+        return openai_denial(denial)
     admission = await limit(request, OPENAI_ERRORS)
     if isinstance(admission, HttpResponse):
         return admission

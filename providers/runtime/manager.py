@@ -29,6 +29,11 @@ Answers say who answered and how: ``provider``/``model``, and in the
 metadata ``attempts`` (upstream calls made for the request), ``fallback_path``
 (the routes given up on, each with its last error and attempts) and
 ``retries`` (each wait before a retry).
+
+A caller may pass ``allow``, a ``RouteFilter``: a route it refuses (by
+provider and the model it would be asked for, the provider's
+``default_model`` when the route names none) is skipped without a call, so
+that a client key's failover never lands on a model the key may not use.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ from providers.types import ChatRequest, ChatResponse, StreamingChunk
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Whether a route may be tried: (provider, model it would be asked for, None: unnamed).
+RouteFilter = Callable[[str, str | None], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +323,7 @@ class ModelManager:
         provider_name: str | None,
         attempt: Attempt[T],
         keep: AsyncExitStack,
+        allow: RouteFilter | None = None,
     ) -> tuple[T, AbstractAIProvider, Route, RequestTrace]:
         """Call ATTEMPT along REQUEST's routes until one succeeds; return its result and how.
 
@@ -335,6 +344,10 @@ class ModelManager:
                 # Taken out of service since the chain was built.
                 trace.give_up(route, "provider_not_found", 0)
                 continue
+            if allow is not None and not allow(
+                route.provider, route.model or live.config.get("default_model")
+            ):
+                continue  # the caller may not use it: skipped, never called
             breaker = self._breaker_for(route.provider, live)
             policy = RetryPolicy.from_config(live.config)
             counters = self.counters(route.provider)
@@ -500,7 +513,11 @@ class ModelManager:
     # --- chat -------------------------------------------------------------
 
     async def chat_completion(
-        self, request: ChatRequest, provider_name: str | None = None
+        self,
+        request: ChatRequest,
+        provider_name: str | None = None,
+        *,
+        allow: RouteFilter | None = None,
     ) -> ChatResponse:
         """Answer REQUEST, retrying and failing over as the module docstring says.
 
@@ -515,13 +532,19 @@ class ModelManager:
             return await provider.chat_completion(prepared)
 
         async with AsyncExitStack() as keep:
-            response, _, route, trace = await self._run(request, provider_name, complete, keep)
+            response, _, route, trace = await self._run(
+                request, provider_name, complete, keep, allow
+            )
         response.provider = route.provider
         trace.annotate(response.metadata)
         return response
 
     async def chat_completion_stream(
-        self, request: ChatRequest, provider_name: str | None = None
+        self,
+        request: ChatRequest,
+        provider_name: str | None = None,
+        *,
+        allow: RouteFilter | None = None,
     ) -> AsyncIterator[StreamingChunk]:
         """Stream the answer to REQUEST.
 
@@ -550,7 +573,7 @@ class ModelManager:
 
         async with AsyncExitStack() as keep:
             (stream, first), provider, route, trace = await self._run(
-                request, provider_name, open_stream, keep
+                request, provider_name, open_stream, keep, allow
             )
             model = route.model or provider.config.get("default_model")
             chunk: StreamingChunk | None = first
