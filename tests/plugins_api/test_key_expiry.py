@@ -28,6 +28,7 @@ from plugins_api.access.client_keys import (
 )
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
+from tests.plugins_api.chat_bodies import MINIMAL_CALLS
 
 
 class MovableClock:
@@ -61,18 +62,7 @@ def expiring(db: Any, echo_config: Any, clock: MovableClock) -> str:
     return raw
 
 
-CALLS = {
-    "/chat": {"prompt": "hi"},
-    "/v1/chat/completions": {
-        "model": "echo/echo-1",
-        "messages": [{"role": "user", "content": "hi"}],
-    },
-    "/v1/messages": {
-        "model": "echo/echo-1",
-        "max_tokens": 10,
-        "messages": [{"role": "user", "content": "hi"}],
-    },
-}
+CALLS = MINIMAL_CALLS
 
 
 async def _post(path: str, key: str) -> Any:

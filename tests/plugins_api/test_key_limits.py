@@ -41,6 +41,7 @@ from plugins_api.edge.request_usage import RequestUsage
 from providers.plugins.echo_provider import EchoProvider
 from providers.runtime import process as runtime
 from providers.types import ChatRequest, StreamingChunk
+from tests.plugins_api.chat_bodies import MINIMAL_CALLS
 from tests.services import require_redis
 
 
@@ -262,18 +263,7 @@ def limited_keys(db: Any, echo_config: Any) -> tuple[str, str]:
     return tight, free
 
 
-CALLS = {
-    "/chat": {"prompt": "hi"},
-    "/v1/chat/completions": {
-        "model": "echo/echo-1",
-        "messages": [{"role": "user", "content": "hi"}],
-    },
-    "/v1/messages": {
-        "model": "echo/echo-1",
-        "max_tokens": 10,
-        "messages": [{"role": "user", "content": "hi"}],
-    },
-}
+CALLS = MINIMAL_CALLS
 
 
 async def _post(client: AsyncClient, path: str, key: str, stream: bool = False) -> Any:
