@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable
 
 from plugins_api.access.key_limits import LimitRefusal, LimitState
 
@@ -45,31 +46,28 @@ def retry_headers(refusal: LimitRefusal) -> dict[str, str]:
     }
 
 
-def openai_headers(state: LimitState) -> dict[str, str]:
-    """Return OpenAI's ``x-ratelimit-*`` headers for STATE."""
+def _counters(
+    state: LimitState, name: Callable[[str, str], str], reset: Callable[[float], str]
+) -> dict[str, str]:
+    """Return STATE's counters, each header named by NAME(kind, field), resets written by RESET."""
     headers: dict[str, str] = {}
     limits = state.limits
-    if limits.requests_per_minute is not None and state.requests_remaining is not None:
-        headers["x-ratelimit-limit-requests"] = str(limits.requests_per_minute)
-        headers["x-ratelimit-remaining-requests"] = str(state.requests_remaining)
-        headers["x-ratelimit-reset-requests"] = duration(state.requests_reset)
-    if limits.tokens_per_minute is not None and state.tokens_remaining is not None:
-        headers["x-ratelimit-limit-tokens"] = str(limits.tokens_per_minute)
-        headers["x-ratelimit-remaining-tokens"] = str(state.tokens_remaining)
-        headers["x-ratelimit-reset-tokens"] = duration(state.tokens_reset)
+    for kind, limit, remaining, resets_in in (
+        ("requests", limits.requests_per_minute, state.requests_remaining, state.requests_reset),
+        ("tokens", limits.tokens_per_minute, state.tokens_remaining, state.tokens_reset),
+    ):
+        if limit is not None and remaining is not None:
+            headers[name(kind, "limit")] = str(limit)
+            headers[name(kind, "remaining")] = str(remaining)
+            headers[name(kind, "reset")] = reset(resets_in)
     return headers
+
+
+def openai_headers(state: LimitState) -> dict[str, str]:
+    """Return OpenAI's ``x-ratelimit-*`` headers for STATE."""
+    return _counters(state, lambda kind, field: f"x-ratelimit-{field}-{kind}", duration)
 
 
 def anthropic_headers(state: LimitState) -> dict[str, str]:
     """Return Anthropic's ``anthropic-ratelimit-*`` headers for STATE."""
-    headers: dict[str, str] = {}
-    limits = state.limits
-    if limits.requests_per_minute is not None and state.requests_remaining is not None:
-        headers["anthropic-ratelimit-requests-limit"] = str(limits.requests_per_minute)
-        headers["anthropic-ratelimit-requests-remaining"] = str(state.requests_remaining)
-        headers["anthropic-ratelimit-requests-reset"] = _timestamp(state.requests_reset)
-    if limits.tokens_per_minute is not None and state.tokens_remaining is not None:
-        headers["anthropic-ratelimit-tokens-limit"] = str(limits.tokens_per_minute)
-        headers["anthropic-ratelimit-tokens-remaining"] = str(state.tokens_remaining)
-        headers["anthropic-ratelimit-tokens-reset"] = _timestamp(state.tokens_reset)
-    return headers
+    return _counters(state, lambda kind, field: f"anthropic-ratelimit-{kind}-{field}", _timestamp)

@@ -23,6 +23,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from providers.usage.storable import storable_float, storable_int, storable_json, storable_text
@@ -138,7 +139,9 @@ def _build_usage_insert(quote_name: Callable[[str], str]) -> UsageInsert:
         if not getattr(f, "generated", False) and not isinstance(f, AutoField)
     )
     if any(hasattr(f, "get_placeholder") for f in fields):
-        raise NotImplementedError("a UsageRecord field needs its own SQL placeholder")
+        # A field with its own SQL placeholder would be written wrong by a plain %s:
+        # refuse to start rather than store wrong values.
+        raise ImproperlyConfigured("a UsageRecord field needs its own SQL placeholder")
     columns = ", ".join(quote_name(f.column) for f in fields)
     marks = ", ".join(["%s"] * len(fields))
     table = quote_name(opts.db_table)
