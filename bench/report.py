@@ -190,6 +190,14 @@ def _label(results: dict, system: str) -> str:
     return _get(results, "systems", system, "label") or system
 
 
+def _section(title: str, columns: list[str], *intro: str) -> list[str]:
+    """Return the lines that open a report section: its title, INTRO, and its table's head."""
+    lines = ["", f"## {title}", ""]
+    if intro:
+        lines += [*intro, ""]
+    return lines + ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def render_markdown(results: dict) -> str:
     """Return the report of RESULTS as markdown: machine, versions, figures, ratios, targets."""
     targets = results.get("targets") or evaluate_targets(results)
@@ -212,13 +220,7 @@ def render_markdown(results: dict) -> str:
     out += ["## Systems", "", "| system | what | state |", "|---|---|---|"]
     for key, system in results.get("systems", {}).items():
         out.append(f"| `{key}` | {system.get('label', '')} | {system.get('state', '')} |")
-    out += [
-        "",
-        "## Targets (issue 16)",
-        "",
-        "| target | value | limit | result |",
-        "|---|---|---|---|",
-    ]
+    out += _section("Targets (issue 16)", ["target", "value", "limit", "result"])
     for t in targets:
         result = _mark(t["met"]) + (f" ({t['why']})" if t["why"] else "")
         out.append(f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['limit'])} | {result} |")
@@ -228,13 +230,21 @@ def render_markdown(results: dict) -> str:
         out += [f"| {name} | {_fmt(value, 3)} |" for name, value in ratios.items()]
     latency = results.get("latency", {})
     if latency:
-        out += [
-            "",
-            "## (1) Latency at c=1 (ms; added = through the system minus direct, same rounds)",
-            "",
-            "| system | p50 | p99 | added p50 | added p99 | TTFT p50 | added TTFT p50 | added TTFT p99 | chunk gap p50 | chunk gap p99 |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        out += _section(
+            "(1) Latency at c=1 (ms; added = through the system minus direct, same rounds)",
+            [
+                "system",
+                "p50",
+                "p99",
+                "added p50",
+                "added p99",
+                "TTFT p50",
+                "added TTFT p50",
+                "added TTFT p99",
+                "chunk gap p50",
+                "chunk gap p99",
+            ],
+        )
         for key, row in latency.items():
             whole = row.get("nonstream", {})
             add = row.get("nonstream_added", {})
@@ -289,15 +299,23 @@ def render_markdown(results: dict) -> str:
             )
     websocket = results.get("websocket", {})
     if websocket:
-        out += [
-            "",
-            "## (4) Websocket streaming through the Channels consumer (`/ws/chat/`)",
-            "",
+        out += _section(
+            "(4) Websocket streaming through the Channels consumer (`/ws/chat/`)",
+            [
+                "server",
+                "ws answer p50 ms",
+                "SSE answer p50 ms",
+                "ratio p50",
+                "ws TTFT p50",
+                "SSE TTFT p50",
+                "ratio TTFT",
+                "1,000 sockets: opened",
+                "errors",
+                "seconds",
+                "RSS per open socket KB",
+            ],
             "c=1, the same answer as SSE on `/chat` (streamed), interleaved; ratio = websocket / SSE.",
-            "",
-            "| server | ws answer p50 ms | SSE answer p50 ms | ratio p50 | ws TTFT p50 | SSE TTFT p50 | ratio TTFT | 1,000 sockets: opened | errors | seconds | RSS per open socket KB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        )
         for server, row in websocket.items():
             k = row.get("thousand", {})
             out.append(
@@ -311,26 +329,26 @@ def render_markdown(results: dict) -> str:
                 out.append(f"|  | error sample: `{str(sample)[:160]}` | | | | | | | | | |")
     rss = results.get("rss", {})
     if rss:
-        out += [
-            "",
-            "## (5) Memory (RSS, MB)",
-            "",
-            "| system | idle | under load (max) |",
-            "|---|---|---|",
-        ]
+        out += _section("(5) Memory (RSS, MB)", ["system", "idle", "under load (max)"])
         for key, row in rss.items():
             out.append(
                 f"| {_label(results, key)} | {_fmt(row.get('idle_mb'), 1)} | {_fmt(row.get('load_mb'), 1)} |"
             )
     servers = results.get("servers", {})
     if servers:
-        out += [
-            "",
-            "## Echo under daphne, uvicorn and granian (one worker each, same app)",
-            "",
-            "| server | added p50 ms | added p99 ms | added TTFT p50 ms | req/s at p99 ≤ 50 ms | CPU ms/request | ws answer / SSE | 1,000 ws errors |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+        out += _section(
+            "Echo under daphne, uvicorn and granian (one worker each, same app)",
+            [
+                "server",
+                "added p50 ms",
+                "added p99 ms",
+                "added TTFT p50 ms",
+                "req/s at p99 ≤ 50 ms",
+                "CPU ms/request",
+                "ws answer / SSE",
+                "1,000 ws errors",
+            ],
+        )
         for server, key in servers.items():
             best = _get(results, "throughput", key, "best") or {}
             out.append(
