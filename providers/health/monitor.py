@@ -259,10 +259,17 @@ class PostgresRoundLease:
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
-        self.held = False
+        held, self.held = self.held, False
         if conn is not None and not conn.closed:
             try:
-                await conn.close()  # the session lock goes with the session
+                if held:
+                    # Unlocked now: the session's end would free it only once the
+                    # server has noticed the closed connection, a moment later.
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+            except psycopg.Error:
+                logger.debug("health round lease: unlocking failed", exc_info=True)
+            try:
+                await conn.close()  # the session lock goes with the session anyway
             except psycopg.Error:
                 logger.debug("health round lease: closing its connection failed", exc_info=True)
 
