@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -20,6 +22,15 @@ class ClientAPIKey(models.Model):
     SCOPES = [
         (SCOPE_CHAT, "chat: call /chat and the model endpoints"),
         (SCOPE_ADMIN, "admin: everything, including provider management"),
+    ]
+
+    PERIOD_DAY = "day"
+    PERIOD_WEEK = "week"
+    PERIOD_MONTH = "month"
+    BUDGET_PERIODS = [
+        (PERIOD_DAY, "day (UTC)"),
+        (PERIOD_WEEK, "week (Monday, UTC)"),
+        (PERIOD_MONTH, "month (UTC)"),
     ]
 
     name = models.CharField(max_length=100, unique=True)
@@ -45,6 +56,30 @@ class ClientAPIKey(models.Model):
     default_model = models.CharField(max_length=200, blank=True)
     # After this moment the key is refused like a revoked one (null: never).
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Who the key belongs to: that user sees it and its usage (null: admins only).
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="client_keys",
+    )
+    # Spend cap in USD per period (plugins_api.access.key_budgets); null is none.
+    budget_usd = models.DecimalField(
+        "budget (USD)",
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0.000001"))],
+    )
+    budget_period = models.CharField(max_length=8, choices=BUDGET_PERIODS, default=PERIOD_MONTH)
+    # A rotated key's former secret, still accepted until previous_key_expires_at.
+    previous_key_hash = models.CharField(
+        max_length=64, null=True, blank=True, unique=True, editable=False
+    )
+    previous_key_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
@@ -52,6 +87,41 @@ class ClientAPIKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.scope}, {self.prefix}...)"
+
+
+class ClientKeyChange(models.Model):
+    """One audited change to a client key: who, when, from where, what.
+
+    Like ``providers.models.ProviderConfigChange``: CHANGES lists ``{"field",
+    "before", "after"}``, written in the change's own transaction. Neither a
+    key nor its hash is ever part of it; a rotation says only that it happened
+    and how long the former secret stays valid.
+    """
+
+    ACTIONS = [
+        ("created", "created"),
+        ("updated", "updated"),
+        ("rotated", "rotated"),
+        ("revoked", "revoked"),
+        ("deleted", "deleted"),
+    ]
+
+    key_name = models.CharField(max_length=100, db_index=True)
+    action = models.CharField(max_length=16, choices=ACTIONS)
+    actor = models.CharField(
+        max_length=150, help_text="The user, or 'key:<name>' for a client key."
+    )
+    source = models.CharField(max_length=32, help_text="admin, api, command, ...")
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    changes = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        verbose_name = "client key change"
+
+    def __str__(self) -> str:
+        return f"{self.key_name} {self.action} by {self.actor} via {self.source}"
 
 
 class Conversation(models.Model):

@@ -108,7 +108,8 @@ def live_echo(transactional_db):
 @pytest.fixture
 def chat_key(db):
     """A chat-scoped client key: (row, raw key)."""
-    from plugins_api.access.client_keys import client_key_issue, forget_cached_keys
+    from plugins_api.access.client_keys import forget_cached_keys
+    from plugins_api.access.key_changes import client_key_issue
 
     forget_cached_keys()
     return client_key_issue(name="test-chat", scope="chat")
@@ -117,7 +118,8 @@ def chat_key(db):
 @pytest.fixture
 def admin_key(db):
     """An admin-scoped client key: (row, raw key)."""
-    from plugins_api.access.client_keys import client_key_issue, forget_cached_keys
+    from plugins_api.access.client_keys import forget_cached_keys
+    from plugins_api.access.key_changes import client_key_issue
 
     forget_cached_keys()
     return client_key_issue(name="test-admin", scope="admin")

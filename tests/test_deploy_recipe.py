@@ -438,7 +438,7 @@ def test_through_nginx_the_worker_sees_the_client_not_the_balancer(stack_env, tm
             env,
             "from providers.config.services import provider_config_create as c;"
             "c(name='echo', plugin='echo', is_default=True);"
-            "from plugins_api.access.client_keys import client_key_issue as k;"
+            "from plugins_api.access.key_changes import client_key_issue as k;"
             "print(k(name='deploy', scope='admin')[1])",
         ).split()[-1]
         conf = render_nginx(tmp_path)

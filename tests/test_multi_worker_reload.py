@@ -64,7 +64,7 @@ def test_a_change_in_one_process_reloads_every_worker(shared_env) -> None:
             shared_env,
             "from providers.config.services import provider_config_create as c;"
             "c(name='echo', plugin='echo', settings={'prefix': 'Before: '}, is_default=True);"
-            "from plugins_api.access.client_keys import client_key_issue as k;"
+            "from plugins_api.access.key_changes import client_key_issue as k;"
             "print(k(name='mw', scope='chat')[1])",
         )
         .strip()

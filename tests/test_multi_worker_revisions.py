@@ -122,7 +122,7 @@ def deployment(tmp_path: Path, *, repair_seconds: int) -> Iterator[Deployment]:
                 env,
                 "from providers.config.services import provider_config_create as c;"
                 "c(name='echo', plugin='echo', settings={'prefix': 'start: '}, is_default=True);"
-                "from plugins_api.access.client_keys import client_key_issue as k;"
+                "from plugins_api.access.key_changes import client_key_issue as k;"
                 "print(k(name='mw', scope='admin')[1])",
             )
             .strip()

@@ -35,7 +35,7 @@ from channels.layers import InMemoryChannelLayer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from plugins_api.access.client_keys import client_key_issue, client_key_revoke
+from plugins_api.access.key_changes import client_key_issue, client_key_revoke
 from providers.runtime import broadcast, config_sync
 from tests.plugins_api.test_consumers import answer, key_headers, providers  # noqa: F401
 from tests.plugins_api.test_consumers import connect as connect_socket
@@ -287,7 +287,7 @@ def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], OwnRedis, str, 
                     env,
                     "from providers.config.services import provider_config_create as c;"
                     "c(name='echo', plugin='echo', settings={'prefix': 'before: '}, is_default=True);"
-                    "from plugins_api.access.client_keys import client_key_issue as k;"
+                    "from plugins_api.access.key_changes import client_key_issue as k;"
                     "print(k(name='ops', scope='admin')[1], k(name='pushed', scope='chat')[1])",
                 )
                 .strip()

@@ -357,7 +357,8 @@ async def test_anthropic_error_classes(
 @pytest.fixture
 def limited_key(upstreams: Any, live_echo: Any) -> Iterator[str]:
     """A chat key limited to 1 request a minute, with a fresh in-process limiter."""
-    from plugins_api.access.client_keys import client_key_issue, forget_cached_keys
+    from plugins_api.access.client_keys import forget_cached_keys
+    from plugins_api.access.key_changes import client_key_issue
     from plugins_api.access.key_limits import KeyLimiter, KeyLimits, set_key_limiter
 
     set_key_limiter(KeyLimiter())

@@ -469,7 +469,7 @@ def three_workers(tmp_path: Path, **env: str) -> Iterator[tuple[Workers, FakeOpe
                 "from providers.config.services import provider_config_create as c;"
                 f"c(name='up', plugin='openai', settings={settings!r}, secrets={{'api_key': 'sk-test'}},"
                 " is_default=True);"
-                "from plugins_api.access.client_keys import client_key_issue as k;"
+                "from plugins_api.access.key_changes import client_key_issue as k;"
                 "print(k(name='shared', scope='admin')[1])",
             )
             .strip()

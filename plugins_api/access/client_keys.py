@@ -1,4 +1,4 @@
-"""Issue, revoke and verify client API keys, with a small in-process cache.
+"""Verify client API keys, with a small in-process cache (keys change only through ``key_changes``).
 
 Verification sits on every request, so it must not cost a database query
 each time: a verified key is cached for ``CACHE_SECONDS`` (in the runtime's
@@ -12,26 +12,29 @@ Open chat websockets of a key that is revoked, deleted or loses its chat
 scope are closed in every worker (``client_key_push``, on any save of the
 row). Each verified use is noted in ``key_last_use``, which writes
 ``last_used_at`` at most once a minute per key, off the request's path.
-A key's identity carries its rate limits (``key_limits``); changing them
-(``client_key_set_limits``) drops this process's cache at once, the other
-workers' within ``CACHE_SECONDS``. It carries its model access too
+A key's identity carries its rate limits (``key_limits``) and its budget
+(``key_budgets``); a change (``key_changes``) drops this process's cache at
+once, the other workers' within ``CACHE_SECONDS``. It carries its model access too
 (``key_model_access``) and its expiry: a cache entry holds ``expires_at``
 and each use checks it against ``clock()`` (replaceable in tests), so a
 cached key stops at the moment it expires, not ``CACHE_SECONDS`` later.
 ``verify_key`` answers None for an expired key like a revoked one;
 ``lookup_key`` returns it, so that the caller can say it expired.
+A rotated key's former secret finds the key until its grace period ends:
+its identity then expires at that moment (or the key's own expiry, if
+sooner).
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
-from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from plugins_api.access.key_last_use import key_last_use
@@ -58,6 +61,8 @@ class ClientIdentity:
     limits: KeyLimits = UNLIMITED
     access: ModelAccess = field(default=OPEN)
     expires_at: datetime | None = None
+    budget_usd: Decimal | None = None
+    budget_period: str = ClientAPIKey.PERIOD_MONTH
 
     def expired(self) -> bool:
         """Return whether the key has expired, by ``clock()`` now."""
@@ -77,92 +82,32 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def _limit_fields(limits: KeyLimits) -> dict[str, int | None]:
-    for value in (limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError("A limit must be a whole number of at least 1 (or none).")
-    return {
-        "requests_per_minute": limits.requests_per_minute,
-        "tokens_per_minute": limits.tokens_per_minute,
-        "max_concurrent_requests": limits.max_concurrent,
-    }
-
-
-def client_key_issue(
-    *,
-    name: str,
-    scope: str,
-    limits: KeyLimits = UNLIMITED,
-    access: ModelAccess = OPEN,
-    expires_at: datetime | None = None,
-) -> tuple[ClientAPIKey, str]:
-    """Create a key called NAME with SCOPE, LIMITS, model ACCESS and EXPIRES_AT.
-
-    Return the row and the key, shown only now.
-    """
-    if scope not in dict(ClientAPIKey.SCOPES):
-        raise ValueError(f"scope must be one of: {', '.join(dict(ClientAPIKey.SCOPES))}.")
-    fields = _limit_fields(limits)
-    fields["allowed_models"] = list(access.patterns)
-    fields["default_model"] = access.default_model or ""
-    fields["expires_at"] = expires_at
-    raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ClientAPIKey.objects.create(
-        name=name,
-        scope=scope,
-        prefix=raw_key[: len(KEY_PREFIX) + 6],
-        key_hash=hash_key(raw_key),
-        **fields,
-    )
-    return row, raw_key
-
-
-@transaction.atomic
-def client_key_set_limits(*, name: str, limits: KeyLimits) -> ClientAPIKey:
-    """Set the limits of the key called NAME; this process sees them at once, others within CACHE_SECONDS."""
-    row = ClientAPIKey.objects.select_for_update().get(name=name)
-    fields = _limit_fields(limits)
-    for attribute, value in fields.items():
-        setattr(row, attribute, value)
-    row.save(update_fields=list(fields))
-    forget_cached_keys()
-    transaction.on_commit(forget_cached_keys)
-    return row
-
-
-@transaction.atomic
-def client_key_revoke(*, name: str) -> ClientAPIKey:
-    """Revoke the key called NAME; it stops working at once in this process.
-
-    Once committed, the save closes the key's open chat sockets in every worker.
-    """
-    row = ClientAPIKey.objects.select_for_update().get(name=name)
-    if row.revoked_at is None:
-        row.revoked_at = timezone.now()
-        row.save(update_fields=["revoked_at"])
-    forget_cached_keys()
-    # Again after commit: a verification in between still read the key as valid.
-    transaction.on_commit(forget_cached_keys)
-    return row
-
-
 def forget_cached_keys() -> None:
     """Drop every cached verification (after a key changes)."""
     runtime.current().key_cache.clear()
 
 
-def _identity(row: ClientAPIKey | None) -> ClientIdentity | None:
+def _matching(digest: str) -> Q:
+    """The rows RAW_KEY's DIGEST opens: the current secret, or a former one in its grace period."""
+    return Q(key_hash=digest) | Q(previous_key_hash=digest, previous_key_expires_at__gt=clock())
+
+
+def _identity(row: ClientAPIKey | None, digest: str) -> ClientIdentity | None:
     if row is None or row.revoked_at is not None:
         return None
+    expires_at = row.expires_at
+    if row.key_hash != digest:  # a former secret: valid to the end of its grace period
+        grace_end = row.previous_key_expires_at
+        expires_at = grace_end if expires_at is None else min(expires_at, grace_end)
     return ClientIdentity(
         key_id=row.pk,
         name=row.name,
         scope=row.scope,
         limits=key_limits_of(row),
         access=stored_access(row.allowed_models, row.default_model),
-        expires_at=row.expires_at,
+        expires_at=expires_at,
+        budget_usd=row.budget_usd,
+        budget_period=row.budget_period,
     )
 
 
@@ -202,7 +147,7 @@ def lookup_key(raw_key: str) -> ClientIdentity | None:
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
-        identity = _identity(ClientAPIKey.objects.filter(key_hash=digest).first())
+        identity = _identity(ClientAPIKey.objects.filter(_matching(digest)).first(), digest)
         _remember(digest, identity)
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
@@ -214,7 +159,7 @@ async def alookup_key(raw_key: str) -> ClientIdentity | None:
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
-        identity = _identity(await ClientAPIKey.objects.filter(key_hash=digest).afirst())
+        identity = _identity(await ClientAPIKey.objects.filter(_matching(digest)).afirst(), digest)
         _remember(digest, identity)
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)

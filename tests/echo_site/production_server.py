@@ -91,7 +91,7 @@ class ProductionEcho:
                 "-c",
                 "from providers.config.services import provider_config_create as c;"
                 "c(name='echo', plugin='echo', settings={'prefix': 'Echo: '}, is_default=True);"
-                "from plugins_api.access.client_keys import client_key_issue as k;"
+                "from plugins_api.access.key_changes import client_key_issue as k;"
                 "print(k(name='server-test', scope='chat')[1])",
             )
             .strip()

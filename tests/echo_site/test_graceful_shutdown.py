@@ -24,7 +24,7 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from plugins_api.access.client_keys import client_key_issue
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.chat.conversations import chat_answers_interrupt_orphaned
 from plugins_api.edge.sse import ChatEvents, encode_stream
 from plugins_api.models import Conversation, ConversationMessage

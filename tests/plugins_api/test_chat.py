@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from plugins_api.access.client_keys import client_key_revoke
+from plugins_api.access.key_changes import client_key_revoke
 from providers.config.services import provider_config_create, provider_config_update
 from providers.errors import (
     AuthenticationError,

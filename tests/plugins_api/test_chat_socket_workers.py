@@ -62,7 +62,7 @@ def issue_key(env: dict[str, str], name: str) -> str:
         env,
         "shell",
         "-c",
-        f"from plugins_api.access.client_keys import client_key_issue as k; print(k(name={name!r}, scope='chat')[1])",
+        f"from plugins_api.access.key_changes import client_key_issue as k; print(k(name={name!r}, scope='chat')[1])",
     )
     return out.strip().splitlines()[-1]
 

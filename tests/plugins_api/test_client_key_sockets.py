@@ -21,7 +21,8 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from plugins_api.access.client_keys import client_key_issue, client_key_revoke, forget_cached_keys
+from plugins_api.access.client_keys import forget_cached_keys
+from plugins_api.access.key_changes import client_key_issue, client_key_revoke
 from plugins_api.models import ClientAPIKey
 from tests.plugins_api.test_consumers import (  # noqa: F401 - fixtures
     Endless,

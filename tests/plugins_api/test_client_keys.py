@@ -10,17 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.exceptions import ValidationError
 from django.db import OperationalError
 
 from plugins_api.access import client_keys
-from plugins_api.access.client_keys import (
-    KEY_PREFIX,
-    averify_key,
-    client_key_issue,
-    client_key_revoke,
-    hash_key,
-    verify_key,
-)
+from plugins_api.access.client_keys import KEY_PREFIX, averify_key, hash_key, verify_key
+from plugins_api.access.key_changes import client_key_issue, client_key_revoke
 from plugins_api.access.key_credentials import bearer_token
 from plugins_api.access.key_last_use import key_last_use
 from plugins_api.models import ClientAPIKey
@@ -58,8 +53,9 @@ def test_each_key_is_new(db) -> None:
 
 
 def test_unknown_scope_is_refused(db) -> None:
-    with pytest.raises(ValueError, match="scope"):
+    with pytest.raises(ValidationError) as refused:
         client_key_issue(name="root", scope="root")
+    assert list(refused.value.message_dict) == ["scope"]
     assert not ClientAPIKey.objects.exists()
 
 

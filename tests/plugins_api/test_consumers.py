@@ -20,7 +20,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from echo_site.asgi import router as echo_router
-from plugins_api.access.client_keys import client_key_revoke
+from plugins_api.access.key_changes import client_key_revoke
 from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
 from providers.config.services import provider_config_create, provider_config_delete
 from providers.errors import BadRequestError, ProviderUnavailableError

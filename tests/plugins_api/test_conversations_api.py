@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from plugins_api.access.client_keys import client_key_issue
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
 
 

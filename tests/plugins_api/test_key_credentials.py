@@ -9,7 +9,7 @@ from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from plugins_api.access.client_keys import client_key_revoke
+from plugins_api.access.key_changes import client_key_revoke
 from plugins_api.access.key_credentials import (
     Denial,
     aauthenticate_key,

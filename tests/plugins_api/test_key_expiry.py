@@ -20,12 +20,8 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from plugins_api.access import client_keys
-from plugins_api.access.client_keys import (
-    averify_key,
-    client_key_issue,
-    forget_cached_keys,
-    verify_key,
-)
+from plugins_api.access.client_keys import averify_key, forget_cached_keys, verify_key
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
 from tests.plugins_api.chat_bodies import MINIMAL_CALLS

@@ -11,7 +11,8 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from plugins_api.access import key_last_use as key_last_use_module
-from plugins_api.access.client_keys import averify_key, client_key_issue, verify_key
+from plugins_api.access.client_keys import averify_key, verify_key
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.access.key_last_use import key_last_use
 from plugins_api.models import ClientAPIKey
 from tests.plugins_api.test_client_keys import fresh_key_state  # noqa: F401 - autouse fixture

@@ -19,15 +19,12 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.core.exceptions import ValidationError
 from django.test import AsyncClient
 
 from plugins_api.access import key_limits
-from plugins_api.access.client_keys import (
-    averify_key,
-    client_key_issue,
-    client_key_set_limits,
-    forget_cached_keys,
-)
+from plugins_api.access.client_keys import averify_key, forget_cached_keys
+from plugins_api.access.key_changes import client_key_issue, client_key_set_limits
 from plugins_api.access.key_limit_headers import duration
 from plugins_api.access.key_limits import (
     Admission,
@@ -394,5 +391,7 @@ def test_issue_api_key_takes_limits_and_refuses_nonsense(db: Any) -> None:
             call_command("issue_api_key", f"bad{bad}", "--rpm", bad)
     row.requests_per_minute = 0  # written past the validators: read as the strictest limit
     assert key_limits_of(row).requests_per_minute == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError) as refused:
         client_key_issue(name="x", scope="chat", limits=KeyLimits(max_concurrent=0))
+    assert list(refused.value.message_dict) == ["max_concurrent_requests"]
+    assert not ClientAPIKey.objects.filter(name="x").exists()

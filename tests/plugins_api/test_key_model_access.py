@@ -19,7 +19,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import AsyncClient
 
-from plugins_api.access.client_keys import averify_key, client_key_issue, forget_cached_keys
+from plugins_api.access.client_keys import averify_key, forget_cached_keys
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.access.key_model_access import (
     ModelAccess,
     parse_default_model,

@@ -120,7 +120,7 @@ def test_a_server_shutting_down_writes_its_queue_hostile_rows_included(pg_env) -
         "-c",
         "from providers.config.services import provider_config_create as c;"
         "c(name='echo', plugin='echo', settings={}, is_default=True);"
-        "from plugins_api.access.client_keys import client_key_issue as k;"
+        "from plugins_api.access.key_changes import client_key_issue as k;"
         "print(k(name='mallory', scope='chat')[1], k(name='alice', scope='chat')[1])",
     ).stdout.split()[-2:]
     mallory, alice = keys

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from plugins_api.access.client_keys import client_key_issue
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.models import ClientAPIKey
 
 ADMIN_USERNAME = "admin"

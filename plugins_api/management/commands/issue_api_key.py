@@ -18,7 +18,7 @@ from datetime import datetime, time
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from plugins_api.access.client_keys import client_key_issue
+from plugins_api.access.key_changes import client_key_issue
 from plugins_api.access.key_limits import KeyLimits
 from plugins_api.access.key_model_access import (
     ModelAccess,

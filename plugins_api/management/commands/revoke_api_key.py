@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from plugins_api.access.client_keys import client_key_revoke
+from plugins_api.access.key_changes import client_key_revoke
 from plugins_api.models import ClientAPIKey
 
 
