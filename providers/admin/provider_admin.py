@@ -35,7 +35,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -433,6 +433,44 @@ class ProviderConfigAdmin(admin.ModelAdmin):
         actor = _admin_actor(request)
         for config in queryset:
             provider_config_delete(config=config, actor=actor)
+
+    def get_deleted_objects(
+        self, objs: Sequence[ProviderConfig] | QuerySet[ProviderConfig], request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """Say what deleting OBJS takes with it: each provider's health checks, counted, not listed.
+
+        The health history is read-only in the admin (nobody deletes one check
+        by hand), so Django's default would refuse every deletion of a provider
+        that has been checked, for want of a permission nobody has. The checks
+        belong to their provider and go with it; its change history stays.
+        """
+        configs = list(objs)
+        counts = dict(
+            HealthCheck.objects.filter(provider__in=configs)
+            .values("provider")
+            .annotate(count=Count("id"))
+            .values_list("provider", "count")
+        )
+        deleted: list[Any] = []
+        for config in configs:
+            checks = counts.get(config.pk, 0)
+            deleted.append(
+                format_html(
+                    'Provider: <a href="{}">{}</a>',
+                    reverse("admin:providers_providerconfig_change", args=[config.pk]),
+                    config.name,
+                )
+            )
+            deleted.append(
+                [
+                    f"{checks} health check{'' if checks == 1 else 's'} (its check history)",
+                    "Kept: its change history (Provider changes), and its recorded usage",
+                ]
+            )
+        model_count = {ProviderConfig._meta.verbose_name_plural: len(configs)}
+        if sum(counts.values()):
+            model_count[HealthCheck._meta.verbose_name_plural] = sum(counts.values())
+        return deleted, model_count, set(), []
 
     # --- the audit trail ----------------------------------------------------
 

@@ -790,3 +790,51 @@ def test_typing_the_secrets_again_replaces_unreadable_ones(
     assert runtime.registry.get("secure").config["api_key"] == OTHER_SECRET
     (entry,) = admin_entries("secure")
     assert entry.changes[-1]["before"] == "(cannot be decrypted)"
+
+
+def test_only_health_checks_go_with_a_deleted_provider() -> None:
+    # get_deleted_objects names the health checks alone: a new relation must be added there.
+    related = {rel.related_model for rel in ProviderConfig._meta.related_objects}
+    assert related == {HealthCheck}
+
+
+@pytest.mark.parametrize("how", ["change page", "list action"])
+def test_a_checked_provider_can_be_deleted_saying_what_goes_with_it(
+    staff, live_echo_config, django_capture_on_commit_callbacks, how
+) -> None:
+    for available in (True, False, True):
+        HealthCheck.objects.create(
+            provider=live_echo_config, available=available, checked_at=timezone.now()
+        )
+    if how == "change page":
+        url = reverse("admin:providers_providerconfig_delete", args=[live_echo_config.pk])
+        confirm, data = staff.get(url), {"post": "yes"}
+    else:
+        url = reverse(CHANGELIST)
+        data = {"action": "delete_selected", "_selected_action": [live_echo_config.pk]}
+        confirm = staff.post(url, data)
+        data = {**data, "post": "yes"}
+    page = confirm.content.decode()
+    assert confirm.status_code == 200
+    assert "permission" not in page  # no "your account doesn't have permission to delete"
+    assert "3 health checks (its check history)" in page
+    assert "Kept: its change history" in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.post(url, data).status_code == 302
+
+    assert not ProviderConfig.objects.filter(name="echo").exists()
+    assert not HealthCheck.objects.exists()
+    assert [e.action for e in admin_entries("echo")] == ["deleted"]
+    assert "echo" not in runtime.registry
+
+
+def test_a_staff_user_without_delete_permission_still_cannot_delete(
+    client, django_user_model, live_echo_config
+) -> None:
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_providerconfig"))
+    client.force_login(viewer)
+    url = reverse("admin:providers_providerconfig_delete", args=[live_echo_config.pk])
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    assert ProviderConfig.objects.filter(name="echo").exists()
