@@ -32,12 +32,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -102,8 +103,8 @@ def _latest_health(config: ProviderConfig) -> HealthCheck | None:
 
 
 def _local(moment: Any) -> str:
-    """Return MOMENT in the site's time zone, to the second."""
-    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S}"
+    """Return MOMENT in the site's time zone, to the second, naming the zone."""
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S %Z}"
 
 
 def _shown_value(value: Any) -> str:
@@ -743,7 +744,7 @@ class HealthCheckAdmin(admin.ModelAdmin):
 class ProviderConfigChangeAdmin(admin.ModelAdmin):
     """The audit trail of every provider, deleted ones included: read-only, as evidence must be."""
 
-    list_display = ("changed_at", "provider_name", "action", "actor", "source", "remote_addr")
+    list_display = ("when", "provider_name", "action", "actor", "source", "remote_addr")
     list_filter = ("provider_name", "action", "source", "actor", "changed_at")
     search_fields = ("provider_name", "actor")
     date_hierarchy = "changed_at"
@@ -757,6 +758,50 @@ class ProviderConfigChangeAdmin(admin.ModelAdmin):
         "what_changed",
     )
     readonly_fields = fields
+
+    @admin.display(description="when", ordering="changed_at")
+    def when(self, obj: ProviderConfigChange) -> str:
+        """The moment of the change, to the second, in the site's time zone, named."""
+        return _local(obj.changed_at)
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "export.<str:extension>",
+                self.admin_site.admin_view(self.export_view),
+                name="providers_providerconfigchange_export",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def export_view(self, request: HttpRequest, extension: str) -> HttpResponse:
+        """Download the changes the list shows (its filters and search applied) as CSV or JSON."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if extension not in ("csv", "json"):
+            raise Http404("Export as .csv or .json.")
+        try:
+            shown = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("Those filters are not this list's.")
+        records = (change_record(change) for change in shown.order_by("-changed_at", "-id"))
+        filename = export_filename(None, extension)
+        if extension == "csv":
+            return _download(records_csv(records), "text/csv; charset=utf-8", filename)
+        return _download(records_json(records), "application/json", filename)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list, with links exporting what it shows."""
+        query = request.GET.urlencode()
+        base = reverse("admin:providers_providerconfigchange_export", args=["csv"])[: -len("csv")]
+        context = {
+            "export_csv_url": f"{base}csv" + (f"?{query}" if query else ""),
+            "export_json_url": f"{base}json" + (f"?{query}" if query else ""),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
 
     @admin.display(description="what changed")
     def what_changed(self, obj: ProviderConfigChange) -> str:

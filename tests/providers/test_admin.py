@@ -838,3 +838,49 @@ def test_a_staff_user_without_delete_permission_still_cannot_delete(
     url = reverse("admin:providers_providerconfig_delete", args=[live_echo_config.pk])
     assert client.post(url, {"post": "yes"}).status_code == 403
     assert ProviderConfig.objects.filter(name="echo").exists()
+
+
+def test_the_changes_list_shows_seconds_and_zone_and_exports_what_it_shows(
+    staff, securetest
+) -> None:
+    import json as json_module
+
+    from providers.audit.history import Actor
+    from providers.config.services import provider_config_update
+
+    provider_config_update(
+        config=securetest,
+        changes={"secrets": {"api_key": OTHER_SECRET}},
+        actor=Actor("key:ops", "api", "10.0.0.2"),
+    )
+    changelist = reverse("admin:providers_providerconfigchange_changelist")
+    page = staff.get(changelist).content.decode()
+    latest = ProviderConfigChange.objects.first()
+    shown = f"{timezone.localtime(latest.changed_at):%Y-%m-%d %H:%M:%S %Z}"
+    assert shown in page and re.search(r"\d\d:\d\d:\d\d [A-Z]{2,5}", shown)
+
+    csv_url = re.search(r'href="([^"]+)" id="changes-export-csv"', page).group(1)
+    exported = staff.get(csv_url)
+    assert exported.status_code == 200 and exported["Content-Type"].startswith("text/csv")
+    body = exported.content.decode()
+    assert "key:ops" in body and "sk-...3210" in body
+    assert SECRET not in body and OTHER_SECRET not in body
+
+    filtered = staff.get(changelist, {"source": "api"}).content.decode()
+    json_url = re.search(r'href="([^"]+)" id="changes-export-json"', filtered).group(1)
+    assert "source=api" in json_url
+    records = json_module.loads(staff.get(json_url.replace("&amp;", "&")).content)
+    assert [r["source"] for r in records] == ["api"]
+    assert records[0]["changed_at"].endswith("Z")
+
+    assert staff.get(csv_url.replace("export.csv", "export.xml")).status_code == 404
+    assert staff.get(csv_url + "?nosuchfield__gt=1").status_code == 400
+
+
+def test_exporting_every_change_needs_the_view_permission(
+    client, django_user_model, securetest
+) -> None:
+    nobody = django_user_model.objects.create_user("nobody", password="pw", is_staff=True)
+    client.force_login(nobody)
+    url = reverse("admin:providers_providerconfigchange_export", args=["csv"])
+    assert client.get(url).status_code == 403
