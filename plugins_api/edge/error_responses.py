@@ -33,7 +33,9 @@ def provider_error_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[s
     headers = {}
     # Clamped: a plugin's inf or NaN retry_after would make ceil() raise (a 500).
     retry_after = retry_after_seconds(exc.retry_after)
-    if isinstance(exc, RateLimitError) and retry_after is not None:
+    # A rate limit, or a 503 that knows when it ends (an open breaker, an
+    # upstream's own Retry-After): clients and SDKs wait that long, not guess.
+    if retry_after is not None and (isinstance(exc, RateLimitError) or exc.http_status == 503):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return exc.http_status, {"error": body}, headers
 
