@@ -1,13 +1,15 @@
 """URLs of the OpenAI- and Anthropic-compatible API under ``/v1``.
 
 An OpenAI SDK takes ``base_url=<echo>/v1``; an Anthropic SDK takes
-``base_url=<echo>`` and adds ``/v1/messages`` itself.
+``base_url=<echo>`` and adds ``/v1/messages`` itself. An unknown ``/v1``
+path is a JSON 404, whatever DEBUG says.
 """
 
-from django.urls import path
+from django.urls import path, re_path
 
 from plugins_api.compat import anthropic_api as anthropic_compat
 from plugins_api.compat import openai_api as openai_compat
+from plugins_api.edge.error_views import not_found
 
 urlpatterns = [
     path("v1/chat/completions", openai_compat.chat_completions, name="openai-chat-completions"),
@@ -15,4 +17,7 @@ urlpatterns = [
     path("v1/models/<path:model_id>", openai_compat.model_detail, name="openai-model-detail"),
     path("v1/embeddings", openai_compat.embeddings, name="openai-embeddings"),
     path("v1/messages", anthropic_compat.messages, name="anthropic-messages"),
+    # Any other /v1 path: the JSON 404 an SDK can read, with DEBUG on too
+    # (Django then shows its HTML page instead of calling handler404).
+    re_path(r"^v1/", not_found, name="v1-not-found"),
 ]
