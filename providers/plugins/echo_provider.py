@@ -4,18 +4,51 @@ It needs no key and no network, so a fresh ``make run`` answers at once, and
 the test suite has a provider whose every answer is known in advance. The
 answer is the configured prefix followed by the last user message; streaming
 sends it word by word with a configurable delay.
+
+It honours what a demo of a client library exercises, deterministically:
+
+- ``max_tokens``: a token is a word; a longer answer is cut to that many
+  words and ends with ``finish_reason`` ``length``.
+- ``stop``: the answer ends before the first stop sequence it holds.
+- tools: offered tools are called (``finish_reason`` ``tool_calls``) when
+  ``tool_choice`` names one (that one), is ``required`` (the first), or is
+  ``auto``/unset and the last user message names tools (each named, in the
+  order offered: parallel calls). Arguments fill the required properties
+  of the tool's JSON schema: strings with the user's message, numbers with
+  0, booleans with false, arrays and objects empty. After a tool's result,
+  the answer echoes the result. ``tool_choice`` ``none`` answers in text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from providers.base import AbstractAIProvider, PluginCapability, PluginMetadata
 from providers.errors import ModelNotFoundError
-from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk, Usage
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    HealthStatus,
+    StreamingChunk,
+    ToolCall,
+    Usage,
+)
+
+#: The empty value of each JSON Schema type, for a tool's required arguments.
+_EMPTY_ARGUMENTS: dict[str, Any] = {
+    "integer": 0,
+    "number": 0,
+    "boolean": False,
+    "array": [],
+    "object": {},
+    "null": None,
+}
 
 
 def count_tokens(text: str) -> int:
@@ -31,7 +64,7 @@ class EchoProvider(AbstractAIProvider):
         version="1.0.0",
         description="Offline provider that answers with the last user message.",
         author="Echo",
-        capabilities=[PluginCapability.STREAMING],
+        capabilities=[PluginCapability.STREAMING, PluginCapability.FUNCTION_CALLING],
         # A live instance lists its ``models`` setting instead.
         models=["echo-1"],
     )
@@ -81,28 +114,46 @@ class EchoProvider(AbstractAIProvider):
             raise ModelNotFoundError(f"Unknown model {model!r}.", provider=self.name)
         return model
 
-    def _answer(self, request: ChatRequest) -> tuple[str, Usage]:
-        last_user = next((m for m in reversed(request.messages) if m.role == "user"), None)
-        reply = self.config["prefix"] + (last_user.text if last_user else "")
+    def _answer(self, request: ChatRequest) -> tuple[str, Usage, str, list[ToolCall] | None]:
+        """Return the reply, its usage, its finish reason and any tool calls."""
         prompt_tokens = sum(count_tokens(m.text) for m in request.messages)
+        last = request.messages[-1] if request.messages else None
+        last_user = next((m for m in reversed(request.messages) if m.role == "user"), None)
+        asked = last_user.text if last_user else ""
+        calls = None if last is not None and last.role == "tool" else _tool_calls(request, asked)
+        if calls:
+            arguments = sum(count_tokens(call.arguments) for call in calls)
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=arguments)
+            return "", usage, "tool_calls", calls
+        echoed = last.text if last is not None and last.role == "tool" else asked
+        reply, finish_reason = _bounded(self.config["prefix"] + echoed, request)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=count_tokens(reply))
-        return reply, usage
+        return reply, usage, finish_reason, None
 
     async def chat_completion(self, request: ChatRequest) -> ChatResponse:
         model = self._model(request)
-        reply, usage = self._answer(request)
-        return ChatResponse(content=reply, model=model, provider=self.name, usage=usage)
+        reply, usage, finish_reason, calls = self._answer(request)
+        return ChatResponse(
+            content=reply,
+            model=model,
+            provider=self.name,
+            usage=usage,
+            finish_reason=finish_reason,
+            tool_calls=calls,
+        )
 
     async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
         model = self._model(request)
-        reply, usage = self._answer(request)
+        reply, usage, finish_reason, calls = self._answer(request)
         delay = self.config["delay_ms"] / 1000
-        words = reply.split(" ")
+        words = reply.split(" ") if reply else []
         for index, word in enumerate(words):
             if delay and index:
                 await asyncio.sleep(delay)
             yield StreamingChunk(content=word if index == 0 else " " + word, model=model)
-        yield StreamingChunk(is_final=True, finish_reason="stop", usage=usage, model=model)
+        yield StreamingChunk(
+            is_final=True, finish_reason=finish_reason, usage=usage, tool_calls=calls, model=model
+        )
 
     async def health_check(self) -> HealthStatus:
         started = time.perf_counter()
@@ -125,3 +176,66 @@ class EchoProvider(AbstractAIProvider):
             "input_cost_per_token": 0.0,
             "output_cost_per_token": 0.0,
         }
+
+
+def _bounded(reply: str, request: ChatRequest) -> tuple[str, str]:
+    """Return REPLY ended at the request's first stop sequence and cut to ``max_tokens`` words."""
+    for stop in request.stop or ():
+        if stop and stop in reply:
+            reply = reply[: reply.index(stop)]
+    if request.max_tokens is not None and count_tokens(reply) > request.max_tokens:
+        kept = reply.split()[: max(0, request.max_tokens)]
+        return " ".join(kept), "length"
+    return reply, "stop"
+
+
+def _tool_name(tool: dict[str, Any]) -> str | None:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _tool_calls(request: ChatRequest, asked: str) -> list[ToolCall] | None:
+    """Return the tool calls the echo way (see the module's docstring), or None to answer in text."""
+    offered = {name: tool for tool in request.tools or () if (name := _tool_name(tool))}
+    choice = request.tool_choice
+    if not offered or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        named = choice.get("function") if isinstance(choice.get("function"), dict) else {}
+        chosen = [named.get("name")] if named.get("name") in offered else []
+    elif choice == "required":
+        chosen = [next(iter(offered))]
+    else:
+        words = set(re.findall(r"[A-Za-z0-9_.-]+", asked))
+        chosen = [name for name in offered if name in words]
+    if not chosen:
+        return None
+    return [
+        ToolCall(
+            id="call_" + hashlib.sha256(f"{index}:{name}:{asked}".encode()).hexdigest()[:24],
+            name=name,
+            arguments=json.dumps(_arguments(offered[name], asked), ensure_ascii=False),
+        )
+        for index, name in enumerate(chosen)
+    ]
+
+
+def _arguments(tool: dict[str, Any], asked: str) -> dict[str, Any]:
+    """Fill the required properties of TOOL's parameters: strings with ASKED, others empty."""
+    parameters = tool["function"].get("parameters")
+    if not isinstance(parameters, dict):
+        return {}
+    properties = parameters.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = parameters.get("required")
+    names = required if isinstance(required, list) else list(properties)
+    arguments: dict[str, Any] = {}
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        schema = properties.get(name)
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        kind = kind if isinstance(kind, str) else "string"
+        arguments[name] = asked if kind == "string" else _EMPTY_ARGUMENTS.get(kind, asked)
+    return arguments

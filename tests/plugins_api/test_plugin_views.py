@@ -202,7 +202,7 @@ def test_list_shows_providers_with_live_status_and_plugins(api, admin, echo, sec
     assert list(providers) == ["echo", "off", "secure"]
     assert providers["echo"]["is_default"] is True
     assert providers["echo"]["enabled"] is True
-    assert providers["echo"]["capabilities"] == ["streaming"]
+    assert providers["echo"]["capabilities"] == ["streaming", "function_calling"]
     assert providers["echo"]["live"]["loaded"] is True
     assert providers["echo"]["live"]["config"]["default_model"] == "echo-1"
     assert providers["off"]["live"] == {
@@ -214,7 +214,7 @@ def test_list_shows_providers_with_live_status_and_plugins(api, admin, echo, sec
         "active_requests": 0,
     }
     assert providers["off"]["disabled_reason"] == "Paused by ops."
-    assert providers["off"]["capabilities"] == ["streaming"]
+    assert providers["off"]["capabilities"] == ["streaming", "function_calling"]
     assert providers["secure"]["capabilities"] == ["streaming", "vision"]
     plugins = {p["name"]: p for p in body["plugins"]}
     assert plugins["echo"]["source"] == "builtin"
