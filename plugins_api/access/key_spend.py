@@ -6,8 +6,8 @@ the next. The spend of a period is the sum of ``UsageRecord.cost_usd`` of
 the key's calls (``client`` = ``key:<name>``, as ``request_usage`` records
 them) made since the period's start. Answers with no known price count
 nothing. Usage rows reach the database in batches a moment after each
-answer, so this is the spend as recorded; ``key_budgets`` adds what this
-process has counted since.
+answer, so this is the spend as recorded; ``key_budgets`` adds what has
+been charged since and is not recorded yet.
 """
 
 from __future__ import annotations
@@ -72,5 +72,17 @@ async def aspent_since(name: str, start: datetime) -> Decimal:
     """Return the recorded spend of the key called NAME since START (async, one query)."""
     totals = await UsageRecord.objects.filter(
         client=key_client_label(name), created_at__gte=start
+    ).aaggregate(total=Sum("cost_usd"))
+    return totals["total"] or ZERO
+
+
+async def aspent_between(name: str, start: datetime, end: datetime) -> Decimal:
+    """Return the recorded spend of the key called NAME from START until just before END (async).
+
+    ``key_budgets`` reads the rows older than a cut-off this way, and counts
+    the newer ones (perhaps not written yet) from its own charges.
+    """
+    totals = await UsageRecord.objects.filter(
+        client=key_client_label(name), created_at__gte=start, created_at__lt=end
     ).aaggregate(total=Sum("cost_usd"))
     return totals["total"] or ZERO

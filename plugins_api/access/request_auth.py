@@ -11,10 +11,12 @@ works unchanged.
 error shape (Echo's, OpenAI's, Anthropic's); ``authenticate_chat_client``
 renders it in Echo's (``echo_denial``).
 
-``admit_client`` then holds an authenticated key to its rate limits
-(``key_limits``): an unlimited key or a session user costs nothing, a
-limited one gets an ``Admission`` to finish when its call ends, or a
-``LimitRefusal`` each API renders (``echo_limit_refusal`` in Echo's shape).
+``admit_client`` then holds an authenticated key to its budget
+(``key_budgets``) and its rate limits (``key_limits``): a key without them or
+a session user costs nothing, a limited one gets an ``Admission`` to finish
+when its call ends, or a ``BudgetRefusal`` / ``LimitRefusal`` each API renders
+(``echo_budget_refusal`` / ``echo_limit_refusal`` in Echo's shape). The budget
+is checked first: a call refused for its budget takes no rate-limit slot.
 
 ``check_model_access`` holds a key to its model allow-list
 (``key_model_access``): it puts the key's default model on a call that names
@@ -30,6 +32,7 @@ from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from plugins_api.access.client_keys import ClientIdentity
+from plugins_api.access.key_budgets import BudgetRefusal, budget_ledger
 from plugins_api.access.key_credentials import SEND_A_KEY, Denial, aauthenticate_key, unauthorized
 from plugins_api.access.key_limit_headers import openai_headers, retry_headers
 from plugins_api.access.key_limits import Admission, LimitRefusal, key_limiter
@@ -79,13 +82,23 @@ async def authenticate_chat_client(request: HttpRequest) -> JsonResponse | None:
     return None if denial is None else echo_denial(denial)
 
 
-async def admit_client(request: HttpRequest) -> Admission | LimitRefusal | None:
-    """Hold REQUEST's key to its limits: its Admission, its refusal, or None when it has none.
+async def admit_client(
+    request: HttpRequest, *, spends: bool = True
+) -> Admission | BudgetRefusal | LimitRefusal | None:
+    """Hold REQUEST's key to its budget and limits: its Admission, a refusal, or None (no limits).
 
-    Call it after ``check_chat_client``; a session user (no key) has no limits.
+    Call it after ``check_chat_client``; a session user (no key) has no
+    limits. SPENDS says whether the call may cost money (a chat); only then
+    is the key's budget checked, before its rate limits.
     """
     identity = getattr(request, "client", None)
-    if identity is None or not identity.limits.any:
+    if identity is None:
+        return None
+    if spends and identity.budget_usd is not None:
+        refused = await budget_ledger().check(identity)
+        if refused is not None:
+            return refused
+    if not identity.limits.any:
         return None
     return await key_limiter().admit(identity.key_id, identity.limits)
 
@@ -100,6 +113,28 @@ def echo_limit_refusal(refusal: LimitRefusal) -> JsonResponse:
         status=refusal.status,
     )
     for name, value in {**retry_headers(refusal), **openai_headers(refusal.state)}.items():
+        response[name] = value
+    return response
+
+
+def echo_budget_refusal(refusal: BudgetRefusal) -> JsonResponse:
+    """Render REFUSAL in Echo's error shape: 429 ``budget_exceeded`` (503 when it cannot be checked).
+
+    The body names the budget, its period and when it resets; ``Retry-After``
+    is the wait until then, and ``x-should-retry: false`` tells SDKs not to
+    retry by themselves.
+    """
+    extra: dict[str, object] = {"retry_after": refusal.retry_after_seconds}
+    if refusal.status == 429:
+        extra.update(
+            budget_usd=f"{refusal.budget_usd.normalize():f}",
+            period=refusal.period,
+            resets_at=refusal.resets_at_text,
+        )
+    response = JsonResponse(
+        error_body(refusal.kind, refusal.message, **extra), status=refusal.status
+    )
+    for name, value in refusal.headers().items():
         response[name] = value
     return response
 

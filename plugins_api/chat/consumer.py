@@ -15,11 +15,15 @@ Whatever goes wrong with one frame, the client gets an ``error`` frame and
 the connection stays open. A key client's chat frames are also held to the
 key's own limits (``key_limits``, shared with its HTTP calls): a question
 over them gets an ``error`` frame of type ``rate_limited`` with
-``retry_after`` (seconds), and the socket stays open. So is its model
-allow-list (``key_model_access``): a question for a model the key may not
-use gets an ``error`` frame of type ``model_not_allowed`` naming it, a
-question naming no model gets the key's default model, and no answer fails
-over to a model the key may not use.
+``retry_after`` (seconds), and the socket stays open. So is its budget
+(``key_budgets``): once the period's spend reaches it, a question gets an
+``error`` frame of type ``budget_exceeded`` with ``retry_after`` (seconds
+until the period ends) and ``resets_at``, and the socket stays open; each
+answer's cost is charged to it. So is its model allow-list
+(``key_model_access``): a question for a model the key may not use gets an
+``error`` frame of type ``model_not_allowed`` naming it, a question naming no
+model gets the key's default model, and no answer fails over to a model the
+key may not use.
 
 The page's provider list is pushed again whenever this process's registry
 applies, replaces or removes a provider (``registry.subscribe``): every
@@ -64,6 +68,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from plugins_api.access.client_keys import ClientIdentity, forget_cached_keys
+from plugins_api.access.key_budgets import BudgetRefusal, budget_ledger
 from plugins_api.access.key_credentials import Denial, aauthenticate_key, credential_headers
 from plugins_api.access.key_limits import Admission, LimitRefusal, key_limiter
 from plugins_api.access.request_auth import check_model_access, route_filter
@@ -392,6 +397,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         frame = dataclasses.replace(frame, model=checked.model)
         admission = await self._admit()
+        if isinstance(admission, BudgetRefusal):
+            await self.send_frame(
+                error_frame(
+                    admission.kind,
+                    admission.message,
+                    retry_after=admission.retry_after_seconds,
+                    resets_at=admission.resets_at_text if admission.status == 429 else None,
+                )
+            )
+            return
         if isinstance(admission, LimitRefusal):
             kind = "rate_limited" if admission.status == 429 else "limits_unavailable"
             await self.send_frame(
@@ -404,7 +419,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         accounting = RequestUsage(
-            client=self.client_label, endpoint=USAGE_ENDPOINT, stream=True, admission=admission
+            client=self.client_label,
+            endpoint=USAGE_ENDPOINT,
+            stream=True,
+            admission=admission,
+            identity=self.key_identity,
         )
         try:
             await self._begin_answer(frame, received, accounting)
@@ -412,10 +431,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             accounting.release()  # no answer task took the admission: give it back
             raise
 
-    async def _admit(self) -> Admission | LimitRefusal | None:
-        """Hold the connection's key to its rate limits (key_limits); None for none or a session."""
+    async def _admit(self) -> Admission | BudgetRefusal | LimitRefusal | None:
+        """Hold the connection's key to its budget, then its rate limits; None for none or a session.
+
+        A question refused for its budget takes no rate-limit slot.
+        """
         identity = self.key_identity
-        if identity is None or not identity.limits.any:
+        if identity is None:
+            return None
+        if identity.budget_usd is not None:
+            refused = await budget_ledger().check(identity)
+            if refused is not None:
+                return refused
+        if not identity.limits.any:
             return None
         return await key_limiter().admit(identity.key_id, identity.limits)
 

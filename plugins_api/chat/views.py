@@ -3,7 +3,9 @@
 An async view on the request's hot path: the key check is cached, routing
 and the provider call are in memory, nothing blocks the event loop.
 A key with rate limits is held to them (``request_auth.admit_client``): a
-refusal is a 429 ``rate_limited`` with ``Retry-After``. A key with a model
+refusal is a 429 ``rate_limited`` with ``Retry-After``. A key with a budget
+whose period's spend has reached it gets a 429 ``budget_exceeded`` until
+the period ends (``key_budgets``); the answer's cost is charged to it. A key with a model
 allow-list gets its default model when the call names none, a 403
 ``model_not_allowed`` for a model it may not use, and no failover to one
 (``request_auth.check_model_access``, ``route_filter``).
@@ -15,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from plugins_api.access.key_budgets import BudgetRefusal
 from plugins_api.access.key_limit_headers import openai_headers
 from plugins_api.access.key_limits import LimitRefusal
 from plugins_api.access.request_auth import (
@@ -22,6 +25,7 @@ from plugins_api.access.request_auth import (
     admit_client,
     authenticate_chat_client,
     check_model_access,
+    echo_budget_refusal,
     echo_denial,
     echo_limit_refusal,
     route_filter,
@@ -52,6 +56,8 @@ async def chat(request: HttpRequest) -> HttpResponse:
     call.request = checked
     allow = route_filter(identity)
     admission = await admit_client(request)
+    if isinstance(admission, BudgetRefusal):
+        return echo_budget_refusal(admission)
     if isinstance(admission, LimitRefusal):
         return echo_limit_refusal(admission)
     counters = openai_headers(admission.state) if admission is not None else {}
@@ -60,6 +66,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
         endpoint="/chat",
         stream=call.stream,
         admission=admission,
+        identity=identity,
     )
     try:
         if not call.stream:

@@ -27,7 +27,9 @@ carries both counts (the SDK takes the later values). A failure after the
 stream started is an ``error`` event, after which the stream ends.
 
 Errors have Anthropic's shape, ``{"type": "error", "error": {"type",
-"message"}}``, with Echo's honest status.
+"message"}}``, with Echo's honest status. A key whose budget is spent gets
+429 ``rate_limit_error`` saying so, with ``x-should-retry: false`` so that
+the SDK raises ``RateLimitError`` at once, without retrying.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from plugins_api.access.key_budgets import BudgetRefusal
 from plugins_api.access.key_limit_headers import anthropic_headers, retry_headers
 from plugins_api.access.key_limits import LimitRefusal
 from plugins_api.access.request_auth import Denial
@@ -133,12 +136,18 @@ def anthropic_rate_limited(refusal: LimitRefusal) -> JsonResponse:
     return anthropic_error(refusal.status, refusal.message, headers)
 
 
+def anthropic_budget_exceeded(refusal: BudgetRefusal) -> JsonResponse:
+    """Render a key's spent budget in Anthropic's shape: 429 ``rate_limit_error``, no SDK retry."""
+    return anthropic_error(refusal.status, refusal.message, refusal.headers())
+
+
 ANTHROPIC_ERRORS = CompatErrors(
     denial=anthropic_denial,
     field_error=_field_error,
     provider_error=anthropic_provider_error,
     rate_limited=anthropic_rate_limited,
     limit_headers=anthropic_headers,
+    budget_exceeded=anthropic_budget_exceeded,
 )
 
 

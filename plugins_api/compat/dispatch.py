@@ -10,6 +10,9 @@ for a ``prefix/model`` whose prefix is no provider says so. A key with rate
 limits (``key_limits``) is admitted after its body is read and before the
 provider is called (``limit``); its refusal and its counters go out in the
 API's own shape and headers (``CompatErrors.rate_limited``, ``limit_headers``).
+A key whose budget is spent (``key_budgets``) is refused in the same place
+(``CompatErrors.budget_exceeded``: 429 with ``x-should-retry: false``), before
+its rate limits are counted; the answer's cost is charged to its budget.
 A key with a model allow-list (``key_model_access``) is refused a model it
 may not use (403 ``model_not_allowed`` in the API's shape, before its limits
 are counted), and the manager skips any fallback it may not use
@@ -24,6 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
+from plugins_api.access.key_budgets import BudgetRefusal
 from plugins_api.access.key_limits import Admission, LimitRefusal, LimitState
 from plugins_api.access.request_auth import (
     Denial,
@@ -114,7 +118,8 @@ class ProviderErrorRenderer(Protocol):
 class CompatErrors:
     """How one compatible API refuses: a caller it denies, a bad field, a provider's failure, a limit.
 
-    LIMIT_HEADERS names a key's rate-limit counters as the API's SDKs read them.
+    LIMIT_HEADERS names a key's rate-limit counters as the API's SDKs read them;
+    BUDGET_EXCEEDED renders a key's spent budget.
     """
 
     denial: Callable[[Denial], HttpResponse]
@@ -122,6 +127,7 @@ class CompatErrors:
     provider_error: ProviderErrorRenderer
     rate_limited: Callable[[LimitRefusal], HttpResponse]
     limit_headers: Callable[[LimitState], dict[str, str]]
+    budget_exceeded: Callable[[BudgetRefusal], HttpResponse]
 
 
 @dataclass(slots=True)
@@ -163,9 +169,16 @@ async def admit(
         return errors.field_error(exc)
 
 
-async def limit(request: HttpRequest, errors: CompatErrors) -> Admission | HttpResponse | None:
-    """Hold REQUEST's key to its rate limits: its Admission, None (no limits), or the refusal."""
-    found = await admit_client(request)
+async def limit(
+    request: HttpRequest, errors: CompatErrors, *, spends: bool = True
+) -> Admission | HttpResponse | None:
+    """Hold REQUEST's key to its budget and rate limits: its Admission, None (no limits), or the refusal.
+
+    SPENDS says whether the call may cost money (its budget is checked then).
+    """
+    found = await admit_client(request, spends=spends)
+    if isinstance(found, BudgetRefusal):
+        return errors.budget_exceeded(found)
     return errors.rate_limited(found) if isinstance(found, LimitRefusal) else found
 
 
@@ -206,6 +219,7 @@ async def serve_chat(
         endpoint=wire.endpoint,
         stream=call.stream,
         admission=admission,
+        identity=identity,
     )
     try:
         if not call.stream:

@@ -14,7 +14,10 @@ Answers name who answered: ``model`` is ``provider/model`` (the form
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param",
 "code"}}``, with Echo's honest status (401 bad key, 404 unknown model or
-provider, 429 with ``Retry-After``, 5xx when the upstreams failed).
+provider, 429 with ``Retry-After``, 5xx when the upstreams failed). A key
+whose budget is spent gets 429 of type ``insufficient_quota`` (OpenAI's own
+for a spent quota) and code ``budget_exceeded``, with ``x-should-retry:
+false`` so that the SDK raises ``RateLimitError`` at once, without retrying.
 
 Streams are ``chat.completion.chunk`` events (``data: {...}`` lines): a
 first chunk with the assistant role, one chunk per piece of text, tool
@@ -42,6 +45,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from plugins_api.access.key_budgets import BudgetRefusal
 from plugins_api.access.key_limit_headers import openai_headers, retry_headers
 from plugins_api.access.key_limits import LimitRefusal
 from plugins_api.access.request_auth import (
@@ -177,12 +181,32 @@ def openai_rate_limited(refusal: LimitRefusal) -> JsonResponse:
     )
 
 
+def openai_budget_exceeded(refusal: BudgetRefusal) -> JsonResponse:
+    """Render a key's spent budget as OpenAI renders a spent quota: 429 ``insufficient_quota``.
+
+    The code is ``budget_exceeded``; ``Retry-After`` is the wait until the
+    budget's period ends, and ``x-should-retry: false`` stops the SDK's retries.
+    """
+    if refusal.status != 429:
+        return openai_error(
+            refusal.status, refusal.message, code="limits_unavailable", headers=refusal.headers()
+        )
+    return openai_error(
+        429,
+        refusal.message,
+        kind="insufficient_quota",
+        code="budget_exceeded",
+        headers=refusal.headers(),
+    )
+
+
 OPENAI_ERRORS = CompatErrors(
     denial=openai_denial,
     field_error=openai_field_error,
     provider_error=openai_provider_error,
     rate_limited=openai_rate_limited,
     limit_headers=openai_headers,
+    budget_exceeded=openai_budget_exceeded,
 )
 
 
@@ -457,7 +481,7 @@ async def models(request: HttpRequest) -> HttpResponse:
     denial = await check_chat_client(request)
     if denial is not None:
         return openai_denial(denial)
-    admission = await limit(request, OPENAI_ERRORS)
+    admission = await limit(request, OPENAI_ERRORS, spends=False)
     if isinstance(admission, HttpResponse):
         return admission
     if admission is not None:
@@ -485,7 +509,7 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     denial = await check_chat_client(request)
     if denial is not None:
         return openai_denial(denial)
-    admission = await limit(request, OPENAI_ERRORS)
+    admission = await limit(request, OPENAI_ERRORS, spends=False)
     if isinstance(admission, HttpResponse):
         return admission
     if admission is not None:

@@ -4,15 +4,20 @@ Shared by every endpoint that chats (``/chat``, the compatible ``/v1``
 endpoints, the websocket), so that each records the same facts the same way.
 A call admitted under its key's rate limits (``key_limits.Admission``) is
 finished here too, however it ends: the tokens its answer used are charged
-to the key's tokens per minute and its concurrency slot is given back.
+to the key's tokens per minute and its concurrency slot is given back. The
+answer's cost (as the recorder prices it) is charged to the key's budget
+(``key_budgets``), when its key has one.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
+from plugins_api.access.client_keys import ClientIdentity
+from plugins_api.access.key_budgets import budget_ledger
 from plugins_api.access.key_limits import Admission
 from providers.errors import ProviderError
 from providers.runtime import process as runtime
@@ -33,12 +38,19 @@ async def client_label(request: Any) -> str:
 
 
 class RequestUsage:
-    """The clock and usage of one request."""
+    """The clock and usage of one request; IDENTITY, the calling key, pays for it if it has a budget."""
 
     def __init__(
-        self, *, client: str, endpoint: str, stream: bool, admission: Admission | None = None
+        self,
+        *,
+        client: str,
+        endpoint: str,
+        stream: bool,
+        admission: Admission | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self.admission = admission
+        self.identity = identity
         self.client = client
         self.endpoint = endpoint
         self.stream = stream
@@ -52,6 +64,11 @@ class RequestUsage:
         """Finish the call's admission, charging TOKENS (once; later calls do nothing)."""
         if self.admission is not None:
             self.admission.finish(tokens)
+
+    def charge(self, cost: Decimal | None) -> None:
+        """Charge COST (USD; None: no known price) to the key's budget, if it has one."""
+        if self.identity is not None and self.identity.budget_usd is not None:
+            budget_ledger().charge(self.identity, cost)
 
     def first_chunk(self) -> None:
         """Note that the first chunk arrived now."""
@@ -71,7 +88,7 @@ class RequestUsage:
         total = self._elapsed_ms()
         overhead = self._overhead(total, response.metadata)
         self.release(response.usage.prompt_tokens + response.usage.completion_tokens)
-        runtime.usage_recorder.record(
+        cost = runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -87,6 +104,7 @@ class RequestUsage:
                 retries=response.metadata.get("retries", []),
             )
         )
+        self.charge(cost)
         return overhead
 
     def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:
@@ -122,7 +140,7 @@ class RequestUsage:
         if self.first_chunk_at is not None:
             ttft = (self.first_chunk_at - self.started) * 1000
         outcome = "cancelled" if cancelled else "error" if error or final is None else "ok"
-        runtime.usage_recorder.record(
+        cost = runtime.usage_recorder.record(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -141,6 +159,7 @@ class RequestUsage:
                 retries=meta.get("retries", []),
             )
         )
+        self.charge(cost)
 
     async def track(
         self, first: StreamingChunk | None, rest: AsyncIterator[StreamingChunk]

@@ -2,9 +2,10 @@
 
 ``UsageRecorder.record(event)`` (the runtime's ``usage_recorder``) costs
 the request only a few metric updates and a queue append of
-``(event, cost, time)``; rows reach the database in batches, made and
-written (``providers.usage.row_writer``) in the ORM's thread by a background
-task on the serving loop (``flush`` writes them at once).
+``(event, cost, time)``, and returns the cost; rows reach the database in
+batches, made and written (``providers.usage.row_writer``) in the ORM's
+thread by a background task on the serving loop (``flush`` writes them at
+once).
 
 No client can stop the accounting of the others: the writer makes every
 field storable (cut to its column, no NUL, no lone surrogate); a batch the
@@ -135,8 +136,13 @@ class UsageRecorder:
         self._failing = False
         self._refusals_logged: set[str] = set()
 
-    def record(self, event: UsageEvent) -> None:
-        """Count EVENT in the metrics and queue it; its row is made by the writer, off this path."""
+    def record(self, event: UsageEvent) -> Decimal | None:
+        """Count EVENT in the metrics and queue it; return its cost in USD (None: no known price).
+
+        Its row is made by the writer, off this path. The cost is the one the
+        row will carry (``cost_of``), so that a caller (a key's budget) can
+        count it before the row is written.
+        """
         cost = cost_of(
             self._registry,
             event.provider,
@@ -148,6 +154,7 @@ class UsageRecorder:
         self._pending.append((_held(event), cost, time.time()))
         self._trim()
         self._schedule()
+        return cost
 
     def _observe(self, event: UsageEvent, cost: Decimal | None) -> None:
         metric_labels = self._labels
