@@ -17,6 +17,7 @@ it stops being usable (``client_key_push``).
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from plugins_api.access import client_keys
 from plugins_api.access.client_keys import KEY_PREFIX, forget_cached_keys, hash_key
 from plugins_api.access.key_history import key_snapshot, record_key_change
 from plugins_api.access.key_limits import UNLIMITED, KeyLimits
@@ -57,6 +59,11 @@ EDITABLE_FIELDS = (
     "budget_period",
 )
 _NOT_VALIDATED = ("prefix", "key_hash", "previous_key_hash", "previous_key_expires_at")
+#: What a key's name may be: usage and budgets know the key as ``key:<name>``, URLs as ``/api/keys/<name>/``.
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
+KEY_NAME_RULE = "Use letters, digits and '_.@+-', starting with a letter or digit."
+#: Names the URL map gives to something else (``/api/keys/history/``).
+RESERVED_NAMES = frozenset({"history"})
 
 
 def new_secret() -> tuple[str, str, str]:
@@ -73,22 +80,31 @@ def validate_key(row: ClientAPIKey) -> None:
     The admin's form and the API's serializer call it too, so that each says
     the same thing about the same value.
     """
-    errors: dict[str, list[str]] = {}
+    errors: dict[str, list[ValidationError]] = {}
     try:
         row.full_clean(exclude=_NOT_VALIDATED, validate_unique=row._state.adding)
     except ValidationError as exc:
-        errors.update(exc.message_dict)
+        errors.update(exc.error_dict)  # with their codes ("unique", "invalid", ...)
+
+    def refuse(field: str, message: str, code: str = "invalid") -> None:
+        errors.setdefault(field, []).append(ValidationError(message, code=code))
+
+    if row._state.adding and "name" not in errors:
+        if not KEY_NAME.fullmatch(row.name or ""):
+            refuse("name", KEY_NAME_RULE)
+        elif row.name in RESERVED_NAMES:
+            refuse("name", f"{row.name!r} is reserved by the API's URLs.", "reserved")
     if not isinstance(row.allowed_models, list):
-        errors.setdefault("allowed_models", []).append("Give a list of provider/model patterns.")
+        refuse("allowed_models", "Give a list of provider/model patterns.")
     else:
         try:
             row.allowed_models = list(parse_patterns(row.allowed_models))
         except ValueError as exc:
-            errors.setdefault("allowed_models", []).append(str(exc))
+            refuse("allowed_models", str(exc))
     try:
         row.default_model = parse_default_model(row.default_model) or ""
     except (ValueError, AttributeError) as exc:
-        errors.setdefault("default_model", []).append(str(exc))
+        refuse("default_model", str(exc))
     if errors:
         raise ValidationError(errors)
 
@@ -193,7 +209,7 @@ def client_key_rotate(
     row = ClientAPIKey.objects.select_for_update().get(name=name)
     if row.revoked_at is not None:
         raise ValidationError({"name": ["This key is revoked; issue a new one instead."]})
-    now = timezone.now()
+    now = client_keys.clock()  # the clock verification measures the grace period by
     former = row.key_hash
     raw_key, row.prefix, row.key_hash = new_secret()
     row.previous_key_hash = former if grace else None
