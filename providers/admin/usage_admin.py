@@ -3,6 +3,11 @@
 The usage list opens on a summary of the chosen period (``?days=``, 7 by
 default): totals per client key, provider and model, and a bar chart of
 tokens per day, drawn as inline SVG (no scripts, no CDN).
+
+A superuser sees every row. Any other staff user sees, in the list and in
+the summary, only the rows of their own client keys (``key:<name>``, found
+through the ``client_keys`` relation the API app's keys give a user: this
+app does not import that app) and of their own calls (their username).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Count, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -23,10 +28,21 @@ PERIODS = (1, 7, 30, 90)
 CHART_WIDTH, CHART_HEIGHT = 600, 120
 
 
-def usage_totals(since: Any, group: str) -> list[dict[str, Any]]:
-    """Return request, token and cost totals since SINCE grouped by GROUP, biggest first."""
+def usage_visible_to(user: Any, rows: QuerySet[UsageRecord] | None = None) -> QuerySet[UsageRecord]:
+    """Return those of ROWS (default: all) USER may see: all for a superuser, else their own."""
+    rows = UsageRecord.objects.all() if rows is None else rows
+    if user.is_superuser:
+        return rows
+    owned = getattr(user, "client_keys", None)  # the reverse of the API app's key owner
+    names = list(owned.values_list("name", flat=True)) if owned is not None else []
+    # The client label request usage records: "key:<name>" for a key, the username for a session.
+    return rows.filter(client__in=[f"key:{name}" for name in names] + [user.get_username()])
+
+
+def usage_totals(rows: QuerySet[UsageRecord], since: Any, group: str) -> list[dict[str, Any]]:
+    """Return request, token and cost totals of ROWS since SINCE grouped by GROUP, biggest first."""
     return list(
-        UsageRecord.objects.filter(created_at__gte=since)
+        rows.filter(created_at__gte=since)
         .values(group)
         .annotate(
             requests=Count("id"),
@@ -38,10 +54,10 @@ def usage_totals(since: Any, group: str) -> list[dict[str, Any]]:
     )
 
 
-def tokens_per_day(since: Any) -> list[dict[str, Any]]:
-    """Return the tokens and requests of each day since SINCE, oldest first."""
+def tokens_per_day(rows: QuerySet[UsageRecord], since: Any) -> list[dict[str, Any]]:
+    """Return the tokens and requests of ROWS on each day since SINCE, oldest first."""
     return list(
-        UsageRecord.objects.filter(created_at__gte=since)
+        rows.filter(created_at__gte=since)
         .annotate(day=TruncDate("created_at"))
         .values("day")
         .annotate(
@@ -107,6 +123,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
     search_fields = ("client", "provider", "model")
     date_hierarchy = "created_at"
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRecord]:
+        """Every row for a superuser; their own keys' and calls' for anyone else."""
+        return usage_visible_to(request.user, super().get_queryset(request))
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -125,13 +145,14 @@ class UsageRecordAdmin(admin.ModelAdmin):
         request.GET = request.GET.copy()
         request.GET.pop("days", None)
         since = timezone.now() - timedelta(days=days)
+        rows = usage_visible_to(request.user)
         context = {
             "usage_days": days,
             "usage_periods": PERIODS,
-            "usage_by_client": usage_totals(since, "client"),
-            "usage_by_provider": usage_totals(since, "provider"),
-            "usage_by_model": usage_totals(since, "model"),
-            "usage_chart": daily_chart(tokens_per_day(since)),
+            "usage_by_client": usage_totals(rows, since, "client"),
+            "usage_by_provider": usage_totals(rows, since, "provider"),
+            "usage_by_model": usage_totals(rows, since, "model"),
+            "usage_chart": daily_chart(tokens_per_day(rows, since)),
             **(extra_context or {}),
         }
         return super().changelist_view(request, context)
