@@ -1,9 +1,18 @@
 // Echo's chat page: one websocket (/ws/chat/) for the chat and the provider list,
-// /api/conversations/ for past conversations. Plain JavaScript, no build step.
+// /api/conversations/ for past conversations; answers shown as sanitized Markdown.
+// Plain JavaScript, no build step; marked, DOMPurify and highlight.js are vendored
+// (echo/vendor/) and loaded before this file.
 "use strict";
 
 (() => {
   const HEALTH_REFRESH_MS = 30000;
+  // Reconnecting: the first retry after about half a second, each next one twice as
+  // late up to half a minute, each delay moved by up to a fifth either way so that
+  // many pages cut off together do not all come back in the same instant.
+  const RETRY_FIRST_MS = 500;
+  const RETRY_MAX_MS = 30000;
+  const RETRY_JITTER = 0.2;
+  const OFFLINE_NOTICE = "Connection lost; reconnecting…";
   const $ = (id) => document.getElementById(id);
   const app = $("app");
   const ui = {
@@ -23,8 +32,12 @@
     stop: $("stop"),
   };
   const state = {
-    socket: null,
-    retry: 500,
+    socket: null, // the websocket, open or still connecting
+    offline: false, // the connection was lost and is not back yet
+    retryDelay: RETRY_FIRST_MS, // the next reconnection's delay, before jitter
+    retryTimer: null,
+    probing: false, // a reconnection's probe request is under way
+    leaving: false, // the page is being left: its sockets close on purpose
     providers: JSON.parse($("initial-providers").textContent),
     wantedProvider: null, // what the person picked, kept while it is briefly missing
     wantedModel: null,
@@ -36,31 +49,94 @@
   // --- the websocket ---------------------------------------------------
 
   function connect() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}${app.dataset.socketPath}`);
     state.socket = socket;
-    socket.addEventListener("open", () => {
-      state.retry = 500;
-      setStatus("");
-      updateControls();
+    let heard = false;
+    socket.addEventListener("open", updateControls);
+    socket.addEventListener("message", (event) => {
+      // The server speaks first (the provider list): only then is the connection a success.
+      if (!heard) {
+        heard = true;
+        connectionRestored();
+      }
+      handle(JSON.parse(event.data));
     });
-    socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
     socket.addEventListener("close", () => {
+      if (state.socket !== socket) return;
       state.socket = null;
       const unfinished = state.answering || state.pending;
-      if (unfinished) finishAnswer(unfinished, "failed", "The connection dropped.");
+      if (unfinished) {
+        state.answering = state.pending = null;
+        finishAnswer(unfinished, "failed", "The connection dropped.");
+      }
+      if (!state.leaving) connectionLost();
       updateControls();
-      // A refused handshake looks like any other close: ask the API whether the login expired.
-      fetch("/api/conversations/", { headers: { Accept: "application/json" } }).then((r) => {
-        if (r.status === 401 || r.status === 403) {
-          location.assign(`/accounts/login/?next=${encodeURIComponent(location.pathname)}`);
-          return;
-        }
-        setStatus("Connection lost; reconnecting…");
-        setTimeout(connect, state.retry);
-        state.retry = Math.min(state.retry * 2, 10000);
-      }, () => setTimeout(connect, state.retry));
     });
+  }
+
+  function connectionLost() {
+    state.offline = true;
+    setStatus(OFFLINE_NOTICE);
+    renderHealth(currentProvider());
+    scheduleReconnect();
+  }
+
+  function connectionRestored() {
+    state.retryDelay = RETRY_FIRST_MS;
+    if (!state.offline) return;
+    state.offline = false;
+    if (ui.status.textContent === OFFLINE_NOTICE) setStatus("");
+    // The provider list (picker and health) follows on the socket; conversations are asked for.
+    renderHealth(currentProvider());
+    loadConversations();
+  }
+
+  function scheduleReconnect() {
+    if (state.retryTimer !== null) return;
+    const spread = 1 - RETRY_JITTER + 2 * RETRY_JITTER * Math.random();
+    state.retryTimer = setTimeout(reconnect, state.retryDelay * spread);
+    state.retryDelay = Math.min(state.retryDelay * 2, RETRY_MAX_MS);
+  }
+
+  // One reconnection attempt: one plain request first, which also tells an expired
+  // login (a refused handshake looks like any other close); the socket only once
+  // the server answers. While it is away each attempt costs one failed request.
+  async function reconnect() {
+    state.retryTimer = null;
+    if (state.socket || state.probing || state.leaving) return;
+    state.probing = true;
+    let reachable = false;
+    try {
+      const response = await fetch("/api/conversations/", {
+        headers: { Accept: "application/json" },
+        cache: "no-store",
+      });
+      if (response.status === 401 || response.status === 403) return toLogin();
+      // A proxy's "bad gateway" or "unavailable" means Echo itself is still away.
+      reachable = ![502, 503, 504].includes(response.status);
+    } catch (error) {
+      reachable = false;
+    } finally {
+      state.probing = false;
+    }
+    if (reachable) connect();
+    else scheduleReconnect();
+  }
+
+  function reconnectNow() {
+    if (state.socket || state.leaving) return;
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    state.retryDelay = RETRY_FIRST_MS;
+    reconnect();
+  }
+
+  function toLogin() {
+    state.leaving = true;
+    location.assign(`/accounts/login/?next=${encodeURIComponent(location.pathname)}`);
   }
 
   function sendFrame(frame) {
@@ -79,7 +155,7 @@
         onStart(frame);
         break;
       case "chunk":
-        if (state.answering) appendText(state.answering, frame.content);
+        if (state.answering) appendText(state.answering, String(frame.content ?? ""));
         break;
       case "done":
         onDone(frame);
@@ -139,6 +215,7 @@
     return model ? `${provider} · ${model}` : provider || "";
   }
 
+  // A person's message stays plain text; an answer is Markdown.
   function addMessage(role, text, meta, status) {
     ui.empty.hidden = true;
     const element = document.createElement("div");
@@ -146,7 +223,13 @@
     if (status && status !== "complete") element.classList.add(status);
     const bubble = document.createElement("div");
     bubble.className = "bubble";
-    bubble.textContent = text;
+    if (role === "assistant") {
+      if (markdown) bubble.classList.add("markdown"); // else plain text, its lines kept
+      answerTexts.set(element, text);
+      renderMarkdown(bubble, text);
+    } else {
+      bubble.textContent = text;
+    }
     const line = document.createElement("div");
     line.className = "meta";
     line.textContent = meta || "";
@@ -157,8 +240,35 @@
   }
 
   function appendText(element, text) {
+    answerTexts.set(element, (answerTexts.get(element) || "") + text);
+    scheduleRender(element);
+  }
+
+  // While an answer streams it is drawn again at most once per animation frame, and
+  // less often when drawing gets slow (a long answer): at most a fifth of the time.
+  function scheduleRender(element) {
+    dirtyAnswers.add(element);
+    if (renderFrame) return;
+    renderFrame = requestAnimationFrame(function drawDirtyAnswers(now) {
+      if (now - lastRenderAt < 4 * lastRenderCost) {
+        renderFrame = requestAnimationFrame(drawDirtyAnswers);
+        return;
+      }
+      renderFrame = 0;
+      for (const dirty of [...dirtyAnswers]) renderAnswer(dirty, false);
+    });
+  }
+
+  function renderAnswer(element, final) {
+    dirtyAnswers.delete(element);
     const nearEnd = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
-    element.querySelector(".bubble").append(text);
+    const started = performance.now();
+    const bubble = element.querySelector(".bubble");
+    const text = answerTexts.get(element) || "";
+    if (final) drawFinalMarkdown(bubble, text);
+    else drawStreamingMarkdown(bubble, text);
+    lastRenderAt = performance.now();
+    lastRenderCost = lastRenderAt - started;
     scrollToEnd(nearEnd);
   }
 
@@ -167,6 +277,8 @@
   }
 
   function finishAnswer(element, status, meta) {
+    // The final text is drawn now, as a reopened conversation draws it.
+    if (answerTexts.has(element)) renderAnswer(element, true);
     element.classList.remove("streaming");
     if (status && status !== "complete") element.classList.add(status);
     element.dataset.status = status || "complete";
@@ -179,7 +291,228 @@
 
   function clearMessages() {
     ui.messages.querySelectorAll(".message").forEach((m) => m.remove());
+    dirtyAnswers.clear();
     ui.empty.hidden = false;
+  }
+
+  // --- answers as Markdown ---------------------------------------------
+  // marked parses the answer; raw HTML in it is turned into text (a model's HTML
+  // never becomes markup); highlight.js colours code in a language it knows;
+  // DOMPurify then keeps only the tags, attributes and link schemes below (a second
+  // wall, should marked ever let something through); links open in a new tab with
+  // no opener; each code block gets a Copy button.
+
+  const MARKDOWN_TAGS = [
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "code", "pre",
+    "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "span",
+  ];
+  const MARKDOWN_ATTRIBUTES = ["href", "title", "class", "start", "align"];
+  const LINK_SCHEMES = /^(?:https?:|mailto:)/i;
+  // The classes highlight.js writes ("hljs-title function_") and the code's language.
+  const CODE_CLASS = /^(?:hljs(?:-[\w-]+)?|language-[\w+#.-]+|[a-z]+_)$/;
+  const answerTexts = new WeakMap(); // an answer's element -> its Markdown so far
+  const dirtyAnswers = new Set(); // answers whose text changed since they were drawn
+  const streamedBlocks = new WeakMap(); // a streaming answer's bubble -> its settled blocks
+  let renderFrame = 0;
+  let lastRenderAt = 0;
+  let lastRenderCost = 0;
+  const markdown = buildMarkdown();
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  }
+
+  // Return { lex(text) -> marked's block tokens, draw(tokens) -> sanitized
+  // DocumentFragment }, or null when a vendored library did not load (answers are
+  // then shown as plain text). Drawing tokens one group at a time gives the same
+  // nodes as drawing them all at once: marked's output is their concatenation.
+  function buildMarkdown() {
+    const { marked, DOMPurify, hljs } = window;
+    if (!marked || !marked.Marked || !DOMPurify || !DOMPurify.isSupported || !hljs) return null;
+    const parser = new marked.Marked({ gfm: true, breaks: true, async: false, silent: true });
+    parser.use({
+      renderer: {
+        // Raw HTML is shown as written: a block of it as a paragraph, its lines kept.
+        html: ({ text, block }) =>
+          block ? `<p>${escapeHtml(text.trim()).replace(/\n/g, "<br>")}</p>` : escapeHtml(text),
+        code: ({ text, lang }) => codeBlock(hljs, text, lang),
+        checkbox: ({ checked }) => (checked ? "\u2611 " : "\u2610 "),
+        link(token) {
+          // false: marked's own rendering; anything but http(s) and mailto stays text.
+          return LINK_SCHEMES.test(token.href.trim()) ? false : this.parser.parseInline(token.tokens);
+        },
+        image({ href, text }) {
+          // An image would load by itself (a model could leak the chat through its URL): a link instead.
+          const label = escapeHtml(`Image: ${text || href}`);
+          if (!/^https?:/i.test(href.trim())) return label;
+          return `<a href="${escapeHtml(href.trim())}">${label}</a>`;
+        },
+      },
+    });
+    DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
+      if (data.attrName === "class") {
+        data.keepAttr = data.attrValue.split(/\s+/).every((name) => CODE_CLASS.test(name));
+      }
+    });
+    DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A" && node.hasAttribute("href")) {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      }
+    });
+    const config = {
+      ALLOWED_TAGS: MARKDOWN_TAGS,
+      ALLOWED_ATTR: MARKDOWN_ATTRIBUTES,
+      ALLOWED_URI_REGEXP: LINK_SCHEMES,
+      ALLOW_DATA_ATTR: false,
+      RETURN_DOM_FRAGMENT: true,
+    };
+    return {
+      lex: (text) => parser.lexer(text),
+      draw(tokens) {
+        const fragment = DOMPurify.sanitize(parser.parser(tokens).trim(), config);
+        // Blank lines between blocks are marked's, not the answer's.
+        for (const node of [...fragment.childNodes]) {
+          if (node.nodeType === Node.TEXT_NODE && !node.data.trim()) node.remove();
+        }
+        for (const pre of fragment.querySelectorAll("pre")) addCodeHead(pre);
+        return fragment;
+      },
+    };
+  }
+
+  function codeBlock(hljs, text, lang) {
+    const name = String(lang || "").trim().split(/\s+/)[0].toLowerCase();
+    const known = name && hljs.getLanguage(name) ? name : "";
+    const body = known
+      ? hljs.highlight(text, { language: known, ignoreIllegals: true }).value
+      : escapeHtml(text);
+    const classes = known ? `hljs language-${escapeHtml(known)}` : "hljs";
+    return `<pre><code class="${classes}">${body}</code></pre>`;
+  }
+
+  // Offsets into the text must match marked's, which reads any line end as "\n".
+  function newlines(text) {
+    return text.replace(/\r\n?/g, "\n");
+  }
+
+  // Draw TEXT into BUBBLE from scratch: a reopened answer, or the end of a streamed one.
+  function renderMarkdown(bubble, text) {
+    streamedBlocks.delete(bubble);
+    if (!markdown) {
+      bubble.textContent = text;
+      return;
+    }
+    bubble.replaceChildren(markdown.draw(markdown.lex(newlines(text))));
+  }
+
+  // While an answer streams, the blocks before its last one are settled: drawn once
+  // and kept. Only the last block, the one still growing, is parsed and drawn again,
+  // so a long answer costs no more per frame than a short one.
+  function drawStreamingMarkdown(bubble, text) {
+    if (!markdown) {
+      bubble.textContent = text;
+      return;
+    }
+    const whole = newlines(text);
+    let blocks = streamedBlocks.get(bubble);
+    if (!blocks) {
+      blocks = { raws: [], length: 0, live: [] }; // settled blocks' sources, their length, live nodes
+      streamedBlocks.set(bubble, blocks);
+      bubble.replaceChildren();
+    }
+    const tokens = markdown.lex(whole.slice(blocks.length));
+    let last = tokens.length - 1;
+    while (last > 0 && tokens[last].type === "space") last -= 1;
+    const settled = tokens.slice(0, Math.max(last, 0));
+    const settledSource = settled.map((token) => token.raw).join("");
+    for (const node of blocks.live) node.remove();
+    let live = tokens;
+    if (settled.length && whole.startsWith(settledSource, blocks.length)) {
+      bubble.append(markdown.draw(settled));
+      blocks.raws.push(...settled.map((token) => token.raw));
+      blocks.length += settledSource.length;
+      live = tokens.slice(settled.length);
+    }
+    const fragment = markdown.draw(live);
+    blocks.live = [...fragment.childNodes];
+    bubble.append(fragment);
+  }
+
+  // The end of a streamed answer. Its settled blocks stay when a parse of the whole
+  // text has exactly them first (a reference link defined later, or a list joined
+  // across them, would make a difference): the answer then ends exactly as a
+  // reopened one is drawn, without drawing a long answer twice.
+  function drawFinalMarkdown(bubble, text) {
+    const blocks = streamedBlocks.get(bubble);
+    if (!markdown || !blocks) return renderMarkdown(bubble, text);
+    streamedBlocks.delete(bubble);
+    const tokens = markdown.lex(newlines(text));
+    const kept = blocks.raws.length;
+    const same =
+      Object.keys(tokens.links || {}).length === 0 &&
+      tokens.length >= kept &&
+      blocks.raws.every((raw, index) => tokens[index].raw === raw);
+    if (!same) return renderMarkdown(bubble, text);
+    for (const node of blocks.live) node.remove();
+    bubble.append(markdown.draw(tokens.slice(kept)));
+  }
+
+  // Put a code block in a frame with its language and a Copy button above it.
+  function addCodeHead(pre) {
+    const code = pre.querySelector("code");
+    const block = document.createElement("div");
+    block.className = "code-block";
+    const head = document.createElement("div");
+    head.className = "code-head";
+    const language = document.createElement("span");
+    language.className = "code-language";
+    const named = code && /(?:^|\s)language-(\S+)/.exec(code.className);
+    language.textContent = named ? named[1] : "";
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = "Copy";
+    copy.setAttribute("aria-label", "Copy the code");
+    head.append(language, copy);
+    pre.replaceWith(block);
+    block.append(head, pre);
+  }
+
+  async function copyCode(button) {
+    const code = button.closest(".code-block").querySelector("pre code, pre");
+    const copied = await copyText(code.textContent);
+    button.textContent = copied ? "Copied" : "Copy failed";
+    setTimeout(() => {
+      button.textContent = "Copy";
+    }, 1500);
+  }
+
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      try {
+        await navigator.clipboard.writeText(text);
+        return true;
+      } catch (error) {
+        // Refused (no permission, page not focused): try the old way below.
+      }
+    }
+    // Pages served over plain http to another host have no clipboard API.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.append(area);
+    area.select();
+    let copied = false;
+    try {
+      copied = document.execCommand("copy");
+    } catch (error) {
+      copied = false;
+    }
+    area.remove();
+    return copied;
   }
 
   // --- the provider and model picker -----------------------------------
@@ -214,6 +547,13 @@
 
   function renderHealth(provider) {
     ui.health.className = "health";
+    if (state.offline) {
+      // What the server last said may no longer be true: grey, until it speaks again.
+      ui.health.classList.add("offline");
+      ui.health.textContent = "no connection";
+      ui.health.title = "No connection to Echo: provider health unknown";
+      return;
+    }
     if (!provider) {
       ui.health.textContent = "";
       return;
@@ -374,6 +714,10 @@
     }
   });
   ui.input.addEventListener("input", growInput);
+  ui.messages.addEventListener("click", (event) => {
+    const copy = event.target.closest("button.copy");
+    if (copy) copyCode(copy);
+  });
   ui.stop.addEventListener("click", () => sendFrame({ type: "cancel" }));
   ui.provider.addEventListener("change", () => {
     state.wantedProvider = ui.provider.value;
@@ -392,6 +736,16 @@
   setInterval(() => {
     if (document.visibilityState === "visible") sendFrame({ type: "providers" });
   }, HEALTH_REFRESH_MS);
+
+  window.addEventListener("online", reconnectNow);
+  window.addEventListener("pagehide", () => {
+    state.leaving = true;
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (!event.persisted) return;
+    state.leaving = false; // back from the back-forward cache
+    if (!state.socket) reconnectNow();
+  });
 
   renderProviders();
   loadConversations();
