@@ -4,7 +4,8 @@ Thin views: they validate the request, call the registry (through
 ``run_in_serving_loop``), the services, selectors and health checks, and
 render. Every view needs an admin-scoped key or a staff session (the
 default permission) except ``GET /health``, which is public and minimal
-for load balancers.
+for load balancers: an async view (``public_health``), answered from
+memory on the event loop.
 
 Payloads (see the OpenAPI schema at ``/api/schema/`` for every field):
 
@@ -33,6 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
@@ -465,8 +469,46 @@ class ProviderModelInfoView(APIView):
         return Response(ModelInfoSerializer({"provider": name, "model": model, "info": info}).data)
 
 
+HEALTH_DESCRIPTION = (
+    "`ok` when every enabled provider is available, `degraded` when some are, "
+    "`down` (HTTP 503) when none is. Answered from the periodic health checks "
+    "when they are recent; otherwise from one probe per provider, shared by "
+    "concurrent callers and kept for a few seconds. However many probes arrive, "
+    "no request makes its own upstream call, and nothing is recorded. Which "
+    "providers are enabled is kept in memory by the configuration sync: a "
+    "change shows on the next call, and a worker that has read its configuration "
+    "answers without touching the database."
+)
+
+
+def _health_status(summary: dict[str, Any]) -> int:
+    """Return the HTTP status of the public health SUMMARY: 503 when nothing serves."""
+    return status.HTTP_503_SERVICE_UNAVAILABLE if summary["status"] == "down" else 200
+
+
+@csrf_exempt  # it changes nothing: any other method gets 405, not the CSRF page
+@require_safe
+async def public_health(request: HttpRequest) -> JsonResponse:
+    """Answer whether this worker can serve (``GET``/``HEAD /health``): public, for load balancers.
+
+    An async view: with this worker's state warm it answers on the loop,
+    with no query and no thread hop. No credential is read, so a bad
+    ``Authorization`` header cannot fail it.
+    """
+    summary = await health.ahealth_summary()
+    # DRF's compact JSON, as this endpoint always answered.
+    return JsonResponse(
+        summary, status=_health_status(summary), json_dumps_params={"separators": (",", ":")}
+    )
+
+
 class HealthView(APIView):
-    """Whether this worker can serve: public and minimal, for load balancers."""
+    """``GET /health`` as DRF sees it: its OpenAPI description, and the same answer, synchronously.
+
+    drf-spectacular documents DRF views only, so ``public_health.cls`` names this
+    class: ``/api/schema/`` describes ``/health`` by this ``get``. The URL
+    serves the async ``public_health``.
+    """
 
     authentication_classes: list = []  # a probe carries no key; a bad header must not fail it
     permission_classes = [AllowAny]
@@ -475,20 +517,18 @@ class HealthView(APIView):
         tags=["health"],
         operation_id="health",
         summary="Report whether this worker can serve (public, for load balancers)",
-        description=(
-            "`ok` when every enabled provider is available, `degraded` when some are, "
-            "`down` (HTTP 503) when none is. Answered from the periodic health checks "
-            "when they are recent; otherwise from one probe per provider, shared by "
-            "concurrent callers and kept for a few seconds. However many probes arrive, "
-            "no request makes its own upstream call, and nothing is recorded."
-        ),
+        description=HEALTH_DESCRIPTION,
         auth=[],
         responses={200: HealthSummarySerializer, 503: HealthSummarySerializer},
     )
     def get(self, request: Request) -> Response:
         summary = health.health_summary()
-        code = status.HTTP_503_SERVICE_UNAVAILABLE if summary["status"] == "down" else 200
-        return Response(HealthSummarySerializer(summary).data, status=code)
+        return Response(HealthSummarySerializer(summary).data, status=_health_status(summary))
+
+
+# The schema generator finds ``/health``'s DRF view where ``as_view`` would have put it.
+public_health.cls = HealthView  # type: ignore[attr-defined]
+public_health.initkwargs = {}  # type: ignore[attr-defined]
 
 
 class ProviderHealthView(APIView):

@@ -11,18 +11,25 @@ A configured provider that is not live (disabled, or its load failed) is
 reported unavailable with the reason. Disabled providers are reported but
 not recorded, since "down on purpose" is not an outage.
 
-The public summary for load balancers never fans out upstream per request:
-it reads the periodic checks' latest results when they are recent and about
-the instance now serving; otherwise one probe per instance, shared by every
-concurrent caller, is kept for a few seconds. Asked-for checks are
-coalesced too: concurrent refreshes share one round.
+The public summary for load balancers (``ahealth_summary``, behind ``GET
+/health``) never fans out upstream per request: it reads the periodic
+checks' latest results when they are recent and about the instance now
+serving; otherwise one probe per instance, shared by every concurrent
+caller, is kept for a few seconds. Which providers it reports comes from
+memory too: the enabled names the configuration sync keeps
+(``providers.runtime.config_sync.enabled_providers``), and the registry's.
+With that state warm it runs no query and hops to no thread; a probe it
+needs is awaited on the serving loop. Asked-for checks are coalesced too:
+concurrent refreshes share one round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -33,10 +40,13 @@ from providers.health.monitor import (
     health_not_serving,
 )
 from providers.models import ProviderConfig
+from providers.runtime import config_sync
 from providers.runtime import process as runtime
 from providers.runtime.process import run_in_serving_loop
 from providers.runtime.single_flight import SingleFlight
 from providers.secrets.masking import redact
+
+T = TypeVar("T")
 
 PUBLIC_TIMEOUT = 2.0
 PUBLIC_CACHE_SECONDS = 5.0
@@ -130,24 +140,50 @@ def provider_health_check(*, name: str, timeout: float | None = None) -> dict[st
 
 
 def health_summary(*, timeout: float | None = None, max_age: float | None = None) -> dict[str, Any]:
+    """Return ``ahealth_summary(TIMEOUT, MAX_AGE)`` to sync code (run on the serving loop)."""
+
+    async def summary() -> dict[str, Any]:
+        return await ahealth_summary(timeout=timeout, max_age=max_age)
+
+    return run_in_serving_loop(summary)
+
+
+async def ahealth_summary(
+    *, timeout: float | None = None, max_age: float | None = None
+) -> dict[str, Any]:
     """Return the minimal public health: ``{"status", "providers": {name: available}}``.
 
-    STATUS is ``ok`` when every enabled provider is available, ``down`` when
-    none is (or none is configured), ``degraded`` in between. A live
-    instance's availability comes from the periodic checks when they saw
-    this instance recently; otherwise from a probe of it, shared by
-    concurrent callers and reused for MAX_AGE seconds. Nothing is recorded.
+    The providers are the configured and enabled ones (an enabled one that
+    cannot load, its secrets undecryptable say, is reported unavailable)
+    and any other live one. STATUS is ``ok`` when every one is available,
+    ``down`` when none is (or none is configured), ``degraded`` in between.
+    A live instance's availability comes from the periodic checks when they
+    saw this instance recently; otherwise from a probe of it, shared by
+    concurrent callers and reused for MAX_AGE seconds, each within TIMEOUT.
+    Nothing is recorded. Once this worker has read its configuration
+    (``config_sync.enabled_providers``), a warm answer runs no query and
+    hops to no thread.
     """
     timeout = PUBLIC_TIMEOUT if timeout is None else timeout
     max_age = PUBLIC_CACHE_SECONDS if max_age is None else max_age
-    enabled = set(ProviderConfig.objects.filter(enabled=True).values_list("name", flat=True))
+    enabled = config_sync.enabled_providers()
+    if enabled is None:
+        # A process whose runtime has not read the configuration (a command, a
+        # test without a serving worker): the database says.
+        enabled = frozenset(
+            [
+                name
+                async for name in ProviderConfig.objects.filter(enabled=True).values_list(
+                    "name", flat=True
+                )
+            ]
+        )
     names = sorted(enabled | set(runtime.registry.names()))
+    probes = runtime.health_probes.public
     now = time.monotonic()
-    for key, (expires, _) in list(
-        runtime.health_probes.public.items()
-    ):  # a copy: probes run in threads
+    for key, (expires, _) in list(probes.items()):  # a copy: a probe may end on another loop
         if expires <= now:
-            runtime.health_probes.public.pop(key, None)
+            probes.pop(key, None)
     latest = runtime.monitor.latest()
     trusted_for = _checks_trusted_for(max_age)
     providers: dict[str, bool] = {}
@@ -158,7 +194,7 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
             continue
         key = _instance_key(name)  # taken before any check: a swap meanwhile must not inherit it
         checked = _recent_check(latest.get(name), key, trusted_for)
-        cached = runtime.health_probes.public.get(key)
+        cached = probes.get(key)
         if checked is not None:
             providers[name] = checked
         elif cached is not None:
@@ -166,7 +202,7 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
         else:
             unknown[name] = key
     if unknown:
-        providers.update(run_in_serving_loop(_probe_all, unknown, timeout, max_age))
+        providers.update(await _on_serving_loop(_probe_all, unknown, timeout, max_age))
     up = sum(providers.values())
     if up and up == len(providers):
         overall = "ok"
@@ -175,6 +211,23 @@ def health_summary(*, timeout: float | None = None, max_age: float | None = None
     else:
         overall = "down"
     return {"status": overall, "providers": dict(sorted(providers.items()))}
+
+
+async def _on_serving_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await FUNC(*ARGS) on the serving loop, where the providers' clients live, without a thread.
+
+    A request is served on that loop: FUNC runs right here. A caller on
+    another loop (a test's, while a serving loop runs in a thread) has it
+    run there and awaits the outcome; with no serving loop, it runs here.
+    """
+    loop = runtime.serving_loop()
+    if loop is None or not loop.is_running() or loop.is_closed():
+        return await func(*args)
+    if loop is asyncio.get_running_loop():
+        return await func(*args)
+    # From an empty context, as ``run_in_serving_loop`` does: not this caller's.
+    future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, func(*args), loop)
+    return await asyncio.wrap_future(future)
 
 
 def _checks_trusted_for(max_age: float) -> float:

@@ -24,6 +24,10 @@ commit that finished before it started. The last application is always of the
 freshest read, and any commit is followed by at least one read that sees it
 (its own ``after_commit``, or the repair pass). The message only says "look";
 its content is never applied.
+
+Each row read also tells which providers are configured and enabled
+(``enabled_providers``): the public ``/health`` reads that set, kept current
+by the same three paths, instead of querying the database on every probe.
 """
 
 from __future__ import annotations
@@ -90,15 +94,25 @@ class _ProviderLocks:
 
 
 class ConfigSyncState:
-    """What one runtime serves, per provider, and the per-provider locks its syncs take."""
+    """What one runtime serves, per provider, and the per-provider locks its syncs take.
+
+    ``enabled`` holds the names of the providers whose row, as this worker last
+    read it, asks to serve (``enabled``), whether or not they loaded: a row
+    whose secrets cannot be decrypted is in it. ``read_all`` says whether a
+    repair pass has read every row, so that ``enabled`` is the database's.
+    """
 
     def __init__(self) -> None:
         self.served: dict[str, Served] = {}
         self.locks = _ProviderLocks()
+        self.enabled: set[str] = set()
+        self.read_all = False
 
     def forget_all(self) -> None:
         """Forget what this worker serves (its registry was emptied: a shutdown)."""
         self.served.clear()
+        self.enabled.clear()
+        self.read_all = False
 
 
 def _state() -> ConfigSyncState:
@@ -109,6 +123,20 @@ def served_revision(name: str) -> int | None:
     """Return the revision of provider NAME this worker serves, None if it serves none."""
     served = _state().served.get(name)
     return served.revision if served is not None else None
+
+
+def enabled_providers() -> frozenset[str] | None:
+    """Return the names of the providers configured and enabled, as this worker last read them.
+
+    Kept current by every sync (this worker's saves, the other workers'
+    messages, the repair pass), so that it costs no query. None while this
+    worker has not read every row yet: neither its start-up (which loads
+    every row) nor a repair pass has finished.
+    """
+    state = _state()
+    if not (state.read_all or runtime.current().lifecycle.started):
+        return None
+    return frozenset(state.enabled)
 
 
 def config_digest(row: Any) -> str:
@@ -161,8 +189,14 @@ async def sync_provider(name: str, *, force: bool = False) -> str | None:
 
 async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
     """Apply ROW (read under NAME's lock) unless it is what is served already."""
-    served_configs = _state().served
+    state = _state()
+    served_configs = state.served
     served = served_configs.get(name)
+    # Before anything can fail: the row read is the news, whether or not it loads.
+    if row is not None and row.enabled:
+        state.enabled.add(name)
+    else:
+        state.enabled.discard(name)
     if row is None:
         served_configs.pop(name, None)
         if served is not None or name in runtime.registry:
@@ -218,6 +252,11 @@ async def repair_all() -> None:
     for name in sorted(set(served) - in_database):
         logger.info("repair pass: provider %s is no longer configured; removing", name)
         await sync_provider(name)
+    # A name read enabled whose apply failed before it was served, and whose row is gone since.
+    state = _state()
+    for name in sorted(state.enabled - in_database):
+        await sync_provider(name)
+    state.read_all = True
 
 
 async def repair_forever(interval: float) -> None:
