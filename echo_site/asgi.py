@@ -9,7 +9,9 @@ first request of each process. Key clients' chat calls (``POST /chat``,
 ``/v1/chat/completions``, ``/v1/messages``, ``/v1/embeddings``) take the hot
 path (``echo_site.hot_path``): the same middleware and views, without
 Django's request signals and their thread hops. Static files (the admin's, the chat page's) are served from the apps'
-``static/`` directories, with no collectstatic step.
+``static/`` directories, with no collectstatic step. With ``ECHO_CORS_ORIGINS``
+set, ``echo_site.cors`` answers other origins' preflights and marks the answers
+they may read, the early refusals included.
 
 Graceful shutdown, under uvicorn: SIGTERM starts the runtime's drain
 (``providers.runtime.lifecycle``) before uvicorn's own handler runs, since
@@ -38,6 +40,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from echo_site.cors import with_cors  # noqa: E402
 from echo_site.hot_path import HotPath  # noqa: E402
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
 from plugins_api.chat.conversations import chat_answers_interrupt_orphaned  # noqa: E402
@@ -68,7 +71,7 @@ hot_path = HotPath(django_http)
 
 router = ProtocolTypeRouter(
     {
-        "http": RequestBodyLimit(hot_path),
+        "http": with_cors(RequestBodyLimit(hot_path)),
         "websocket": websocket_application(),
     }
 )

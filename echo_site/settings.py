@@ -209,6 +209,24 @@ if _not_origins:
         " '*.' may start the host)."
     )
 
+# Origins whose pages may call the API from a browser (CORS, echo_site.cors): off when
+# empty (the default); "https://app.example.com", "https://*.example.com", or "*" for any.
+# Credentials are never allowed cross-origin: such a page sends a client key.
+ECHO_CORS_ORIGINS = env_list("ECHO_CORS_ORIGINS", [])
+_not_cors_origins = [
+    o
+    for o in ECHO_CORS_ORIGINS
+    if o != "*" and not re.fullmatch(r"https?://(\*\.)?[^/?#*@\s]+", o)
+]
+if _not_cors_origins:
+    raise ImproperlyConfigured(
+        f"ECHO_CORS_ORIGINS: {_not_cors_origins[0]!r} is not an origin like"
+        " https://app.example.com (scheme, host, optional port, nothing after;"
+        " '*.' may start the host), or '*' for any."
+    )
+# How long a browser may reuse a preflight's answer, in seconds.
+ECHO_CORS_MAX_AGE = env_int("ECHO_CORS_MAX_AGE", 600, minimum=0)
+
 # Per-key rate limits (plugins_api.access.key_limits): shared through Redis when
 # REDIS_URL is set. When Redis cannot be reached, "local" counts in each worker's
 # memory meanwhile (a key then gets up to its limit per worker); "refuse" answers 503.
