@@ -214,9 +214,7 @@ if _not_origins:
 # Credentials are never allowed cross-origin: such a page sends a client key.
 ECHO_CORS_ORIGINS = env_list("ECHO_CORS_ORIGINS", [])
 _not_cors_origins = [
-    o
-    for o in ECHO_CORS_ORIGINS
-    if o != "*" and not re.fullmatch(r"https?://(\*\.)?[^/?#*@\s]+", o)
+    o for o in ECHO_CORS_ORIGINS if o != "*" and not re.fullmatch(r"https?://(\*\.)?[^/?#*@\s]+", o)
 ]
 if _not_cors_origins:
     raise ImproperlyConfigured(
