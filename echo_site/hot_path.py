@@ -1,7 +1,7 @@
 """The hot path: key clients' chat calls, served by Django's own middleware and views, minus the rest.
 
-``POST /chat``, ``/v1/chat/completions``, ``/v1/messages`` and
-``/v1/embeddings`` from a client that offers a key (``Authorization:
+``POST /chat``, ``/v1/chat/completions``, ``/v1/messages`` (and its
+``count_tokens``), ``/v1/embeddings`` and ``/v1/responses`` from a client that offers a key (``Authorization:
 Bearer`` or ``x-api-key``) are most of Echo's traffic; load balancers' ``GET``
 of ``/health``, ``/health/live`` and ``/health/ready`` most of the rest. Django's ASGI handler
 costs each of them two thread hops (the ``request_started`` and
@@ -17,7 +17,7 @@ unchanged.
   database. Their one job here, closing the database connection a key-cache
   miss opened, is done by the handler itself, and only when this request
   ran code in a thread (see ``_close_connections_of``);
-- the URL map: the four paths were resolved once, an exact-path lookup finds
+- the URL map: the chat paths were resolved once, an exact-path lookup finds
   their view (the same view function, the same ``ResolverMatch``);
 - the thread hop to log a 4xx/5xx response: the same ``log_response``, on
   the loop.
@@ -53,7 +53,14 @@ from plugins_api.access.key_credentials import credential_headers, presents_key
 from plugins_api.edge.api_paths import PUBLIC_API_PATHS
 
 #: The chat paths of the hot path (POST, key clients only).
-HOT_PATHS = ("/chat", "/v1/chat/completions", "/v1/messages", "/v1/embeddings")
+HOT_PATHS = (
+    "/chat",
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/embeddings",
+    "/v1/responses",
+)
 #: The probes' paths (GET and HEAD, anyone): load balancers call them several times a second.
 PROBE_PATHS = tuple(sorted(PUBLIC_API_PATHS))
 

@@ -62,7 +62,7 @@ def _accepts_api_key_header(path: str) -> bool:
 
 def denial_response(path: str, denial: Denial) -> HttpResponse:
     """Render DENIAL in the error shape of the API under PATH."""
-    if path == "/v1/messages":
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return anthropic_denial(denial)
     if path.startswith("/v1/"):
         return openai_denial(denial)
@@ -72,7 +72,7 @@ def denial_response(path: str, denial: Denial) -> HttpResponse:
 def too_large_response(path: str, limit: int) -> HttpResponse:
     """Render a 413 for a body over LIMIT bytes in the error shape of the API under PATH."""
     message = f"The request body is larger than {limit} bytes (ECHO_MAX_BODY_BYTES)."
-    if path == "/v1/messages":
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return anthropic_error(413, message)
     if path.startswith("/v1/"):
         return openai_error(413, message, code="request_too_large")

@@ -213,3 +213,53 @@ class ConversationMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk} in conversation {self.conversation_id}"
+
+
+class StoredResponse(models.Model):
+    """A response of ``POST /v1/responses`` kept for ``previous_response_id`` and retrieval.
+
+    Exactly one owner is set, as for ``Conversation``: the client key or the
+    logged-in user that created it; nobody else can read, continue or delete
+    it. ITEMS is the whole conversation in the Responses API's item shape
+    (the earlier turns, this call's input and its output), so that a follow-up
+    loads one row, not a chain; RESPONSE is the response object as answered.
+    SIZE_BYTES is their JSON size, bounded (``responses_store``), and rows
+    older than the retention are neither served nor kept.
+    """
+
+    id = models.CharField(primary_key=True, max_length=64, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="stored_responses",
+    )
+    client_key = models.ForeignKey(
+        ClientAPIKey,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="stored_responses",
+    )
+    model = models.CharField(max_length=200, blank=True)
+    previous_response_id = models.CharField(max_length=64, blank=True)
+    items = models.JSONField(default=list)
+    response = models.JSONField(default=dict)
+    size_bytes = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, client_key__isnull=True)
+                    | models.Q(user__isnull=True, client_key__isnull=False)
+                ),
+                name="stored_response_has_one_owner",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.id
