@@ -62,15 +62,14 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from django.utils import timezone
 
 from plugins_api.access.client_keys import ClientIdentity
-from plugins_api.access.key_limits import (
-    POLICIES,
+from plugins_api.access.key_spend import aspent_between, aspent_since, period_bounds
+from plugins_api.access.shared_redis import (
     POLICY_LOCAL,
     POLICY_REFUSE,
-    REDIS_MAX_CONNECTIONS,
     REDIS_RETRY_SECONDS,
-    REDIS_TIMEOUT_SECONDS,
+    LoopRedis,
+    RedisOutage,
 )
-from plugins_api.access.key_spend import aspent_between, aspent_since, period_bounds
 from plugins_api.models import ClientAPIKey
 from providers.usage.row_writer import MAX_COST
 
@@ -357,29 +356,12 @@ class RedisBudgets:
     def __init__(self, url: str, *, prefix: str = "echo") -> None:
         self.url = url
         self.prefix = prefix
-        self._clients: dict[asyncio.AbstractEventLoop, object] = {}
+        self._redis = LoopRedis(url)
         self._seed = None
         self._charge = None
 
     def _client(self):  # noqa: ANN202 (redis.asyncio.Redis, imported lazily)
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            for old in [old for old in self._clients if old.is_closed()]:
-                del self._clients[old]
-            client = redis.Redis.from_url(
-                self.url,
-                max_connections=REDIS_MAX_CONNECTIONS,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._clients[loop] = client
-        return client
+        return self._redis.client()
 
     def counter(self, key_id: int, period: str, start: datetime) -> str:
         """Return the name of KEY_ID's counter for the PERIOD from START."""
@@ -428,27 +410,19 @@ class KeyBudgetLedger:
         spent_between: SpentBetween = aspent_between,
         spent_since: SpentSince = aspent_since,
     ) -> None:
-        if when_redis_down not in POLICIES:
-            raise ValueError(f"when_redis_down must be one of {POLICIES}")
+        self.outage = RedisOutage("key budgets", when_redis_down)
         self.redis = RedisBudgets(redis_url, prefix=prefix) if redis_url else None
         self.local = LocalBudgets(max_keys=local_max_keys)
         self.when_redis_down = when_redis_down
         self.spent_between = spent_between
         self.spent_since = spent_since
-        self._redis_skip_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _redis_usable(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._redis_skip_until
+        return self.redis is not None and self.outage.usable()
 
     def _redis_failed(self, exc: BaseException) -> None:
-        self._redis_skip_until = time.monotonic() + REDIS_RETRY_SECONDS
-        logger.warning(
-            "key budgets: Redis unreachable (%s); policy %r for %gs",
-            type(exc).__name__,
-            self.when_redis_down,
-            REDIS_RETRY_SECONDS,
-        )
+        self.outage.failed(exc)
 
     async def check(
         self, identity: ClientIdentity | None, now: datetime | None = None

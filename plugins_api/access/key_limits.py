@@ -21,8 +21,8 @@ runs a script alone), and one more after the answer charges the tokens and
 gives the slot back. When Redis cannot be reached the call follows
 ``ECHO_KEY_LIMITS_WHEN_REDIS_DOWN``: ``local`` (the default) counts in this
 worker's memory for the while, ``refuse`` answers 503; never unlimited.
-Redis is then left alone for ``REDIS_RETRY_SECONDS`` so that an outage does
-not cost every request a timeout.
+Redis is then left alone for a while (``shared_redis``, which budgets share)
+so that an outage does not cost every request a timeout.
 """
 
 from __future__ import annotations
@@ -37,20 +37,21 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from plugins_api.access.shared_redis import (
+    POLICY_LOCAL,
+    POLICY_REFUSE,
+    REDIS_RETRY_SECONDS,
+    LoopRedis,
+    RedisOutage,
+)
+
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
 LEASE_SECONDS = 600.0
 LOCAL_MAX_KEYS = 10_000
-REDIS_TIMEOUT_SECONDS = 0.25
-REDIS_RETRY_SECONDS = 5.0
-REDIS_MAX_CONNECTIONS = 50
 #: How long to wait before retrying a call refused for concurrency (no clock says better).
 CONCURRENCY_RETRY_SECONDS = 1.0
-
-POLICY_LOCAL = "local"
-POLICY_REFUSE = "refuse"
-POLICIES = (POLICY_LOCAL, POLICY_REFUSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,29 +327,12 @@ class RedisLimits:
     def __init__(self, url: str, *, prefix: str = "echo") -> None:
         self.url = url
         self.prefix = prefix
-        self._clients: dict[asyncio.AbstractEventLoop, object] = {}
+        self._redis = LoopRedis(url)
         self._admit = None
         self._finish = None
 
     def _client(self):  # noqa: ANN202 (redis.asyncio.Redis, imported lazily)
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            for old in [old for old in self._clients if old.is_closed()]:
-                del self._clients[old]
-            client = redis.Redis.from_url(
-                self.url,
-                max_connections=REDIS_MAX_CONNECTIONS,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._clients[loop] = client
-        return client
+        return self._redis.client()
 
     def _keys(self, key_id: int) -> list[str]:
         base = f"{self.prefix}:keylimits:{{{key_id}}}"
@@ -455,26 +439,18 @@ class KeyLimiter:
         clock: Callable[[], float] = time.time,
         local_max_keys: int = LOCAL_MAX_KEYS,
     ) -> None:
-        if when_redis_down not in POLICIES:
-            raise ValueError(f"when_redis_down must be one of {POLICIES}")
+        self.outage = RedisOutage("key limits", when_redis_down)
         self.redis = RedisLimits(redis_url, prefix=prefix) if redis_url else None
         self.local = LocalLimits(max_keys=local_max_keys)
         self.when_redis_down = when_redis_down
         self.clock = clock
-        self._redis_skip_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _redis_usable(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._redis_skip_until
+        return self.redis is not None and self.outage.usable()
 
     def _redis_failed(self, exc: BaseException) -> None:
-        self._redis_skip_until = time.monotonic() + REDIS_RETRY_SECONDS
-        logger.warning(
-            "key limits: Redis unreachable (%s); policy %r for %gs",
-            type(exc).__name__,
-            self.when_redis_down,
-            REDIS_RETRY_SECONDS,
-        )
+        self.outage.failed(exc)
 
     async def admit(self, key_id: int, limits: KeyLimits) -> Admission | LimitRefusal | None:
         """Return the Admission of a call by KEY_ID, the refusal, or None for an unlimited key."""
