@@ -191,10 +191,11 @@ if ECHO_HEALTH_RETENTION_DAYS < 0:
     raise ImproperlyConfigured("ECHO_HEALTH_RETENTION_DAYS must be 0 (keep forever) or more.")
 
 # The browser chat's websocket (plugins_api.chat.consumer): per-connection limits.
-ECHO_WS_MAX_FRAME_BYTES = env_int("ECHO_WS_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
+# Longest chat message a websocket frame may carry, in characters: room for a
+# long-context prompt (400,000 characters, some 100,000 tokens of English).
+ECHO_WS_MAX_MESSAGE_CHARS = env_int("ECHO_WS_MAX_MESSAGE_CHARS", 400_000, minimum=1)
+# The largest frame, ECHO_WS_MAX_FRAME_BYTES, is set beside ECHO_MAX_BODY_BYTES below.
 ECHO_WS_MESSAGES_PER_MINUTE = env_int("ECHO_WS_MESSAGES_PER_MINUTE", 30, minimum=1)
-# Longest chat message a websocket frame may carry, in characters.
-ECHO_WS_MAX_MESSAGE_CHARS = env_int("ECHO_WS_MAX_MESSAGE_CHARS", 32_000, minimum=1)
 # Origins (scheme://host[:port]) whose pages may open a chat socket besides the
 # site's own origin (the handshake's scheme and Host, the host in ALLOWED_HOSTS);
 # see plugins_api.chat.websocket_origins. Defaults to CSRF_TRUSTED_ORIGINS.
@@ -242,6 +243,34 @@ ECHO_MAX_BODY_BYTES = env_int(
     "ECHO_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=65536, unit=" (64 KiB)"
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = ECHO_MAX_BODY_BYTES
+# The chat socket's largest frame follows the message limit: 4 bytes a character
+# (UTF-8's most; JSON's escapes of quotes and line ends take 2) and 64 KiB for the
+# rest of the frame, so that any message under the character limit fits (1,665,536
+# bytes by default), and never more than a POST /chat body may be: a question the
+# socket takes fits the HTTP API too. The page checks both before sending.
+ECHO_WS_MAX_FRAME_BYTES = env_int(
+    "ECHO_WS_MAX_FRAME_BYTES",
+    min(4 * ECHO_WS_MAX_MESSAGE_CHARS + 64 * 1024, ECHO_MAX_BODY_BYTES),
+    minimum=1024,
+)
+if ECHO_WS_MAX_FRAME_BYTES > ECHO_MAX_BODY_BYTES:
+    raise ImproperlyConfigured(
+        f"ECHO_WS_MAX_FRAME_BYTES ({ECHO_WS_MAX_FRAME_BYTES}) must not exceed"
+        f" ECHO_MAX_BODY_BYTES ({ECHO_MAX_BODY_BYTES}): a chat question the socket takes"
+        " must fit a POST /chat body too."
+    )
+# daphne (runserver) closes a socket whose message passes its own cap (1 MiB unless
+# set): it follows the frame limit. uvicorn's --ws-max-size is 16 MiB by default,
+# above any frame the 8 MiB body limit allows.
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = ECHO_WS_MAX_FRAME_BYTES
+DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = ECHO_WS_MAX_FRAME_BYTES
+
+# OpenAI's Responses API (plugins_api.compat.responses_store): how long a stored response
+# lives (manage.py cleanup_responses deletes older ones), and the largest stored conversation.
+ECHO_RESPONSES_RETENTION_DAYS = env_int("ECHO_RESPONSES_RETENTION_DAYS", 30, minimum=1)
+ECHO_RESPONSES_MAX_STORED_BYTES = env_int(
+    "ECHO_RESPONSES_MAX_STORED_BYTES", 2 * 1024 * 1024, minimum=1024, unit=" bytes"
+)
 
 # Usage accounting (providers.usage.recorder) and metric labels (providers.usage.metric_labels).
 # Rows wait in memory for the database at most this many; beyond, the oldest are

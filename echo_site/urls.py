@@ -23,6 +23,11 @@ urlpatterns = [
     path("", page_views.chat_page, name="chat-page"),
     # With the slash: "POST /chat" (no slash) is the JSON chat API.
     path("chat/", page_views.chat_page, name="chat-page-alias"),
+    # One conversation of the chat page; any id text reaches the page, which says "not found".
+    path(
+        "chat/c/<str:conversation_id>", page_views.chat_conversation_page, name="chat-conversation"
+    ),
+    path("chat/c/<str:conversation_id>/", page_views.chat_conversation_page),
     # Browsers ask for it on every site: the icon the pages link to.
     path("favicon.ico", RedirectView.as_view(url=static("echo/favicon.svg"), permanent=True)),
     path("", include("plugins_api.urls")),

@@ -205,6 +205,11 @@ class ConversationMessage(models.Model):
     error = models.JSONField(null=True, blank=True, help_text="The error frame's body, if failed.")
     first_chunk_ms = models.FloatField(null=True, blank=True, help_text="Time to first chunk.")
     latency_ms = models.FloatField(null=True, blank=True, help_text="Time to the whole answer.")
+    fallback_path = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The routes given up on before this answer: {provider, model, error, attempts}.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

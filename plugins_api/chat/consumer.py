@@ -87,6 +87,7 @@ from plugins_api.chat.protocol import (
     FrameError,
     ProvidersFrame,
     error_frame,
+    failover_notes,
     frame_error_frame,
     parse_frame,
     provider_error_frame,
@@ -532,7 +533,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         if first_chunk_ms is None:
                             first_chunk_ms = _ms(received)
                         parts.append(chunk.content)
-                        await self.send_frame({"type": "chunk", "content": chunk.content})
+                        # Shielded: a stop that lands mid-send lets the piece go out
+                        # all the same, so the stored answer is exactly what the page got.
+                        await asyncio.shield(
+                            self.send_frame({"type": "chunk", "content": chunk.content})
+                        )
                     if chunk.is_final:
                         final = chunk
                         usage, finish_reason = chunk.usage, chunk.finish_reason or "stop"
@@ -570,6 +575,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:  # accounting must not cost the person their answer
             logger.exception("could not record the usage of chat answer %s", answer.pk)
         content = "".join(parts)
+        fallback = failover_notes(final.metadata if final is not None else None)
         # What the upstream chose (its text, its model's name) is made storable:
         # PostgreSQL refuses NUL, lone surrogates and over-long names.
         finish = chat_turn_finish_async(
@@ -583,6 +589,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             error=storable_json(error["error"]) if error else None,
             first_chunk_ms=first_chunk_ms,
             latency_ms=latency_ms,
+            fallback=storable_json(fallback),
         )
         try:
             # Shielded: the client leaving just after "cancel" must not lose the
@@ -609,6 +616,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "model": who["model"],
                 "first_chunk_ms": first_chunk_ms,
                 "latency_ms": latency_ms,
+                "fallback": fallback,
             }
         )
 

@@ -9,18 +9,25 @@ through ``database_sync_to_async``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from plugins_api.models import Conversation, ConversationMessage
 from providers.types import ChatMessage, Usage
 
 TITLE_LENGTH = 80
+#: Longest title a person may give a conversation (the stored column's length).
+TITLE_MAX_CHARS = 200
+#: Longest search text: enough for a phrase, short enough to keep a scan cheap.
+SEARCH_MAX_CHARS = 200
+# Control characters (line breaks and tabs included) have no place in a title or a search.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ConversationNotFound(LookupError):
@@ -29,6 +36,15 @@ class ConversationNotFound(LookupError):
     def __init__(self, conversation_id: int) -> None:
         super().__init__(f"No conversation {conversation_id}.")
         self.message = f"No conversation {conversation_id}."
+
+
+class ConversationInputError(ValueError):
+    """A title or search text is wrong; FIELD names it, MESSAGE says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +81,37 @@ class ChatTurn:
 # --- selectors ------------------------------------------------------------
 
 
-def conversation_list(*, owner: ConversationOwner) -> QuerySet[Conversation]:
-    """Return OWNER's conversations, the latest first, with their message count."""
+def conversation_search_text(value: Any) -> str:
+    """Return the search text VALUE (a query parameter) trimmed; raise ``ConversationInputError``.
+
+    At most ``SEARCH_MAX_CHARS`` characters, no control characters; blank
+    means no search.
+    """
+    if not isinstance(value, str):
+        raise ConversationInputError("q", "Must be a string.")
+    if len(value) > SEARCH_MAX_CHARS:
+        raise ConversationInputError("q", f"Must be at most {SEARCH_MAX_CHARS} characters.")
+    if _CONTROL.search(value):
+        raise ConversationInputError("q", "Must not contain control characters.")
+    return value.strip()
+
+
+def conversation_list(*, owner: ConversationOwner, search: str = "") -> QuerySet[Conversation]:
+    """Return OWNER's conversations, the latest first, with their message count.
+
+    SEARCH (checked by ``conversation_search_text``), when not empty, keeps
+    those whose title or any message contains it, ignoring case. Messages
+    are matched by a subquery, so that no conversation is listed twice and
+    its message count stays right.
+    """
+    conversations = Conversation.objects.filter(owner.lookup())
+    if search:
+        in_messages = ConversationMessage.objects.filter(
+            conversation=OuterRef("pk"), content__icontains=search
+        )
+        conversations = conversations.filter(Q(title__icontains=search) | Exists(in_messages))
     return (
-        Conversation.objects.filter(owner.lookup())
-        .annotate(message_count=Count("messages"))
+        conversations.annotate(message_count=Count("messages"))
         # Explicit: Meta.ordering is dropped from queries that aggregate.
         .order_by("-updated_at", "-id")
     )
@@ -84,6 +126,11 @@ def conversation_get(*, owner: ConversationOwner, conversation_id: int) -> Conve
     if found is None:
         raise ConversationNotFound(conversation_id)
     return found
+
+
+def conversation_owned(*, owner: ConversationOwner, conversation_id: int) -> bool:
+    """Return whether OWNER has conversation CONVERSATION_ID (its messages are not read)."""
+    return Conversation.objects.filter(owner.lookup(), pk=conversation_id).exists()
 
 
 def conversation_history(*, conversation: Conversation) -> list[ChatMessage]:
@@ -161,9 +208,14 @@ def chat_turn_finish(
     error: dict[str, Any] | None = None,
     first_chunk_ms: float | None = None,
     latency_ms: float | None = None,
+    fallback: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Settle answer ANSWER_ID: its text (partial when cancelled or failed), who wrote it, how."""
+    """Settle answer ANSWER_ID: its text (partial when cancelled or failed), who wrote it, how.
+
+    FALLBACK lists the routes given up on before it (``protocol.failover_notes``).
+    """
     fields: dict[str, Any] = {
+        "fallback_path": list(fallback or []),
         "content": content,
         "status": status,
         "finish_reason": finish_reason or "",
@@ -195,6 +247,39 @@ def chat_answers_interrupt_orphaned(*, started_before: datetime) -> int:
         finish_reason="interrupted",
         completed_at=timezone.now(),
     )
+
+
+def conversation_title(value: Any) -> str:
+    """Return the title VALUE trimmed; raise ``ConversationInputError`` naming ``title``.
+
+    A title is a non-blank string of at most ``TITLE_MAX_CHARS`` characters,
+    on one line, with no control characters.
+    """
+    if not isinstance(value, str):
+        raise ConversationInputError("title", "Must be a string.")
+    title = value.strip()
+    if not title:
+        raise ConversationInputError("title", "Must not be blank.")
+    if len(title) > TITLE_MAX_CHARS:
+        raise ConversationInputError("title", f"Must be at most {TITLE_MAX_CHARS} characters.")
+    if _CONTROL.search(title):
+        raise ConversationInputError("title", "Must be one line, with no control characters.")
+    return title
+
+
+@transaction.atomic
+def conversation_rename(*, owner: ConversationOwner, conversation_id: int, title: Any) -> str:
+    """Give OWNER's conversation CONVERSATION_ID the title TITLE; return the title as stored.
+
+    Raise ``ConversationInputError`` for a wrong title (nothing changes) and
+    ``ConversationNotFound`` for a conversation OWNER does not have. The
+    conversation keeps its place in the list (its ``updated_at``).
+    """
+    checked = conversation_title(title)
+    renamed = Conversation.objects.filter(owner.lookup(), pk=conversation_id).update(title=checked)
+    if not renamed:
+        raise ConversationNotFound(conversation_id)
+    return checked
 
 
 @transaction.atomic

@@ -10,6 +10,15 @@ client sends can fail the database write behind it.
 Server frames: ``providers``; for each answer ``start``, ``chunk`` per piece
 of text, then ``done`` or ``error``. Errors have the API's one shape,
 ``{"type": "error", "error": {"type", "message", "field"?, "provider"?}}``.
+
+``done`` says how the answer ended and who wrote it: ``conversation``,
+``message_id``, ``status`` (``complete`` or ``cancelled``), ``finish_reason``,
+``usage``, ``provider``, ``model``, ``first_chunk_ms``, ``latency_ms`` and
+``fallback``: the routes given up on before this provider answered (failover),
+in order, each ``{"provider", "model", "error", "attempts"}`` (``error`` is the
+failure's type, such as ``unavailable``; ``model`` may be null); empty when the
+first choice answered. A ``cancelled`` answer's text is exactly the ``chunk``
+frames sent before ``done``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ CLIENT_FRAME_TYPES = ("chat", "cancel", "providers")
 NAME_MAX_CHARS = 200
 #: Largest conversation id: the database's bigint; a larger one fails the lookup itself.
 CONVERSATION_ID_MAX = 2**63 - 1
+#: Most failover steps a ``done`` frame lists (a fallback chain is short; this bounds a bug).
+FAILOVER_NOTES_MAX = 20
 
 
 class FrameError(ValueError):
@@ -142,3 +153,36 @@ def provider_error_frame(exc: ProviderError, **extra: Any) -> dict[str, Any]:
         frame["retry_after"] = int(headers["Retry-After"])
     frame.update({k: v for k, v in extra.items() if v is not None})
     return frame
+
+
+def _note_text(value: Any, limit: int) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return value[:limit]
+
+
+def failover_notes(metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Return the ``fallback`` list of a ``done`` frame from the final chunk's METADATA.
+
+    The manager's ``fallback_path`` holds ``{"route": "provider/model",
+    "error": kind, "attempts": n}`` per route given up on; the page is sent
+    the provider and model apart, bounded, and nothing else.
+    """
+    path = (metadata or {}).get("fallback_path")
+    if not isinstance(path, list):
+        return []
+    notes = []
+    for step in path[:FAILOVER_NOTES_MAX]:
+        if not isinstance(step, dict) or not isinstance(step.get("route"), str):
+            continue
+        provider, _, model = step["route"].partition("/")
+        attempts = step.get("attempts")
+        notes.append(
+            {
+                "provider": provider[:NAME_MAX_CHARS],
+                "model": _note_text(model, NAME_MAX_CHARS),
+                "error": _note_text(step.get("error"), NAME_MAX_CHARS) or "error",
+                "attempts": attempts if isinstance(attempts, int) else 0,
+            }
+        )
+    return notes

@@ -30,29 +30,17 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from echo_site.environment import env_int
 from plugins_api.models import StoredResponse
-
-RETENTION_SETTING = "ECHO_RESPONSES_RETENTION_DAYS"
-MAX_BYTES_SETTING = "ECHO_RESPONSES_MAX_STORED_BYTES"
-DEFAULT_RETENTION_DAYS = 30
-DEFAULT_MAX_STORED_BYTES = 2 * 1024 * 1024
 
 
 def retention_days() -> int:
-    """Return how many days a stored response lives (the setting, else the environment)."""
-    value = getattr(settings, RETENTION_SETTING, None)
-    if value is None:
-        return env_int(RETENTION_SETTING, DEFAULT_RETENTION_DAYS, minimum=1, unit=" day")
-    return int(value)
+    """Return how many days a stored response lives (``ECHO_RESPONSES_RETENTION_DAYS``)."""
+    return settings.ECHO_RESPONSES_RETENTION_DAYS
 
 
 def max_stored_bytes() -> int:
-    """Return the largest stored response, in bytes of JSON (the setting, else the environment)."""
-    value = getattr(settings, MAX_BYTES_SETTING, None)
-    if value is None:
-        return env_int(MAX_BYTES_SETTING, DEFAULT_MAX_STORED_BYTES, minimum=1024, unit=" bytes")
-    return int(value)
+    """Return the largest stored conversation, in bytes of JSON (``ECHO_RESPONSES_MAX_STORED_BYTES``)."""
+    return settings.ECHO_RESPONSES_MAX_STORED_BYTES
 
 
 def json_size(value: Any) -> int:

@@ -177,7 +177,7 @@ def test_conversations_cannot_be_written_over_rest(browser: Client, alice: Any) 
         == 405
     )
     assert (
-        browser.patch(
+        browser.put(
             f"/api/conversations/{conversation.pk}/",
             {"title": "x"},
             content_type="application/json",

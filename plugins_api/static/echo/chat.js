@@ -1,5 +1,6 @@
 // Echo's chat page: one websocket (/ws/chat/) for the chat and the provider list,
-// /api/conversations/ for past conversations; answers shown as sanitized Markdown.
+// /api/conversations/ for past conversations (each at its own URL, /chat/c/<id>,
+// renamed and searched there); answers shown as sanitized Markdown.
 // Plain JavaScript, no build step; marked, DOMPurify and highlight.js are vendored
 // (echo/vendor/) and loaded before this file.
 "use strict";
@@ -13,12 +14,27 @@
   const RETRY_MAX_MS = 30000;
   const RETRY_JITTER = 0.2;
   const OFFLINE_NOTICE = "Connection lost; reconnecting…";
+  const SEARCH_DELAY_MS = 250; // typing in the search box asks the server once it pauses
+  // What an answer with no text says instead of an empty bubble, by how it ended.
+  const EMPTY_ANSWER = {
+    cancelled: "Stopped before any answer",
+    interrupted: "Interrupted before any answer",
+    failed: "No answer",
+  };
   const $ = (id) => document.getElementById(id);
   const app = $("app");
+  // The server's limits on one question (ECHO_WS_MAX_MESSAGE_CHARS, ECHO_WS_MAX_FRAME_BYTES).
+  const MAX_MESSAGE_CHARS = Number(app.dataset.maxMessageChars) || Infinity;
+  const MAX_FRAME_BYTES = Number(app.dataset.maxFrameBytes) || Infinity;
   const ui = {
     sidebar: $("sidebar"),
     scrim: $("scrim"),
+    search: $("search"),
     conversations: $("conversations"),
+    conversationsEmpty: $("conversations-empty"),
+    more: $("more-conversations"),
+    notice: $("notice"),
+    noticeText: $("notice-text"),
     title: $("title"),
     provider: $("provider"),
     model: $("model"),
@@ -44,6 +60,14 @@
     conversation: null,
     pending: null, // the answer's element, sent but not started
     answering: null, // the answer's element, streaming
+    noticeKind: null, // what the notice above the messages is about ("picker", "missing")
+    search: "", // the conversation list's search text, as sent
+    searchTimer: null,
+    listRequest: 0, // the latest list request: older answers are dropped
+    listNext: null, // the list's next page, if any
+    renaming: false, // a title is being edited: the list is not redrawn meanwhile
+    listStale: false, // the list changed while a title was edited
+    opening: 0, // the latest conversation asked for: older answers are dropped
   };
 
   // --- the websocket ---------------------------------------------------
@@ -176,6 +200,8 @@
     if (state.conversation !== frame.conversation) {
       state.conversation = frame.conversation;
       ui.title.textContent = frame.title || "Conversation";
+      // The new conversation takes the place of "New chat" in the history.
+      setUrl(frame.conversation, "replace");
       loadConversations();
     }
   }
@@ -184,11 +210,18 @@
     const element = state.answering;
     state.answering = null;
     if (element) {
-      const parts = [who(frame.provider, frame.model)];
-      if (frame.usage) parts.push(`${frame.usage.total_tokens} tokens`);
-      if (frame.first_chunk_ms != null) parts.push(`first chunk ${Math.round(frame.first_chunk_ms)} ms`);
-      if (frame.status === "cancelled") parts.push("stopped");
-      finishAnswer(element, frame.status, parts.join(" · "));
+      const usage = frame.usage || {};
+      const meta = answerDetails({
+        provider: frame.provider,
+        model: frame.model,
+        status: frame.status,
+        promptTokens: usage.prompt_tokens,
+        completionTokens: usage.completion_tokens,
+        firstChunkMs: frame.first_chunk_ms,
+        latencyMs: frame.latency_ms,
+      });
+      finishAnswer(element, frame.status, meta);
+      showFailover(element, frame.fallback, frame.provider);
     }
     updateControls();
     loadConversations();
@@ -215,6 +248,50 @@
     return model ? `${provider} · ${model}` : provider || "";
   }
 
+  function milliseconds(value) {
+    // A number and its unit never part at the end of a line.
+    return value >= 10000 ? `${(value / 1000).toFixed(1)}\u00a0s` : `${Math.round(value)}\u00a0ms`;
+  }
+
+  // An answer's line under its bubble, the same live and reopened: who wrote it,
+  // its tokens, the time to its first word and to its end, and how it ended.
+  function answerDetails(answer) {
+    const parts = [who(answer.provider, answer.model)];
+    if (answer.promptTokens != null || answer.completionTokens != null) {
+      const tokens = (answer.promptTokens || 0) + (answer.completionTokens || 0);
+      parts.push(`${tokens}\u00a0tokens`);
+    }
+    if (answer.firstChunkMs != null) parts.push(`first word ${milliseconds(answer.firstChunkMs)}`);
+    if (answer.latencyMs != null) parts.push(`total ${milliseconds(answer.latencyMs)}`);
+    if (answer.status === "cancelled") parts.push("stopped");
+    else if (answer.status && answer.status !== "complete") parts.push(answer.status);
+    if (answer.error) parts.push(answer.error);
+    return parts.filter(Boolean).join(" · ");
+  }
+
+  // Say on the answer that it came from another provider than the one first tried.
+  function showFailover(element, fallback, answeredBy) {
+    if (!Array.isArray(fallback) || !fallback.length) return;
+    const failed = fallback.map((step) => {
+      const name = step.model ? `${step.provider} (${step.model})` : step.provider;
+      return `${name} failed (${String(step.error || "error").replace(/_/g, " ")})`;
+    });
+    const notice = document.createElement("div");
+    notice.className = "failover";
+    notice.textContent = `${failed.join("; ")}; answered by ${answeredBy}`;
+    element.querySelector(".bubble").before(notice);
+  }
+
+  // Put a label in the bubble of an answer that ended with no text at all.
+  function labelEmptyAnswer(element, status) {
+    const bubble = element.querySelector(".bubble");
+    const label = EMPTY_ANSWER[status];
+    if (!label || (answerTexts.get(element) || "") !== "") return;
+    bubble.classList.remove("markdown");
+    bubble.classList.add("empty-answer");
+    bubble.textContent = label;
+  }
+
   // A person's message stays plain text; an answer is Markdown.
   function addMessage(role, text, meta, status) {
     ui.empty.hidden = true;
@@ -234,6 +311,10 @@
     line.className = "meta";
     line.textContent = meta || "";
     element.append(bubble, line);
+    if (role === "assistant") {
+      element.dataset.status = status || "complete";
+      labelEmptyAnswer(element, status);
+    }
     ui.messages.append(element);
     scrollToEnd(true);
     return element;
@@ -282,6 +363,7 @@
     element.classList.remove("streaming");
     if (status && status !== "complete") element.classList.add(status);
     element.dataset.status = status || "complete";
+    labelEmptyAnswer(element, status);
     setMeta(element, meta);
   }
 
@@ -517,9 +599,13 @@
 
   // --- the provider and model picker -----------------------------------
 
-  function renderProviders() {
+  // Draw the picker from the provider list. REASON, when the provider wanted is not
+  // there, says why it was wanted (a reopened conversation); the person is told the
+  // picker switched, and to what, rather than seeing it jump without a word.
+  function renderProviders(reason) {
     const providers = state.providers;
-    const wanted = state.wantedProvider;
+    const shown = ui.provider.value;
+    const wanted = state.wantedProvider || shown;
     const fallback = providers.find((p) => p.is_default) || providers[0];
     const chosen = providers.find((p) => p.name === wanted) || fallback;
     ui.provider.replaceChildren(
@@ -527,8 +613,30 @@
     );
     if (!providers.length) ui.provider.append(new Option("No provider is serving", ""));
     ui.provider.value = chosen ? chosen.name : "";
+    const lost = wanted && !providers.some((p) => p.name === wanted);
+    if (lost && (reason || shown === wanted)) {
+      const instead = chosen ? `the picker switched to ${chosen.name}` : "no provider is serving";
+      const why = reason || `${wanted} was disabled or removed`;
+      showNotice(`${why}; ${instead}.`, "picker");
+    } else if (!lost && state.noticeKind === "picker" && !reason) {
+      clearNotice("picker"); // the provider wanted is back
+    }
     renderModels();
     updateControls();
+  }
+
+  function showNotice(text, kind) {
+    state.noticeKind = kind;
+    ui.noticeText.textContent = text;
+    ui.notice.dataset.kind = kind;
+    ui.notice.hidden = false;
+  }
+
+  function clearNotice(kind) {
+    if (kind && state.noticeKind !== kind) return;
+    state.noticeKind = null;
+    ui.notice.hidden = true;
+    ui.noticeText.textContent = "";
   }
 
   function currentProvider() {
@@ -537,7 +645,11 @@
 
   function renderModels() {
     const provider = currentProvider();
-    const models = provider ? provider.models : [];
+    const models = provider ? [...provider.models] : [];
+    // A reopened conversation's model stays selectable even if no longer listed.
+    if (provider && state.wantedModel && provider.name === state.wantedProvider) {
+      if (!models.includes(state.wantedModel)) models.push(state.wantedModel);
+    }
     ui.model.replaceChildren(...models.map((m) => new Option(m, m)));
     if (!models.length) ui.model.append(new Option("default", ""));
     if (provider && models.includes(state.wantedModel)) ui.model.value = state.wantedModel;
@@ -585,11 +697,67 @@
     return response;
   }
 
-  async function loadConversations() {
-    const response = await api("/api/conversations/");
-    if (!response.ok) return;
+  // The conversation list: the first page, or the next one appended (MORE), of the
+  // conversations matching the search text. An answer to an older request is dropped.
+  async function loadConversations(more = false) {
+    if (state.renaming) {
+      state.listStale = true; // drawn again once the title is saved
+      return;
+    }
+    const request = ++state.listRequest;
+    let path = `/api/conversations/${state.search ? `?q=${encodeURIComponent(state.search)}` : ""}`;
+    if (more && state.listNext) path = state.listNext;
+    let response;
+    try {
+      response = await api(path);
+    } catch (error) {
+      return; // offline: the list stays as it was, and is asked for on reconnection
+    }
+    if (request !== state.listRequest || state.renaming) return;
+    if (!response.ok) {
+      const problem = await errorMessage(response);
+      ui.conversationsEmpty.textContent = `The list could not be loaded: ${problem}`;
+      ui.conversationsEmpty.hidden = false;
+      return;
+    }
     const page = await response.json();
-    ui.conversations.replaceChildren(...page.results.map(conversationItem));
+    if (request !== state.listRequest || state.renaming) return;
+    const items = page.results.map(conversationItem);
+    if (more) ui.conversations.append(...items);
+    else ui.conversations.replaceChildren(...items);
+    // The next page's address, kept on this origin (the server writes it absolute).
+    const next = page.next ? new URL(page.next, location.href) : null;
+    state.listNext = next ? `${next.pathname}${next.search}` : null;
+    ui.more.hidden = !state.listNext;
+    const none = !ui.conversations.children.length;
+    ui.conversationsEmpty.hidden = !none;
+    ui.conversationsEmpty.textContent = none
+      ? state.search
+        ? `No conversation mentions “${state.search}”.`
+        : "No conversations yet."
+      : "";
+  }
+
+  async function errorMessage(response) {
+    try {
+      const body = await response.json();
+      if (body && body.error) {
+        return body.error.field ? `${body.error.message} (${body.error.field})` : body.error.message;
+      }
+    } catch (error) {
+      // Not JSON: the status says enough.
+    }
+    return `HTTP ${response.status}`;
+  }
+
+  function searchChanged() {
+    clearTimeout(state.searchTimer);
+    state.searchTimer = setTimeout(() => {
+      const text = ui.search.value.trim();
+      if (text === state.search) return;
+      state.search = text;
+      loadConversations();
+    }, SEARCH_DELAY_MS);
   }
 
   function conversationItem(conversation) {
@@ -600,36 +768,165 @@
     open.type = "button";
     open.className = "open";
     open.textContent = conversation.title || `Conversation ${conversation.id}`;
-    open.addEventListener("click", () => openConversation(conversation.id));
+    open.addEventListener("click", () => openConversation(conversation.id, "push"));
+    const rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "rename";
+    rename.setAttribute("aria-label", `Rename ${open.textContent}`);
+    rename.title = "Rename";
+    rename.textContent = "✎";
+    rename.addEventListener("click", () => startRename(item, conversation));
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "delete";
     remove.setAttribute("aria-label", `Delete ${open.textContent}`);
     remove.textContent = "×";
     remove.addEventListener("click", () => deleteConversation(conversation.id));
-    item.append(open, remove);
+    item.append(open, rename, remove);
     return item;
   }
 
-  async function openConversation(id) {
+  // Edit a title in its place in the list: Enter (or leaving the field) saves, Escape cancels.
+  function startRename(item, conversation) {
+    if (state.renaming) return;
+    state.renaming = true;
+    const open = item.querySelector("button.open");
+    const before = conversation.title || "";
+    const field = document.createElement("input");
+    field.type = "text";
+    field.className = "rename-field";
+    field.value = before;
+    field.maxLength = 200;
+    field.setAttribute("aria-label", "New title");
+    open.replaceWith(field);
+    item.classList.add("renaming");
+    field.focus();
+    field.select();
+    let settled = false;
+    const finish = async (save) => {
+      if (settled) return;
+      settled = true;
+      const title = field.value.trim();
+      if (save && title && title !== before) {
+        const response = await api(`/api/conversations/${conversation.id}/`, {
+          method: "PATCH",
+          headers: { "Content-Type": "application/json", "X-CSRFToken": app.dataset.csrf },
+          body: JSON.stringify({ title }),
+        });
+        if (response.ok) {
+          const renamed = await response.json();
+          conversation.title = renamed.title;
+          if (state.conversation === conversation.id) ui.title.textContent = renamed.title;
+        } else {
+          setStatus(`The conversation was not renamed: ${await errorMessage(response)}`);
+        }
+      }
+      open.textContent = conversation.title || `Conversation ${conversation.id}`;
+      field.replaceWith(open);
+      item.classList.remove("renaming");
+      state.renaming = false;
+      if (state.listStale) {
+        state.listStale = false;
+        loadConversations();
+      }
+    };
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.isComposing) {
+        event.preventDefault();
+        finish(true);
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        finish(false);
+      }
+    });
+    field.addEventListener("blur", () => finish(true));
+  }
+
+  // --- conversations and the address bar ---------------------------------
+
+  function conversationPath(id) {
+    return id ? `/chat/c/${id}` : "/";
+  }
+
+  // The conversation /chat/c/<id> names: its id, 0 for a path that is no id, null elsewhere.
+  function conversationInPath(path) {
+    const found = /^\/chat\/c\/([^/]+)\/?$/.exec(path);
+    if (!found) return null;
+    return /^[1-9][0-9]{0,18}$/.test(found[1]) ? Number(found[1]) : 0;
+  }
+
+  // HOW: "push" a new history entry, "replace" the current one, or leave the address.
+  function setUrl(id, how) {
+    const path = conversationPath(id);
+    if (how === "push" && location.pathname !== path) history.pushState({ conversation: id }, "", path);
+    else if (how === "replace") history.replaceState({ conversation: id }, "", path);
+  }
+
+  function conversationMissing() {
+    showNotice(
+      "That conversation was not found: it was deleted, or the link is not to one of yours.",
+      "missing"
+    );
+  }
+
+  async function openConversation(id, how) {
     if (busy()) return setStatus("Wait for the answer, or stop it, first.");
-    const response = await api(`/api/conversations/${id}/`);
-    if (!response.ok) return setStatus("That conversation is gone.");
+    const opening = ++state.opening;
+    let response;
+    try {
+      response = await api(`/api/conversations/${id}/`);
+    } catch (error) {
+      return setStatus("The conversation could not be opened: no connection to Echo.");
+    }
+    if (opening !== state.opening) return; // another was asked for meanwhile
+    if (!response.ok) {
+      if (response.status === 404) {
+        conversationMissing();
+        if (how === "push") loadConversations();
+      } else {
+        setStatus(`The conversation could not be opened: ${await errorMessage(response)}`);
+      }
+      return;
+    }
     const conversation = await response.json();
+    if (opening !== state.opening || busy()) return;
     state.conversation = conversation.id;
+    setUrl(conversation.id, how);
     ui.title.textContent = conversation.title || `Conversation ${conversation.id}`;
+    clearNotice();
     clearMessages();
+    let last = null;
     for (const message of conversation.messages) {
       const meta =
         message.role === "assistant"
-          ? [who(message.provider, message.model), message.status !== "complete" ? message.status : ""]
-              .filter(Boolean)
-              .join(" · ")
+          ? answerDetails({
+              provider: message.provider,
+              model: message.model,
+              status: message.status,
+              promptTokens: message.prompt_tokens,
+              completionTokens: message.completion_tokens,
+              firstChunkMs: message.first_chunk_ms,
+              latencyMs: message.latency_ms,
+              error: message.status === "failed" && message.error ? message.error.message : "",
+            })
           : "";
-      addMessage(message.role, message.content, meta, message.status);
+      const element = addMessage(message.role, message.content, meta, message.status);
+      if (message.role === "assistant") showFailover(element, message.fallback_path, message.provider);
+      if (message.role === "assistant" && message.provider) last = message;
     }
+    if (last) restorePicker(last.provider, last.model);
     closeSidebar();
     loadConversations();
+  }
+
+  // Select the provider and model of a reopened conversation's last answer.
+  function restorePicker(provider, model) {
+    state.wantedProvider = provider;
+    state.wantedModel = model || null;
+    const there = state.providers.some((p) => p.name === provider);
+    renderProviders(
+      there ? undefined : `This conversation was last answered by ${provider}, which is not available now`
+    );
   }
 
   async function deleteConversation(id) {
@@ -638,18 +935,37 @@
       method: "DELETE",
       headers: { "X-CSRFToken": app.dataset.csrf },
     });
-    if (state.conversation === id && !busy()) newConversation();
+    if (state.conversation === id && !busy()) newConversation("replace");
     loadConversations();
   }
 
-  function newConversation() {
+  function newConversation(how) {
     if (busy()) return setStatus("Wait for the answer, or stop it, first.");
+    state.opening += 1; // a conversation still loading is not shown after all
     state.conversation = null;
+    setUrl(null, how);
     ui.title.textContent = "New chat";
+    clearNotice("missing");
     clearMessages();
     closeSidebar();
     loadConversations();
     ui.input.focus();
+  }
+
+  // Back and forward: show the conversation the address names.
+  function followAddress() {
+    const id = conversationInPath(location.pathname);
+    if (id === state.conversation) return;
+    if (busy()) {
+      // The answer under way belongs to the conversation shown: stay on it.
+      setUrl(state.conversation, "push");
+      return setStatus("Wait for the answer, or stop it, first.");
+    }
+    if (id) openConversation(id, "none");
+    else if (id === 0) {
+      newConversation("none");
+      conversationMissing();
+    } else newConversation("none");
   }
 
   // --- the composer ----------------------------------------------------
@@ -669,6 +985,39 @@
     ui.status.textContent = text;
   }
 
+  // Characters as the server counts them (code points, not UTF-16 units).
+  function characters(text) {
+    if (text.length <= MAX_MESSAGE_CHARS) return text.length; // never more than its units
+    let count = 0;
+    for (const _ of text) count += 1;
+    return count;
+  }
+
+  function grouped(number) {
+    return number.toLocaleString("en-US");
+  }
+
+  // Why FRAME cannot be sent, in plain words, or "" when it can. The text stays in the box.
+  function tooLong(frame) {
+    const length = characters(frame.message);
+    if (length > MAX_MESSAGE_CHARS) {
+      return (
+        `This message is too long to send: ${grouped(length)} characters, and one message can ` +
+        `have at most ${grouped(MAX_MESSAGE_CHARS)}. Shorten it or split it into parts; ` +
+        "your text is still in the box."
+      );
+    }
+    const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
+    if (bytes > MAX_FRAME_BYTES) {
+      return (
+        `This message is too large to send: ${grouped(bytes)} bytes once encoded, and one ` +
+        `message can take at most ${grouped(MAX_FRAME_BYTES)}. Shorten it or split it into ` +
+        "parts; your text is still in the box."
+      );
+    }
+    return "";
+  }
+
   function send() {
     const text = ui.input.value.trim();
     if (!text || busy()) return;
@@ -679,6 +1028,8 @@
       provider: ui.provider.value || null,
       model: ui.model.value || null,
     };
+    const refusal = tooLong(frame);
+    if (refusal) return setStatus(refusal);
     if (!sendFrame(frame)) return setStatus("Not connected yet.");
     setStatus("");
     addMessage("user", text);
@@ -722,12 +1073,17 @@
   ui.provider.addEventListener("change", () => {
     state.wantedProvider = ui.provider.value;
     state.wantedModel = null;
+    clearNotice("picker");
     renderModels();
   });
   ui.model.addEventListener("change", () => {
     state.wantedModel = ui.model.value;
   });
-  $("new-chat").addEventListener("click", newConversation);
+  $("new-chat").addEventListener("click", () => newConversation("push"));
+  ui.search.addEventListener("input", searchChanged);
+  ui.more.addEventListener("click", () => loadConversations(true));
+  $("notice-close").addEventListener("click", () => clearNotice());
+  window.addEventListener("popstate", followAddress);
   $("open-sidebar").addEventListener("click", openSidebar);
   $("close-sidebar").addEventListener("click", closeSidebar);
   ui.scrim.addEventListener("click", closeSidebar);
@@ -748,6 +1104,8 @@
   });
 
   renderProviders();
+  if (app.dataset.conversationMissing === "true") conversationMissing();
+  else if (app.dataset.conversation) openConversation(Number(app.dataset.conversation), "none");
   loadConversations();
   connect();
 })();
