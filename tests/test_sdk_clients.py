@@ -224,13 +224,13 @@ async def test_openai_error_classes(oai: openai.AsyncOpenAI, upstreams: Any, liv
     with pytest.raises(openai.NotFoundError):
         await oai.chat.completions.create(model="openai/gpt-9", messages=user("hi"))
 
-    openai_fake.inject(status=429, retry_after=1)
+    openai_fake.inject(status=429, retry_after=1, path="/v1/chat/completions")
     with pytest.raises(openai.RateLimitError) as limited:
         await oai.chat.completions.create(model="gpt-4o-mini", messages=user("hi"))
     assert limited.value.response.headers["retry-after"] == "1"
     assert UPSTREAM_KEY not in limited.value.message
 
-    openai_fake.inject(status=500)
+    openai_fake.inject(status=500, path="/v1/chat/completions")
     with pytest.raises(openai.InternalServerError) as failed:
         await oai.chat.completions.create(model="gpt-4o-mini", messages=user("hi"), stream=True)
     assert failed.value.status_code == 503
@@ -336,12 +336,12 @@ async def test_anthropic_error_classes(
         )
     assert "max_tokens" in bad.value.body["error"]["message"]
 
-    openai_fake.inject(status=429, retry_after=2)
+    openai_fake.inject(status=429, retry_after=2, path="/v1/chat/completions")
     with pytest.raises(anthropic.RateLimitError) as limited:
         await claude.messages.create(model="gpt-4o-mini", max_tokens=10, messages=user("x"))
     assert limited.value.response.headers["retry-after"] == "2"
 
-    openai_fake.inject(status=500)
+    openai_fake.inject(status=500, path="/v1/chat/completions")
     with pytest.raises(anthropic.InternalServerError) as failed:
         async with claude.messages.stream(
             model="gpt-4o-mini", max_tokens=10, messages=user("x")
