@@ -39,7 +39,12 @@ from plugins_api.access.key_credentials import (
 from plugins_api.access.request_auth import echo_denial
 from plugins_api.compat.anthropic_api import anthropic_denial, anthropic_error
 from plugins_api.compat.openai_api import openai_denial, openai_error
-from plugins_api.edge.api_paths import requires_credential
+from plugins_api.edge.api_paths import (
+    ANTHROPIC_SHAPE,
+    OPENAI_SHAPE,
+    error_shape,
+    requires_credential,
+)
 from plugins_api.edge.error_responses import error_body
 
 Scope = MutableMapping[str, Any]
@@ -62,9 +67,10 @@ def _accepts_api_key_header(path: str) -> bool:
 
 def denial_response(path: str, denial: Denial) -> HttpResponse:
     """Render DENIAL in the error shape of the API under PATH."""
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+    shape = error_shape(path)
+    if shape == ANTHROPIC_SHAPE:
         return anthropic_denial(denial)
-    if path.startswith("/v1/"):
+    if shape == OPENAI_SHAPE:
         return openai_denial(denial)
     return echo_denial(denial)
 
@@ -72,9 +78,10 @@ def denial_response(path: str, denial: Denial) -> HttpResponse:
 def too_large_response(path: str, limit: int) -> HttpResponse:
     """Render a 413 for a body over LIMIT bytes in the error shape of the API under PATH."""
     message = f"The request body is larger than {limit} bytes (ECHO_MAX_BODY_BYTES)."
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+    shape = error_shape(path)
+    if shape == ANTHROPIC_SHAPE:
         return anthropic_error(413, message)
-    if path.startswith("/v1/"):
+    if shape == OPENAI_SHAPE:
         return openai_error(413, message, code="request_too_large")
     return JsonResponse(error_body("request_too_large", message), status=413)
 

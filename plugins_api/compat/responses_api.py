@@ -307,7 +307,7 @@ def input_messages(items: list[Any], field_name: str) -> list[ChatMessage]:
         if kind == "message":
             role = item.get("role")
             role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
-            if role not in PART_TYPES_BY_ROLE:
+            if not isinstance(role, str) or role not in PART_TYPES_BY_ROLE:
                 raise RequestFieldError(
                     f"{at}.role", "Must be one of: user, assistant, system, developer."
                 )

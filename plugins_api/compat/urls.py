@@ -11,7 +11,7 @@ from plugins_api.compat import anthropic_api as anthropic_compat
 from plugins_api.compat import count_tokens as count_tokens_compat
 from plugins_api.compat import openai_api as openai_compat
 from plugins_api.compat import responses_api as responses_compat
-from plugins_api.edge.error_views import not_found
+from plugins_api.compat.unknown_paths import v1_not_found
 
 urlpatterns = [
     path("v1/chat/completions", openai_compat.chat_completions, name="openai-chat-completions"),
@@ -32,5 +32,5 @@ urlpatterns = [
     ),
     # Any other /v1 path: the JSON 404 an SDK can read, with DEBUG on too
     # (Django then shows its HTML page instead of calling handler404).
-    re_path(r"^v1/", not_found, name="v1-not-found"),
+    re_path(r"^v1/", v1_not_found, name="v1-not-found"),
 ]

@@ -21,6 +21,19 @@ def is_api_path(path: str) -> bool:
     return path in API_PATHS or path.startswith(API_PATH_PREFIXES)
 
 
+#: Whose error shape an API path answers in: Anthropic's, OpenAI's (the rest of /v1), or Echo's.
+ANTHROPIC_SHAPE, OPENAI_SHAPE, ECHO_SHAPE = "anthropic", "openai", "echo"
+
+
+def error_shape(path: str) -> str:
+    """Return whose error shape PATH answers in: ``/v1/messages`` and below Anthropic's, else under ``/v1/`` OpenAI's, else Echo's."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ANTHROPIC_SHAPE
+    if path.startswith("/v1/"):
+        return OPENAI_SHAPE
+    return ECHO_SHAPE
+
+
 def requires_credential(path: str) -> bool:
     """Return whether every route under PATH needs a client key or a session."""
     return path not in PUBLIC_API_PATHS and is_api_path(path)

@@ -442,6 +442,12 @@ HOSTILE_BODIES: list[tuple[dict[str, Any], str | None]] = [
     ({"model": "m" * 5000, "input": "hi"}, "model"),
     ({"model": "echo/echo-1", "input": [5]}, "input.0"),
     ({"model": "echo/echo-1", "input": [{"role": "tool", "content": "x"}]}, "input.0.role"),
+    # Found by fuzzing the schema: an unhashable role was a 500.
+    (
+        {"model": "echo/echo-1", "input": [{"type": "message", "role": {}, "content": ""}]},
+        "input.0.role",
+    ),
+    ({"model": "echo/echo-1", "input": [{"role": ["user"], "content": "x"}]}, "input.0.role"),
     ({"model": "echo/echo-1", "input": [{"role": "user", "content": 7}]}, "input.0.content"),
     (
         {"model": "echo/echo-1", "input": [{"role": "user", "content": [{"type": "input_text"}]}]},
