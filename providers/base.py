@@ -368,6 +368,13 @@ def _read_plugin(cls: type, member: str, read: Callable[[], T]) -> T:
         ) from exc
 
 
+#: The request options every plugin honoured before plugins declared theirs:
+#: the default of ``AbstractAIProvider.supported_options``.
+DEFAULT_SUPPORTED_OPTIONS: frozenset[str] = frozenset(
+    {"temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice", "user"}
+)
+
+
 class AbstractAIProvider(ABC):
     """The interface every provider plugin implements.
 
@@ -389,6 +396,13 @@ class AbstractAIProvider(ABC):
     #: The JSON Schema of the plugin's configuration; a plugin declares it, or
     #: overrides ``get_config_schema`` (the guide's form).
     config_json_schema: ClassVar[dict[str, Any] | None] = None
+
+    #: The ``ChatRequest`` options (``providers.types.OPTION_FIELDS``) this
+    #: plugin honours. A request that sets another is refused with a 400 when
+    #: this provider is its first route, and never failed over to it: no
+    #: option is dropped silently. A plugin that honours more declares
+    #: ``DEFAULT_SUPPORTED_OPTIONS | {"seed", ...}``.
+    supported_options: ClassVar[frozenset[str]] = DEFAULT_SUPPORTED_OPTIONS
 
     def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
         self.name = name or self.__class__.__name__

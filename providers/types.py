@@ -50,7 +50,28 @@ class ChatMessage:
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A chat completion request in Echo's common shape."""
+    """A chat completion request in Echo's common shape.
+
+    The options follow OpenAI's spelling; each is None when the client did
+    not set it. A plugin honours an option only if it names it in
+    ``AbstractAIProvider.supported_options``: the router refuses (or skips,
+    on failover) a provider that would have to drop one.
+
+    - ``response_format``: ``{"type": "text"}``, ``{"type": "json_object"}``
+      or ``{"type": "json_schema", "json_schema": {"name", "schema",
+      "strict"?}}``: the answer's text must be JSON (an instance of the schema).
+    - ``seed``, ``presence_penalty``, ``frequency_penalty``, ``logit_bias``
+      (token id as a string -> -100..100), ``logprobs``, ``top_logprobs``:
+      OpenAI's sampling options.
+    - ``parallel_tool_calls``: False asks for at most one tool call per turn
+      (Anthropic's ``tool_choice.disable_parallel_tool_use``).
+    - ``top_k``: sample from the K likeliest tokens (Anthropic, Ollama).
+    - ``thinking``: Anthropic's ``{"type": "enabled", "budget_tokens": N}``
+      or ``{"type": "disabled"}``.
+    - ``user``: the end user's id (Anthropic's ``metadata.user_id``).
+
+    METADATA is Echo's own, never a client's option.
+    """
 
     messages: list[ChatMessage]
     model: str | None = None
@@ -62,11 +83,43 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
+    top_k: int | None = None
+    thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def with_model(self, model: str | None) -> ChatRequest:
         """Return a copy of this request aimed at MODEL."""
         return dataclasses.replace(self, model=model)
+
+
+#: The ChatRequest fields that are a client's options (see ``ChatRequest``).
+OPTION_FIELDS: tuple[str, ...] = (
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "user",
+    "response_format",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "parallel_tool_calls",
+    "top_k",
+    "thinking",
+)
 
 
 @dataclass(slots=True)

@@ -58,12 +58,17 @@ from plugins_api.compat.dispatch import (
 from plugins_api.edge.chat_requests import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
+    MAX_NAME_LENGTH,
     MAX_TOOLS,
+    MAX_TOP_K,
     RequestFieldError,
     bounded_list,
     bounded_name,
+    optional_bool,
+    optional_integer,
     optional_string,
     parse_stop,
+    parse_thinking,
     reject_upstream_settings,
     required_string,
 )
@@ -335,6 +340,38 @@ def parse_anthropic_tools(raw: Any) -> list[dict[str, Any]] | None:
     return tools or None
 
 
+def parse_parallel_tool_use(raw: Any) -> bool | None:
+    """Return ``parallel_tool_calls`` for Anthropic's ``tool_choice.disable_parallel_tool_use``.
+
+    True disables parallel calls (``False``); false or absent is the default (None).
+    """
+    if not isinstance(raw, dict):
+        return None
+    disable = optional_bool(
+        raw, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use"
+    )
+    if disable and raw.get("type") == "none":
+        raise RequestFieldError(
+            "tool_choice.disable_parallel_tool_use", "Not allowed with tool_choice 'none'."
+        )
+    return False if disable else None
+
+
+def parse_anthropic_metadata(raw: Any) -> str | None:
+    """Return ``metadata.user_id`` (the common ``user``); any other metadata key is refused."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RequestFieldError("metadata", "Must be an object.")
+    unknown = sorted(key for key in raw if key != "user_id")
+    if unknown:
+        raise RequestFieldError(
+            f"metadata.{unknown[0][:MAX_NAME_LENGTH]}",
+            "Unknown metadata field: the Messages API takes only 'user_id'.",
+        )
+    return optional_string(raw, "user_id", "metadata")
+
+
 def parse_anthropic_tool_choice(raw: Any) -> str | dict[str, Any] | None:
     """Return Anthropic's ``tool_choice`` as the common (OpenAI-style) one."""
     if raw is None:
@@ -364,9 +401,11 @@ def parse_messages_call(data: dict[str, Any]) -> ChatCall:
     """Return the call a ``/v1/messages`` body describes.
 
     Read: ``model``, ``max_tokens`` (required, as by Anthropic), ``system``,
-    ``messages``, ``stop_sequences``, ``temperature``, ``top_p``, ``tools``,
-    ``tool_choice``, ``metadata.user_id``, ``stream``. Options with no
-    common equivalent (``top_k``, ``thinking``, ...) are ignored.
+    ``messages``, ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``,
+    ``tools``, ``tool_choice`` (its ``disable_parallel_tool_use`` becomes
+    ``parallel_tool_calls=False``), ``metadata`` (only ``user_id``, the
+    common ``user``), ``thinking``, ``stream``. A provider that cannot honour
+    one of them refuses the call (400 ``unsupported_option``).
     """
     reject_upstream_settings(data)
     model = bounded_name(data.get("model"), "model", "a model name")
@@ -381,10 +420,7 @@ def parse_messages_call(data: dict[str, Any]) -> ChatCall:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestFieldError("stream", "Must be true or false.")
-    metadata = data.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise RequestFieldError("metadata", "Must be an object.")
-    user = optional_string(metadata or {}, "user_id", "metadata")
+    user = parse_anthropic_metadata(data.get("metadata"))
     request = ChatRequest(
         messages=parse_anthropic_messages(data.get("messages"), data.get("system")),
         model=model.strip(),
@@ -395,7 +431,10 @@ def parse_messages_call(data: dict[str, Any]) -> ChatCall:
         stream=stream,
         tools=parse_anthropic_tools(data.get("tools")),
         tool_choice=parse_anthropic_tool_choice(data.get("tool_choice")),
+        parallel_tool_calls=parse_parallel_tool_use(data.get("tool_choice")),
         user=user,
+        top_k=optional_integer(data, "top_k", 1, MAX_TOP_K),
+        thinking=parse_thinking(data.get("thinking")),
     )
     return ChatCall(request=request, stream=stream)
 

@@ -327,6 +327,184 @@ def parse_messages(
     ]
 
 
+# --- request options (``/chat`` and ``/v1/chat/completions``) ----------------------
+
+#: Entries of ``logit_bias`` (OpenAI takes at most 300).
+MAX_LOGIT_BIAS = 300
+#: ``top_logprobs`` OpenAI returns at most.
+MAX_TOP_LOGPROBS = 20
+#: How deep a ``response_format`` JSON schema may nest, and how many values it may hold.
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_NODES = 10_000
+#: ``seed`` is a 64-bit signed integer upstream.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+#: ``top_k``: far above any vocabulary a sampler would cut to.
+MAX_TOP_K = 1_000_000
+#: A ``json_schema`` name, as OpenAI requires it.
+SCHEMA_NAME_LENGTH = 64
+#: Thinking budgets (Anthropic requires at least 1,024 tokens).
+MIN_THINKING_BUDGET = 1_024
+MAX_THINKING_BUDGET = 1_000_000
+
+
+def optional_bool(data: Mapping[str, Any], key: str, field: str | None = None) -> bool | None:
+    """Return DATA[KEY] (None when absent or null), which must be true or false."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise RequestFieldError(field or key, "Must be true or false.")
+    return value
+
+
+def optional_integer(
+    data: Mapping[str, Any], key: str, low: int, high: int, field: str | None = None
+) -> int | None:
+    """Return DATA[KEY] (None when absent or null), a whole number from LOW to HIGH."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestFieldError(field or key, "Must be a whole number.")
+    if not low <= value <= high:
+        raise RequestFieldError(field or key, f"Must be between {low} and {high}.")
+    return value
+
+
+def _schema_bounds(schema: Any, field: str) -> None:
+    """Refuse a JSON schema deeper than ``MAX_SCHEMA_DEPTH`` or larger than ``MAX_SCHEMA_NODES``."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_SCHEMA_NODES:
+            raise RequestFieldError(field, f"Must hold at most {MAX_SCHEMA_NODES} values.")
+        if depth > MAX_SCHEMA_DEPTH:
+            raise RequestFieldError(field, f"Must nest at most {MAX_SCHEMA_DEPTH} levels deep.")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def parse_response_format(raw: Any, field: str = "response_format") -> dict[str, Any] | None:
+    """Return a ``response_format`` in OpenAI's shape, every field checked.
+
+    ``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type":
+    "json_schema", "json_schema": {"name", "schema"?, "strict"?,
+    "description"?}}``, the schema an object bounded in depth and size.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RequestFieldError(field, "Must be an object with a 'type'.")
+    kind = raw.get("type")
+    if kind in ("text", "json_object"):
+        if set(raw) - {"type"}:
+            extra = sorted(set(raw) - {"type"})[0]
+            raise RequestFieldError(f"{field}.{extra}", f"Unknown field for type {kind!r}.")
+        return raw
+    if kind != "json_schema":
+        raise RequestFieldError(f"{field}.type", "Must be 'text', 'json_object' or 'json_schema'.")
+    spec = raw.get("json_schema")
+    at = f"{field}.json_schema"
+    if not isinstance(spec, dict):
+        raise RequestFieldError(at, "Required: an object with 'name' and 'schema'.")
+    name = spec.get("name")
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= SCHEMA_NAME_LENGTH
+        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+    ):
+        raise RequestFieldError(
+            f"{at}.name",
+            f"Required: 1 to {SCHEMA_NAME_LENGTH} letters, digits, '_' or '-'.",
+        )
+    optional_string(spec, "description", at)
+    optional_bool(spec, "strict", f"{at}.strict")
+    schema = spec.get("schema")
+    if schema is not None:
+        if not isinstance(schema, dict):
+            raise RequestFieldError(f"{at}.schema", "Must be a JSON schema object.")
+        _schema_bounds(schema, f"{at}.schema")
+    unknown = sorted(set(spec) - {"name", "description", "schema", "strict"})
+    if unknown:
+        raise RequestFieldError(f"{at}.{unknown[0]}", "Unknown field.")
+    return raw
+
+
+def parse_logit_bias(raw: Any, field: str = "logit_bias") -> dict[str, float] | None:
+    """Return a ``logit_bias``: at most 300 token ids (as strings) to numbers from -100 to 100."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RequestFieldError(field, "Must be an object of token ids to biases.")
+    if len(raw) > MAX_LOGIT_BIAS:
+        raise RequestFieldError(field, f"Must hold at most {MAX_LOGIT_BIAS} entries.")
+    for token, bias in raw.items():
+        if not (token.isascii() and token.isdigit() and len(token) <= 10):
+            raise RequestFieldError(field, "Each key must be a token id (digits, as a string).")
+        if not _is_number(bias) or not -100 <= bias <= 100:
+            raise RequestFieldError(f"{field}.{token}", "Must be a number between -100 and 100.")
+    return raw or None
+
+
+def parse_thinking(raw: Any, field: str = "thinking") -> dict[str, Any] | None:
+    """Return Anthropic's ``thinking``: ``{"type": "enabled", "budget_tokens"}`` or ``{"type": "disabled"}``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RequestFieldError(field, "Must be an object with a 'type'.")
+    kind = raw.get("type")
+    if kind == "disabled":
+        allowed = {"type"}
+    elif kind == "enabled":
+        allowed = {"type", "budget_tokens"}
+        budget = raw.get("budget_tokens")
+        if budget is None:
+            raise RequestFieldError(f"{field}.budget_tokens", "Required: a whole number.")
+        optional_integer(
+            raw,
+            "budget_tokens",
+            MIN_THINKING_BUDGET,
+            MAX_THINKING_BUDGET,
+            f"{field}.budget_tokens",
+        )
+    else:
+        raise RequestFieldError(f"{field}.type", "Must be 'enabled' or 'disabled'.")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise RequestFieldError(f"{field}.{unknown[0]}", "Unknown field.")
+    return raw
+
+
+def parse_openai_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the ``ChatRequest`` options of an OpenAI-shaped body, every value checked.
+
+    Read: ``response_format``, ``seed``, ``presence_penalty``,
+    ``frequency_penalty``, ``logprobs``, ``top_logprobs`` (needs
+    ``logprobs``), ``logit_bias``, ``parallel_tool_calls``, ``user``, and
+    the common ones OpenAI lacks, ``top_k`` and ``thinking``. Whether the
+    provider honours them is the router's question, not the parser's.
+    """
+    logprobs = optional_bool(data, "logprobs")
+    top_logprobs = optional_integer(data, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top_logprobs is not None and logprobs is not True:
+        raise RequestFieldError("top_logprobs", "Requires 'logprobs': true.")
+    return {
+        "response_format": parse_response_format(data.get("response_format")),
+        "seed": optional_integer(data, "seed", *SEED_RANGE),
+        "presence_penalty": _optional_number(data, "presence_penalty", -2, 2),
+        "frequency_penalty": _optional_number(data, "frequency_penalty", -2, 2),
+        "logprobs": logprobs,
+        "top_logprobs": top_logprobs,
+        "logit_bias": parse_logit_bias(data.get("logit_bias")),
+        "parallel_tool_calls": optional_bool(data, "parallel_tool_calls"),
+        "user": optional_string(data, "user"),
+        "top_k": optional_integer(data, "top_k", 1, MAX_TOP_K),
+        "thinking": parse_thinking(data.get("thinking")),
+    }
+
+
 # --- ``POST /chat`` ----------------------------------------------------------------
 
 
@@ -346,7 +524,8 @@ def parse_chat_call(data: dict[str, Any]) -> ChatCall:
 
     The body has ``prompt`` (a string, optionally with ``system``) or
     ``messages`` (a list), plus optional ``provider``, ``model``, ``stream``,
-    ``temperature``, ``max_tokens``, ``top_p`` and ``stop``.
+    ``temperature``, ``max_tokens``, ``top_p``, ``stop`` and the options
+    ``parse_openai_options`` reads (``response_format``, ``seed``, ...).
     """
     reject_upstream_settings(data)
     prompt = data.get("prompt")
@@ -384,5 +563,6 @@ def parse_chat_call(data: dict[str, Any]) -> ChatCall:
         top_p=_optional_number(data, "top_p", 0, 1),
         stop=parse_stop(data.get("stop")),
         stream=stream,
+        **parse_openai_options(data),
     )
     return ChatCall(request=request, provider=provider, stream=stream)

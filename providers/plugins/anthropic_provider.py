@@ -14,7 +14,7 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlencode
 
-from providers.base import PluginCapability, PluginMetadata
+from providers.base import DEFAULT_SUPPORTED_OPTIONS, PluginCapability, PluginMetadata
 from providers.http_provider import HTTPProvider, default_model_setting, keyed_api_schema
 from providers.plugins.anthropic_wire import (
     MESSAGES_PATH,
@@ -23,6 +23,7 @@ from providers.plugins.anthropic_wire import (
     build_request,
     parse_model_list,
     parse_response,
+    structured_tool_name,
 )
 from providers.types import ChatRequest, ChatResponse, StreamingChunk
 from providers.usage.model_info import known_model_info
@@ -68,6 +69,15 @@ class AnthropicProvider(HTTPProvider):
         homepage="https://docs.anthropic.com/en/api/messages",
         requires_api_key=True,
     )
+
+    #: Translated by ``anthropic_wire`` (see its docstring); ``seed``, the
+    #: penalties, ``logprobs`` and ``logit_bias`` have no Anthropic form.
+    supported_options = DEFAULT_SUPPORTED_OPTIONS | {
+        "response_format",
+        "parallel_tool_calls",
+        "top_k",
+        "thinking",
+    }
 
     config_json_schema = keyed_api_schema(
         "Anthropic settings",
@@ -134,11 +144,18 @@ class AnthropicProvider(HTTPProvider):
 
     async def chat_completion(self, request: ChatRequest) -> ChatResponse:
         body = await self.post_json(MESSAGES_PATH, self.build_body(request, stream=False))
-        return self.wire_call(parse_response, body, provider=self.name)
+        return self.wire_call(
+            parse_response,
+            body,
+            provider=self.name,
+            structured_tool=structured_tool_name(request),
+        )
 
     async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
         body = self.build_body(request, stream=True)
-        fold = StreamFold(provider=self.name, model=body["model"])
+        fold = StreamFold(
+            provider=self.name, model=body["model"], structured_tool=structured_tool_name(request)
+        )
         async with aclosing(self.stream_sse(MESSAGES_PATH, body)) as events:
             async for event in events:
                 data = self.parse_json_text(event.data)

@@ -10,6 +10,18 @@ stream is a sequence of typed Server-Sent Events (``message_start``,
 ``content_block_start``/``_delta``/``_stop``, ``message_delta``,
 ``message_stop``, ``ping``, ``error``).
 
+Options (``ChatRequest``) translate as follows: ``top_k`` and ``thinking``
+are Anthropic's own and pass as they are; ``user`` is ``metadata.user_id``;
+``parallel_tool_calls: false`` is ``tool_choice.disable_parallel_tool_use``;
+``response_format`` ``json_schema`` becomes a tool whose ``input_schema`` is
+the schema, forced with ``tool_choice`` ``{"type": "tool", "name": ...}``,
+and ``json_object`` the same with a free object schema (the tool is named
+``json_object``). The forced tool's ``tool_use`` input is returned as the
+answer's TEXT (JSON), whole or streamed, never as a tool call. Thinking
+blocks (``thinking``, ``redacted_thinking`` and their deltas) are dropped:
+the common shape has no place for them, so the answer is the text after
+the thinking.
+
 Nothing here does I/O, so every translation is tested on recorded JSON.
 Untranslatable input raises ``BadRequestError``; an answer that breaks the
 protocol raises ``WireFormatError``; an ``error`` event in a stream raises
@@ -97,15 +109,95 @@ def build_request(
         body["top_p"] = request.top_p
     if request.stop:
         body["stop_sequences"] = list(request.stop)
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
+    if request.thinking is not None:
+        body["thinking"] = dict(request.thinking)
     if request.tools:
         body["tools"] = [translate_tool(tool) for tool in request.tools]
         if request.tool_choice is not None:
             body["tool_choice"] = translate_tool_choice(request.tool_choice)
+    structured = structured_tool(request)
+    if structured is not None:
+        _force_structured_tool(body, request, structured)
+    if request.parallel_tool_calls is False and body.get("tools"):
+        choice = body.setdefault("tool_choice", {"type": "auto"})
+        if choice.get("type") != "none":
+            choice["disable_parallel_tool_use"] = True
     if request.user:
         body["metadata"] = {"user_id": request.user}
     if stream:
         body["stream"] = True
     return body
+
+
+#: The tool a ``json_object`` answer is forced through: any JSON object.
+JSON_OBJECT_TOOL = "json_object"
+
+
+def structured_tool(request: ChatRequest) -> dict[str, Any] | None:
+    """Return the Anthropic tool that carries REQUEST's ``response_format``, or None for text."""
+    response_format = request.response_format
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {
+            "name": JSON_OBJECT_TOOL,
+            "description": "Give your whole answer as this tool's input: one JSON object.",
+            "input_schema": {"type": "object", "additionalProperties": True},
+        }
+    if kind != "json_schema":
+        return None
+    spec = response_format.get("json_schema") or {}
+    schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else {"type": "object"}
+    tool: dict[str, Any] = {
+        "name": str(spec.get("name") or "json_schema"),
+        "description": str(
+            spec.get("description") or "Give your whole answer as this tool's input."
+        ),
+        "input_schema": schema,
+    }
+    return tool
+
+
+def structured_tool_name(request: ChatRequest) -> str | None:
+    """Return the name of the tool carrying REQUEST's ``response_format``, or None."""
+    tool = structured_tool(request)
+    return tool["name"] if tool is not None else None
+
+
+def _force_structured_tool(
+    body: dict[str, Any], request: ChatRequest, tool: dict[str, Any]
+) -> None:
+    """Add TOOL to BODY and make the model answer through it.
+
+    Without the client's own tools (or with ``tool_choice`` ``none``) the
+    tool is forced; with them, the model must call a tool (``any``), this
+    one for its answer, unless the client named one. Anthropic refuses a
+    forced tool while thinking, so that combination is refused here.
+    """
+    tools = body.setdefault("tools", [])
+    if any(existing.get("name") == tool["name"] for existing in tools):
+        raise BadRequestError(
+            f"response_format: its name {tool['name']!r} is also a tool's name; rename one.",
+            field="response_format",
+        )
+    if isinstance(request.thinking, dict) and request.thinking.get("type") == "enabled":
+        raise BadRequestError(
+            "response_format: Anthropic gives a JSON answer through a forced tool call, "
+            "which it refuses while thinking is enabled; drop one of the two.",
+            field="response_format",
+        )
+    own_tools = bool(tools) and request.tool_choice != "none"
+    if not own_tools:
+        body["tools"] = [tool]
+        body["tool_choice"] = {"type": "tool", "name": tool["name"]}
+        return
+    tools.append(tool)
+    choice = body.get("tool_choice") or {"type": "auto"}
+    if choice.get("type") in ("auto", "any"):
+        body["tool_choice"] = {"type": "any"}
 
 
 def translate_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
@@ -298,8 +390,14 @@ def usage_from(raw: dict[str, Any] | None) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=int(raw.get("output_tokens") or 0))
 
 
-def parse_response(body: Any, *, provider: str = "") -> ChatResponse:
-    """Return the common response for a Messages API ``message`` BODY."""
+def parse_response(
+    body: Any, *, provider: str = "", structured_tool: str | None = None
+) -> ChatResponse:
+    """Return the common response for a Messages API ``message`` BODY.
+
+    A call of STRUCTURED_TOOL (the tool carrying ``response_format``) is the
+    answer: its input, as JSON text, is the response's content.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("content"), list):
         raise WireFormatError("sent a message without a content list.")
     if body.get("type", "message") != "message":
@@ -320,14 +418,19 @@ def parse_response(body: Any, *, provider: str = "") -> ChatResponse:
                 )
             )
         # Other blocks (thinking, server tool results) have no place in the common shape.
+    stop = body.get("stop_reason")
+    answer = next((c for c in tool_calls if c.name == structured_tool), None)
+    if structured_tool is not None and answer is not None:
+        texts, stop = [answer.arguments], "end_turn"
+        tool_calls = [c for c in tool_calls if c is not answer]
     response = ChatResponse(
         content="".join(texts),
         model=str(body.get("model") or ""),
         provider=provider,
         usage=usage_from(body.get("usage")),
-        finish_reason=finish_reason(body.get("stop_reason")),
+        finish_reason=finish_reason(stop),
         tool_calls=tool_calls or None,
-        metadata={"stop_reason": body.get("stop_reason")},
+        metadata={"stop_reason": stop},
     )
     if body.get("id"):
         response.id = str(body["id"])
@@ -365,10 +468,12 @@ class StreamFold:
     ``message_start``, output tokens from the last ``message_delta``) and the
     complete tool calls, whose JSON arguments arrive in pieces per block.
     ``finish`` raises ``WireFormatError`` if the stream ended before ``message_stop``.
+    A STRUCTURED_TOOL's input (see ``parse_response``) streams as text instead.
     """
 
     provider: str = ""
     model: str | None = None
+    structured_tool: str | None = None
     message_id: str | None = None
     stop_reason: str | None = None
     stop_sequence: str | None = None
@@ -376,6 +481,7 @@ class StreamFold:
     started: bool = False
     stopped: bool = False
     _tools: dict[int, _ToolBlock] = field(default_factory=dict, init=False, repr=False)
+    _answer_block: int | None = field(default=None, init=False, repr=False)
 
     def feed(self, event: dict[str, Any]) -> StreamingChunk | None:
         """Take one event's data; return the chunk it yields, if any."""
@@ -434,6 +540,11 @@ class StreamFold:
     def _block_start(self, event: dict[str, Any]) -> StreamingChunk | None:
         block = event.get("content_block") or {}
         index = event.get("index")
+        if block.get("type") == "tool_use" and block.get("name") == self.structured_tool:
+            self._answer_block = index
+            if block.get("input"):
+                return self._text_chunk(json.dumps(block["input"]))
+            return None
         if block.get("type") == "tool_use":
             self._tools[index] = _ToolBlock(
                 id=str(block.get("id") or ""), name=str(block.get("name") or "")
@@ -450,6 +561,9 @@ class StreamFold:
         delta = event.get("delta") or {}
         if delta.get("type") == "text_delta":
             return self._text_chunk(str(delta.get("text") or "")) if delta.get("text") else None
+        if delta.get("type") == "input_json_delta" and event.get("index") == self._answer_block:
+            piece = str(delta.get("partial_json") or "")
+            return self._text_chunk(piece) if piece else None
         if delta.get("type") == "input_json_delta":
             tool = self._tools.get(event.get("index"))
             if tool is None:
@@ -462,6 +576,8 @@ class StreamFold:
         return StreamingChunk(content=text, model=self.model)
 
     def _final_chunk(self) -> StreamingChunk:
+        if self._answer_block is not None and self.stop_reason == "tool_use" and not self._tools:
+            self.stop_reason = "end_turn"  # the forced tool's input was the answer
         return StreamingChunk(
             is_final=True,
             finish_reason=finish_reason(self.stop_reason),

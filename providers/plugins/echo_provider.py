@@ -17,6 +17,16 @@ It honours what a demo of a client library exercises, deterministically:
   of the tool's JSON schema: strings with the user's message, numbers with
   0, booleans with false, arrays and objects empty. After a tool's result,
   the answer echoes the result. ``tool_choice`` ``none`` answers in text.
+  ``parallel_tool_calls`` false keeps only the first call.
+- ``response_format``: ``json_object`` answers ``{"echo": "<the user's
+  message>"}``; ``json_schema`` answers an instance of the schema
+  (``schema_instance``: strings are the user's message, numbers 0,
+  booleans false, arrays empty, objects filled property by property, enums
+  their first value), so that a client's structured-output parser accepts it.
+- ``seed`` is accepted: every answer is deterministic anyway.
+
+Any other option (penalties, ``logprobs``, ``logit_bias``, ``top_k``,
+``thinking``) is refused by the router: echo declares no support for it.
 """
 
 from __future__ import annotations
@@ -29,7 +39,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from providers.base import AbstractAIProvider, PluginCapability, PluginMetadata
+from providers.base import (
+    DEFAULT_SUPPORTED_OPTIONS,
+    AbstractAIProvider,
+    PluginCapability,
+    PluginMetadata,
+)
 from providers.errors import ModelNotFoundError
 from providers.types import (
     ChatRequest,
@@ -68,6 +83,12 @@ class EchoProvider(AbstractAIProvider):
         # A live instance lists its ``models`` setting instead.
         models=["echo-1"],
     )
+
+    supported_options = DEFAULT_SUPPORTED_OPTIONS | {
+        "response_format",
+        "seed",
+        "parallel_tool_calls",
+    }
 
     config_json_schema = {
         "type": "object",
@@ -126,7 +147,10 @@ class EchoProvider(AbstractAIProvider):
             usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=arguments)
             return "", usage, "tool_calls", calls
         echoed = last.text if last is not None and last.role == "tool" else asked
-        reply, finish_reason = _bounded(self.config["prefix"] + echoed, request)
+        structured = _structured_reply(request, echoed)
+        reply, finish_reason = _bounded(
+            self.config["prefix"] + echoed if structured is None else structured, request
+        )
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=count_tokens(reply))
         return reply, usage, finish_reason, None
 
@@ -211,6 +235,8 @@ def _tool_calls(request: ChatRequest, asked: str) -> list[ToolCall] | None:
         chosen = [name for name in offered if name in words]
     if not chosen:
         return None
+    if request.parallel_tool_calls is False:
+        chosen = chosen[:1]
     return [
         ToolCall(
             id="call_" + hashlib.sha256(f"{index}:{name}:{asked}".encode()).hexdigest()[:24],
@@ -239,3 +265,107 @@ def _arguments(tool: dict[str, Any], asked: str) -> dict[str, Any]:
         kind = kind if isinstance(kind, str) else "string"
         arguments[name] = asked if kind == "string" else _EMPTY_ARGUMENTS.get(kind, asked)
     return arguments
+
+
+#: How deep ``schema_instance`` follows a schema (``$ref`` cycles included).
+MAX_INSTANCE_DEPTH = 32
+#: Example values of the string formats a structured-output parser checks.
+_FORMAT_EXAMPLES: dict[str, str] = {
+    "date-time": "1970-01-01T00:00:00Z",
+    "date": "1970-01-01",
+    "time": "00:00:00",
+    "duration": "P0D",
+    "email": "echo@example.com",
+    "uri": "https://example.com/",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
+}
+
+
+def _structured_reply(request: ChatRequest, text: str) -> str | None:
+    """Return the JSON answer REQUEST's ``response_format`` asks for, or None for plain text."""
+    response_format = request.response_format
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return json.dumps({"echo": text}, ensure_ascii=False)
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            return json.dumps({"echo": text}, ensure_ascii=False)
+        return json.dumps(schema_instance(schema, text), ensure_ascii=False)
+    return None
+
+
+def schema_instance(schema: dict[str, Any], text: str) -> Any:
+    """Return a JSON value that SCHEMA accepts, built the echo way from TEXT.
+
+    Strings are TEXT (or an example of their ``format``), numbers 0 (or
+    their minimum), booleans false, arrays their ``minItems`` of items,
+    objects every property, an ``enum`` or ``const`` its (first) value.
+    ``$ref`` to ``#/$defs/...`` (what Pydantic writes) is followed; in a
+    union (``anyOf``/``oneOf``) the first choice wins, or ``null`` once the
+    schema nests too deep (a recursive model ends there).
+    """
+    return _instance(schema, schema, text, 0)
+
+
+def _resolve(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    node: Any = root
+    for part in ref.removeprefix("#").strip("/").split("/"):
+        if not part:
+            continue
+        node = (
+            node.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
+        )
+    return node if isinstance(node, dict) else {}
+
+
+def _instance(schema: Any, root: dict[str, Any], text: str, depth: int) -> Any:
+    if not isinstance(schema, dict) or depth > MAX_INSTANCE_DEPTH:
+        return None
+    if isinstance(schema.get("$ref"), str):
+        return _instance(_resolve(root, schema["$ref"]), root, text, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for union in ("anyOf", "oneOf"):
+        choices = schema.get(union)
+        if isinstance(choices, list) and choices:
+            nullable = [c for c in choices if isinstance(c, dict) and c.get("type") == "null"]
+            if nullable and depth >= MAX_INSTANCE_DEPTH // 2:
+                return None
+            return _instance(choices[0], root, text, depth + 1)
+    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            if isinstance(part, dict):
+                merged.update(_resolve(root, part["$ref"]) if "$ref" in part else part)
+        return _instance(merged, root, text, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "string":
+        return _FORMAT_EXAMPLES.get(str(schema.get("format")), text)
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        if isinstance(low, int | float) and not isinstance(low, bool) and low > 0:
+            value = low + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
+            return int(value) if kind == "integer" else value
+        return 0
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    if kind == "array":
+        count = schema.get("minItems")
+        count = min(count, 16) if isinstance(count, int) and count > 0 else 0
+        return [_instance(schema.get("items"), root, text, depth + 1) for _ in range(count)]
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    return {str(name): _instance(prop, root, text, depth + 1) for name, prop in properties.items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from providers.base import PluginCapability, PluginMetadata
+from providers.base import DEFAULT_SUPPORTED_OPTIONS, PluginCapability, PluginMetadata
 from providers.errors import ProtocolError
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, default_model_setting
 from providers.plugins import ollama_wire as wire
@@ -54,6 +54,17 @@ class OllamaProvider(HTTPProvider):
         homepage="https://ollama.com",
         requires_api_key=False,
     )
+
+    #: ``response_format`` is Ollama's ``format``; ``seed``, ``top_k`` and the
+    #: penalties are Modelfile ``options``. ``logprobs``, ``logit_bias``,
+    #: ``parallel_tool_calls`` and ``thinking`` have no Ollama form.
+    supported_options = DEFAULT_SUPPORTED_OPTIONS | {
+        "response_format",
+        "seed",
+        "top_k",
+        "presence_penalty",
+        "frequency_penalty",
+    }
 
     config_json_schema = {
         "type": "object",

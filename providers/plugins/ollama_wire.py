@@ -80,6 +80,9 @@ def chat_body(
     options = chat_options(request)
     if options:
         body["options"] = options
+    response_format = chat_format(request)
+    if response_format is not None:
+        body["format"] = response_format
     tools = chat_tools(request)
     if tools:
         body["tools"] = tools
@@ -99,7 +102,23 @@ def chat_options(request: ChatRequest) -> dict[str, Any]:
         options["num_predict"] = request.max_tokens
     if request.stop:
         options["stop"] = list(request.stop)
+    for name in ("seed", "top_k", "presence_penalty", "frequency_penalty"):
+        if getattr(request, name) is not None:
+            options[name] = getattr(request, name)
     return options
+
+
+def chat_format(request: ChatRequest) -> str | dict[str, Any] | None:
+    """Return Ollama's ``format`` for REQUEST's ``response_format``: ``"json"`` or the JSON schema."""
+    response_format = request.response_format
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return "json"
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else "json"
+    return None
 
 
 def chat_tools(request: ChatRequest) -> list[dict[str, Any]] | None:

@@ -1,7 +1,9 @@
 """The built-in ``openai`` provider: OpenAI's API, or any server that speaks it.
 
 Chat Completions (whole or streamed as Server-Sent Events), tool calls,
-image parts, model listing and embeddings. ``base_url`` points it at any
+image parts, model listing and embeddings; every Chat Completions option
+(``response_format``, ``seed``, penalties, ``logprobs``, ``logit_bias``,
+``parallel_tool_calls``) is passed on as the client sent it. ``base_url`` points it at any
 OpenAI-compatible server (vLLM, llama.cpp, Ollama's ``/v1``, a gateway).
 The HTTP layer (pooled client, timeouts, error mapping, SSE reading) is
 ``HTTPProvider``'s; the wire format is ``openai_wire``'s. This module only
@@ -14,7 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from providers.base import PluginCapability, PluginMetadata
+from providers.base import DEFAULT_SUPPORTED_OPTIONS, PluginCapability, PluginMetadata
 from providers.errors import ProtocolError, ProviderError
 from providers.http_provider import (
     HTTPProvider,
@@ -60,6 +62,10 @@ class OpenAIProvider(HTTPProvider):
         homepage="https://platform.openai.com/docs/api-reference",
         requires_api_key=True,
     )
+
+    #: Every option of Chat Completions is passed on under its own name;
+    #: ``top_k`` and ``thinking`` are no OpenAI options, so they are refused.
+    supported_options = DEFAULT_SUPPORTED_OPTIONS | frozenset(openai_wire.PASSED_OPTIONS)
 
     config_json_schema = keyed_api_schema(
         "OpenAI settings",
@@ -160,8 +166,12 @@ class OpenAIProvider(HTTPProvider):
                     self.wire_call(tool_calls.add, event.tool_call_deltas)
                 finish_reason = event.finish_reason or finish_reason
                 usage = event.usage or usage
-                if event.content:
-                    yield StreamingChunk(content=event.content, model=answered)
+                if event.content or event.logprobs:
+                    yield StreamingChunk(
+                        content=event.content,
+                        model=answered,
+                        metadata={"logprobs": event.logprobs} if event.logprobs else {},
+                    )
             if done:
                 await self._drain(events)
         finally:

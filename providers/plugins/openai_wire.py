@@ -65,6 +65,19 @@ def message_body(message: ChatMessage) -> dict[str, Any]:
     return body
 
 
+#: The request options OpenAI takes under their own names, passed on as they are.
+PASSED_OPTIONS = (
+    "response_format",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "parallel_tool_calls",
+)
+
+
 def build_chat_body(
     request: ChatRequest,
     *,
@@ -90,6 +103,7 @@ def build_chat_body(
         "tool_choice": request.tool_choice,
         "user": request.user,
         max_tokens_field: request.max_tokens,
+        **{name: getattr(request, name) for name in PASSED_OPTIONS},
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if stream:
@@ -174,6 +188,9 @@ def parse_chat_response(body: Any, *, model: str, provider: str = "") -> ChatRes
     metadata = {}
     if body.get("system_fingerprint"):
         metadata["system_fingerprint"] = body["system_fingerprint"]
+    if isinstance(choice.get("logprobs"), dict):
+        # Asked for with ``logprobs``: the compatible API shows them as OpenAI sent them.
+        metadata["logprobs"] = choice["logprobs"]
     return ChatResponse(
         content=message_text(message),
         model=body.get("model") or model,
@@ -199,6 +216,7 @@ class StreamEvent:
     finish_reason: str | None = None
     usage: Usage | None = None
     model: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 # The HTTP status of an error sent inside a stream, by a word of its ``type`` or
@@ -247,6 +265,8 @@ def parse_stream_event(data: str) -> StreamEvent:
             raise WireFormatError("sent tool-call deltas that are not a list.")
         event.tool_call_deltas = deltas
         event.finish_reason = choice.get("finish_reason")
+        if isinstance(choice.get("logprobs"), dict):
+            event.logprobs = choice["logprobs"]
     return event
 
 

@@ -9,6 +9,18 @@ blocks (text, image with a base64 or url source, tool_use in assistant
 turns, tool_result in user turns answering the tool_use just before).
 Errors use Anthropic's body: ``{"type": "error", "error": {"type", "message"}}``.
 
+It honours the options it receives as the reference describes them and
+refuses fields the API does not take ("Extra inputs are not permitted"), so
+an OpenAI-only option that leaked into the wire form fails a test:
+``stop_sequences`` and ``max_tokens`` end the text (``stop_sequence``,
+``max_tokens``); ``tool_choice`` ``{"type": "tool", "name"}`` forces that
+tool (its input an instance of its ``input_schema``, no text before it)
+and ``any`` forces a tool; ``disable_parallel_tool_use`` keeps one call;
+``thinking`` (``budget_tokens`` at least 1,024 and below ``max_tokens``, and
+never with a forced tool) adds a ``thinking`` block first; ``top_k`` and
+``metadata.user_id`` are checked. A user text of lines ``call <tool>
+<JSON>`` calls those tools. Every request body is recorded (``requests``).
+
 Run it alone with ``python -m providers.testing.fake_anthropic --port 9002``.
 """
 
@@ -22,7 +34,30 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+from providers.plugins.echo_provider import schema_instance
 from providers.testing.fake_server import FakeHandler, FakeUpstream, Fault, count_tokens
+
+# The top-level fields of a Messages API request body, per the reference.
+MESSAGE_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+    }
+)
 
 # The versions Anthropic documents for the anthropic-version header.
 ANTHROPIC_VERSIONS = ("2023-01-01", "2023-06-01")
@@ -99,6 +134,7 @@ class FakeAnthropic(FakeUpstream):
     name = "anthropic"
     routes: ClassVar[dict[tuple[str, str], str]] = {
         ("POST", "/v1/messages"): "handle_messages",
+        ("POST", "/v1/messages/count_tokens"): "handle_count_tokens",
         ("GET", "/v1/models"): "handle_models",
     }
 
@@ -159,6 +195,10 @@ class FakeAnthropic(FakeUpstream):
     def check_body(self, body: Any) -> None:
         if not isinstance(body, dict):
             raise RequestRejected(400, "The request body is not valid JSON.")
+        for name in body:
+            if name not in MESSAGE_FIELDS:
+                raise RequestRejected(400, f"{name}: Extra inputs are not permitted")
+        self.check_options(body)
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             raise RequestRejected(400, "max_tokens: Field required")
@@ -180,6 +220,62 @@ class FakeAnthropic(FakeUpstream):
             if not isinstance(tool.get("input_schema"), dict):
                 raise RequestRejected(400, f"tools.{index}.input_schema: Field required")
         self.check_messages(body.get("messages"))
+
+    @staticmethod
+    def check_options(body: dict[str, Any]) -> None:
+        """Refuse ``top_k``, ``metadata``, ``thinking`` and ``tool_choice`` as the API would."""
+        top_k = body.get("top_k")
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0
+        ):
+            raise RequestRejected(400, "top_k: Input should be a non-negative integer")
+        metadata = body.get("metadata")
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise RequestRejected(400, "metadata: Input should be an object")
+            for key in metadata:
+                if key != "user_id":
+                    raise RequestRejected(400, f"metadata.{key}: Extra inputs are not permitted")
+        choice = body.get("tool_choice")
+        if choice is not None:
+            if not isinstance(choice, dict) or choice.get("type") not in (
+                "auto",
+                "any",
+                "tool",
+                "none",
+            ):
+                raise RequestRejected(400, "tool_choice: Input tag does not match")
+            if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
+                raise RequestRejected(400, "tool_choice.tool.name: Field required")
+            names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+            if choice["type"] == "tool" and choice["name"] not in names:
+                raise RequestRejected(400, f"Tool '{choice['name']}' not found in tools")
+            disable = choice.get("disable_parallel_tool_use")
+            if disable is not None and not isinstance(disable, bool):
+                raise RequestRejected(
+                    400, "tool_choice.disable_parallel_tool_use: Input should be a valid boolean"
+                )
+        thinking = body.get("thinking")
+        if thinking is None:
+            return
+        kind = thinking.get("type") if isinstance(thinking, dict) else None
+        if kind == "disabled":
+            return
+        if kind != "enabled":
+            raise RequestRejected(400, "thinking: Input tag does not match 'enabled', 'disabled'")
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+            raise RequestRejected(
+                400, "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        if budget >= body.get("max_tokens", 0):
+            raise RequestRejected(
+                400, "`max_tokens` must be greater than `thinking.budget_tokens`."
+            )
+        if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+            raise RequestRejected(
+                400, "Thinking may not be enabled when tool_choice forces tool use."
+            )
 
     def check_messages(self, messages: Any) -> None:
         if not isinstance(messages, list) or not messages:
@@ -308,19 +404,36 @@ class FakeAnthropic(FakeUpstream):
         """Return the whole ``message`` object answering BODY."""
         said = self.last_user_text(body)
         content: list[dict[str, Any]] = []
-        stop_reason, stop_sequence = "end_turn", None
-        call = self.tool_call(body, said)
-        if call is not None:
-            name, arguments = call
-            content.append({"type": "text", "text": f"Calling {name}."})
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
             content.append(
-                {
-                    "type": "tool_use",
-                    "id": f"toolu_{uuid.uuid4().hex[:24]}",
-                    "name": name,
-                    "input": arguments,
-                }
+                {"type": "thinking", "thinking": f"Thinking about: {said}", "signature": "sig_fake"}
             )
+        stop_reason, stop_sequence = "end_turn", None
+        choice = body.get("tool_choice") or {}
+        calls = [
+            call for line in said.splitlines() if (call := self.tool_call(body, line)) is not None
+        ]
+        forced = self.forced_call(body, choice, said)
+        if forced is not None and not (choice.get("type") == "any" and calls):
+            calls = [forced]
+        if choice.get("disable_parallel_tool_use") is True:
+            calls = calls[:1]
+        if choice.get("type") == "none":
+            calls = []
+        if calls:
+            if forced is None:
+                # Claude may say a word first; a forced tool_choice prefills the call instead.
+                content.append({"type": "text", "text": f"Calling {calls[0][0]}."})
+            for name, arguments in calls:
+                content.append(
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                        "name": name,
+                        "input": arguments,
+                    }
+                )
             stop_reason = "tool_use"
         else:
             text = f"You said: {said}"
@@ -341,7 +454,11 @@ class FakeAnthropic(FakeUpstream):
                 )
             content.append({"type": "text", "text": text})
         output = sum(
-            count_tokens(b["text"]) if b["type"] == "text" else count_tokens(json.dumps(b["input"]))
+            count_tokens(b["text"])
+            if b["type"] == "text"
+            else count_tokens(b["thinking"])
+            if b["type"] == "thinking"
+            else count_tokens(json.dumps(b["input"]))
             for b in content
         )
         return {
@@ -354,6 +471,21 @@ class FakeAnthropic(FakeUpstream):
             "stop_sequence": stop_sequence,
             "usage": {"input_tokens": self.input_tokens(body), "output_tokens": output},
         }
+
+    @staticmethod
+    def forced_call(
+        body: dict[str, Any], choice: dict[str, Any], said: str
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Return the call a forcing ``tool_choice`` makes: the named (or first) tool, its input an instance of its schema."""
+        tools = {tool["name"]: tool for tool in body.get("tools") or []}
+        if choice.get("type") == "tool":
+            tool = tools[choice["name"]]  # check_options made sure it is offered
+        elif choice.get("type") == "any" and tools:
+            tool = next(iter(tools.values()))
+        else:
+            return None
+        value = schema_instance(tool["input_schema"], said)
+        return tool["name"], value if isinstance(value, dict) else {}
 
     @staticmethod
     def tool_call(body: dict[str, Any], said: str) -> tuple[str, dict[str, Any]] | None:
@@ -399,6 +531,29 @@ class FakeAnthropic(FakeUpstream):
         handler.stream_pieces(
             pieces, content_type="text/event-stream", fault=fault, interval=self.stream_interval
         )
+
+    def handle_count_tokens(self, handler: FakeHandler, body: Any, fault: Fault | None) -> None:
+        """Answer ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, counted the fakes' way.
+
+        The body is checked as for ``/v1/messages`` without ``max_tokens``,
+        which the real endpoint does not take (nor ``stream``, ``metadata``
+        or the sampling options): any of them is a 400, as an unknown field is.
+        """
+        try:
+            self.check_headers(handler)
+            if not isinstance(body, dict):
+                raise RequestRejected(400, "The request body is not valid JSON.")
+            allowed = {"model", "messages", "system", "tools", "tool_choice", "thinking"}
+            for key in body:
+                if key not in allowed:
+                    raise RequestRejected(400, f"{key}: Extra inputs are not permitted")
+            self.check_body({**body, "max_tokens": 1})
+            self.resolve_model(body.get("model"))
+        except RequestRejected as exc:
+            self.reject(handler, exc)
+            return
+        tools = sum(count_tokens(json.dumps(tool)) for tool in body.get("tools") or [])
+        handler.send_json(200, {"input_tokens": self.input_tokens(body) + tools})
 
     def handle_models(self, handler: FakeHandler, body: Any, fault: Fault | None) -> None:
         try:
@@ -458,8 +613,14 @@ class FakeAnthropic(FakeUpstream):
 
     def block_events(self, index: int, block: dict[str, Any]) -> Iterator[bytes]:
         """Yield one content block: start, its deltas (word by word), stop."""
-        if block["type"] == "text":
-            start: dict[str, Any] = {"type": "text", "text": ""}
+        if block["type"] == "thinking":
+            start: dict[str, Any] = {"type": "thinking", "thinking": ""}
+            deltas = [
+                {"type": "thinking_delta", "thinking": block["thinking"]},
+                {"type": "signature_delta", "signature": block["signature"]},
+            ]
+        elif block["type"] == "text":
+            start = {"type": "text", "text": ""}
             words = block["text"].split(" ")
             deltas = [
                 {"type": "text_delta", "text": word if n == 0 else " " + word}

@@ -16,9 +16,11 @@ rather than against itself:
 
 Answers are deterministic: "You said: <last user text>", one word per
 streamed object, one token per word. With tools offered, a last user message
-"call <tool> <json arguments>" makes the model call that tool. Options honour
-``num_predict`` (the answer stops after that many words, ``done_reason:
-"length"``). Faults from ``FakeUpstream`` apply, plus ``OllamaFault`` for
+"call <tool> <json arguments>" makes the model call that tool (one line per
+call). Options honour ``num_predict`` (the answer stops after that many
+words, ``done_reason: "length"``) and ``stop``; ``seed`` and ``top_k`` are
+checked; ``format`` ``"json"`` answers ``{"you_said": ...}`` and a JSON
+schema an instance of it. Every request body is recorded (``requests``). Faults from ``FakeUpstream`` apply, plus ``OllamaFault`` for
 what only an NDJSON stream can do: an ``{"error": ...}`` object mid-stream,
 or a stream that ends cleanly without its ``done`` object.
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from providers.plugins.echo_provider import schema_instance
 from providers.testing.fake_server import (
     FakeHandler,
     FakeUpstream,
@@ -259,6 +262,22 @@ class FakeOllama(FakeUpstream):
         tools = body.get("tools") or []
         if not isinstance(tools, list):
             raise BadRequest("tools must be a list")
+        response_format = body.get("format")
+        if (
+            response_format is not None
+            and response_format != "json"
+            and not isinstance(response_format, dict)
+        ):
+            raise BadRequest(f"invalid format: {json.dumps(response_format)}")
+        stop = options.get("stop")
+        if stop is not None and not (
+            isinstance(stop, list) and all(isinstance(item, str) for item in stop)
+        ):
+            raise BadRequest("option stop must be a list of strings")
+        for option in ("seed", "top_k", "num_predict"):
+            value = options.get(option)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise BadRequest(f"option {option} must be an integer")
         if messages and not LOCAL_MODELS[name][2]:
             raise BadRequest(f'"{body["model"]}" does not support chat')
         return {
@@ -267,6 +286,7 @@ class FakeOllama(FakeUpstream):
             "stream": stream,
             "options": options,
             "tools": tools,
+            "format": response_format,
         }
 
     def _answer(self, request: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]], str]:
@@ -278,14 +298,28 @@ class FakeOllama(FakeUpstream):
             for t in request["tools"]
             if isinstance(t, dict) and isinstance(t.get("function"), dict)
         }
-        parts = text.split(" ", 2)
-        if offered and len(parts) >= 2 and parts[0] == "call" and parts[1] in offered:
-            try:
-                arguments = json.loads(parts[2]) if len(parts) == 3 else {}
-            except ValueError:
-                arguments = {"input": parts[2]}
-            return [], [{"function": {"name": parts[1], "arguments": arguments}}], "stop"
-        words = f"You said: {text}".split()
+        calls = []
+        for line in text.splitlines():
+            parts = line.split(" ", 2)
+            if offered and len(parts) >= 2 and parts[0] == "call" and parts[1] in offered:
+                try:
+                    arguments = json.loads(parts[2]) if len(parts) == 3 else {}
+                except ValueError:
+                    arguments = {"input": parts[2]}
+                calls.append({"function": {"name": parts[1], "arguments": arguments}})
+        if calls:
+            return [], calls, "stop"
+        response_format = request["format"]
+        if response_format == "json":
+            answer = json.dumps({"you_said": text})
+        elif isinstance(response_format, dict):
+            answer = json.dumps(schema_instance(response_format, text))
+        else:
+            answer = f"You said: {text}"
+        for stop in request["options"].get("stop") or []:
+            if stop and stop in answer:
+                answer = answer[: answer.index(stop)]
+        words = answer.split()
         limit = request["options"].get("num_predict")
         if isinstance(limit, int) and 0 <= limit < len(words):
             return words[:limit], [], "length"

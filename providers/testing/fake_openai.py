@@ -9,8 +9,20 @@ Events ended by ``data: [DONE]``, with a usage chunk first when
 Answers are deterministic. A chat answer is ``You said: <last user text>``;
 after a tool result it is ``Tool result: <result>``; when the request offers
 ``tools`` and the last user text is ``call <tool> <JSON arguments>``, it is a
-call to that tool. A token is a whitespace-separated word. ``script()``
-queues exact replies instead. Requests need ``Authorization: Bearer <key>``
+call to that tool (one such line per call: several lines, parallel calls).
+A token is a whitespace-separated word. ``script()`` queues exact replies
+instead.
+
+The fake honours the options it receives, as the API reference describes
+them: ``stop`` ends the text before the first stop sequence, ``max_tokens``
+/ ``max_completion_tokens`` cut it (``finish_reason`` ``length``), ``n``
+answers that many choices, ``response_format`` ``json_object`` answers
+``{"you_said": ...}`` (and, as OpenAI does, needs the word "json" in the
+messages) and ``json_schema`` an instance of the schema,
+``parallel_tool_calls: false`` keeps one tool call, ``logprobs`` /
+``top_logprobs`` add a logprob per word. ``seed``, penalties and
+``logit_bias`` are checked and recorded. Every request body is recorded
+(``requests``), so a test sees the provider's own wire form. Requests need ``Authorization: Bearer <key>``
 (any non-empty key, or one of ``api_keys``); errors have OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``.
 
@@ -37,6 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from providers.plugins.echo_provider import schema_instance
 from providers.testing.fake_server import (
     FakeHandler,
     FakeUpstream,
@@ -325,18 +338,23 @@ class FakeOpenAI(FakeUpstream):
                 isinstance(temperature, int | float) and 0 <= temperature <= 2
             ):
                 raise Rejection(400, "temperature must be between 0 and 2.", param="temperature")
+            n = self.check_options(request, messages)
         except Rejection as rejection:
             self.reject(handler, rejection)
             return
         answer = self.compose(request, messages, tools)
-        self.spend(answer.prompt_tokens, answer.completion_tokens)
+        self.spend(answer.prompt_tokens, answer.completion_tokens * n)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        logprobs = request.get("logprobs") is True
         if not stream:
-            self.send(handler, self.completion(completion_id, created, model, answer), fault)
+            body = self.completion(completion_id, created, model, answer, n=n, logprobs=logprobs)
+            self.send(handler, body, fault)
             return
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        pieces = self.stream_events(completion_id, created, model, answer, include_usage)
+        pieces = self.stream_events(
+            completion_id, created, model, answer, include_usage, n=n, logprobs=logprobs
+        )
         handler.stream_pieces(
             pieces, content_type="text/event-stream", fault=fault, interval=self.stream_interval
         )
@@ -352,6 +370,84 @@ class FakeOpenAI(FakeUpstream):
                 "JSON payload.",
             )
         return body
+
+    @staticmethod
+    def check_options(request: dict[str, Any], messages: list[dict[str, Any]]) -> int:
+        """Refuse options the API reference would refuse; return ``n``."""
+
+        def number(name: str, low: float, high: float) -> None:
+            value = request.get(name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not low <= value <= high
+            ):
+                raise Rejection(
+                    400, f"Invalid '{name}': must be between {low} and {high}.", param=name
+                )
+
+        n = request.get("n", 1)
+        if n is None:
+            n = 1
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
+            raise Rejection(400, "Invalid 'n': must be between 1 and 128.", param="n")
+        seed = request.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise Rejection(400, "Invalid type for 'seed': expected an integer.", param="seed")
+        number("presence_penalty", -2, 2)
+        number("frequency_penalty", -2, 2)
+        for flag in ("logprobs", "parallel_tool_calls"):
+            if request.get(flag) is not None and not isinstance(request[flag], bool):
+                raise Rejection(400, f"Invalid type for '{flag}': expected a boolean.", param=flag)
+        if request.get("top_logprobs") is not None:
+            number("top_logprobs", 0, 20)
+            if request.get("logprobs") is not True:
+                raise Rejection(
+                    400,
+                    "Using top_logprobs requires logprobs to be set to true.",
+                    param="top_logprobs",
+                )
+        bias = request.get("logit_bias")
+        if bias is not None:
+            if not isinstance(bias, dict) or len(bias) > 300:
+                raise Rejection(400, "Invalid 'logit_bias'.", param="logit_bias")
+            for token, value in bias.items():
+                if (
+                    not token.isdigit()
+                    or isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not -100 <= value <= 100
+                ):
+                    raise Rejection(400, f"Invalid 'logit_bias.{token}'.", param="logit_bias")
+        response_format = request.get("response_format")
+        if response_format is not None:
+            kind = response_format.get("type") if isinstance(response_format, dict) else None
+            if kind not in ("text", "json_object", "json_schema"):
+                raise Rejection(
+                    400,
+                    "Invalid value for 'response_format.type': supported values are "
+                    "'text', 'json_object' and 'json_schema'.",
+                    param="response_format.type",
+                )
+            spec = response_format.get("json_schema")
+            if kind == "json_schema" and (
+                not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            ):
+                raise Rejection(
+                    400,
+                    "Missing required parameter: 'response_format.json_schema.name'.",
+                    param="response_format.json_schema.name",
+                )
+            if kind == "json_object" and not any(
+                "json" in message_text(m).lower() for m in messages
+            ):
+                raise Rejection(
+                    400,
+                    "'messages' must contain the word 'json' in some form, to use "
+                    "'response_format' of type 'json_object'.",
+                    param="messages",
+                )
+        return n
 
     @staticmethod
     def check_input(value: Any) -> list[str]:
@@ -474,17 +570,40 @@ class FakeOpenAI(FakeUpstream):
         else:
             user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             said = message_text(user)
-            call = self.tool_call_in(said, tools, request.get("tool_choice"))
-            if call is not None:
-                tokens = 1 + count_tokens(call["function"]["arguments"])
-                return Answer(None, [call], "tool_calls", prompt, tokens)
-            text = f"You said: {said}"
+            calls = [
+                call
+                for line in said.splitlines()
+                if (call := self.tool_call_in(line, tools, request.get("tool_choice")))
+            ]
+            if request.get("parallel_tool_calls") is False:
+                calls = calls[:1]
+            if calls:
+                tokens = sum(1 + count_tokens(c["function"]["arguments"]) for c in calls)
+                return Answer(None, calls, "tool_calls", prompt, tokens)
+            text = self.formatted(request.get("response_format"), said)
         finish = "stop"
+        stop = request.get("stop")
+        for sequence in [stop] if isinstance(stop, str) else stop or []:
+            if isinstance(sequence, str) and sequence and sequence in text:
+                text = text[: text.index(sequence)]
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
         if isinstance(limit, int) and count_tokens(text) > limit:
             text = " ".join(text.split()[:limit])
             finish = "length"
         return Answer(text, [], finish, prompt, count_tokens(text))
+
+    @staticmethod
+    def formatted(response_format: Any, said: str) -> str:
+        """Return the answer to SAID in RESPONSE_FORMAT: text, a JSON object, or a schema's instance."""
+        kind = response_format.get("type") if isinstance(response_format, dict) else "text"
+        if kind == "json_object":
+            return json.dumps({"you_said": said})
+        if kind == "json_schema":
+            schema = response_format["json_schema"].get("schema")
+            if isinstance(schema, dict):
+                return json.dumps(schema_instance(schema, said))
+            return json.dumps({"you_said": said})
+        return f"You said: {said}"
 
     @staticmethod
     def tool_call_in(said: str, tools: list[str], tool_choice: Any) -> dict[str, Any] | None:
@@ -531,10 +650,34 @@ class FakeOpenAI(FakeUpstream):
             "total_tokens": answer.prompt_tokens + answer.completion_tokens,
         }
 
-    def completion(self, completion_id: str, created: int, model: str, answer: Answer) -> dict:
+    @staticmethod
+    def logprobs_of(text: str | None) -> dict[str, Any]:
+        """Return OpenAI's ``logprobs`` object for TEXT: each word certain (logprob 0)."""
+        words = (text or "").split(" ") if text else []
+        tokens = [word if n == 0 else " " + word for n, word in enumerate(words)]
+        return {"content": [FakeOpenAI.token_logprob(t) for t in tokens], "refusal": None}
+
+    @staticmethod
+    def token_logprob(token: str) -> dict[str, Any]:
+        """Return one token's logprob entry: certain (0), with no alternatives."""
+        return {"token": token, "logprob": 0.0, "bytes": list(token.encode()), "top_logprobs": []}
+
+    def completion(
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        answer: Answer,
+        *,
+        n: int = 1,
+        logprobs: bool = False,
+    ) -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
         if answer.tool_calls:
             message["tool_calls"] = answer.tool_calls
+        usage = self.usage_body(answer)
+        usage["completion_tokens"] *= n
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -542,20 +685,33 @@ class FakeOpenAI(FakeUpstream):
             "model": model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
+                    "index": index,
+                    "message": dict(message),
+                    "logprobs": self.logprobs_of(answer.content) if logprobs else None,
                     "finish_reason": answer.finish_reason,
                 }
+                for index in range(n)
             ],
-            "usage": self.usage_body(answer),
+            "usage": usage,
             "system_fingerprint": "fp_fake",
         }
 
     def stream_events(
-        self, completion_id: str, created: int, model: str, answer: Answer, include_usage: bool
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        answer: Answer,
+        include_usage: bool,
+        *,
+        n: int = 1,
+        logprobs: bool = False,
     ) -> Iterator[bytes]:
-        """Yield the SSE events of ANSWER: role, deltas, finish, usage (if asked), ``[DONE]``."""
+        """Yield the SSE events of ANSWER: role, deltas, finish, usage (if asked), ``[DONE]``.
+
+        With N choices, each choice's events follow the previous one's, each
+        with its ``index``; with LOGPROBS each text delta carries its own.
+        """
         head = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -570,14 +726,40 @@ class FakeOpenAI(FakeUpstream):
         def event(payload: dict[str, Any]) -> bytes:
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        for choice_index in range(n):
+            yield from self.choice_events(event, head, answer, choice_index, logprobs)
+        if include_usage:
+            usage = self.usage_body(answer)
+            usage["completion_tokens"] *= n
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            yield event({**head, "choices": [], "usage": usage})
+        yield b"data: [DONE]\n\n"
+
+    def choice_events(
+        self,
+        event: Any,
+        head: dict[str, Any],
+        answer: Answer,
+        choice_index: int,
+        logprobs: bool,
+    ) -> Iterator[bytes]:
+        """Yield the chunks of one choice of a streamed answer."""
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None, lp: Any = None) -> bytes:
+            choice = {
+                "index": choice_index,
+                "delta": delta,
+                "logprobs": lp,
+                "finish_reason": finish_reason,
+            }
             return event({**head, "choices": [choice]})
 
         yield chunk({"role": "assistant", "content": "" if answer.content is not None else None})
         if answer.content:
             for number, word in enumerate(answer.content.split(" ")):
-                yield chunk({"content": word if number == 0 else " " + word})
+                piece = word if number == 0 else " " + word
+                lp = {"content": [self.token_logprob(piece)], "refusal": None}
+                yield chunk({"content": piece}, lp=lp if logprobs else None)
         for index, call in enumerate(answer.tool_calls):
             function = call["function"]
             opening = {"name": function["name"], "arguments": ""}
@@ -594,9 +776,6 @@ class FakeOpenAI(FakeUpstream):
                 piece = {"arguments": arguments[start : start + 8]}
                 yield chunk({"tool_calls": [{"index": index, "function": piece}]})
         yield chunk({}, answer.finish_reason)
-        if include_usage:
-            yield event({**head, "choices": [], "usage": self.usage_body(answer)})
-        yield b"data: [DONE]\n\n"
 
 
 def main(argv: list[str] | None = None) -> None:
