@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
 
+from providers.runtime.model_catalogue import DEFAULT_ROUTING_PRIORITY
 from providers.runtime.registry import ProviderSpec
 from providers.secrets.box import SecretDecryptionError, decrypt_secrets, encrypt_secrets
+
+MAX_ROUTING_PRIORITY = 1_000_000
 
 provider_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]{0,63}$",
@@ -53,6 +56,14 @@ class ProviderConfig(models.Model):
         default=1,
         editable=False,
         help_text="Raised by every saved change; every worker serves the newest it has read.",
+    )
+    routing_priority = models.PositiveIntegerField(
+        default=DEFAULT_ROUTING_PRIORITY,
+        validators=[MaxValueValidator(MAX_ROUTING_PRIORITY)],
+        help_text=(
+            "When several providers serve a model named without a provider (gpt-4o-mini), "
+            "the lowest number answers; then the default provider, then by name."
+        ),
     )
     missing_secrets = models.JSONField(
         default=list,
@@ -227,3 +238,53 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client} {self.provider}/{self.model} {self.outcome}"
+
+
+class ModelGroup(models.Model):
+    """A public model name (``fast``, ``gpt-4o``) served by one or more deployments.
+
+    DEPLOYMENTS is a list of ``{"provider", "model", "weight"}``: the provider
+    that serves, the model it is asked for, and (for the ``weighted``
+    strategy) its share of the traffic. STRATEGY picks the deployment of each
+    request (``providers.runtime.model_groups``). Written only through
+    ``providers.config.services``, which validates, audits and raises
+    REVISION; every worker then serves the new table.
+    """
+
+    STRATEGIES = [
+        ("weighted", "weighted random (by weight)"),
+        ("least_busy", "least busy (fewest requests in flight in the worker)"),
+        ("lowest_latency", "lowest latency (recent successful calls in the worker)"),
+    ]
+
+    name = models.CharField(
+        max_length=58,
+        unique=True,
+        help_text="The model name clients send, e.g. 'fast' or 'gpt-4o'.",
+    )
+    strategy = models.CharField(max_length=32, choices=STRATEGIES, default="weighted")
+    deployments = models.JSONField(
+        default=list,
+        help_text='[{"provider": "openai", "model": "gpt-4o-mini", "weight": 3}, ...]',
+    )
+    enabled = models.BooleanField(default=True)
+    revision = models.PositiveBigIntegerField(
+        default=1,
+        editable=False,
+        help_text="Raised by every saved change; every worker serves the newest it has read.",
+    )
+    import_fingerprint = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="Fingerprint of the values the YAML import last wrote.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model group"
+
+    def __str__(self) -> str:
+        return self.name

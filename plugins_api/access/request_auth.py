@@ -178,6 +178,11 @@ def check_model_access(
         route = runtime.manager.resolve(request, provider_name)
     except ProviderError:
         return request
+    if route.group is not None:
+        # A group is open to a key that may use one of its deployments: the
+        # route filter then keeps each call on those, whichever is drawn.
+        allowed = runtime.manager.group_allows(route.group, identity.access.allows)
+        return request if allowed else model_not_allowed(route.group, None)
     model = route.model
     if model is None and route.provider in runtime.registry:
         model = runtime.registry.get(route.provider).config.get("default_model")

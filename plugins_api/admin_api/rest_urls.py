@@ -11,6 +11,7 @@ from rest_framework.routers import SimpleRouter
 
 from plugins_api.admin_api import (
     key_views,
+    model_group_views,
     openapi,  # noqa: F401 - registers the schema's auth extensions
     rest_views,
 )
@@ -19,6 +20,7 @@ router = SimpleRouter(trailing_slash=True)
 router.register("providers", rest_views.ProviderConfigViewSet, basename="provider")
 router.register("health-checks", rest_views.HealthCheckViewSet, basename="health-check")
 router.register("keys", key_views.ClientKeyViewSet, basename="client-key")
+router.register("model-groups", model_group_views.ModelGroupViewSet, basename="model-group")
 
 urlpatterns = [
     path(

@@ -21,7 +21,12 @@ from providers.audit.export import change_record
 from providers.audit.history import SYSTEM
 from providers.config import selectors
 from providers.config.services import provider_config_create, provider_config_update
-from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
+from providers.models import (
+    MAX_ROUTING_PRIORITY,
+    HealthCheck,
+    ProviderConfig,
+    ProviderConfigChange,
+)
 from providers.runtime import config_sync
 from providers.secrets.masking import mask_secret
 
@@ -94,6 +99,13 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
     # one-default constraint: the service moves the default flag instead.
     is_default = serializers.BooleanField(required=False)
     enabled = serializers.BooleanField(required=False)
+    routing_priority = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ROUTING_PRIORITY,
+        help_text="When several providers serve a model named without a provider, the lowest "
+        "number answers (then the default provider, then by name). Default 100.",
+    )
     secrets_error = serializers.SerializerMethodField(
         help_text="Why the stored secrets cannot be shown masked: no key in "
         "ECHO_ENCRYPTION_KEYS decrypts them, and the provider cannot serve until they are "
@@ -114,6 +126,7 @@ class ProviderConfigSerializer(serializers.ModelSerializer):
             "enabled",
             "is_default",
             "fallbacks",
+            "routing_priority",
             "settings",
             "secrets",
             "secrets_error",

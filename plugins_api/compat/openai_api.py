@@ -72,6 +72,7 @@ from plugins_api.edge.chat_requests import (
     bounded_name,
     optional_string,
     parse_messages,
+    parse_openai_options,
     parse_stop,
     reject_upstream_settings,
     required_string,
@@ -313,9 +314,12 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
     included; ``developer`` messages count as ``system``), ``stream``,
     ``stream_options.include_usage``, ``temperature``, ``top_p``,
     ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``tools``,
-    ``tool_choice``, ``user``. Sampling options Echo's providers do not share
-    (``seed``, penalties, ``logprobs``, ...) are ignored; ``n`` above 1 is
-    refused, since every provider answers once.
+    ``tool_choice`` and the options ``parse_openai_options`` reads
+    (``response_format``, ``seed``, penalties, ``logprobs``/``top_logprobs``,
+    ``logit_bias``, ``parallel_tool_calls``, ``user``, and Echo's ``top_k``
+    and ``thinking``): a provider that cannot honour one refuses the call
+    (400 ``unsupported_option``), none is dropped. ``n`` above 1 is refused,
+    since every provider answers once.
     """
     reject_upstream_settings(data)
     model = _model(data)
@@ -339,7 +343,7 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
         stream=stream,
         tools=parse_function_tools(data.get("tools")),
         tool_choice=_tool_choice(data.get("tool_choice")),
-        user=optional_string(data, "user"),
+        **parse_openai_options(data),
     )
     return CompletionCall(request=request, stream=stream, include_usage=include_usage)
 
@@ -379,7 +383,7 @@ def completion_body(response: ChatResponse) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": response.metadata.get("logprobs"),
                 "finish_reason": response.finish_reason or "stop",
             }
         ],
@@ -408,8 +412,8 @@ class CompletionChunks:
         yield self._event({"role": "assistant", "content": ""})
 
     def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
-        if chunk.content:
-            yield self._event({"content": chunk.content})
+        if chunk.content or chunk.metadata.get("logprobs"):
+            yield self._event({"content": chunk.content}, logprobs=chunk.metadata.get("logprobs"))
         for call in chunk.tool_calls or []:
             yield self._event({"tool_calls": [{"index": self.tool_index, **_wire_tool_call(call)}]})
             self.tool_index += 1
@@ -429,8 +433,19 @@ class CompletionChunks:
         }
         return sse_frame({"error": error})
 
-    def _event(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def _event(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        *,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
         return sse_frame({**self.frame, "choices": [choice]})
 
 
@@ -472,9 +487,18 @@ def _model_object(provider: str, model: str) -> dict[str, Any]:
     }
 
 
+def _group_object(name: str) -> dict[str, Any]:
+    """Return model group NAME as OpenAI lists a model (Echo owns the name)."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "echo"}
+
+
+def _any_route(provider: str, model: str | None) -> bool:
+    return True
+
+
 @require_GET
 async def models(request: HttpRequest) -> HttpResponse:
-    """Answer ``GET /v1/models``: every live provider's models, as ``provider/model``.
+    """Answer ``GET /v1/models``: every live provider's models, as ``provider/model``, and the model groups.
 
     A key with a model allow-list sees only the models it may use.
     """
@@ -500,6 +524,8 @@ async def models(request: HttpRequest) -> HttpResponse:
         for model in found
         if name in runtime.registry and (access is None or access.allows(name, model))
     ]
+    allows = access.allows if access is not None and access.restricted else None
+    data += [_group_object(name) for name in runtime.manager.public_model_groups(allows)]
     return JsonResponse({"object": "list", "data": data})
 
 
@@ -514,8 +540,16 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
         return admission
     if admission is not None:
         admission.finish()
-    provider, _, model = model_id.partition("/")
     identity = getattr(request, "client", None)
+    if model_id.split("/", 1)[0] not in runtime.registry:
+        allowed = runtime.manager.group_allows(
+            model_id, identity.access.allows if identity is not None else _any_route
+        )
+        if allowed is not None:  # a model group's name
+            if not allowed:
+                return openai_denial(model_not_allowed(model_id, None))
+            return JsonResponse(_group_object(model_id))
+    provider, _, model = model_id.partition("/")
     if identity is not None and not identity.access.allows(provider, model):
         return openai_denial(model_not_allowed(provider, model))
     if provider in runtime.registry and model and model in await _provider_models(provider):

@@ -69,7 +69,7 @@ from providers.runtime import config_sync
 from providers.runtime import process as runtime
 from providers.secrets.masking import mask_secret, redact
 
-ROUTING_FIELDS = ["name", "plugin", "enabled", "is_default", "fallbacks"]
+ROUTING_FIELDS = ["name", "plugin", "enabled", "is_default", "fallbacks", "routing_priority"]
 # How many checks the list's sparkline and the provider page's chart draw.
 LIST_HISTORY_CHECKS = 20
 PAGE_HISTORY_CHECKS = 50

@@ -39,7 +39,7 @@ from providers.config.services import (
     provider_config_check_update,
 )
 from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
-from providers.models import ProviderConfig
+from providers.models import MAX_ROUTING_PRIORITY, ProviderConfig
 from providers.runtime import process as runtime
 from providers.secrets.masking import mask_secret
 
@@ -214,10 +214,17 @@ class ProviderConfigForm(forms.ModelForm):
         help_text="Providers tried in order when this one fails, one per line: "
         "'name' or 'name/model'.",
     )
+    # Not required: a form that leaves it out keeps the stored priority (or the default).
+    routing_priority = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ROUTING_PRIORITY,
+        help_text=ProviderConfig._meta.get_field("routing_priority").help_text,
+    )
 
     class Meta:
         model = ProviderConfig
-        fields = ["name", "plugin", "enabled", "is_default", "fallbacks"]
+        fields = ["name", "plugin", "enabled", "is_default", "fallbacks", "routing_priority"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -288,6 +295,8 @@ class ProviderConfigForm(forms.ModelForm):
         # disabled for want of a key is then enabled by typing the key.
         if "enabled" in self.changed_data:
             changes["enabled"] = bool(cleaned.get("enabled"))
+        if cleaned.get("routing_priority") is not None:
+            changes["routing_priority"] = cleaned["routing_priority"]
         return changes
 
     def create_arguments(self) -> dict[str, Any]:
@@ -301,6 +310,11 @@ class ProviderConfigForm(forms.ModelForm):
             "enabled": bool(cleaned.get("enabled", True)),
             "is_default": bool(cleaned.get("is_default", False)),
             "fallbacks": list(cleaned.get("fallbacks") or []),
+            **(
+                {"routing_priority": cleaned["routing_priority"]}
+                if cleaned.get("routing_priority") is not None
+                else {}
+            ),
         }
 
     # --- validation -------------------------------------------------------
@@ -370,7 +384,7 @@ class ProviderConfigForm(forms.ModelForm):
 
     def _field_for_error(self, key: str) -> tuple[str | None, str]:
         """Return (form field, message prefix) for an error the services file under KEY."""
-        if key in ("name", "fallbacks", "plugin") and key in self.fields:
+        if key in ("name", "fallbacks", "plugin", "routing_priority") and key in self.fields:
             return key, ""
         top = key.split(".", 1)[0]
         if setting_field_name(top) in self.fields:

@@ -76,6 +76,7 @@ def snapshot(config: ProviderConfig) -> dict[str, Any]:
         "is_default": config.is_default,
         "fallbacks": list(config.fallbacks or []),
         "disabled_reason": config.disabled_reason,
+        "routing_priority": config.routing_priority,
         "settings": dict(config.settings or {}),
         "secrets": secrets,
     }
@@ -116,7 +117,14 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[di
     """Return the field-by-field changes from BEFORE to AFTER (either may be None)."""
     old, new = before or {}, after or {}
     entries = []
-    for field in ("plugin", "enabled", "is_default", "fallbacks", "disabled_reason"):
+    for field in (
+        "plugin",
+        "enabled",
+        "is_default",
+        "fallbacks",
+        "disabled_reason",
+        "routing_priority",
+    ):
         if old.get(field) != new.get(field) and (field in old or field in new):
             entries.append({"field": field, "before": old.get(field), "after": new.get(field)})
     old_settings, new_settings = old.get("settings") or {}, new.get("settings") or {}

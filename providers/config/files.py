@@ -1,4 +1,4 @@
-"""Read ``config/{ECHO_ENV}.yaml``: the ``ai_providers`` and ``routing`` sections.
+"""Read ``config/{ECHO_ENV}.yaml``: the ``ai_providers``, ``routing`` and ``model_groups`` sections.
 
 ``${VAR}`` (and ``${VAR:-default}``) in any string is replaced from the
 environment. A provider that refers to an unset variable is returned with
@@ -69,12 +69,8 @@ def expand(value: Any, environ: dict[str, str], missing: list[str]) -> Any:
     return value
 
 
-def load_provider_entries(
-    path: Path | str, environ: dict[str, str] | None = None
-) -> list[ProviderEntry]:
-    """Read PATH and return its providers; raise ``ConfigFileError`` naming the problem."""
-    path = Path(path)
-    environ = dict(os.environ if environ is None else environ)
+def read_config_document(path: Path) -> dict[str, Any]:
+    """Return the top-level mapping of the YAML file PATH; raise ``ConfigFileError`` naming the problem."""
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -87,6 +83,16 @@ def load_provider_entries(
         raise ConfigFileError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping.")
+    return document
+
+
+def load_provider_entries(
+    path: Path | str, environ: dict[str, str] | None = None
+) -> list[ProviderEntry]:
+    """Read PATH and return its providers; raise ``ConfigFileError`` naming the problem."""
+    path = Path(path)
+    environ = dict(os.environ if environ is None else environ)
+    document = read_config_document(path)
     providers = document.get("ai_providers") or {}
     routing = document.get("routing") or {}
     if not isinstance(providers, dict):
@@ -167,3 +173,75 @@ def _flag(value: Any, where: str) -> bool:
         if lowered in {"0", "false", "no", "off"}:
             return False
     raise ConfigFileError(f"{where} must be true or false, got {value!r}.")
+
+
+GROUP_KEYS = frozenset({"strategy", "deployments", "enabled"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroupEntry:
+    """One model group as the YAML file describes it, variables expanded."""
+
+    name: str
+    strategy: Any
+    deployments: Any
+    enabled: Any = True
+    missing_variables: list[str] = field(default_factory=list)
+
+
+def load_model_group_entries(
+    path: Path | str, environ: dict[str, str] | None = None
+) -> list[ModelGroupEntry]:
+    """Read the ``model_groups:`` section of PATH; raise ``ConfigFileError`` naming the problem.
+
+    The shapes are checked here (a mapping of names to mappings with only
+    ``strategy``, ``deployments`` and ``enabled``); the values are checked by
+    the services when imported, as for every other write.
+    """
+    path = Path(path)
+    environ = dict(os.environ if environ is None else environ)
+    document = read_config_document(path)
+    groups = document.get("model_groups") or {}
+    if not isinstance(groups, dict):
+        raise ConfigFileError(f"{path}: 'model_groups' must be a mapping of model group names.")
+    entries = []
+    for name, raw in groups.items():
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise ConfigFileError(f"{path}: model_groups.{name} must be a mapping.")
+        unknown = sorted(str(key) for key in raw if key not in GROUP_KEYS)
+        if unknown:
+            raise ConfigFileError(
+                f"{path}: model_groups.{name} has {', '.join(map(repr, unknown))}; "
+                "a group has 'strategy', 'deployments' and 'enabled'."
+            )
+        missing: list[str] = []
+        expanded = expand(raw, environ, missing)
+        enabled = expanded.get("enabled", True)
+        if isinstance(enabled, str):
+            lowered = enabled.strip().lower()
+            enabled = True if lowered in {"1", "true", "yes", "on"} else enabled
+            enabled = False if lowered in {"0", "false", "no", "off"} else enabled
+        entries.append(
+            ModelGroupEntry(
+                name=str(name),
+                strategy=expanded.get("strategy", "weighted"),
+                deployments=_yaml_deployments(expanded.get("deployments")),
+                enabled=enabled,
+                missing_variables=sorted(set(missing)),
+            )
+        )
+    return entries
+
+
+def _yaml_deployments(value: Any) -> Any:
+    """Return VALUE's deployments with a weight written as digits (from ``${VAR}``) as a number."""
+    if not isinstance(value, list):
+        return value
+    fixed = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(item.get("weight"), str):
+            text = item["weight"].strip()
+            item = {**item, "weight": int(text) if text.isdigit() else item["weight"]}
+        fixed.append(item)
+    return fixed

@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from providers.errors import ProviderError, ProviderNotFoundError
-from providers.models import HealthCheck, ProviderConfig, ProviderConfigChange
+from providers.models import HealthCheck, ModelGroup, ProviderConfig, ProviderConfigChange
 from providers.runtime import process as runtime
 from providers.secrets.masking import redact
 from providers.secrets.values import config_secret_values
@@ -197,3 +197,26 @@ def provider_change_list(
     if until is not None:
         changes = changes.filter(changed_at__lte=until)
     return changes
+
+
+def model_group_list() -> QuerySet[ModelGroup]:
+    """Return every model group, by name (disabled ones too)."""
+    return ModelGroup.objects.order_by("name")
+
+
+def model_group_history(*, name: str) -> QuerySet[ProviderConfigChange]:
+    """Return the audit trail of model group NAME (``group:<name>``), newest first, also after its deletion.
+
+    Raise ``ProviderNotFoundError`` (404) when NAME is neither a group nor in the trail.
+    """
+    from providers.config.services import group_audit_name
+
+    changes = provider_change_list(provider=group_audit_name(name))
+    if not changes.exists() and not ModelGroup.objects.filter(name=name).exists():
+        raise ProviderNotFoundError(f"No model group named {name!r} exists or has a history.")
+    return changes
+
+
+def model_group_serving() -> list[str]:
+    """Return the names of the model groups this worker serves now, sorted."""
+    return runtime.manager.groups.names()

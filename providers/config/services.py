@@ -29,6 +29,19 @@ A provider the YAML import disabled only because secrets were missing
 (``missing_secrets``) is enabled, and its reason cleared, by any change that
 supplies all of them and does not itself say ``enabled: false``; a provider
 an admin disabled stays disabled.
+
+A provider's ``routing_priority`` (which provider answers a bare model name
+that several serve) is one more field of the same write, audited as
+``routing_priority``.
+
+Model groups (``ModelGroup``: a public model name served by deployments)
+are written here too: ``model_group_create``, ``model_group_update`` and
+``model_group_delete`` validate (``model_group_errors`` names each bad field,
+``deployments.0.weight`` and the like), save with ``revision + 1``, audit in
+the providers' one trail (``ProviderConfigChange`` under the name
+``group:<name>``, fields ``strategy``, ``deployments``, ``enabled``) in one
+transaction, and after the commit have every worker serve the new groups
+(``config_sync.model_groups_after_commit``).
 """
 
 from __future__ import annotations
@@ -49,8 +62,16 @@ from providers.errors import (
     ProviderInitializationError,
     ProviderNotFoundError,
 )
-from providers.models import ProviderConfig
+from providers.models import (
+    DEFAULT_ROUTING_PRIORITY,
+    MAX_ROUTING_PRIORITY,
+    ModelGroup,
+    ProviderConfig,
+    ProviderConfigChange,
+)
+from providers.runtime import config_sync
 from providers.runtime import process as runtime
+from providers.runtime.model_groups import STRATEGIES, WEIGHTED
 from providers.runtime.process import run_in_serving_loop
 from providers.runtime.registry import ProviderSpec
 from providers.secrets.box import DECRYPTION_FAILED
@@ -230,6 +251,7 @@ class ProviderConfigPlan:
     secrets: dict[str, Any] | None = dataclasses.field(repr=False)
     disabled_reason: str = ""
     missing_secrets: tuple[str, ...] = ()
+    routing_priority: int = DEFAULT_ROUTING_PRIORITY
 
     def spec(self) -> ProviderSpec | None:
         """Return the spec a worker will serve, or None when the provider will not serve."""
@@ -255,7 +277,18 @@ UPDATABLE = {
     "replace_settings",
     "replace_secrets",
     "missing_secrets",
+    "routing_priority",
 }
+ROUTING_PRIORITY_MESSAGE = f"Must be a whole number from 0 to {MAX_ROUTING_PRIORITY}."
+
+
+def routing_priority_problem(value: Any) -> str | None:
+    """Return what is wrong with VALUE as a routing priority, or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return ROUTING_PRIORITY_MESSAGE
+    if not 0 <= value <= MAX_ROUTING_PRIORITY:
+        return ROUTING_PRIORITY_MESSAGE
+    return None
 
 
 def _check_shapes(changes: dict[str, Any]) -> None:
@@ -268,6 +301,10 @@ def _check_shapes(changes: dict[str, Any]) -> None:
     missing = changes.get("missing_secrets", [])
     if not isinstance(missing, (list, tuple)) or not all(isinstance(m, str) for m in missing):
         _raise_if({"missing_secrets": ["Must be a list of secret names."]})
+    if "routing_priority" in changes:
+        problem = routing_priority_problem(changes["routing_priority"])
+        if problem:
+            _raise_if({"routing_priority": [problem]})
 
 
 def _enablement(
@@ -339,6 +376,7 @@ def _plan_update(row: ProviderConfig, changes: dict[str, Any]) -> ProviderConfig
         secrets=secrets,
         disabled_reason=reason,
         missing_secrets=missing,
+        routing_priority=changes.get("routing_priority", row.routing_priority),
     )
 
 
@@ -354,10 +392,13 @@ def _plan_create(
     fallbacks: list[str] | None = None,
     disabled_reason: str = "",
     missing_secrets: list[str] | tuple[str, ...] = (),
+    routing_priority: int = DEFAULT_ROUTING_PRIORITY,
 ) -> ProviderConfigPlan:
     """Return the row a create saves; raise ``ProviderConfigError`` naming each bad field."""
     changes = {"settings": settings or {}, "secrets": secrets or {}}
-    _check_shapes({**changes, "missing_secrets": list(missing_secrets)})
+    _check_shapes(
+        {**changes, "missing_secrets": list(missing_secrets), "routing_priority": routing_priority}
+    )
     settings, secrets = merge_provider_config(settings={}, secrets={}, changes=changes)
     fallbacks = list(fallbacks or [])
     errors = provider_config_errors(
@@ -381,6 +422,7 @@ def _plan_create(
         secrets=secrets or {},
         disabled_reason="" if enabled else disabled_reason,
         missing_secrets=() if enabled else tuple(missing_secrets),
+        routing_priority=routing_priority,
     )
 
 
@@ -539,6 +581,7 @@ def _write_row(row: ProviderConfig, change: ProviderConfigPlan) -> None:
         row.secrets = change.secrets
     row.disabled_reason = change.disabled_reason
     row.missing_secrets = list(change.missing_secrets)
+    row.routing_priority = change.routing_priority
 
 
 def _take_default_from_others(name: str, actor: Actor) -> None:
@@ -561,3 +604,244 @@ def provider_config_delete(*, config: ProviderConfig, actor: Actor = SYSTEM) -> 
     name = config.name
     config.delete()
     record_change(name=name, before=before, after=None, actor=actor)
+
+
+# --- model groups -----------------------------------------------------------------
+
+#: A group's name: what clients send as ``model``. 58 characters, so that its audit name fits.
+GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,57}$")
+#: A deployment's upstream model name.
+DEPLOYMENT_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,200}$")
+MAX_DEPLOYMENTS = 20
+MAX_WEIGHT = 1000
+DEPLOYMENT_KEYS = frozenset({"provider", "model", "weight"})
+GROUP_UPDATABLE = frozenset({"strategy", "deployments", "enabled"})
+#: The prefix of a group's name in the audit trail (no provider name holds ':').
+GROUP_AUDIT_PREFIX = "group:"
+
+
+def group_audit_name(name: str) -> str:
+    """Return the name model group NAME's changes are audited under (``group:<name>``)."""
+    return f"{GROUP_AUDIT_PREFIX}{name}"
+
+
+#: Words ``/api/model-groups/`` uses after its prefix: a group so named could not be reached there.
+RESERVED_GROUP_NAMES = frozenset({"history"})
+
+
+def _group_name_errors(name: Any) -> list[str]:
+    if not isinstance(name, str) or not GROUP_NAME_PATTERN.match(name):
+        return [
+            "Use 1-58 letters, digits or '._:@/+-', starting with a letter or digit "
+            "(the model name clients send)."
+        ]
+    if name in RESERVED_GROUP_NAMES:
+        return [f"{name!r} is reserved by the API; choose another name."]
+    prefix, slash, _ = name.partition("/")
+    if slash and ProviderConfig.objects.filter(name=prefix).exists():
+        return [
+            f"{name!r} starts with the provider {prefix!r}: requests for it would go to that "
+            "provider ('provider/model'). Choose a name without that prefix."
+        ]
+    return []
+
+
+def normalize_deployments(deployments: Any) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Return (DEPLOYMENTS with their weights filled in, errors by field such as ``deployments.0.weight``).
+
+    Each deployment is ``{"provider", "model", "weight"}``: a configured
+    provider, the model to ask it for, and a whole number from 1 to
+    ``MAX_WEIGHT`` (1 when left out). The same provider and model twice is a
+    mistake; so are no deployments, or more than ``MAX_DEPLOYMENTS``.
+    """
+    if not isinstance(deployments, list):
+        return [], {"deployments": ["Must be a list of {provider, model, weight} objects."]}
+    if not deployments:
+        return [], {"deployments": ["A group needs at least one deployment."]}
+    if len(deployments) > MAX_DEPLOYMENTS:
+        return [], {"deployments": [f"At most {MAX_DEPLOYMENTS} deployments per group."]}
+    errors: dict[str, list[str]] = {}
+    normalized: list[dict[str, Any]] = []
+    providers = {str(d.get("provider")) for d in deployments if isinstance(d, dict)}
+    configured = set(
+        ProviderConfig.objects.filter(
+            name__in=[p for p in providers if NAME_PATTERN.match(p)]
+        ).values_list("name", flat=True)
+    )
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(deployments):
+        where = f"deployments.{index}"
+        if not isinstance(entry, dict):
+            errors[where] = ["Must be an object with 'provider', 'model' and 'weight'."]
+            continue
+        unknown = sorted(str(key)[:40] for key in entry if key not in DEPLOYMENT_KEYS)
+        if unknown:
+            errors[f"{where}.{unknown[0]}"] = ["Unknown field (use provider, model, weight)."]
+            continue
+        provider, model, weight = entry.get("provider"), entry.get("model"), entry.get("weight", 1)
+        if not isinstance(provider, str) or not NAME_PATTERN.match(provider):
+            errors[f"{where}.provider"] = ["Must be the name of a configured provider."]
+        elif provider not in configured:
+            errors[f"{where}.provider"] = [f"No provider named {provider!r} is configured."]
+        if not isinstance(model, str) or not DEPLOYMENT_MODEL_PATTERN.match(model):
+            errors[f"{where}.model"] = [
+                "Must be the model to ask the provider for: 1-200 letters, digits or '_.:@/+-'."
+            ]
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+            errors[f"{where}.weight"] = [f"Must be a whole number from 1 to {MAX_WEIGHT}."]
+        if any(key.startswith(where + ".") for key in errors):
+            continue
+        if (provider, model) in seen:
+            errors[f"{where}.model"] = [f"{provider}/{model} is listed twice."]
+            continue
+        seen.add((provider, model))
+        normalized.append({"provider": provider, "model": model, "weight": weight})
+    return normalized, errors
+
+
+def model_group_errors(
+    *, name: Any = None, strategy: Any = WEIGHTED, deployments: Any = None, enabled: Any = True
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Return (the deployments normalized, every problem of a model group per field).
+
+    NAME is checked when given (a create); an update cannot rename.
+    """
+    errors: dict[str, list[str]] = {}
+    if name is not None:
+        problems = _group_name_errors(name)
+        if problems:
+            errors["name"] = problems
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        errors["strategy"] = [f"Must be one of: {', '.join(STRATEGIES)}."]
+    if not isinstance(enabled, bool):
+        errors["enabled"] = ["Must be true or false."]
+    normalized, deployment_errors = normalize_deployments(deployments)
+    errors.update(deployment_errors)
+    return normalized, errors
+
+
+def _raise_group_errors(errors: dict[str, list[str]]) -> None:
+    if errors:
+        summary = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items())
+        raise ProviderConfigError(f"Invalid model group: {summary}", errors=errors)
+
+
+def model_group_snapshot(group: ModelGroup) -> dict[str, Any]:
+    """Return the audited state of GROUP."""
+    return {
+        "strategy": group.strategy,
+        "deployments": [dict(d) for d in group.deployments or []],
+        "enabled": group.enabled,
+    }
+
+
+def _record_group_change(
+    *, name: str, before: dict[str, Any] | None, after: dict[str, Any] | None, actor: Actor
+) -> ProviderConfigChange | None:
+    """Write the audit entry of model group NAME going from BEFORE to AFTER; None if nothing changed."""
+    old, new = before or {}, after or {}
+    changes = [
+        {"field": field, "before": old.get(field), "after": new.get(field)}
+        for field in ("strategy", "deployments", "enabled")
+        if old.get(field) != new.get(field)
+    ]
+    if before is None:
+        action = "created"
+    elif after is None:
+        action = "deleted"
+    elif not changes:
+        return None
+    elif old.get("enabled") != new.get("enabled"):
+        action = "enabled" if new.get("enabled") else "disabled"
+    else:
+        action = "updated"
+    return ProviderConfigChange.objects.create(
+        provider_name=group_audit_name(name),
+        action=action,
+        actor=actor.name[:150],
+        source=actor.source,
+        remote_addr=actor.remote_addr,
+        changes=changes,
+    )
+
+
+def _serve_groups_after_commit() -> None:
+    transaction.on_commit(config_sync.model_groups_after_commit, robust=True)
+
+
+def model_group_create(
+    *,
+    name: Any,
+    deployments: Any,
+    strategy: Any = WEIGHTED,
+    enabled: Any = True,
+    actor: Actor = SYSTEM,
+) -> ModelGroup:
+    """Create model group NAME: validate, save, audit; every worker serves it after the commit.
+
+    Raise ``ProviderConfigError`` (400) naming each bad field; nothing is
+    saved then.
+    """
+    normalized, errors = model_group_errors(
+        name=name, strategy=strategy, deployments=deployments, enabled=enabled
+    )
+    _raise_group_errors(errors)
+    with transaction.atomic():
+        if ModelGroup.objects.select_for_update().filter(name=name).exists():
+            _raise_group_errors({"name": [f"A model group named {name!r} already exists."]})
+        group = ModelGroup(
+            name=name, strategy=strategy, deployments=normalized, enabled=enabled, revision=1
+        )
+        group.save(force_insert=True)
+        _record_group_change(name=name, before=None, after=model_group_snapshot(group), actor=actor)
+        _serve_groups_after_commit()
+    return group
+
+
+def model_group_update(
+    *, group: ModelGroup, changes: dict[str, Any], actor: Actor = SYSTEM
+) -> ModelGroup:
+    """Apply CHANGES (``strategy``, ``deployments``, ``enabled``) to GROUP: validate, save, audit.
+
+    Raise ``ProviderConfigError`` (400) naming each bad field (a rename
+    included); nothing changes then. A change that changes nothing saves
+    nothing and writes no audit entry.
+    """
+    if not isinstance(changes, dict):
+        _raise_group_errors({"changes": ["Must be an object."]})
+    unknown = sorted(str(key)[:40] for key in changes if key not in GROUP_UPDATABLE)
+    if unknown:
+        message = "A model group cannot be renamed." if unknown == ["name"] else "Unknown field."
+        _raise_group_errors({unknown[0]: [message]})
+    with transaction.atomic():
+        row = ModelGroup.objects.select_for_update().filter(pk=group.pk).first()
+        if row is None:
+            raise ProviderNotFoundError(f"No model group named {group.name!r}.", field="name")
+        normalized, errors = model_group_errors(
+            strategy=changes.get("strategy", row.strategy),
+            deployments=changes.get("deployments", row.deployments),
+            enabled=changes.get("enabled", row.enabled),
+        )
+        _raise_group_errors(errors)
+        before = model_group_snapshot(row)
+        row.strategy = changes.get("strategy", row.strategy)
+        row.deployments = normalized
+        row.enabled = changes.get("enabled", row.enabled)
+        after = model_group_snapshot(row)
+        if after == before:
+            return row
+        row.revision = row.revision + 1
+        row.save()
+        _record_group_change(name=row.name, before=before, after=after, actor=actor)
+        _serve_groups_after_commit()
+    return row
+
+
+@transaction.atomic
+def model_group_delete(*, group: ModelGroup, actor: Actor = SYSTEM) -> None:
+    """Delete GROUP; every worker stops serving it once the deletion commits."""
+    before = model_group_snapshot(group)
+    name = group.name
+    ModelGroup.objects.filter(pk=group.pk).delete()
+    _record_group_change(name=name, before=before, after=None, actor=actor)
+    _serve_groups_after_commit()

@@ -7,7 +7,12 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from providers.config.files import ConfigFileError, config_path, load_provider_entries
+from providers.config.files import (
+    ConfigFileError,
+    config_path,
+    load_model_group_entries,
+    load_provider_entries,
+)
 
 
 def check_provider_yaml(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -23,6 +28,7 @@ def check_provider_yaml(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         ]
     try:
         load_provider_entries(path)
+        load_model_group_entries(path)
     except ConfigFileError as exc:
         return [
             checks.Error(

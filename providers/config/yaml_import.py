@@ -15,6 +15,20 @@ When only secrets are missing, their names are kept in
 ``ProviderConfig.missing_secrets``: whoever supplies them later (the admin,
 either API) enables the provider. ``manage.py sync_providers`` is the
 command in front of this module.
+
+A provider's ``routing_priority`` (``ai_providers.<name>.routing_priority``)
+is imported like its other fields. The ``model_groups:`` section (read by
+``load_model_group_entries``, imported by ``sync_model_groups``) follows
+the same rules: a group the import wrote and no one edited since follows
+the file, one edited in the admin or the API is a conflict unless
+overwritten, and groups not in the file are left alone::
+
+    model_groups:
+      fast:
+        strategy: weighted          # or least_busy, lowest_latency
+        deployments:
+          - {provider: openai, model: gpt-4o-mini, weight: 3}
+          - {provider: anthropic, model: claude-3-5-haiku-latest, weight: 1}
 """
 
 from __future__ import annotations
@@ -35,9 +49,12 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from providers.audit.history import SOURCE_YAML_IMPORT, Actor
 from providers.base import secret_fields
 from providers.config import services
-from providers.config.files import ProviderEntry
+from providers.config.files import (
+    ModelGroupEntry,
+    ProviderEntry,
+)
 from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
-from providers.models import ProviderConfig
+from providers.models import DEFAULT_ROUTING_PRIORITY, ModelGroup, ProviderConfig
 
 IMPORT_ACTOR = Actor(name="sync_providers", source=SOURCE_YAML_IMPORT)
 UNREADABLE_SECRETS = "secrets: the stored ones cannot be decrypted with ECHO_ENCRYPTION_KEYS"
@@ -83,6 +100,8 @@ class SyncReport:
     results: list[ProviderSyncResult]
     dry_run: bool = False
     overwrite: bool = False
+    #: What the results are of, for the summary line ("provider", "model group").
+    noun: str = "provider"
 
     def get(self, name: str) -> ProviderSyncResult:
         """Return the result for provider NAME; raise ``KeyError`` when it has none."""
@@ -104,7 +123,7 @@ class SyncReport:
             lines.extend(_render_result(result))
         counts = Counter(r.outcome for r in self.results)
         summary = ", ".join(f"{counts[o]} {o.value}" for o in Outcome if counts[o])
-        noun = "provider" if len(self.results) == 1 else "providers"
+        noun = self.noun if len(self.results) == 1 else f"{self.noun}s"
         lines.append(f"{len(self.results)} {noun}: {summary or 'none'}.")
         if counts[Outcome.CONFLICT] and not self.overwrite:
             lines.append(
@@ -153,6 +172,9 @@ class ImportedValues:
     # Not fingerprinted (``canonical`` leaves it out): it follows from the
     # variables, which the reason already names.
     missing_secrets: tuple[str, ...] = ()
+    # Fingerprinted only when not the default, so that rows imported before
+    # the field existed still count as the import's own.
+    routing_priority: int = DEFAULT_ROUTING_PRIORITY
 
     @classmethod
     def from_row(cls, row: ProviderConfig) -> ImportedValues:
@@ -167,12 +189,15 @@ class ImportedValues:
             # A reason on an enabled row means nothing; the services clear it.
             disabled_reason="" if row.enabled else row.disabled_reason,
             missing_secrets=tuple(row.missing_secrets or ()) if not row.enabled else (),
+            routing_priority=row.routing_priority,
         )
 
     def canonical(self) -> bytes:
         """Return these values as canonical JSON: the same values, the same bytes."""
         values = dataclasses.asdict(self)
         del values["missing_secrets"]  # fingerprints made before the field must still match
+        if values["routing_priority"] == DEFAULT_ROUTING_PRIORITY:
+            del values["routing_priority"]  # the same, for rows imported before it existed
         return json.dumps(
             values, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
@@ -371,6 +396,12 @@ def _desired_values(entry: ProviderEntry) -> ImportedValues:
     # YAML null means "not set": the services would store None on create
     # but drop the key on update, so it is dropped here.
     config = {k: v for k, v in entry.config.items() if v is not None}
+    priority = _routing_priority(config.pop("routing_priority", DEFAULT_ROUTING_PRIORITY))
+    if priority is None:
+        raise ProviderConfigError(
+            "Invalid provider configuration.",
+            errors={"routing_priority": [services.ROUTING_PRIORITY_MESSAGE]},
+        )
     errors = _json_errors(config)
     if errors:
         raise ProviderConfigError("Invalid provider configuration.", errors=errors)
@@ -411,8 +442,16 @@ def _desired_values(entry: ProviderEntry) -> ImportedValues:
         secrets=secrets,
         disabled_reason=reason,
         missing_secrets=tuple(sorted(entry.unset_keys)) if only_secrets and not enabled else (),
+        routing_priority=priority,
     )
     return values
+
+
+def _routing_priority(value: Any) -> int | None:
+    """Return VALUE as a routing priority (a ``${VAR}`` gives digits as text), or None when it is not one."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return None if services.routing_priority_problem(value) else value
 
 
 def _json_errors(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -455,6 +494,7 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
             fallbacks=values.fallbacks,
             disabled_reason=values.disabled_reason,
             missing_secrets=values.missing_secrets,
+            routing_priority=values.routing_priority,
             actor=IMPORT_ACTOR,
         )
     else:
@@ -472,6 +512,7 @@ def _write(name: str, row: ProviderConfig | None, values: ImportedValues) -> Pro
                 "replace_secrets": True,
                 "disabled_reason": values.disabled_reason,
                 "missing_secrets": list(values.missing_secrets),
+                "routing_priority": values.routing_priority,
             },
             actor=IMPORT_ACTOR,
         )
@@ -492,6 +533,7 @@ def _differences(current: ImportedValues, wanted: ImportedValues) -> list[str]:
         ("default provider", "is_default"),
         ("fallbacks", "fallbacks"),
         ("disabled reason", "disabled_reason"),
+        ("routing priority", "routing_priority"),
     ):
         old, new = getattr(current, attr), getattr(wanted, attr)
         if attr == "disabled_reason" and current.enabled != wanted.enabled:
@@ -541,3 +583,121 @@ def _shown(value: Any, present: bool = True) -> str:
     if len(text) > SHOWN_VALUE_LENGTH:
         text = text[: SHOWN_VALUE_LENGTH - 3] + "..."
     return text
+
+
+# --- model groups -------------------------------------------------------------------
+
+GROUP_FINGERPRINT_SALT = "providers.config.yaml_import.model_group"
+
+
+def _group_values(strategy: Any, deployments: Any, enabled: Any) -> dict[str, Any]:
+    return {"strategy": strategy, "deployments": deployments, "enabled": enabled}
+
+
+def _group_fingerprint(values: dict[str, Any], secret: str | None = None) -> str:
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = salted_hmac(
+        GROUP_FINGERPRINT_SALT,
+        canonical.encode(),
+        secret=secret or settings.SECRET_KEY,
+        algorithm="sha256",
+    ).digest()
+    return FINGERPRINT_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _group_owned(values: dict[str, Any], stored: str) -> bool:
+    """Return whether STORED is the import's fingerprint of VALUES (under any current key)."""
+    if not stored.startswith(FINGERPRINT_PREFIX):
+        return False
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return any(constant_time_compare(stored, _group_fingerprint(values, k)) for k in keys)
+
+
+def sync_model_groups(
+    *, entries: list[ModelGroupEntry], dry_run: bool = False, overwrite: bool = False
+) -> SyncReport:
+    """Bring the database's model groups in line with ENTRIES, keeping every outside edit.
+
+    The rules of ``sync_provider_configs``: a missing group is created, one
+    the import wrote and no one edited since follows the file, one edited
+    outside the import that differs is a conflict (kept unless OVERWRITE);
+    an invalid entry (or one whose ``${VAR}`` is unset) is reported and
+    changes nothing; groups not in ENTRIES are left alone. Import the
+    providers first: deployments must name configured providers. With
+    DRY_RUN, return the same report and save nothing.
+    """
+    order = {entry.name: index for index, entry in enumerate(entries)}
+    results: list[ProviderSyncResult] = []
+    with transaction.atomic():
+        for entry in entries:
+            results.append(_sync_group_entry(entry, overwrite=overwrite))
+        others = ModelGroup.objects.exclude(name__in=list(order)).values_list("name", flat=True)
+        results.extend(ProviderSyncResult(name, Outcome.NOT_IN_FILE) for name in others)
+        if dry_run:
+            transaction.set_rollback(True)
+    return SyncReport(results=results, dry_run=dry_run, overwrite=overwrite, noun="model group")
+
+
+def _sync_group_entry(entry: ModelGroupEntry, *, overwrite: bool) -> ProviderSyncResult:
+    """Import one model group inside its own savepoint; return what happened."""
+    if entry.missing_variables:
+        reason = _missing_variables_reason(entry.missing_variables)
+        return ProviderSyncResult(entry.name, Outcome.ERROR, errors={"model_groups": [reason]})
+    deployments, errors = services.model_group_errors(
+        name=entry.name,
+        strategy=entry.strategy,
+        deployments=entry.deployments,
+        enabled=entry.enabled,
+    )
+    if errors:
+        return ProviderSyncResult(entry.name, Outcome.ERROR, errors=errors)
+    wanted = _group_values(entry.strategy, deployments, entry.enabled)
+    row = ModelGroup.objects.filter(name=entry.name).first()
+    try:
+        with transaction.atomic():
+            return _apply_group(entry.name, row, wanted, overwrite=overwrite)
+    except ProviderError as exc:
+        return ProviderSyncResult(
+            entry.name,
+            Outcome.ERROR,
+            errors=getattr(exc, "errors", None) or {"model_groups": [exc.message]},
+        )
+
+
+def _apply_group(
+    name: str, row: ModelGroup | None, wanted: dict[str, Any], *, overwrite: bool
+) -> ProviderSyncResult:
+    if row is None:
+        row = services.model_group_create(name=name, actor=IMPORT_ACTOR, **wanted)
+        ModelGroup.objects.filter(pk=row.pk).update(import_fingerprint=_group_fingerprint(wanted))
+        return ProviderSyncResult(name, Outcome.CREATED)
+    current = _group_values(row.strategy, list(row.deployments or []), row.enabled)
+    differences = [
+        f"{key}: {_shown(current[key])} in the database, {_shown(wanted[key])} in the file"
+        for key in ("strategy", "deployments", "enabled")
+        if current[key] != wanted[key]
+    ]
+    if not differences:
+        if not _group_owned(current, row.import_fingerprint):
+            # The database already says what the file says: from now on it follows the file.
+            ModelGroup.objects.filter(pk=row.pk).update(
+                import_fingerprint=_group_fingerprint(current)
+            )
+        return ProviderSyncResult(name, Outcome.UNCHANGED)
+    owned = _group_owned(current, row.import_fingerprint)
+    if not owned and not overwrite:
+        cause = (
+            "created outside the import"
+            if row.import_fingerprint == ""
+            else "edited since the last import"
+        )
+        return ProviderSyncResult(
+            name,
+            Outcome.CONFLICT,
+            differences=differences,
+            conflict_cause=f"{cause} and differs from the file",
+        )
+    services.model_group_update(group=row, changes=wanted, actor=IMPORT_ACTOR)
+    ModelGroup.objects.filter(pk=row.pk).update(import_fingerprint=_group_fingerprint(wanted))
+    outcome = Outcome.UPDATED if owned else Outcome.OVERWRITTEN
+    return ProviderSyncResult(name, outcome, differences=differences)

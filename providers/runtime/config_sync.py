@@ -28,6 +28,15 @@ its content is never applied.
 Each row read also tells which providers are configured and enabled
 (``enabled_providers``): the public ``/health`` reads that set, kept current
 by the same three paths, instead of querying the database on every probe.
+It also hands the provider's ``routing_priority`` to the model catalogue.
+
+Model groups (``ModelGroup`` rows) follow the same three paths as one
+table: ``model_groups_after_commit`` applies the committed groups here and
+publishes ``GROUPS_MESSAGE_NAME`` (a name no provider can have); on that
+message, on the repair pass, and on this worker's first provider sync (its
+start-up), ``sync_model_groups`` reads every enabled group in one query,
+under one lock, and replaces the manager's group table when the rows'
+digest differs from the one served.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ logger = logging.getLogger(__name__)
 # Past it the change still applies in the background (in lock order) and the
 # other workers are told at once; the request is never failed for it.
 APPLY_WAIT_SECONDS = 30.0
+#: The broadcast name that says "the model groups changed" (a provider name cannot hold ':').
+GROUPS_MESSAGE_NAME = "model-groups:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +118,16 @@ class ConfigSyncState:
         self.locks = _ProviderLocks()
         self.enabled: set[str] = set()
         self.read_all = False
+        # The digest of the model group rows served (None: none read yet), and the lock of their syncs.
+        self.groups_digest: str | None = None
+        self.groups_lock = asyncio.Lock()
 
     def forget_all(self) -> None:
         """Forget what this worker serves (its registry was emptied: a shutdown)."""
         self.served.clear()
         self.enabled.clear()
         self.read_all = False
+        self.groups_digest = None
 
 
 def _state() -> ConfigSyncState:
@@ -149,6 +164,7 @@ def config_digest(row: Any) -> str:
         "settings": row.settings,
         "secrets_encrypted": row.secrets_encrypted,
         "disabled_reason": row.disabled_reason,
+        "routing_priority": row.routing_priority,
     }
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -176,7 +192,7 @@ async def sync_provider(name: str, *, force: bool = False) -> str | None:
     try:
         async with _state().locks.hold(name):
             row = await ProviderConfig.objects.filter(name=name).afirst()
-            return await _apply_row(name, row, force=force)
+            error = await _apply_row(name, row, force=force)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -185,6 +201,11 @@ async def sync_provider(name: str, *, force: bool = False) -> str | None:
             name,
         )
         return f"Configuration not applied: {type(exc).__name__}."
+    if _state().groups_digest is None:
+        # This worker's first sync (its start-up loads every provider this way):
+        # the groups come with the providers, not a repair interval later.
+        await sync_model_groups()
+    return error
 
 
 async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
@@ -197,6 +218,9 @@ async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
         state.enabled.add(name)
     else:
         state.enabled.discard(name)
+    runtime.manager.catalogue.set_priority(
+        name, row.routing_priority if row is not None and row.enabled else None
+    )
     if row is None:
         served_configs.pop(name, None)
         if served is not None or name in runtime.registry:
@@ -219,6 +243,9 @@ async def handle_message(message: Mapping[str, Any]) -> None:
     """Act on a broadcast ``(name, revision, force)``: sync NAME unless it is not news."""
     name = message.get("name")
     if not isinstance(name, str) or not name:
+        return
+    if name == GROUPS_MESSAGE_NAME:
+        await sync_model_groups()
         return
     revision = message.get("revision")
     force = message.get("force") is True
@@ -257,6 +284,7 @@ async def repair_all() -> None:
     for name in sorted(state.enabled - in_database):
         await sync_provider(name)
     state.read_all = True
+    await sync_model_groups()
 
 
 async def repair_forever(interval: float) -> None:
@@ -366,3 +394,84 @@ def request_reload_everywhere(name: str) -> str | None:
 
 async def _force_apply(name: str, row: Any) -> str | None:
     return await apply_committed_row(name, row, force=True)
+
+
+# --- model groups ---------------------------------------------------------------
+
+
+def model_groups_digest(rows: list[Any]) -> str:
+    """Return a digest of the enabled model group ROWS: what the group table depends on."""
+    content = [
+        [row.name, row.revision, row.strategy, row.deployments]
+        for row in sorted(rows, key=lambda r: r.name)
+    ]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def apply_model_group_rows(rows: list[Any]) -> bool:
+    """Serve the enabled model group ROWS here unless they are what is served; return whether applied.
+
+    Memory only (no database, no provider): safe from any thread.
+    """
+    from providers.runtime.model_groups import ModelGroupSpec
+
+    state = _state()
+    digest = model_groups_digest(rows)
+    if digest == state.groups_digest:
+        return False
+    runtime.manager.groups.replace(ModelGroupSpec.from_row(row) for row in rows)
+    state.groups_digest = digest
+    logger.info("model groups: serving %d group(s)", len(rows))
+    return True
+
+
+async def sync_model_groups() -> None:
+    """Read every enabled model group (one query) and serve them if they changed. Never raises."""
+    from providers.models import ModelGroup
+
+    try:
+        async with _state().groups_lock:
+            rows = [row async for row in ModelGroup.objects.filter(enabled=True)]
+            apply_model_group_rows(rows)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("model groups could not be read; the repair pass retries")
+
+
+async def _apply_group_rows_locked(rows: list[Any]) -> None:
+    async with _state().groups_lock:
+        apply_model_group_rows(rows)
+
+
+def _committed_group_rows() -> list[Any]:
+    from providers.models import ModelGroup
+
+    return list(ModelGroup.objects.filter(enabled=True))
+
+
+def model_groups_after_commit() -> None:
+    """Serve the committed model groups here, then tell every other worker.
+
+    Called once the transaction that saved or deleted a group has committed
+    (``providers.config.services`` schedules it). The rows are read here, in
+    the committing thread; a serving worker applies them on its serving loop,
+    under the groups' lock. The message also reaches this worker, which then
+    reads the rows again under the lock: a read overtaken by another commit
+    is corrected at once, and the repair pass backs both up. Never raises.
+    """
+    try:
+        rows = _committed_group_rows()
+        if _serving_here():
+            runtime.run_in_serving_loop(_apply_group_rows_locked, rows, timeout=APPLY_WAIT_SECONDS)
+        else:
+            apply_model_group_rows(rows)
+    except Exception:
+        logger.exception(
+            "model groups: the committed change was not applied here; the repair pass will"
+        )
+    try:
+        broadcast.publish_provider_changed(GROUPS_MESSAGE_NAME, None)
+    except Exception:
+        logger.exception("model groups: the change could not be broadcast")

@@ -1,9 +1,23 @@
 """ModelManager: route a chat request to a provider, retry it, and fail over along its chain.
 
 Routing picks the provider by explicit name, by a ``provider/model`` prefix
-on the model, or the default provider. The routes to try are that provider,
-its fallbacks (each may name its own model: ``anthropic/claude-3-5-haiku-latest``)
-and then the routing default, each provider once.
+on the model, by a model group's name, by a bare model name that the model
+catalogue knows (``gpt-4o-mini`` goes to the provider that serves it,
+``runtime/model_catalogue.py``), or the default provider. A bare name no
+provider is known to serve goes to the default provider (an upstream may
+serve more than it lists); when there is none, or it does not know the name
+either, the 404 ``model_not_found`` lists the closest names served. The routes to try
+are that provider, its fallbacks (each may name its own model:
+``anthropic/claude-3-5-haiku-latest``) and then the routing default, each
+provider once; for a bare name, the other providers that serve it come
+before the fallbacks.
+
+A model group (``runtime/model_groups.py``) is a public name served by
+deployments (provider + model); its strategy orders them per request
+(weighted, least busy, lowest latency), a deployment whose breaker is open
+goes last, and every deployment of the group is tried before the first
+deployment's provider-level fallbacks. Retries and breakers apply per
+deployment as for any route.
 
 On each route, a retryable failure (rate limit, server error, timeout, lost
 connection, broken protocol) is retried after a jittered exponential
@@ -34,11 +48,19 @@ A caller may pass ``allow``, a ``RouteFilter``: a route it refuses (by
 provider and the model it would be asked for, the provider's
 ``default_model`` when the route names none) is skipped without a call, so
 that a client key's failover never lands on a model the key may not use.
+
+A request's options are honoured or refused, never dropped
+(``runtime/request_options.py``): a first route whose provider does not
+support an option the request sets is refused with a 400
+(``unsupported_option``), and a fallback that does not is skipped without a
+call. A model group's deployments are alternatives: one that cannot honour
+the options is skipped, and the 400 comes only when none can.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import logging
 import random
@@ -54,6 +76,7 @@ import httpx
 from providers.base import AbstractAIProvider
 from providers.errors import (
     AuthenticationError,
+    ModelNotFoundError,
     PluginError,
     ProtocolError,
     ProviderError,
@@ -61,8 +84,11 @@ from providers.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from providers.runtime.circuit_breaker import HALF_OPEN, BreakerNews, CircuitBreaker
+from providers.runtime.circuit_breaker import CLOSED, HALF_OPEN, BreakerNews, CircuitBreaker
+from providers.runtime.model_catalogue import ModelCatalogue
+from providers.runtime.model_groups import Deployment, ModelGroupSpec, ModelGroupTable
 from providers.runtime.registry import ProviderRegistry
+from providers.runtime.request_options import unsupported_option_error
 from providers.runtime.retry_policy import RetryPolicy, routing_setting
 from providers.secrets.masking import redact
 from providers.secrets.values import instance_secret_values
@@ -78,10 +104,14 @@ RouteFilter = Callable[[str, str | None], bool]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One provider to try, with the model to ask it for (None: its default)."""
+    """One provider to try, with the model to ask it for (None: its default).
+
+    GROUP names the model group the route is a deployment of, if it is one.
+    """
 
     provider: str
     model: str | None
+    group: str | None = None
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model}" if self.model else self.provider
@@ -98,6 +128,22 @@ class AttemptTimeoutError(ProviderTimeoutError):
     Retrying a provider that hangs would spend the time its fallbacks need,
     so the request fails over at once.
     """
+
+
+def _lets_through(breaker: CircuitBreaker) -> bool:
+    """Return whether BREAKER would let a call through now, without claiming its probe."""
+    state = breaker.state
+    return state == CLOSED or (state == HALF_OPEN and not breaker.probe_in_flight)
+
+
+def _names_provider(model: str | None, registry: ProviderRegistry) -> bool:
+    """Return whether MODEL is ``provider/model`` with a live provider's name as its prefix."""
+    return bool(model) and "/" in model and model.split("/", 1)[0] in registry
+
+
+def _close(model: str, names: list[str]) -> list[str]:
+    """Return the NAMES that look like MODEL, closest first (for a 404's hint)."""
+    return difflib.get_close_matches(model, names, n=5, cutoff=0.5)
 
 
 def plugin_failure(route: Route, exc: Exception) -> ProviderError:
@@ -190,6 +236,9 @@ class ModelManager:
         self.shared_breakers: BreakerNews | None = None
         self._counters: dict[str, RouteCounters] = {}
         self._instances: dict[str, weakref.ref[AbstractAIProvider]] = {}
+        # Which providers serve a bare model name, and the model groups served (both in memory).
+        self.catalogue = ModelCatalogue(registry)
+        self.groups = ModelGroupTable()
 
     # --- state ------------------------------------------------------------
 
@@ -268,8 +317,13 @@ class ModelManager:
     def resolve(self, request: ChatRequest, provider_name: str | None = None) -> Route:
         """Return the first route for REQUEST.
 
-        Raise ``ProviderNotFoundError`` when the named provider is not live or
-        there is no default.
+        In order: the named provider; a ``provider/model`` prefix naming a
+        live provider; a model group's name (its first deployment as the
+        group's strategy orders them now); a bare model name, to the best
+        provider that serves it; else the default provider. Raise
+        ``ProviderNotFoundError`` when the named provider is not live or
+        there is no default, and ``ModelNotFoundError`` (404, with close
+        matches) for a model no provider serves when there is no default.
         """
         model = request.model
         if provider_name:
@@ -284,12 +338,125 @@ class ModelManager:
             prefix, rest = model.split("/", 1)
             if prefix in self.registry:
                 return Route(prefix, rest or None)
+        group = self.groups.get(model)
+        if group is not None:
+            return self._group_routes(group)[0]
+        if model:
+            served = self.catalogue.providers_for(model)
+            if served:
+                return Route(served[0], model)
+            if self.registry.default_name is None:
+                raise self._unknown_model(model)
         default = self.registry.default_name
         if default is None:
             raise ProviderNotFoundError(
                 "No provider was named and no default provider is configured.", field="provider"
             )
         return Route(default, model)
+
+    def routes(self, request: ChatRequest, provider_name: str | None = None) -> list[Route]:
+        """Return every route to try for REQUEST, in order (see ``resolve`` and ``chain``).
+
+        A model group's deployments, ordered by its strategy, come first;
+        then the provider-level fallbacks of its first deployment. A bare
+        name's best provider is followed by the other providers serving it.
+        """
+        if not provider_name and not _names_provider(request.model, self.registry):
+            group = self.groups.get(request.model)
+            if group is not None:
+                return self._with_fallbacks(self._group_routes(group))
+            served = self.catalogue.providers_for(request.model) if request.model else ()
+            if served:
+                return self._with_fallbacks([Route(name, request.model) for name in served])
+        return self.chain(self.resolve(request, provider_name))
+
+    def _group_routes(self, group: ModelGroupSpec) -> list[Route]:
+        """Return GROUP's deployments as routes, in the order its strategy gives them now."""
+
+        def usable(deployment: Deployment) -> bool:
+            return deployment.provider in self.registry and _lets_through(
+                self.breaker(deployment.provider)
+            )
+
+        ordered = self.groups.order(group, usable, self._rng)
+        return [Route(d.provider, d.model, group.name) for d in ordered]
+
+    def _with_fallbacks(self, first: list[Route]) -> list[Route]:
+        """Return FIRST's routes, then the fallbacks of its first live provider that are not in FIRST."""
+        routes = list(first)
+        seen = {route.provider for route in first}
+        lead = next((route for route in first if route.provider in self.registry), None)
+        if lead is None:
+            return routes  # none in service: the loop says so, naming the first
+        for route in self.chain(lead)[1:]:
+            if route.provider not in seen:
+                seen.add(route.provider)
+                routes.append(route)
+        return routes
+
+    def _unknown_model(self, model: str) -> ModelNotFoundError:
+        """Return the 404 for bare MODEL, which no live provider serves, with the closest names served."""
+        shown = model if len(model) <= 80 else model[:77] + "..."
+        return ModelNotFoundError(
+            f"No provider serves the model {shown!r}. {self._model_hint(model)}", field="model"
+        )
+
+    def _model_hint(self, model: str) -> str:
+        """Return a hint for MODEL, a name nobody is known to serve: up to five close names served."""
+        matches = self.catalogue.close_matches(model)
+        groups = [name for name in self.groups.names() if name not in matches]
+        matches += [m for m in _close(model, groups) if m not in matches]
+        if matches:
+            return "Did you mean: " + ", ".join(matches[:5]) + "?"
+        return "Name it as 'provider/model', or see GET /v1/models."
+
+    def _hint_unknown_model(
+        self, exc: ModelNotFoundError, request: ChatRequest, provider_name: str | None
+    ) -> None:
+        """Add close matches to EXC, the default provider's 404 for a bare name nobody else serves.
+
+        A bare name that no provider is known to serve goes to the default
+        provider (an upstream may serve more than it lists); when that one
+        does not know it either, the client learns what is served instead.
+        """
+        model = request.model
+        if provider_name or not model or _names_provider(model, self.registry):
+            return
+        if model in self.groups or self.catalogue.lists(model):
+            return
+        hint = self._model_hint(model)
+        if hint not in exc.message:
+            exc.message = f"{exc.message.rstrip()} {hint}"
+            exc.args = (exc.message,)
+        exc.field = exc.field or "model"
+
+    def public_model_groups(self, allows: RouteFilter | None = None) -> list[str]:
+        """Return the names of the model groups a caller may call, sorted (for ``GET /v1/models``).
+
+        A group is listed when ALLOWS (a key's route filter; None: every
+        route) allows at least one of its deployments: a call then goes only
+        to the deployments it allows.
+        """
+        names = []
+        for name in self.groups.names():
+            group = self.groups.get(name)
+            if group is None:
+                continue
+            if allows is None or any(allows(d.provider, d.model) for d in group.deployments):
+                names.append(name)
+        return names
+
+    def group_allows(self, model: str | None, allow: RouteFilter) -> bool | None:
+        """Return whether ALLOW lets a caller use model group MODEL; None when MODEL is no group served.
+
+        A group is allowed when ALLOW allows one of its deployments (the
+        route filter then keeps each call on those), so that a key's access
+        to a group does not depend on which deployment the strategy draws.
+        """
+        group = self.groups.get(model)
+        if group is None:
+            return None
+        return any(allow(d.provider, d.model) for d in group.deployments)
 
     def chain(self, first: Route) -> list[Route]:
         """Return FIRST, its live fallbacks, then the routing default: each provider once.
@@ -332,10 +499,12 @@ class ModelManager:
         bad request at once, else the last failure once every route is
         spent or the deadline has passed.
         """
-        first = self.resolve(request, provider_name)
-        routes = self.chain(first)
+        routes = self.routes(request, provider_name)
+        first = routes[0]
+        attempt = self._measured(attempt)
         trace = RequestTrace(deadline=self._clock() + self._deadline_seconds(first.provider))
         last_error: ProviderError | None = None
+        first_refusal: ProviderError | None = None
         open_breakers: list[CircuitBreaker] = []
         for index, route in enumerate(routes):
             try:
@@ -348,6 +517,15 @@ class ModelManager:
                 route.provider, route.model or live.config.get("default_model")
             ):
                 continue  # the caller may not use it: skipped, never called
+            refusal = unsupported_option_error(request, live, route.provider)
+            if refusal is not None:
+                if index == 0 and route.group is None:
+                    raise refusal  # the client's choice of provider: say what it lacks
+                # A fallback (or another deployment of the group) that would drop
+                # an option is skipped, never called.
+                first_refusal = first_refusal or refusal
+                trace.give_up(route, refusal.kind, 0)
+                continue
             breaker = self._breaker_for(route.provider, live)
             policy = RetryPolicy.from_config(live.config)
             counters = self.counters(route.provider)
@@ -444,6 +622,8 @@ class ModelManager:
                         breaker.release_probe()
         if last_error is not None:
             raise last_error
+        if first_refusal is not None and not open_breakers:
+            raise first_refusal  # no route could honour the request's options
         if not open_breakers:
             raise ProviderUnavailableError(
                 f"No provider of {first.provider!r}'s chain is in service.",
@@ -456,6 +636,28 @@ class ModelManager:
             provider=first.provider,
             retry_after=retry_in,
         )
+
+    def _measured(self, attempt: Attempt[T]) -> Attempt[T]:
+        """Return ATTEMPT, counting a group deployment's requests in flight and timing its successes.
+
+        The in-flight count is held on the attempt's exit stack, which a
+        successful attempt hands to the caller: a stream counts until it ends.
+        A stream's latency is its time to the first chunk.
+        """
+
+        async def measured(
+            provider: AbstractAIProvider, prepared: ChatRequest, route: Route, stack: AsyncExitStack
+        ) -> T:
+            if route.group is None:
+                return await attempt(provider, prepared, route, stack)
+            deployment = Deployment(route.provider, route.model or "")
+            stack.enter_context(self.groups.serving(deployment))
+            started = self._clock()
+            result = await attempt(provider, prepared, route, stack)
+            self.groups.record_latency(deployment, self._clock() - started)
+            return result
+
+        return measured
 
     def _note_failure(
         self,
@@ -532,11 +734,17 @@ class ModelManager:
             return await provider.chat_completion(prepared)
 
         async with AsyncExitStack() as keep:
-            response, _, route, trace = await self._run(
-                request, provider_name, complete, keep, allow
-            )
+            try:
+                response, _, route, trace = await self._run(
+                    request, provider_name, complete, keep, allow
+                )
+            except ModelNotFoundError as exc:
+                self._hint_unknown_model(exc, request, provider_name)
+                raise
         response.provider = route.provider
         trace.annotate(response.metadata)
+        if route.group is not None:
+            response.metadata["model_group"] = route.group
         return response
 
     async def chat_completion_stream(
@@ -572,15 +780,21 @@ class ModelManager:
             return stream, first
 
         async with AsyncExitStack() as keep:
-            (stream, first), provider, route, trace = await self._run(
-                request, provider_name, open_stream, keep, allow
-            )
+            try:
+                (stream, first), provider, route, trace = await self._run(
+                    request, provider_name, open_stream, keep, allow
+                )
+            except ModelNotFoundError as exc:
+                self._hint_unknown_model(exc, request, provider_name)
+                raise
             model = route.model or provider.config.get("default_model")
             chunk: StreamingChunk | None = first
             try:
                 while chunk is not None:
                     chunk.metadata["provider"] = route.provider
                     chunk.metadata["model"] = chunk.model or model
+                    if route.group is not None:
+                        chunk.metadata["model_group"] = route.group
                     if chunk.is_final:
                         trace.annotate(chunk.metadata)
                     yield chunk

@@ -57,6 +57,10 @@ class ModelListCache:
         self._entries: dict[str, _Entry] = {}
         self._flight: SingleFlight[list[str]] = SingleFlight()
 
+    def held_lists(self) -> dict[str, _Entry]:
+        """Return the lists kept now, by provider, fresh or not (no fetch): the model catalogue reads them."""
+        return dict(self._entries)
+
     async def models(self, name: str, *, timeout: float) -> list[str]:
         """Return the models of live provider NAME ([] when it is not live).
 

@@ -446,3 +446,43 @@ def test_the_shipped_files_import_cleanly(environment: str, settings) -> None:
     report = sync_provider_configs(entries=load_provider_entries(path, {}))
     assert {r.outcome for r in report.results} == {Outcome.CREATED}
     assert row("echo").is_default is True
+
+
+GROUPS_YAML = """
+ai_providers:
+  echo: {prefix: "E: ", models: [echo-1]}
+  parrot: {plugin: echo, prefix: "P: ", models: [parrot-1]}
+model_groups:
+  fast:
+    strategy: weighted
+    deployments:
+      - {provider: echo, model: echo-1, weight: 3}
+      - {provider: parrot, model: parrot-1, weight: 1}
+"""
+
+
+def test_the_command_imports_model_groups_after_the_providers(yaml_file) -> None:
+    from providers.models import ModelGroup
+
+    printed = sync(yaml_file(GROUPS_YAML))
+    assert "Model groups from" in printed
+    fast = ModelGroup.objects.get(name="fast")
+    assert [d["provider"] for d in fast.deployments] == ["echo", "parrot"]
+    # A group naming no configured provider is reported; the providers still import.
+    broken = GROUPS_YAML + "  lost:\n    deployments: [{provider: nope, model: m}]\n"
+    with pytest.raises(CommandError) as failed:
+        sync(yaml_file(broken))
+    assert "lost" in failed.value.output and "nope" in failed.value.output
+    assert not ModelGroup.objects.filter(name="lost").exists()
+    assert ModelGroup.objects.filter(name="fast").exists()
+
+
+def test_a_broken_model_groups_section_is_a_configuration_error(yaml_file, settings) -> None:
+    from providers.config.system_checks import check_provider_yaml
+
+    path = yaml_file("ai_providers: {echo: {}}\nmodel_groups: [not, a, mapping]\n")
+    settings.ECHO_CONFIG_DIR = path.parent
+    settings.ECHO_ENV = path.stem
+    errors = check_provider_yaml()
+    assert [e.id for e in errors] == ["providers.E001"]
+    assert "model_groups" in errors[0].msg

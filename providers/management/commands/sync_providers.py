@@ -9,15 +9,21 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from echo_site.environment import ENVIRONMENTS
-from providers.config.files import ConfigFileError, config_path, load_provider_entries
-from providers.config.yaml_import import sync_provider_configs
+from providers.config.files import (
+    ConfigFileError,
+    config_path,
+    load_model_group_entries,
+    load_provider_entries,
+)
+from providers.config.yaml_import import sync_model_groups, sync_provider_configs
 from providers.runtime import process as runtime
 from providers.runtime.process import run_in_serving_loop
 
 
 class Command(BaseCommand):
     help = (
-        "Import the providers of config/{ECHO_ENV}.yaml into the database. Missing providers "
+        "Import the providers (then the model groups) of config/{ECHO_ENV}.yaml into the "
+        "database. Missing providers "
         "are created; providers the import wrote and no one edited since follow the file; "
         "providers edited in the admin or the API that differ from the file are reported "
         "field by field and kept, unless --overwrite. A provider whose ${VAR} is unset is "
@@ -55,6 +61,7 @@ class Command(BaseCommand):
         )
         try:
             entries = load_provider_entries(path)
+            group_entries = load_model_group_entries(path)
         except ConfigFileError as exc:
             raise CommandError(str(exc)) from None
         self._discover_plugins()
@@ -64,9 +71,19 @@ class Command(BaseCommand):
         self.stdout.write(f"Providers from {path}:")
         for line in report.render():
             self.stdout.write(line)
-        if report.has_errors:
+        groups = None
+        if group_entries:
+            # After the providers: a group's deployments must name configured ones
+            # (in a dry run they were not saved, so a new provider's groups say so).
+            groups = sync_model_groups(
+                entries=group_entries, dry_run=options["dry_run"], overwrite=options["overwrite"]
+            )
+            self.stdout.write(f"Model groups from {path}:")
+            for line in groups.render():
+                self.stdout.write(line)
+        if report.has_errors or (groups is not None and groups.has_errors):
             raise CommandError(
-                "Some providers in the file are invalid and were not imported (see above)."
+                "Some entries in the file are invalid and were not imported (see above)."
             )
 
     def _discover_plugins(self) -> None:
