@@ -12,6 +12,8 @@ from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.plumbing import build_bearer_security_scheme_object
 
+from plugins_api.admin_api.openapi_compat import document_compat_endpoints
+
 
 class BearerKeyScheme(OpenApiAuthenticationExtension):
     """``Authorization: Bearer <client key>`` (admin-scoped for the management API)."""
@@ -130,7 +132,10 @@ _SSE = (
 
 
 def document_chat_endpoint(result: dict[str, Any], generator: Any, request: Any, public: bool):
-    """Add ``POST /chat`` (an async Django view, which DRF does not see) to the schema."""
+    """Add ``POST /chat`` (an async Django view, which DRF does not see) to the schema.
+
+    Then the compatible APIs and ``/metrics`` (``openapi_compat``), async views too.
+    """
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(
         {
@@ -183,4 +188,4 @@ def document_chat_endpoint(result: dict[str, Any], generator: Any, request: Any,
             },
         }
     }
-    return result
+    return document_compat_endpoints(result)

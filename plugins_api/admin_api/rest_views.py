@@ -15,15 +15,22 @@ with one row per changed field, for auditors.
 
 The schema (``/api/schema/``) and the browsable docs (``/api/docs/``, assets
 served locally from drf_spectacular_sidecar) need an admin-scoped key or a
-staff session, like the rest of ``/api/``: they describe the management API.
+staff session, like the rest of ``/api/``: they describe the management API
+and the compatible ``/v1`` APIs. A browser that opens the docs logged out is
+sent to the admin login, and back after it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.views import redirect_to_login
 from django.db.models import QuerySet
-from django.http import Http404
+from django.http import Http404, HttpResponse, HttpResponseForbidden
+from django.http.response import HttpResponseBase
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -33,7 +40,7 @@ from drf_spectacular.utils import (
 )
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import generics, viewsets
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotAuthenticated, PermissionDenied, ValidationError
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -41,6 +48,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from plugins_api.access.authentication import IsAdminClient
+from plugins_api.access.key_credentials import presents_key
 from plugins_api.admin_api.serializers import (
     ErrorSerializer,
     ExportFormatSerializer,
@@ -294,6 +302,43 @@ class SchemaView(JSONErrorsMixin, SpectacularAPIView):
 
 
 class DocsView(JSONErrorsMixin, SpectacularSwaggerView):
-    """Swagger UI over the schema, its assets served by this site."""
+    """Swagger UI over the schema, its assets served by this site.
+
+    A person in a browser is answered as a page: logged out, sent to the
+    admin login (and back here after it); logged in without staff rights, a
+    403 page. API clients, and any request offering a key, get the JSON errors.
+    """
 
     permission_classes = [IsAdminClient]
+
+    def handle_exception(self, exc: Exception) -> HttpResponseBase:
+        request: Request = self.request
+        if not _is_browser(request):
+            return super().handle_exception(exc)
+        if isinstance(exc, NotAuthenticated):
+            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+        if isinstance(exc, PermissionDenied):
+            return _docs_forbidden_page(request)
+        return super().handle_exception(exc)
+
+
+def _is_browser(request: Request) -> bool:
+    """Return whether REQUEST is a person's browser: it asks for HTML and offers no key."""
+    return "text/html" in request.headers.get("Accept", "") and not presents_key(request.headers)
+
+
+def _docs_forbidden_page(request: Request) -> HttpResponse:
+    """Return the 403 page for a logged-in user who is not staff, with a way to switch accounts."""
+    login = f"{reverse('admin:login')}?{urlencode({'next': request.get_full_path()})}"
+    page = format_html(
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>403 Forbidden | Echo API docs</title></head><body>"
+        "<h1>403 Forbidden</h1>"
+        "<p>The API docs are for staff. You are logged in as <strong>{}</strong>, "
+        "which is not a staff account.</p>"
+        '<p><a href="{}">Log in as another user</a></p></body></html>',
+        request.user.get_username(),
+        login,
+    )
+    return HttpResponseForbidden(page)
