@@ -129,6 +129,13 @@ class ProviderNotFoundError(ProviderError):
     http_status = 404
 
 
+class ProviderDisabledError(ProviderError):
+    """The provider is configured but does not serve: disabled, or it cannot start (the message says why)."""
+
+    kind = "provider_disabled"
+    http_status = 409
+
+
 class ProviderConfigError(ProviderError):
     """A configuration failed validation; ERRORS maps each field to its messages."""
 

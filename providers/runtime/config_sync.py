@@ -54,6 +54,7 @@ from asgiref.sync import sync_to_async
 
 from providers.runtime import broadcast
 from providers.runtime import process as runtime
+from providers.secrets.masking import redact
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
     )
     if row is None:
         served_configs.pop(name, None)
+        runtime.manager.out_of_service.pop(name, None)
         if served is not None or name in runtime.registry:
             await runtime.apply_config_state(name, None, "")
         return None
@@ -235,6 +237,14 @@ async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
         live: bool | None = False
     else:
         live = True if error is None else None
+    # Why a configured provider does not serve, for the calls that name it (a 409, not a 404).
+    why = reason if spec is None else error
+    if why and spec is not None:  # a plugin's own words may hold any of its settings
+        why = redact(why, [v for v in spec.config.values() if isinstance(v, str)])
+    if why:
+        runtime.manager.out_of_service[name] = why if len(why) <= 300 else why[:297] + "..."
+    else:
+        runtime.manager.out_of_service.pop(name, None)
     served_configs[name] = Served(row.revision, digest, live, error)
     return error
 

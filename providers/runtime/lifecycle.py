@@ -324,6 +324,7 @@ class ProviderLifecycle:
             logger.exception("usage rows could not be written at shutdown")
         await self._runtime.registry.shutdown_all()
         self._runtime.config_sync_state.forget_all()
+        self._runtime.manager.out_of_service.clear()
         self._runtime.serving_loop = None
         # The start-up queries left a connection open in the ORM's thread.
         await sync_to_async(connections.close_all)()

@@ -79,6 +79,7 @@ from providers.errors import (
     ModelNotFoundError,
     PluginError,
     ProtocolError,
+    ProviderDisabledError,
     ProviderError,
     ProviderNotFoundError,
     ProviderTimeoutError,
@@ -239,6 +240,9 @@ class ModelManager:
         # Which providers serve a bare model name, and the model groups served (both in memory).
         self.catalogue = ModelCatalogue(registry)
         self.groups = ModelGroupTable()
+        # Providers configured but not serving, and why (kept by config_sync): a call
+        # naming one is told so (409), not that no such provider exists.
+        self.out_of_service: dict[str, str] = {}
 
     # --- state ------------------------------------------------------------
 
@@ -328,6 +332,7 @@ class ModelManager:
         model = request.model
         if provider_name:
             if provider_name not in self.registry:
+                self._refuse_if_out_of_service(provider_name, "provider")
                 raise ProviderNotFoundError(
                     f"No provider named {provider_name!r}.",
                     provider=provider_name,
@@ -338,6 +343,7 @@ class ModelManager:
             prefix, rest = model.split("/", 1)
             if prefix in self.registry:
                 return Route(prefix, rest or None)
+            self._refuse_if_out_of_service(prefix, "model")
         group = self.groups.get(model)
         if group is not None:
             return self._group_routes(group)[0]
@@ -353,6 +359,17 @@ class ModelManager:
                 "No provider was named and no default provider is configured.", field="provider"
             )
         return Route(default, model)
+
+    def _refuse_if_out_of_service(self, name: str, field: str) -> None:
+        """Raise ``ProviderDisabledError`` (409, with the reason) when NAME is configured but not serving."""
+        reason = self.out_of_service.get(name)
+        if reason is None:
+            return
+        raise ProviderDisabledError(
+            f"The provider {name!r} is configured but not serving: {reason}",
+            provider=name,
+            field=field,
+        )
 
     def routes(self, request: ChatRequest, provider_name: str | None = None) -> list[Route]:
         """Return every route to try for REQUEST, in order (see ``resolve`` and ``chain``).
