@@ -77,11 +77,15 @@ class RequestUsage:
 
     @staticmethod
     def _overhead(total_ms: float, metadata: dict[str, Any]) -> float | None:
+        """Return the time Echo itself added: TOTAL_MS less the upstream calls (every attempt) and the retries' waits."""
         upstream = metadata.get("upstream_ms")
+        waited = metadata.get("retry_wait_ms", 0)
         # Provider-supplied metadata: anything but a number is no measurement.
-        if not isinstance(upstream, int | float) or isinstance(upstream, bool):
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in (upstream, waited)
+        ):
             return None
-        return max(0.0, total_ms - upstream)
+        return max(0.0, total_ms - upstream - waited)
 
     def answered(self, response: ChatResponse) -> float | None:
         """Record a whole answer; return the milliseconds Echo itself added."""

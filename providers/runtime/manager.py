@@ -193,8 +193,10 @@ class RequestTrace:
 
     deadline: float
     attempts: int = 0
-    #: Time spent waiting on upstream calls (to the first chunk, for a stream).
+    #: Time spent waiting on upstream calls, failed ones included (to the first chunk, for a stream).
     upstream_seconds: float = 0.0
+    #: Time spent waiting between attempts (the retries' backoff).
+    waited_seconds: float = 0.0
     fallback_path: list[dict[str, Any]] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -206,6 +208,7 @@ class RequestTrace:
         """Write the trace into an answer's METADATA."""
         metadata["attempts"] = self.attempts
         metadata["upstream_ms"] = round(self.upstream_seconds * 1000, 3)
+        metadata["retry_wait_ms"] = round(self.waited_seconds * 1000, 3)
         if self.fallback_path:
             metadata["fallback_path"] = self.fallback_path
         if self.retries:
@@ -631,7 +634,11 @@ class ModelManager:
                         retry,
                         wait,
                     )
-                    await self._sleep(wait)
+                    slept = self._clock()
+                    try:
+                        await self._sleep(wait)
+                    finally:
+                        trace.waited_seconds += self._clock() - slept
                 finally:
                     # Cancelled (the client left) or a plugin's BaseException: the
                     # probe proved nothing, and another caller may take it.

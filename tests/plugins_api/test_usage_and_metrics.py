@@ -206,3 +206,14 @@ def test_the_compatible_endpoints_record_usage_too(client, chat_key, fakes) -> N
     assert [r.endpoint for r in rows] == ["/v1/chat/completions", "/v1/messages"]
     assert sum(r.prompt_tokens for r in rows) == backup.usage.prompt_tokens
     assert sum(r.completion_tokens for r in rows) == backup.usage.completion_tokens
+
+
+def test_echos_overhead_leaves_out_the_upstream_calls_and_the_retries_waits() -> None:
+    from plugins_api.edge.request_usage import RequestUsage
+
+    overhead = RequestUsage._overhead
+    assert overhead(500.0, {"upstream_ms": 100.0, "retry_wait_ms": 390.0}) == 10.0
+    assert overhead(500.0, {"upstream_ms": 100.0}) == 400.0  # a plugin that reports no waits
+    assert overhead(500.0, {"upstream_ms": 100.0, "retry_wait_ms": "x"}) is None
+    assert overhead(500.0, {}) is None
+    assert overhead(50.0, {"upstream_ms": 100.0, "retry_wait_ms": 0}) == 0.0

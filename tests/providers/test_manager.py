@@ -649,3 +649,17 @@ async def test_one_conversation_moves_from_echo_to_openai_to_anthropic() -> None
     assert (result["type"], result["tool_use_id"]) == ("tool_result", call.id)
     assert third.provider == "anthropic" and "-3C and snow" in third.content
     assert isinstance(call, ToolCall) and json.loads(call.arguments) == {"city": "Oslo"}
+
+
+async def test_the_retries_waits_are_recorded_apart_from_the_upstream_time(manager) -> None:
+    clock = manager._clock
+
+    async def sleeping(seconds: float) -> None:  # the fake clock moves by the wait
+        clock.now += seconds
+
+    manager._sleep = sleeping
+    await live(manager, "flaky", fallbacks=("backup",))
+    response = await manager.chat_completion(ask(), "flaky")
+    waits = sum(r["wait_seconds"] for r in response.metadata["retries"])
+    assert response.metadata["retry_wait_ms"] == pytest.approx(waits * 1000, abs=2)
+    assert response.metadata["upstream_ms"] == 0  # the fake clock did not move during calls
