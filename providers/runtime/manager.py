@@ -208,7 +208,8 @@ class RequestTrace:
         """Write the trace into an answer's METADATA."""
         metadata["attempts"] = self.attempts
         metadata["upstream_ms"] = round(self.upstream_seconds * 1000, 3)
-        metadata["retry_wait_ms"] = round(self.waited_seconds * 1000, 3)
+        if self.waited_seconds:
+            metadata["retry_wait_ms"] = round(self.waited_seconds * 1000, 3)
         if self.fallback_path:
             metadata["fallback_path"] = self.fallback_path
         if self.retries:
