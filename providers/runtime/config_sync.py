@@ -54,6 +54,7 @@ from asgiref.sync import sync_to_async
 
 from providers.runtime import broadcast
 from providers.runtime import process as runtime
+from providers.runtime.manager import OutOfService
 from providers.secrets.masking import redact
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,9 @@ async def _apply_row(name: str, row: Any, *, force: bool) -> str | None:
     if why and spec is not None:  # a plugin's own words may hold any of its settings
         why = redact(why, [v for v in spec.config.values() if isinstance(v, str)])
     if why:
-        runtime.manager.out_of_service[name] = why if len(why) <= 300 else why[:297] + "..."
+        runtime.manager.out_of_service[name] = OutOfService(
+            row.plugin, why if len(why) <= 300 else why[:297] + "..."
+        )
     else:
         runtime.manager.out_of_service.pop(name, None)
     served_configs[name] = Served(row.revision, digest, live, error)

@@ -86,7 +86,7 @@ from providers.errors import (
     ProviderUnavailableError,
 )
 from providers.runtime.circuit_breaker import CLOSED, HALF_OPEN, BreakerNews, CircuitBreaker
-from providers.runtime.model_catalogue import ModelCatalogue
+from providers.runtime.model_catalogue import ModelCatalogue, model_info_names
 from providers.runtime.model_groups import Deployment, ModelGroupSpec, ModelGroupTable
 from providers.runtime.registry import ProviderRegistry
 from providers.runtime.request_options import unsupported_option_error
@@ -101,6 +101,14 @@ T = TypeVar("T")
 
 #: Whether a route may be tried: (provider, model it would be asked for, None: unnamed).
 RouteFilter = Callable[[str, str | None], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfService:
+    """A provider configured but not serving: its plugin, and why (as its status says it)."""
+
+    plugin: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +254,7 @@ class ModelManager:
         self.groups = ModelGroupTable()
         # Providers configured but not serving, and why (kept by config_sync): a call
         # naming one is told so (409), not that no such provider exists.
-        self.out_of_service: dict[str, str] = {}
+        self.out_of_service: dict[str, OutOfService] = {}
 
     # --- state ------------------------------------------------------------
 
@@ -355,6 +363,7 @@ class ModelManager:
             served = self.catalogue.providers_for(model)
             if served:
                 return Route(served[0], model)
+            self._refuse_if_served_out_of_service(model)
             if self.registry.default_name is None:
                 raise self._unknown_model(model)
         default = self.registry.default_name
@@ -366,14 +375,34 @@ class ModelManager:
 
     def _refuse_if_out_of_service(self, name: str, field: str) -> None:
         """Raise ``ProviderDisabledError`` (409, with the reason) when NAME is configured but not serving."""
-        reason = self.out_of_service.get(name)
-        if reason is None:
+        resting = self.out_of_service.get(name)
+        if resting is None:
             return
         raise ProviderDisabledError(
-            f"The provider {name!r} is configured but not serving: {reason}",
+            f"The provider {name!r} is configured but not serving: {resting.reason}",
             provider=name,
             field=field,
         )
+
+    def _refuse_if_served_out_of_service(self, model: str) -> None:
+        """Raise ``ProviderDisabledError`` when bare MODEL is a model of a provider configured but not serving.
+
+        ``gpt-4o-mini`` with openai disabled is openai's, not the default
+        provider's: the client learns which provider and why, not "Unknown model".
+        """
+        for name, resting in sorted(self.out_of_service.items()):
+            known = set(model_info_names().get(resting.plugin, ()))
+            try:
+                known.update(self.registry.plugin(resting.plugin).metadata.models)
+            except ProviderError:
+                pass  # its plugin is not installed: model_info.yaml's names still count
+            if model in known:
+                raise ProviderDisabledError(
+                    f"The model {model!r} is served by {name!r}, which is configured but not "
+                    f"serving: {resting.reason}",
+                    provider=name,
+                    field="model",
+                )
 
     def routes(self, request: ChatRequest, provider_name: str | None = None) -> list[Route]:
         """Return every route to try for REQUEST, in order (see ``resolve`` and ``chain``).
@@ -649,6 +678,18 @@ class ModelManager:
             raise last_error
         if first_refusal is not None and not open_breakers:
             raise first_refusal  # no route could honour the request's options
+        resting = [self.out_of_service.get(route.provider) for route in routes]
+        if first.group is not None and all(resting):
+            reasons = "; ".join(
+                f"{route.provider}: {state.reason}"
+                for route, state in zip(routes, resting, strict=True)
+                if state is not None
+            )
+            raise ProviderDisabledError(
+                f"No deployment of the model group {first.group!r} is serving ({reasons}).",
+                provider=first.provider,
+                field="model",
+            )
         if not open_breakers:
             raise ProviderUnavailableError(
                 f"No provider of {first.provider!r}'s chain is in service.",

@@ -91,3 +91,36 @@ def test_enabling_it_serves_again(api) -> None:
     status, body = post(api, "/chat", {"prompt": "hi", "provider": "resting"})
     assert status == 200, body
     assert "resting" not in runtime.manager.out_of_service
+
+
+def test_a_bare_model_of_a_resting_provider_names_it_and_why(api) -> None:
+    import dataclasses
+
+    from providers.base import PluginMetadata
+    from providers.plugins.echo_provider import EchoProvider
+
+    class Snoozy(EchoProvider):
+        metadata = dataclasses.replace(EchoProvider.metadata, models=["snooze-1"])
+
+    assert isinstance(Snoozy.metadata, PluginMetadata)
+    runtime.registry.register(Snoozy, "snoozy")
+    provider_config_create(
+        name="sleeper", plugin="snoozy", enabled=False, disabled_reason="Quota spent."
+    )
+    runtime.run_in_serving_loop(config_sync.repair_all, timeout=20)
+    messages = [{"role": "user", "content": "hi"}]
+    status, body = post(api, "/v1/chat/completions", {"model": "snooze-1", "messages": messages})
+    assert status == 409, body
+    assert "'sleeper'" in body["error"]["message"] and "Quota spent." in body["error"]["message"]
+
+
+def test_a_group_whose_every_deployment_rests_says_why(api) -> None:
+    from providers.config.services import model_group_create
+
+    model_group_create(name="sleepy", deployments=[{"provider": "resting", "model": "r-1"}])
+    runtime.run_in_serving_loop(config_sync.repair_all, timeout=20)
+    messages = [{"role": "user", "content": "hi"}]
+    status, body = post(api, "/v1/chat/completions", {"model": "sleepy", "messages": messages})
+    assert status == 409, body
+    assert "sleepy" in body["error"]["message"]
+    assert "Paused for maintenance" in body["error"]["message"]
