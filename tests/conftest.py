@@ -152,3 +152,12 @@ def fast_password_hashing():
 
     with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
         yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the slow tests (servers, browsers, fuzzers) first, each file's tests kept together.
+
+    On two workers (``--dist loadfile``) the run then ends on short files
+    rather than on one worker finishing a fuzzer alone while the other idles.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
