@@ -688,7 +688,7 @@ async def test_provider_changes_reach_open_sockets_and_the_next_question(
     await disable_parrot()
     assert "parrot" not in names(await until(browser, "providers"))
     frames = await answer(browser, {"message": "hi", "provider": "parrot"})
-    assert frames[-1]["error"]["type"] == "provider_not_found"
+    assert frames[-1]["error"]["type"] == "provider_disabled"  # configured, not serving
 
     @database_sync_to_async
     def delete_newcomer() -> None:

@@ -68,7 +68,9 @@ def test_a_wrong_key_keeps_the_provider_out_of_service_and_sends_nothing(
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Bearer {chat_key[1]}",
         )
-        assert response.status_code == 404
+        # Configured but not serving: said so, with why (issue 19), never the ciphertext.
+        assert response.status_code == 409
+        assert "cannot be decrypted" in response.json()["error"]["message"]
         # Every other way in that could build the provider again sends nothing either.
         admin = {"HTTP_AUTHORIZATION": f"Bearer {admin_key[1]}"}
         assert client.get("/plugins/health?refresh=1", **admin).status_code == 200
