@@ -67,6 +67,7 @@ from providers.audit.history import SOURCE_PLUGINS_API, Actor, actor_for_request
 from providers.base import AbstractAIProvider, secret_fields
 from providers.config import selectors
 from providers.config.services import (
+    plugin_schema,
     provider_config_delete,
     provider_config_update,
     split_config,
@@ -362,7 +363,9 @@ class ProviderConfigView(APIView):
     schema and merged into the stored ones; a null value removes a key.
     Unlike the guide's reference implementation, keys not sent are kept. As
     with every write, the new instance is started before the change is
-    saved, and only the saved change is ever served.
+    saved, and only the saved change is ever served. A ``fallbacks`` key
+    (unless the plugin has a setting of that name) sets the provider's
+    fallback chain, validated as the admin and ``/api/providers/`` validate it.
     """
 
     parser_classes = [BoundedJSONParser]
@@ -378,10 +381,15 @@ class ProviderConfigView(APIView):
     def put(self, request: Request, name: str) -> Response:
         changes = _body_object(request, "config")
         config = selectors.provider_config_get(name=name)
+        routing: dict[str, Any] = {}
+        if "fallbacks" in changes and "fallbacks" not in (
+            plugin_schema(config.plugin).get("properties") or {}
+        ):
+            routing["fallbacks"] = changes.pop("fallbacks")
         settings_changes, secret_changes = split_config(config.plugin, changes)
         config = provider_config_update(
             config=config,
-            changes={"settings": settings_changes, "secrets": secret_changes},
+            changes={"settings": settings_changes, "secrets": secret_changes, **routing},
             actor=_actor(request),
         )
         return Response(_provider_data(config))

@@ -6,6 +6,16 @@ that plugin's settings as fields (``providers.admin.provider_form``). The plugin
 the name, are fixed once the provider exists: a different plugin has
 different settings, and renaming is not supported.
 
+The form puts what every new provider needs first (name, plugin, its
+secrets such as the API key, its URL, enabled, default), then the plugin's
+other settings, and keeps the rest (fallbacks, routing priority, retries,
+the circuit breaker, timeouts, extra settings) in a collapsed "Advanced"
+section, opened by itself when one of its fields has an error. Its **Test
+connection** button checks the settings as typed without saving them
+(``provider_form.connection_test``), and a provider added is checked at
+once after its creation commits, its result recorded like the "Check
+health now" action's, rather than "never checked" until the next round.
+
 Saves go through ``providers.config.services`` like every other interface, so the
 same validation applies, a new default replaces the old one, and the
 post-save signal reloads the provider once the change commits.
@@ -36,21 +46,27 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
+from django.views.decorators.debug import sensitive_post_parameters
 
 from providers.admin.provider_form import (
+    ADVANCED_SETTINGS,
     EXTRA_SETTINGS,
+    TEST_BUTTON,
     ProviderConfigForm,
     clear_field_name,
+    is_url_setting,
     provider_config_form,
     setting_field_name,
 )
@@ -70,6 +86,10 @@ from providers.runtime import process as runtime
 from providers.secrets.masking import mask_secret, redact
 
 ROUTING_FIELDS = ["name", "plugin", "enabled", "is_default", "fallbacks", "routing_priority"]
+ADVANCED_DESCRIPTION = (
+    "Fallbacks, routing priority, retries, the circuit breaker, timeouts and extra settings. "
+    "The defaults suit most providers."
+)
 # How many checks the list's sparkline and the provider page's chart draw.
 LIST_HISTORY_CHECKS = 20
 PAGE_HISTORY_CHECKS = 50
@@ -333,32 +353,72 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     def get_fieldsets(
         self, request: HttpRequest, obj: ProviderConfig | None = None
     ) -> list[tuple[str | None, dict[str, Any]]]:
+        """Lay the form out: what a provider needs first, its other settings, then "Advanced", collapsed.
+
+        First: name, plugin, the plugin's secrets (the API key) and its URL
+        settings, enabled, default. The advanced section holds fallbacks,
+        routing priority, the settings every provider shares (retries,
+        breaker, deadline, timeouts, pool: ``ADVANCED_SETTINGS``) and the
+        extra settings.
+        """
         plugin = self._plugin_for(request, obj)
         form = provider_config_form(plugin, obj)
-        routing = list(ROUTING_FIELDS)
+        status = (
+            "Status",
+            {
+                "fields": [
+                    "live_state",
+                    "last_health",
+                    "breaker",
+                    "health_history",
+                    "updated_at",
+                    "change_history",
+                ]
+            },
+        )
+        if obj is not None and not self.has_change_permission(request, obj):
+            # Read-only visitors get no form fields to show values in: summarize instead.
+            routing = list(ROUTING_FIELDS)
+            if not obj.enabled:
+                routing.insert(routing.index("enabled") + 1, "disabled_reason")
+            return [
+                (None, {"fields": routing}),
+                status,
+                ("Settings", {"fields": ["settings_summary", "secrets_summary"]}),
+            ]
+        properties = (form.schema or {}).get("properties") or {}
+        urls = [p for p in form.setting_props if is_url_setting(p, properties.get(p) or {})]
+        advanced_settings = [p for p in form.setting_props if p in ADVANCED_SETTINGS]
+        other_settings = [p for p in form.setting_props if p not in {*urls, *advanced_settings}]
+        first: list[str] = ["name", "plugin"]
+        for prop in form.secret_props:
+            first.append(setting_field_name(prop))
+            if prop in form.clearable_props:
+                first.append(clear_field_name(prop))
+        first += [setting_field_name(p) for p in urls]
+        first.append("enabled")
         if obj is not None and not obj.enabled:
-            routing.insert(routing.index("enabled") + 1, "disabled_reason")
-        fieldsets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": routing})]
-        if obj is not None:
-            fieldsets.append(
-                (
-                    "Status",
-                    {
-                        "fields": [
-                            "live_state",
-                            "last_health",
-                            "breaker",
-                            "health_history",
-                            "updated_at",
-                            "change_history",
-                        ]
-                    },
-                )
+            first.append("disabled_reason")
+        first.append("is_default")
+        description: Any = None
+        if form.secret_props and obj is None:
+            description = "Secrets are stored encrypted and, once saved, shown only masked."
+        elif form.secret_props:
+            description = (
+                "Stored secrets are never shown, only masked. "
+                "Leave a secret blank to keep the stored one."
             )
-            if not self.has_change_permission(request, obj):
-                # Read-only visitors get no form fields to show values in: summarize instead.
-                fieldsets.append(("Settings", {"fields": ["settings_summary", "secrets_summary"]}))
-                return fieldsets
+            if obj.secrets_error:
+                description = format_html(
+                    '<strong class="errornote">{}</strong> Type the secrets again: they replace '
+                    "the stored ones.",
+                    obj.secrets_error,
+                )
+        fieldsets: list[tuple[str | None, dict[str, Any]]] = [
+            (None, {"fields": first, **({"description": description} if description else {})})
+        ]
+        if obj is not None:
+            fieldsets.append(status)
         if form.schema is None:
             fieldsets.append(
                 (
@@ -372,37 +432,61 @@ class ProviderConfigAdmin(admin.ModelAdmin):
                     },
                 )
             )
-            return fieldsets
-        if form.setting_props:
+        elif other_settings:
             fieldsets.append(
                 (
                     f"Settings of the {plugin} plugin",
                     {
-                        "fields": [setting_field_name(p) for p in form.setting_props],
+                        "fields": [setting_field_name(p) for p in other_settings],
                         "description": "A blank field uses the plugin's default.",
                     },
                 )
             )
-        if form.secret_props:
-            fields: list[str] = []
-            for prop in form.secret_props:
-                fields.append(setting_field_name(prop))
-                if prop in form.clearable_props:
-                    fields.append(clear_field_name(prop))
-            description = (
-                "Stored secrets are never shown, only masked. "
-                "Leave a field blank to keep its secret."
-            )
-            if obj is not None and obj.secrets_error:
-                description = format_html(
-                    '<strong class="errornote">{}</strong> Type the secrets again: they replace '
-                    "the stored ones.",
-                    obj.secrets_error,
-                )
-            fieldsets.append(("Secrets", {"fields": fields, "description": description}))
+        advanced = ["fallbacks", "routing_priority"]
+        advanced += [setting_field_name(p) for p in advanced_settings]
         if form.has_extra_settings:
-            fieldsets.append(("Advanced", {"fields": [EXTRA_SETTINGS], "classes": ["collapse"]}))
+            advanced.append(EXTRA_SETTINGS)
+        fieldsets.append(
+            (
+                "Advanced",
+                {"fields": advanced, "classes": ["collapse"], "description": ADVANCED_DESCRIPTION},
+            )
+        )
         return fieldsets
+
+    # --- Test connection, and the first check of a new provider -----------------
+
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The add and change form; its posts carry secrets, kept out of any error report.
+
+        A post of the Test connection button (``TEST_BUTTON``) is validated and
+        tested by the form, which then refuses to be saved: the admin's own
+        view shows the form again, with the result (``render_change_form``).
+        """
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: ProviderConfig | None = None,
+    ) -> HttpResponse:
+        """Render the form with the Test connection button and, after a test, its result."""
+        form = getattr(context.get("adminform"), "form", None)
+        context["test_button"] = TEST_BUTTON
+        context["connection_result"] = getattr(form, "connection_result", None)
+        context["connection_tested"] = bool(getattr(form, "testing", False))
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def save_model(
         self, request: HttpRequest, obj: ProviderConfig, form: Any, change: bool
@@ -421,9 +505,21 @@ class ProviderConfigAdmin(admin.ModelAdmin):
             )
         else:
             saved = provider_config_create(**form.create_arguments(), actor=actor, checked=checked)
+            # After the commit, once this worker serves it (config sync's hook runs first).
+            transaction.on_commit(lambda: self._check_new_provider(request, saved.pk), robust=True)
         # The admin goes on with OBJ (log entry, redirect): give it the saved row.
         obj.pk = saved.pk
         obj.refresh_from_db()
+
+    def _check_new_provider(self, request: HttpRequest, pk: int) -> None:
+        """Check a provider just added and record the result, as "Check health now" would.
+
+        A disabled one is not checked: down on purpose is no outage (the
+        health monitor records none for it either).
+        """
+        config = ProviderConfig.objects.filter(pk=pk).first()
+        if config is not None and config.enabled:
+            self._check_and_record(request, [config])
 
     def delete_model(self, request: HttpRequest, obj: ProviderConfig) -> None:
         """Delete through the services, so that the deletion is audited."""
@@ -665,7 +761,10 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     @admin.action(description="Check health now")
     def check_health_now(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
         """Check the selected providers, record each result, and say how each went."""
-        configs = list(queryset)
+        self._check_and_record(request, list(queryset))
+
+    def _check_and_record(self, request: HttpRequest, configs: list[ProviderConfig]) -> None:
+        """Check CONFIGS, write a ``HealthCheck`` row for each, and tell the admin how each went."""
         live = [c.name for c in configs if c.name in runtime.registry]
         statuses = runtime.run_in_serving_loop(_check_providers, live) if live else {}
         for config in configs:

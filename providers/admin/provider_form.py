@@ -13,6 +13,23 @@ does not pin every schema default into the database. A blank field removes
 the setting: the plugin's default applies again. A blank secret keeps the
 stored one; its "remove" checkbox deletes it.
 
+A failed post shows the form again with the secrets the admin typed still
+in their password inputs (the value of that post, never a stored secret, and
+not a secret whose own field was refused), so that one wrong URL does not
+cost the key; a saved form redirects, and a GET renders no secret.
+
+Errors speak the admin's language: a schema's ``pattern`` on a URL says
+"Enter a URL starting with http:// or https:// in Base URL.", a minimum says
+"Read timeout (seconds) must be at least 0.1." (``human_message``), each
+under the field it names.
+
+The **Test connection** button (``TEST_BUTTON``) posts the form without
+saving it: the same validation, then ``connection_test`` starts the
+provider the form describes beside the live ones (the typed secrets, or the
+stored ones left blank), runs its health check (zero tokens: a model list
+or a ping) and shuts it down; the form comes back with the result
+(``ConnectionResult``, secrets masked) and nothing is saved.
+
 The form only translates what the admin typed into a change; validation is
 the provider services' own (``provider_config_check_update`` /
 ``provider_config_check_create``: the merge, the plugin's schema, then a
@@ -24,15 +41,22 @@ the very change checked here.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import re
+import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.debug import sensitive_variables
 
-from providers.base import secret_fields
+from providers.base import ROUTING_SETTINGS_SCHEMA, secret_fields
 from providers.config.services import (
     ProviderConfigPlan,
     provider_config_check_create,
@@ -41,7 +65,10 @@ from providers.config.services import (
 from providers.errors import ProviderConfigError, ProviderError, ProviderNotFoundError
 from providers.models import MAX_ROUTING_PRIORITY, ProviderConfig
 from providers.runtime import process as runtime
-from providers.secrets.masking import mask_secret
+from providers.runtime.registry import ProviderSpec, plugin_failure_text
+from providers.secrets.masking import mask_secret, redact
+from providers.secrets.values import config_secret_values
+from providers.types import HealthStatus
 
 SETTING_PREFIX = "setting__"
 CLEAR_PREFIX = "clear_secret__"
@@ -51,6 +78,25 @@ UNREADABLE_SECRETS_MESSAGE = (
     "The stored secrets cannot be decrypted with the keys in ECHO_ENCRYPTION_KEYS. "
     "Type the secrets again (they replace the stored ones), or untick 'Enabled'."
 )
+#: The name of the submit button that tests the connection instead of saving.
+TEST_BUTTON = "_test"
+#: Settings every provider has that most admins never touch: retries, the breaker,
+#: the deadline, the HTTP timeouts and pool. The admin shows them collapsed.
+ADVANCED_SETTINGS = frozenset(
+    {*ROUTING_SETTINGS_SCHEMA, "timeout", "connect_timeout", "max_connections"}
+)
+#: How many of the models a successful connection test found are listed.
+SHOWN_MODELS = 10
+URL_PATTERN_MESSAGE = "Enter a URL starting with http:// or https:// in {label}."
+TYPE_WORDS = {
+    "integer": "a whole number",
+    "number": "a number",
+    "string": "text",
+    "boolean": "on or off",
+    "array": "a list",
+    "object": "a JSON object",
+    "null": "empty",
+}
 
 
 def setting_field_name(prop: str) -> str:
@@ -61,6 +107,92 @@ def setting_field_name(prop: str) -> str:
 def clear_field_name(prop: str) -> str:
     """Return the name of the checkbox that removes stored secret PROP."""
     return f"{CLEAR_PREFIX}{prop}"
+
+
+def is_url_setting(prop: str, spec: dict[str, Any]) -> bool:
+    """Return whether schema property PROP (described by SPEC) holds an upstream URL."""
+    return prop == "base_url" or prop.endswith("_url") or spec.get("format") == "uri"
+
+
+def _label(prop: str, spec: dict[str, Any]) -> str:
+    return str(spec.get("title") or prop.replace("_", " ").capitalize())
+
+
+def _type_words(types: str) -> str:
+    return " or ".join(TYPE_WORDS.get(t, t) for t in types.split(" or "))
+
+
+#: providers.base's schema messages, each with the sentence that replaces it in the form.
+_SCHEMA_MESSAGES: list[tuple[re.Pattern[str], Any]] = [
+    (
+        re.compile(r"^Must match the pattern \^https\?://.*\.$"),
+        lambda m, label: URL_PATTERN_MESSAGE.format(label=label),
+    ),
+    (
+        re.compile(r"^Must match the pattern (.+)\.$"),
+        lambda m, label: f"{label} is not in the expected form (it must match {m[1]}).",
+    ),
+    (re.compile(r"^Must be a valid uri\.$"), lambda m, label: f"Enter a full URL in {label}."),
+    (
+        re.compile(r"^Must be of type (.+)\.$"),
+        lambda m, label: f"{label} must be {_type_words(m[1])}.",
+    ),
+    (re.compile(r"^Must be at least 1 characters long\.$"), lambda m, label: f"Enter {label}."),
+    (
+        re.compile(r"^Must be (at least|at most) (\S+) characters long\.$"),
+        lambda m, label: f"{label} must be {m[1]} {m[2]} characters long.",
+    ),
+    (
+        re.compile(r"^Must be (at least|at most|greater than|less than) (\S+)\.$"),
+        lambda m, label: f"{label} must be {m[1]} {m[2]}.",
+    ),
+    (
+        re.compile(r"^Must be one of: (.+)\.$"),
+        lambda m, label: f"{label} must be one of: {m[1]}.",
+    ),
+    (
+        re.compile(r"^Must have at (least|most) (\S+) items\.$"),
+        lambda m, label: f"{label} must have at {m[1]} {m[2]} items.",
+    ),
+    (
+        re.compile(r"^Must be a finite number\.$"),
+        lambda m, label: f"{label} must be a finite number.",
+    ),
+    (
+        re.compile(r"^Unknown setting\.$"),
+        lambda m, label: f"{label} is not a setting of this plugin.",
+    ),
+]
+
+
+def human_message(message: str, *, label: str) -> str:
+    """Return schema error MESSAGE as a plain sentence naming the field LABEL.
+
+    MESSAGE is one of ``providers.base``'s schema messages ("Must match the
+    pattern ^https?://."); any other message (the upstream policy's, a
+    plugin's own) is already a sentence and comes back as it is.
+    """
+    for pattern, sentence in _SCHEMA_MESSAGES:
+        found = pattern.match(message)
+        if found:
+            return sentence(found, label)
+    return message
+
+
+def _field_messages(label: str, kind: str | None) -> dict[str, str]:
+    """Return Django error messages for a field LABEL of JSON type KIND, naming it."""
+    escaped = label.replace("%", "%%")  # the messages are %-formatted with their limits
+    messages = {
+        "min_value": f"{escaped} must be at least %(limit_value)s.",
+        "max_value": f"{escaped} must be at most %(limit_value)s.",
+        "min_length": f"{escaped} must be at least %(limit_value)d characters long.",
+        "max_length": f"{escaped} must be at most %(limit_value)d characters long.",
+    }
+    if kind == "integer":
+        messages["invalid"] = f"{escaped} must be a whole number."
+    elif kind == "number":
+        messages["invalid"] = f"{escaped} must be a number."
+    return messages
 
 
 class LinesField(forms.Field):
@@ -129,10 +261,12 @@ def _help_text(prop: dict[str, Any], kind: str | None, *extra: str) -> SafeStrin
 def schema_field(name: str, prop: dict[str, Any], *, required: bool) -> forms.Field:
     """Return the form field that edits schema property NAME (described by PROP)."""
     kind = json_type(prop)
+    label = _label(name, prop)
     options: dict[str, Any] = {
-        "label": prop.get("title") or name.replace("_", " ").capitalize(),
+        "label": label,
         "help_text": _help_text(prop, kind),
         "required": required,
+        "error_messages": _field_messages(label, kind),
     }
     if isinstance(prop.get("enum"), list) and kind != "boolean":
         # Options travel as text; map each back to the enum's own value (int, str, ...).
@@ -182,7 +316,7 @@ def secret_field(
     else:
         state = "Not set."
     return forms.CharField(
-        label=prop.get("title") or name.replace("_", " ").capitalize(),
+        label=_label(name, prop),
         help_text=format_html("{}", " ".join(filter(None, [state, prop.get("description")]))),
         required=required,
         widget=forms.PasswordInput(
@@ -193,6 +327,80 @@ def secret_field(
 
 def _looks_secret(key: str) -> bool:
     return bool(secret_fields({"properties": {key: {}}}))
+
+
+# --- Test connection --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionResult:
+    """What a connection test found: up or not, how fast, the models listed, the error (masked)."""
+
+    available: bool
+    response_time_ms: float | None = None
+    models: tuple[str, ...] = ()
+    error: str = ""
+
+    @property
+    def shown_models(self) -> str:
+        """Return the first models found, as a line of text, saying how many more there are."""
+        shown = ", ".join(self.models[:SHOWN_MODELS])
+        more = len(self.models) - SHOWN_MODELS
+        return f"{shown} and {more} more" if more > 0 else shown
+
+
+@sensitive_variables("plan", "spec", "secrets")
+def connection_test(change: ProviderConfigPlan, *, timeout: float) -> ConnectionResult:
+    """Start the provider CHANGE describes beside the live ones, check its health, shut it down.
+
+    The check is the health monitor's (the plugin's ``health_check``: a model
+    list or a ping, never a completion), within TIMEOUT seconds. A disabled
+    CHANGE is tested as if enabled: the admin asks whether it would work.
+    Nothing is saved and nothing live changes. Every message is masked
+    against CHANGE's secrets, which no live instance knows yet.
+    """
+    plan = dataclasses.replace(change, enabled=True)
+    spec = plan.spec()
+    if spec is None:
+        return ConnectionResult(available=False, error=UNREADABLE_SECRETS_MESSAGE)
+    secrets = config_secret_values(plan.secrets or {}, plan.secrets or {})
+    try:
+        status = runtime.run_in_serving_loop(_candidate_health, spec, timeout, timeout=timeout + 60)
+    except ProviderError as exc:  # it would not start: refused setting, bad key, ...
+        status = HealthStatus(available=False, error=exc.message)
+    except Exception as exc:  # noqa: BLE001 - plugin code, or the serving loop's timeout
+        status = HealthStatus(available=False, error=plugin_failure_text(exc))
+    return ConnectionResult(
+        available=bool(status.available),
+        response_time_ms=status.response_time_ms,
+        models=tuple(str(model) for model in status.models or ()),
+        error=redact(str(status.error or ""), secrets),
+    )
+
+
+async def _candidate_health(spec: ProviderSpec, timeout: float) -> HealthStatus:
+    """Build SPEC's instance without serving it, run its health check, then discard it."""
+    provider = await runtime.registry.build_candidate(spec)
+    try:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                status = await provider.health_check()
+            if not isinstance(status, HealthStatus):
+                raise TypeError(f"health_check returned a {type(status).__name__}")
+        except TimeoutError:
+            status = HealthStatus(
+                available=False, error=f"Health check timed out after {timeout:g}s."
+            )
+        except ProviderError as exc:
+            status = HealthStatus(available=False, error=exc.message)
+        except Exception as exc:  # noqa: BLE001 - a plugin bug is a failed test, not a 500
+            status = HealthStatus(available=False, error=plugin_failure_text(exc))
+        if status.response_time_ms is None:
+            status.response_time_ms = round((time.perf_counter() - started) * 1000, 3)
+        return status
+    finally:
+        await runtime.registry.discard(provider)
 
 
 class ProviderConfigForm(forms.ModelForm):
@@ -228,6 +436,9 @@ class ProviderConfigForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # A post of the Test connection button: checked and tested, never saved.
+        self.testing = self.is_bound and TEST_BUTTON in self.data
+        self.connection_result: ConnectionResult | None = None
         self.stored_settings: dict[str, Any] = dict(self.instance.settings or {})
         stored_secrets = self.instance.readable_secrets()
         # Secrets no key decrypts: shown as such, and replaced by whatever is typed.
@@ -353,7 +564,8 @@ class ProviderConfigForm(forms.ModelForm):
         # The services' check: the merge, the plugin's schema and, when the
         # form has no other error, the candidate instance started.
         self.checked_change: ProviderConfigPlan | None = None
-        start = not self.errors
+        # A test starts its own candidate below, to report how it went rather than refuse.
+        start = not self.errors and not self.testing
         try:
             if self.instance._state.adding:
                 self.checked_change = provider_config_check_create(
@@ -368,7 +580,30 @@ class ProviderConfigForm(forms.ModelForm):
         except ProviderError as exc:
             # A provider that cannot start: next to the field its error names, if any.
             self._add_service_errors({exc.field or "config": [exc.message]})
+        if self.testing and not self.errors and self.checked_change is not None:
+            self.connection_result = connection_test(
+                self.checked_change, timeout=float(settings.ECHO_HEALTH_TIMEOUT_SECONDS)
+            )
         return cleaned
+
+    def is_valid(self) -> bool:
+        """Return whether the form may be saved: never for a Test connection post."""
+        return super().is_valid() and not self.testing
+
+    def full_clean(self) -> None:
+        """Validate; then let each secret typed into this post be shown back in its input.
+
+        Only a bound form's: only what this post typed can be rendered,
+        never a stored secret, never on a GET. A secret whose own field was
+        refused (a key the upstream rejected) is not sent back.
+        """
+        super().full_clean()
+        if not self.is_bound:
+            return
+        for prop in self.secret_props:
+            name = setting_field_name(prop)
+            if name in self.fields:
+                self.fields[name].widget.render_value = name not in self._errors
 
     def _add_service_errors(self, errors: dict[str, list[str]]) -> None:
         # A field Django already rejected would get a second, confusing message for the same input.
@@ -379,8 +614,10 @@ class ProviderConfigForm(forms.ModelForm):
             field, prefix = self._field_for_error(key)
             if field in already_wrong:
                 continue
+            label = self.fields[field].label if field in self.fields and not prefix else None
             for message in messages:
-                self.add_error(field, f"{prefix}{message}")
+                text = human_message(message, label=str(label)) if label else message
+                self.add_error(field, f"{prefix}{text}")
 
     def _field_for_error(self, key: str) -> tuple[str | None, str]:
         """Return (form field, message prefix) for an error the services file under KEY."""

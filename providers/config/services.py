@@ -30,6 +30,12 @@ A provider the YAML import disabled only because secrets were missing
 supplies all of them and does not itself say ``enabled: false``; a provider
 an admin disabled stays disabled.
 
+The fallbacks a write adds through the admin or an API (``/api/providers/``,
+``/plugins/``) must name configured providers, and a ``provider/model`` one
+a model that provider is known to serve (``fallback_target_errors``): the
+same refusal, naming ``fallbacks`` and the item, wherever it comes from. The
+YAML import is exempt: its providers name one another before all exist.
+
 A provider's ``routing_priority`` (which provider answers a bare model name
 that several serve) is one more field of the same write, audited as
 ``routing_priority``.
@@ -47,15 +53,25 @@ transaction, and after the commit have every worker serve the new groups
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
-from providers.audit.history import SYSTEM, Actor, record_change, snapshot
+from providers.audit.history import (
+    SOURCE_ADMIN,
+    SOURCE_API,
+    SOURCE_PLUGINS_API,
+    SYSTEM,
+    Actor,
+    record_change,
+    snapshot,
+)
 from providers.base import secret_fields
 from providers.errors import (
     ProviderConfigError,
@@ -86,6 +102,19 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REQUIRED_MESSAGE = "This field is required."
 # Words the management API uses after /plugins/: a provider so named could not be reached there.
 RESERVED_NAMES = frozenset({"health", "metadata", "instances", "discover"})
+#: The interfaces that write one provider at a time: the fallbacks they add must name
+#: configured providers (and models those serve). Not the YAML import, whose providers
+#: name one another (openai -> anthropic -> openai) before all of them exist.
+FALLBACK_TARGET_SOURCES = frozenset({SOURCE_ADMIN, SOURCE_API, SOURCE_PLUGINS_API})
+#: How long a fallback's check may wait for its provider's model list from the upstream.
+FALLBACK_MODEL_LIST_SECONDS = 5.0
+#: How many of a provider's models a refused fallback's message suggests.
+FALLBACK_SUGGESTIONS = 5
+#: How many refused fallbacks are named one by one, and how much of each is quoted.
+FALLBACK_PROBLEMS_SHOWN = 10
+FALLBACK_QUOTED_CHARS = 80
+#: A model name longer than this is nobody's: refused without looking for close matches.
+FALLBACK_MODEL_MAX_CHARS = 200
 
 
 def plugin_schema(plugin: str) -> dict[str, Any]:
@@ -130,7 +159,13 @@ def provider_config_errors(
     else:
         bad = [f for f in fallbacks if not FALLBACK_PATTERN.match(f)]
         if bad:
-            errors["fallbacks"] = [f"Not a provider name or 'name/model': {', '.join(bad)}."]
+            # Quoted short, and only the first few: an error must not echo a huge body back.
+            shown = ", ".join(_quoted(f) for f in bad[:FALLBACK_PROBLEMS_SHOWN])
+            more = len(bad) - FALLBACK_PROBLEMS_SHOWN
+            errors["fallbacks"] = [
+                f"Not a provider name or 'name/model': {shown}"
+                + (f" and {more} more." if more > 0 else ".")
+            ]
         elif name is not None and any(f.split("/", 1)[0] == name for f in fallbacks):
             errors["fallbacks"] = ["A provider cannot fall back to itself."]
     if not isinstance(settings, dict):
@@ -161,6 +196,84 @@ def provider_config_errors(
         if problem:
             errors[field] = [problem]
     return errors
+
+
+def fallback_target_errors(*, fallbacks: Sequence[str], stored: Sequence[str] = ()) -> list[str]:
+    """Return what is wrong with each of FALLBACKS not already STORED, naming the item.
+
+    ``name`` must name a configured provider. ``name/model`` must also name
+    a model that provider is known to serve: one the model catalogue lists
+    for it (its well-known models, its default model, a dated or tagged
+    variant of one), or one its upstream lists (asked once, kept
+    ``ECHO_MODEL_LIST_CACHE_SECONDS``). A provider this process does not
+    serve (disabled, or not loaded) has no known list: any model is accepted
+    for it. Items already stored are not checked again, so that a provider
+    removed since, or a model list that changed, does not block unrelated edits.
+    FALLBACKS must have passed ``provider_config_errors``'s shape check.
+    """
+    kept = set(stored)
+    added = [item for item in dict.fromkeys(fallbacks) if item not in kept]
+    if not added:
+        return []
+    wanted = {item.split("/", 1)[0] for item in added}
+    configured = set(ProviderConfig.objects.filter(name__in=wanted).values_list("name", flat=True))
+    problems: list[str] = []
+    refused = 0
+    for item in added:
+        provider, _, model = item.partition("/")
+        if provider not in configured:
+            problem: str | None = (
+                f"no provider named {provider!r} is configured. "
+                "A fallback must name a configured provider."
+            )
+        else:
+            problem = _fallback_model_problem(provider, model) if model else None
+        if problem:
+            refused += 1
+            if refused <= FALLBACK_PROBLEMS_SHOWN:
+                problems.append(f"{_quoted(item)}: {problem}")
+    if refused > FALLBACK_PROBLEMS_SHOWN:
+        problems.append(f"And {refused - FALLBACK_PROBLEMS_SHOWN} more fallbacks are refused.")
+    return problems
+
+
+def _quoted(text: str) -> str:
+    """Return TEXT quoted for a message, cut to ``FALLBACK_QUOTED_CHARS``."""
+    if len(text) > FALLBACK_QUOTED_CHARS:
+        return repr(text[:FALLBACK_QUOTED_CHARS] + "...")
+    return repr(text)
+
+
+def _fallback_model_problem(provider: str, model: str) -> str | None:
+    """Return why PROVIDER is not known to serve MODEL, or None when it is (or its list is unknown)."""
+    if provider not in runtime.registry:
+        return None  # disabled or not loaded here: what it serves is unknown
+    if len(model) > FALLBACK_MODEL_MAX_CHARS:
+        return f"the provider {provider!r} serves no model with so long a name."
+    if provider in runtime.manager.catalogue.providers_for(model):
+        return None
+    try:
+        listed = run_in_serving_loop(
+            runtime.model_lists.models, provider, timeout=FALLBACK_MODEL_LIST_SECONDS
+        )
+    except Exception:  # noqa: BLE001 - the catalogue's answer stands
+        logger.warning("the model list of %s could not be read for a fallback check", provider)
+        listed = []
+    if model in listed or provider in runtime.manager.catalogue.providers_for(model):
+        return None
+    known = sorted({*listed, *_catalogue_models(provider)})
+    hint = difflib.get_close_matches(model, known, n=FALLBACK_SUGGESTIONS, cutoff=0.4)
+    hint = hint or known[:FALLBACK_SUGGESTIONS]
+    suggestion = f" Models it serves include: {', '.join(hint)}." if hint else ""
+    return (
+        f"the provider {provider!r} is not known to serve the model {_quoted(model)}.{suggestion}"
+    )
+
+
+def _catalogue_models(provider: str) -> list[str]:
+    """Return the bare model names the catalogue lists for live PROVIDER."""
+    catalogue = runtime.manager.catalogue
+    return [name for name in catalogue.names() if provider in catalogue.providers_for(name)]
 
 
 def url_settings(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
@@ -336,8 +449,14 @@ def _enablement(
 
 
 @sensitive_variables("settings", "secrets")
-def _plan_update(row: ProviderConfig, changes: dict[str, Any]) -> ProviderConfigPlan:
-    """Return what ROW becomes after CHANGES; raise ``ProviderConfigError`` when invalid."""
+def _plan_update(
+    row: ProviderConfig, changes: dict[str, Any], *, check_fallback_targets: bool = False
+) -> ProviderConfigPlan:
+    """Return what ROW becomes after CHANGES; raise ``ProviderConfigError`` when invalid.
+
+    With CHECK_FALLBACK_TARGETS, the fallbacks added to ROW's must name
+    configured providers and their models (``fallback_target_errors``).
+    """
     _check_shapes(changes)
     plugin = changes.get("plugin", row.plugin)
     settings, secrets = merge_provider_config(
@@ -354,18 +473,21 @@ def _plan_update(row: ProviderConfig, changes: dict[str, Any]) -> ProviderConfig
                 ]
             }
         )
-    _raise_if(
-        provider_config_errors(
-            plugin=plugin,
-            settings=settings,
-            # Unreadable secrets kept as they are belong to a disabled provider:
-            # required ones are not asked for.
-            secrets=secrets if secrets is not None else {},
-            fallbacks=fallbacks,
-            name=row.name,
-            enabled=enabled,
-        )
+    errors = provider_config_errors(
+        plugin=plugin,
+        settings=settings,
+        # Unreadable secrets kept as they are belong to a disabled provider:
+        # required ones are not asked for.
+        secrets=secrets if secrets is not None else {},
+        fallbacks=fallbacks,
+        name=row.name,
+        enabled=enabled,
     )
+    if check_fallback_targets and "fallbacks" not in errors:
+        problems = fallback_target_errors(fallbacks=fallbacks or [], stored=row.fallbacks or [])
+        if problems:
+            errors["fallbacks"] = problems
+    _raise_if(errors)
     return ProviderConfigPlan(
         name=row.name,
         plugin=plugin,
@@ -393,8 +515,13 @@ def _plan_create(
     disabled_reason: str = "",
     missing_secrets: list[str] | tuple[str, ...] = (),
     routing_priority: int = DEFAULT_ROUTING_PRIORITY,
+    check_fallback_targets: bool = False,
 ) -> ProviderConfigPlan:
-    """Return the row a create saves; raise ``ProviderConfigError`` naming each bad field."""
+    """Return the row a create saves; raise ``ProviderConfigError`` naming each bad field.
+
+    With CHECK_FALLBACK_TARGETS, the fallbacks must name configured
+    providers and their models (``fallback_target_errors``).
+    """
     changes = {"settings": settings or {}, "secrets": secrets or {}}
     _check_shapes(
         {**changes, "missing_secrets": list(missing_secrets), "routing_priority": routing_priority}
@@ -409,6 +536,10 @@ def _plan_create(
         name=name,
         enabled=enabled,
     )
+    if check_fallback_targets and "fallbacks" not in errors:
+        problems = fallback_target_errors(fallbacks=fallbacks)
+        if problems:
+            errors["fallbacks"] = problems
     if ProviderConfig.objects.filter(name=name).exists():
         errors.setdefault("name", []).append(f"A provider named {name!r} already exists.")
     _raise_if(errors)
@@ -466,15 +597,25 @@ async def _start_and_stop(spec: ProviderSpec) -> None:
 # --- the services -----------------------------------------------------------------
 
 
+def _checks_fallback_targets(actor: Actor, check_fallback_targets: bool | None) -> bool:
+    """Return whether a write by ACTOR checks its fallbacks' targets (None: by its source)."""
+    if check_fallback_targets is None:
+        return actor.source in FALLBACK_TARGET_SOURCES
+    return check_fallback_targets
+
+
 @sensitive_variables("new")
-def provider_config_check_create(*, start: bool = True, **new: Any) -> ProviderConfigPlan:
+def provider_config_check_create(
+    *, start: bool = True, check_fallback_targets: bool = True, **new: Any
+) -> ProviderConfigPlan:
     """Validate a new provider and start its candidate; return what the create would save.
 
     NEW are ``provider_config_create``'s fields (name, plugin, settings, ...).
     Raise ``ProviderConfigError`` or ``ProviderInitializationError``; save
-    nothing. With START false, validate only.
+    nothing. With START false, validate only. The fallbacks' targets are
+    checked unless CHECK_FALLBACK_TARGETS is false.
     """
-    change = _plan_create(**new)
+    change = _plan_create(**new, check_fallback_targets=check_fallback_targets)
     if start:
         check_candidate(change)
     return change
@@ -482,7 +623,11 @@ def provider_config_check_create(*, start: bool = True, **new: Any) -> ProviderC
 
 @sensitive_variables("new")
 def provider_config_create(
-    *, actor: Actor = SYSTEM, checked: ProviderConfigPlan | None = None, **new: Any
+    *,
+    actor: Actor = SYSTEM,
+    checked: ProviderConfigPlan | None = None,
+    check_fallback_targets: bool | None = None,
+    **new: Any,
 ) -> ProviderConfig:
     """Create a provider (validated, its candidate started, then saved and audited).
 
@@ -492,8 +637,12 @@ def provider_config_create(
     each bad field, or ``ProviderInitializationError`` when it cannot start;
     either way nothing is saved. ACTOR (who, through what) goes into the audit
     trail. CHECKED, what ``provider_config_check_create`` returned for the same
-    input, spares starting the candidate a second time.
+    input, spares starting the candidate a second time. The fallbacks must
+    name configured providers and their models (``fallback_target_errors``)
+    when CHECK_FALLBACK_TARGETS says so; None: when ACTOR is the admin or an
+    API (``FALLBACK_TARGET_SOURCES``), not the YAML import.
     """
+    new["check_fallback_targets"] = _checks_fallback_targets(actor, check_fallback_targets)
     change = _plan_create(**new)
     if change != checked:
         check_candidate(change)
@@ -513,14 +662,21 @@ def provider_config_create(
 
 @sensitive_variables("changes")
 def provider_config_check_update(
-    *, config: ProviderConfig, changes: dict[str, Any], start: bool = True
+    *,
+    config: ProviderConfig,
+    changes: dict[str, Any],
+    start: bool = True,
+    check_fallback_targets: bool = True,
 ) -> ProviderConfigPlan:
     """Validate CHANGES to CONFIG and start the candidate; return what the update would save.
 
     Raise ``ProviderConfigError`` or ``ProviderInitializationError``; save
-    nothing. With START false, validate only.
+    nothing. With START false, validate only. The fallbacks added are
+    checked against the configured providers unless CHECK_FALLBACK_TARGETS is false.
     """
-    change = _plan_update(_current_row(config), changes)
+    change = _plan_update(
+        _current_row(config), changes, check_fallback_targets=check_fallback_targets
+    )
     if start:
         check_candidate(change)
     return change
@@ -534,6 +690,7 @@ def provider_config_update(
     changes: dict[str, Any],
     actor: Actor = SYSTEM,
     checked: ProviderConfigPlan | None = None,
+    check_fallback_targets: bool | None = None,
 ) -> ProviderConfig:
     """Apply CHANGES to CONFIG: validate, start the candidate, save, audit, raise the revision.
 
@@ -543,14 +700,18 @@ def provider_config_update(
     and change nothing when the result is invalid or cannot start. CHECKED,
     what ``provider_config_check_update`` returned for the same CHANGES,
     spares starting the candidate a second time when the row has not moved.
+    The fallbacks added must name configured providers and their models
+    (``fallback_target_errors``) when CHECK_FALLBACK_TARGETS says so; None:
+    when ACTOR is the admin or an API, not the YAML import.
     """
+    targets = _checks_fallback_targets(actor, check_fallback_targets)
     # Planned and started outside the row lock: a plugin may take seconds to start.
-    change = _plan_update(_current_row(config), changes)
+    change = _plan_update(_current_row(config), changes, check_fallback_targets=targets)
     if change != checked:
         check_candidate(change)
     with transaction.atomic():
         row = ProviderConfig.objects.select_for_update().get(pk=config.pk)
-        locked_change = _plan_update(row, changes)
+        locked_change = _plan_update(row, changes, check_fallback_targets=targets)
         if locked_change != change:
             # Another write landed in between: check what will actually be saved.
             check_candidate(locked_change)
