@@ -36,7 +36,15 @@ from providers.errors import (
     ProviderError,
     UnsupportedCapabilityError,
 )
-from providers.types import ChatRequest, ChatResponse, HealthStatus, StreamingChunk
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    HealthStatus,
+    StreamingChunk,
+    Usage,
+)
 
 
 class PluginCapability(str, Enum):
@@ -403,6 +411,10 @@ class AbstractAIProvider(ABC):
     #: option is dropped silently. A plugin that honours more declares
     #: ``DEFAULT_SUPPORTED_OPTIONS | {"seed", ...}``.
     supported_options: ClassVar[frozenset[str]] = DEFAULT_SUPPORTED_OPTIONS
+    #: The embedding options this plugin honours: ``dimensions`` (shorter
+    #: vectors) and ``token_input`` (token-id arrays as input). Any other
+    #: provider refuses a call that sets one (400), never drops it.
+    embedding_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
         self.name = name or self.__class__.__name__
@@ -535,6 +547,19 @@ class AbstractAIProvider(ABC):
         raise UnsupportedCapabilityError(
             f"Provider {self.name!r} does not support embeddings.", provider=self.name
         )
+
+    async def create_embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Return REQUEST's vectors, the model that made them and the tokens they cost.
+
+        The default serves the guide's ``embeddings(texts, model)`` and counts a
+        token a word (the guide's method reports no usage); a plugin whose
+        upstream counts overrides it. Options the plugin does not declare in
+        ``embedding_options`` were refused before this is called.
+        """
+        texts = [str(text) for text in request.input]
+        vectors = await self.embeddings(texts, request.model)
+        usage = Usage(prompt_tokens=sum(len(text.split()) for text in texts))
+        return EmbeddingResponse(vectors=vectors, model=request.model, usage=usage)
 
     # --- health and models ----------------------------------------------
 

@@ -13,6 +13,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+#: The content part type of a document (a PDF or a plain text) in a message:
+#: ``{"type": "document", "document": {"source": {...}, "title"?, "context"?}}``,
+#: the document as Anthropic's ``document`` block describes it, with a
+#: ``source`` of type ``base64`` (``application/pdf``), ``text``
+#: (``text/plain``) or ``url`` (a PDF's address).
+DOCUMENT_PART = "document"
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 
@@ -69,6 +76,11 @@ class ChatRequest:
     - ``thinking``: Anthropic's ``{"type": "enabled", "budget_tokens": N}``
       or ``{"type": "disabled"}``.
     - ``user``: the end user's id (Anthropic's ``metadata.user_id``).
+    - ``n``: how many choices to answer (more than 1), for a provider that
+      answers several natively; they come back in ``ChatResponse.more_choices``.
+    - ``documents`` (read from the messages, not set): the kinds of the
+      document parts the messages hold (``DOCUMENT_PART``), so that only a
+      provider that reads documents is given them.
 
     METADATA is Echo's own, never a client's option.
     """
@@ -93,11 +105,24 @@ class ChatRequest:
     parallel_tool_calls: bool | None = None
     top_k: int | None = None
     thinking: dict[str, Any] | None = None
+    n: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def with_model(self, model: str | None) -> ChatRequest:
         """Return a copy of this request aimed at MODEL."""
         return dataclasses.replace(self, model=model)
+
+    @property
+    def documents(self) -> list[str] | None:
+        """Return the source types of the messages' document parts, in order; None when there are none."""
+        kinds = [
+            str(part.get("document", {}).get("source", {}).get("type"))
+            for message in self.messages
+            if not isinstance(message.content, str)
+            for part in message.content
+            if part.get("type") == DOCUMENT_PART
+        ]
+        return kinds or None
 
 
 #: The ChatRequest fields that are a client's options (see ``ChatRequest``).
@@ -119,6 +144,8 @@ OPTION_FIELDS: tuple[str, ...] = (
     "parallel_tool_calls",
     "top_k",
     "thinking",
+    "n",
+    "documents",
 )
 
 
@@ -143,7 +170,11 @@ class Usage:
 
 @dataclass(slots=True)
 class ChatResponse:
-    """A whole (non-streamed) answer."""
+    """A whole (non-streamed) answer.
+
+    MORE_CHOICES holds the choices after the first (OpenAI's ``choices[1:]``)
+    when the request asked for ``n`` of them; their usage is in this one's.
+    """
 
     content: str
     model: str
@@ -154,6 +185,7 @@ class ChatResponse:
     id: str = field(default_factory=lambda: f"chat-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     metadata: dict[str, Any] = field(default_factory=dict)
+    more_choices: list[ChatResponse] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the answer as JSON-ready data (written out: ``asdict`` deep-copies, per request)."""
@@ -173,7 +205,36 @@ class ChatResponse:
             "id": self.id,
             "created": self.created,
             "metadata": dict(self.metadata),
+            "more_choices": [choice.as_dict() for choice in self.more_choices],
         }
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """A request for embedding vectors.
+
+    INPUT is texts, or token-id arrays (OpenAI's form, which only a provider
+    declaring ``token_input`` in ``AbstractAIProvider.embedding_options`` can
+    read); DIMENSIONS asks for shorter vectors (``dimensions`` declared).
+    """
+
+    input: list[str] | list[list[int]]
+    model: str | None = None
+    dimensions: int | None = None
+
+    @property
+    def is_tokens(self) -> bool:
+        """Return whether the input is token-id arrays rather than texts."""
+        return bool(self.input) and not isinstance(self.input[0], str)
+
+
+@dataclass(slots=True)
+class EmbeddingResponse:
+    """Embedding vectors in input order, the model that made them and the tokens they cost."""
+
+    vectors: list[list[float]]
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass(slots=True)

@@ -399,7 +399,15 @@ _COMPLETION_REQUEST = {
                 }
             },
         },
-        "n": {"type": "integer", "enum": [1], "description": "Echo answers with one choice."},
+        "n": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 8,
+            "description": (
+                "How many choices: openai answers them in one call; other providers (and every "
+                "stream) get n calls at once, merged, streamed chunks tagged by `choices[].index`."
+            ),
+        },
         "temperature": _number(0, 2, "Sampling temperature."),
         "top_p": _number(0, 1, "Nucleus sampling."),
         "max_tokens": _whole("Longest answer, in tokens."),
@@ -551,7 +559,7 @@ _OPENAI_USAGE = {
 }
 _COMPLETION = {
     "type": "object",
-    "description": "A `chat.completion`: one choice.",
+    "description": "A `chat.completion`: one choice per `n`.",
     "required": ["id", "object", "created", "model", "choices", "usage"],
     "properties": {
         "id": {"type": "string", "example": "chatcmpl-4c5b0d7e..."},
@@ -704,17 +712,28 @@ _EMBEDDING_REQUEST = {
     "properties": {
         "model": _MODEL,
         "input": {
-            "description": "Text, or a non-empty list of texts (token arrays are refused).",
+            "description": (
+                "Text, a non-empty list of texts, or token ids (one array, or a list of arrays: "
+                "what LangChain's OpenAIEmbeddings sends; openai only, other providers 400)."
+            ),
             "oneOf": [
                 {"type": "string"},
                 {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                },
             ],
         },
         "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
         "dimensions": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 65536,
             "nullable": True,
-            "enum": [None],
-            "description": "Refused unless null: the provider's model gives its own dimensions.",
+            "description": "The vectors' length: openai only, other providers 400.",
         },
     },
     "example": {"model": "openai/text-embedding-3-small", "input": ["first text", "second text"]},
@@ -1060,8 +1079,9 @@ data: {"type":"message_stop"}
 ```
 
 Per content block: `content_block_start`, `content_block_delta` (`text_delta`, or one whole \
-`input_json_delta` per tool call) and `content_block_stop`. Input tokens are known only at \
-the end: `message_start` reports 0 and `message_delta` carries both counts. A failure after \
+`input_json_delta` per tool call) and `content_block_stop`. `message_start` reports the \
+input tokens (the anthropic upstream's count, or Echo's estimate for other providers); \
+`message_delta` carries the provider's final counts. A failure after \
 the stream started is one `error` event (Anthropic's error shape), after which the stream \
 ends."""
 

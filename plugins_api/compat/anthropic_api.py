@@ -11,7 +11,11 @@ Anthropic's wire format; the serving (key check, routing, usage) is
 This is the reverse of ``providers.plugins.anthropic_wire``, which speaks
 the Messages API to Anthropic: here a Messages body becomes Echo's common
 request (system prompt first, ``tool_use`` blocks as tool calls,
-``tool_result`` blocks as ``tool`` messages, images as ``image_url`` parts)
+``tool_result`` blocks as ``tool`` messages, images as ``image_url`` parts,
+``document`` blocks (a base64 PDF, a plain text, a PDF's URL) as document
+parts that only a provider declaring ``documents`` is given: anthropic as
+they are, openai as text and ``file`` parts; any other refuses the call
+with a 400 naming them)
 and the common answer becomes a ``message`` (content blocks, ``stop_reason``
 mapped back: stop -> end_turn, length -> max_tokens, tool_calls ->
 tool_use). The wire module's tables (stop reasons, error types, image
@@ -21,9 +25,13 @@ A stream is Anthropic's event sequence: ``message_start``, then per content
 block ``content_block_start`` (the first followed by a ``ping``),
 ``content_block_delta`` (``text_delta`` or one whole ``input_json_delta``
 per tool call) and ``content_block_stop``, then ``message_delta`` with the
-``stop_reason`` and usage, and ``message_stop``. Input tokens are known
-only at the end, so ``message_start`` reports 0 and ``message_delta``
-carries both counts (the SDK takes the later values). A failure after the
+``stop_reason`` and usage, and ``message_stop``. ``message_start``
+reports the input tokens as soon as they are known: the anthropic upstream's
+own count (its first chunk's ``input_tokens`` metadata), else Echo's
+estimate (``count_tokens.estimate_tokens``, as ``/v1/messages/count_tokens``
+gives it); ``message_delta`` carries the provider's final counts, which the
+SDK takes over the earlier ones (the estimate stays when a provider reports
+none). A failure after the
 stream started is an ``error`` event, after which the stream ends.
 
 Errors have Anthropic's shape, ``{"type": "error", "error": {"type",
@@ -35,6 +43,7 @@ the SDK raises ``RateLimitError`` at once, without retrying.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -75,7 +84,17 @@ from plugins_api.edge.chat_requests import (
 from plugins_api.edge.sse import sse_event
 from providers.errors import ProviderError
 from providers.plugins.anthropic_wire import ERROR_TYPE_STATUS, IMAGE_MEDIA_TYPES, STOP_REASONS
-from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall
+from providers.types import (
+    DOCUMENT_PART,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    StreamingChunk,
+    ToolCall,
+)
+
+#: The longest ``title`` or ``context`` of a document block.
+MAX_DOCUMENT_LABEL = 10_000
 
 # The common finish reasons back to Anthropic's stop reasons (the first one
 # of STOP_REASONS that maps to each wins: end_turn, max_tokens, tool_use, refusal).
@@ -182,6 +201,66 @@ def _image_part(block: dict[str, Any], at: str) -> dict[str, Any]:
     raise RequestFieldError(f"{at}.source.type", "Must be 'base64' or 'url'.")
 
 
+#: Anthropic's document sources Echo takes: their type and the media type each must name.
+DOCUMENT_SOURCES = {"base64": "application/pdf", "text": "text/plain", "url": None}
+BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _document_part(block: dict[str, Any], at: str) -> dict[str, Any]:
+    """Return a ``document`` block (a PDF, or a plain text) as a common document part.
+
+    Checked as Anthropic's reference describes it: ``source`` is base64 PDF
+    data, plain text, or a PDF's URL; ``title`` and ``context`` are text.
+    ``citations`` cannot be honoured (Echo's answers carry no citations):
+    asking for them is refused. ``cache_control`` is Anthropic's caching
+    hint, left out as on every block.
+    """
+    source = block.get("source")
+    if not isinstance(source, dict) or source.get("type") not in DOCUMENT_SOURCES:
+        raise RequestFieldError(
+            f"{at}.source",
+            "Required: {'type': 'base64', 'media_type': 'application/pdf', 'data'}, "
+            "{'type': 'text', 'media_type': 'text/plain', 'data'} or {'type': 'url', 'url'}.",
+        )
+    kind = source["type"]
+    if kind == "url":
+        url = required_string(source, "url", f"{at}.source")
+        if not url.startswith(("https://", "http://")):
+            raise RequestFieldError(f"{at}.source.url", "Must be an http(s) URL of a PDF.")
+        checked: dict[str, Any] = {"type": "url", "url": url}
+    else:
+        media_type = DOCUMENT_SOURCES[kind]
+        if source.get("media_type") != media_type:
+            raise RequestFieldError(f"{at}.source.media_type", f"Must be {media_type!r}.")
+        data = source.get("data")
+        if not isinstance(data, str) or not data:
+            raise RequestFieldError(f"{at}.source.data", "Required: the document's data.")
+        if "\x00" in data or (kind == "base64" and not BASE64_TEXT.fullmatch(data)):
+            raise RequestFieldError(
+                f"{at}.source.data",
+                "Must be base64 data." if kind == "base64" else "Must be text without NUL.",
+            )
+        checked = {"type": kind, "media_type": media_type, "data": data}
+    document: dict[str, Any] = {"source": checked}
+    for key in ("title", "context"):
+        value = optional_string(block, key, at)
+        if value is not None:
+            if len(value) > MAX_DOCUMENT_LABEL:
+                raise RequestFieldError(f"{at}.{key}", f"At most {MAX_DOCUMENT_LABEL} characters.")
+            document[key] = value
+    citations = block.get("citations")
+    if citations is not None:
+        enabled = citations.get("enabled") if isinstance(citations, dict) else None
+        if not isinstance(enabled, bool | None):
+            raise RequestFieldError(f"{at}.citations.enabled", "Must be true or false.")
+        if enabled:
+            raise RequestFieldError(
+                f"{at}.citations",
+                "Echo's answers carry no citations: leave citations off for this document.",
+            )
+    return {"type": DOCUMENT_PART, "document": document}
+
+
 def _blocks(content: Any, at: str) -> list[dict[str, Any]]:
     """Return CONTENT (a string or at most ``MAX_CONTENT_PARTS`` blocks) as a list of blocks."""
     if isinstance(content, str):
@@ -222,6 +301,8 @@ def _user_turn(blocks: list[dict[str, Any]], at: str) -> list[ChatMessage]:
             parts.append({"type": "text", "text": required_string(block, "text", where)})
         elif kind == "image":
             parts.append(_image_part(block, where))
+        elif kind == "document":
+            parts.append(_document_part(block, where))
         elif kind == "tool_result":
             tool_use_id = block.get("tool_use_id")
             if not isinstance(tool_use_id, str) or not tool_use_id:
@@ -240,7 +321,7 @@ def _user_turn(blocks: list[dict[str, Any]], at: str) -> list[ChatMessage]:
             raise RequestFieldError(
                 f"{where}.type",
                 f"Block type {kind!r} is not supported through Echo "
-                "(text, image and tool_result are).",
+                "(text, image, document and tool_result are).",
             )
     messages = results
     if parts:
@@ -497,13 +578,30 @@ def message_body(response: ChatResponse) -> dict[str, Any]:
 class MessageEvents:
     """The Messages API events of one stream (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: ChatRequest | None = None) -> None:
         self.index = 0
         self.text_open = False
         self.pinged = False
+        self.request = request
+        self.input_tokens = 0
+
+    def _known_input_tokens(self, first: StreamingChunk) -> int:
+        """Return the input tokens to report before the end: the provider's, else the estimate."""
+        if first.is_final and first.usage is not None:
+            return first.usage.prompt_tokens
+        told = first.metadata.get("input_tokens")
+        if isinstance(told, int) and not isinstance(told, bool) and told >= 0:
+            return told
+        if self.request is None:
+            return 0
+        # Imported here: count_tokens is built on this module's parsing.
+        from plugins_api.compat.count_tokens import estimate_tokens
+
+        return estimate_tokens(self.request)
 
     def opening(self, first: StreamingChunk) -> Iterator[bytes]:
         meta = first.metadata
+        self.input_tokens = self._known_input_tokens(first)
         message = {
             "id": message_id(),
             "type": "message",
@@ -512,7 +610,7 @@ class MessageEvents:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
         }
         yield sse_event("message_start", {"message": message})
 
@@ -548,7 +646,7 @@ class MessageEvents:
                         "stop_sequence": chunk.metadata.get("stop_sequence"),
                     },
                     "usage": {
-                        "input_tokens": usage.prompt_tokens if usage else 0,
+                        "input_tokens": usage.prompt_tokens if usage else self.input_tokens,
                         "output_tokens": usage.completion_tokens if usage else 0,
                     },
                 },
@@ -577,7 +675,7 @@ MESSAGES = ChatWire(
     errors=ANTHROPIC_ERRORS,
     parse=parse_messages_call,
     body=message_body,
-    stream_format=lambda call: MessageEvents(),
+    stream_format=lambda call: MessageEvents(call.request),
 )
 
 

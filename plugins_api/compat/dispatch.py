@@ -17,11 +17,24 @@ A key with a model allow-list (``key_model_access``) is refused a model it
 may not use (403 ``model_not_allowed`` in the API's shape, before its limits
 are counted), and the manager skips any fallback it may not use
 (``request_auth.route_filter``).
+
+A call that asks for ``n`` choices (``ChatRequest.n``, OpenAI's ``n``) is
+passed whole to a provider that answers several natively (it declares ``n``
+in ``supported_options``: openai) when it is not streamed. Otherwise Echo
+makes N calls at once through the manager, each a normal routed call with
+its retries and failover, and merges them: ``more_choices`` for a whole
+answer; for a stream, the N streams' chunks interleaved as they come, each
+tagged with its choice (``CHOICE_INDEX`` in its metadata; a choice's end is a
+chunk with its ``finish_reason`` that is not final), then one final chunk
+with the summed usage (``CHOICE_COUNT`` in its metadata). Either way the
+call counts as one request for the key's limits and is charged all tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -42,7 +55,14 @@ from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import StreamFormat, encode_stream, event_stream_response, first_chunk
 from providers.errors import ProviderError
 from providers.runtime import process as runtime
-from providers.types import ChatRequest, ChatResponse
+from providers.runtime.manager import RouteFilter
+from providers.runtime.request_options import supported_options
+from providers.types import ChatRequest, ChatResponse, StreamingChunk, Usage
+
+#: The metadata key of a merged stream's chunk that says which choice it belongs to.
+CHOICE_INDEX = "choice_index"
+#: The metadata key of a merged stream's final chunk: how many choices it merged.
+CHOICE_COUNT = "choice_count"
 
 PROVIDER_HEADER = "x-echo-provider"
 MODEL_HEADER = "x-echo-model"
@@ -103,6 +123,120 @@ def provider_failure(
     if exc.provider:
         headers[PROVIDER_HEADER] = exc.provider
     return status, message, headers
+
+
+# --- several choices (n) -------------------------------------------------------
+
+
+def answers_choices_natively(request: ChatRequest) -> bool:
+    """Return whether REQUEST's first route is a provider that answers ``n`` choices itself."""
+    try:
+        route = runtime.manager.resolve(request)
+        provider = runtime.registry.get(route.provider)
+    except ProviderError:
+        return False  # the call itself refuses it in its own words
+    return "n" in supported_options(provider)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def fan_out_completion(
+    request: ChatRequest, count: int, *, allow: RouteFilter | None
+) -> ChatResponse:
+    """Return COUNT answers to REQUEST, made at once through the manager, as one answer.
+
+    The first is the answer; the others are its ``more_choices``; the usage
+    is their sum. One failure fails the call (the others are cancelled).
+    """
+    tasks = [
+        asyncio.ensure_future(runtime.manager.chat_completion(request, allow=allow))
+        for _ in range(count)
+    ]
+    try:
+        answers = await asyncio.gather(*tasks)
+    except BaseException:
+        await _cancel(tasks)
+        raise
+    first = answers[0]
+    first.more_choices = list(answers[1:])
+    first.usage = Usage(
+        prompt_tokens=sum(answer.usage.prompt_tokens for answer in answers),
+        completion_tokens=sum(answer.usage.completion_tokens for answer in answers),
+    )
+    return first
+
+
+async def fan_out_stream(
+    request: ChatRequest, count: int, *, allow: RouteFilter | None
+) -> AsyncIterator[StreamingChunk]:
+    """Yield the chunks of COUNT streams of REQUEST, run at once, interleaved (see the module docstring).
+
+    A failure of any stream fails the merged one; one that ends without its
+    final chunk ends the merged one early (the SSE writer says so).
+    """
+    queue: asyncio.Queue[tuple[int, StreamingChunk | None, BaseException | None]] = asyncio.Queue(
+        maxsize=4 * count
+    )
+
+    async def pump(index: int) -> None:
+        stream = runtime.manager.chat_completion_stream(request, allow=allow)
+        try:
+            async for chunk in stream:
+                await queue.put((index, chunk, None))
+                if chunk.is_final:
+                    return
+            await queue.put((index, None, None))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a ProviderError, or a bug: the merged stream raises it
+            await queue.put((index, None, exc))
+        finally:
+            await stream.aclose()
+
+    tasks = [asyncio.ensure_future(pump(index)) for index in range(count)]
+    try:
+        finished = 0
+        prompt = completion = 0
+        reported = False
+        first_meta: dict[str, Any] | None = None
+        model: str | None = None
+        while finished < count:
+            index, chunk, error = await queue.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            metadata = {**chunk.metadata, CHOICE_INDEX: index}
+            if first_meta is None:
+                first_meta = dict(chunk.metadata)
+            model = model or chunk.model
+            if not chunk.is_final:
+                yield dataclasses.replace(chunk, metadata=metadata)
+                continue
+            finished += 1
+            if chunk.usage is not None:
+                reported = True
+                prompt += chunk.usage.prompt_tokens
+                completion += chunk.usage.completion_tokens
+            yield dataclasses.replace(
+                chunk,
+                is_final=False,
+                finish_reason=chunk.finish_reason or "stop",
+                usage=None,
+                metadata=metadata,
+            )
+        yield StreamingChunk(
+            is_final=True,
+            usage=Usage(prompt_tokens=prompt, completion_tokens=completion) if reported else None,
+            model=model,
+            metadata={**(first_meta or {}), CHOICE_COUNT: count},
+        )
+    finally:
+        await _cancel(tasks)
 
 
 # --- serving ------------------------------------------------------------------
@@ -221,15 +355,24 @@ async def serve_chat(
         admission=admission,
         identity=identity,
     )
+    count = call.request.n or 1
+    fan_out = count > 1 and (call.stream or not answers_choices_natively(call.request))
+    single = dataclasses.replace(call.request, n=None) if fan_out else call.request
     try:
         if not call.stream:
-            answer = await runtime.manager.chat_completion(call.request, allow=allow)
+            if fan_out:
+                answer = await fan_out_completion(single, count, allow=allow)
+            else:
+                answer = await runtime.manager.chat_completion(call.request, allow=allow)
             overhead = usage.answered(answer)
             response = JsonResponse(wire.body(answer))
             answered_by(response, answer.provider, answer.model, overhead)
             with_limit_headers(response, admission, wire.errors)
             return response
-        chunks = runtime.manager.chat_completion_stream(call.request, allow=allow)
+        if fan_out:
+            chunks = fan_out_stream(single, count, allow=allow)
+        else:
+            chunks = runtime.manager.chat_completion_stream(call.request, allow=allow)
         first = await first_chunk(chunks)
         usage.first_chunk()
     except ProviderError as exc:

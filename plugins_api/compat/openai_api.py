@@ -54,6 +54,8 @@ from plugins_api.access.request_auth import (
     model_not_allowed,
 )
 from plugins_api.compat.dispatch import (
+    CHOICE_COUNT,
+    CHOICE_INDEX,
     ChatCall,
     ChatWire,
     CompatErrors,
@@ -77,6 +79,7 @@ from plugins_api.edge.chat_requests import (
     reject_upstream_settings,
     required_string,
 )
+from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import sse_frame
 from providers.errors import (
     ModelNotFoundError,
@@ -87,11 +90,21 @@ from providers.errors import (
 from providers.runtime import process as runtime
 from providers.runtime.manager import Route, plugin_failure
 from providers.runtime.retry_policy import routing_setting
-from providers.types import ChatRequest, ChatResponse, StreamingChunk, ToolCall
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamingChunk,
+    ToolCall,
+)
 
 #: How long ``GET /v1/models`` waits for a provider's live list before it
 #: shows the models the plugin declares instead.
 MODEL_LIST_SECONDS = 5.0
+
+#: The most choices one call may ask for (``n``): each may be a call upstream.
+MAX_CHOICES = 8
 
 
 # --- errors -------------------------------------------------------------------
@@ -318,8 +331,8 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
     (``response_format``, ``seed``, penalties, ``logprobs``/``top_logprobs``,
     ``logit_bias``, ``parallel_tool_calls``, ``user``, and Echo's ``top_k``
     and ``thinking``): a provider that cannot honour one refuses the call
-    (400 ``unsupported_option``), none is dropped. ``n`` above 1 is refused,
-    since every provider answers once.
+    (400 ``unsupported_option``), none is dropped. ``n`` (1 to
+    ``MAX_CHOICES``) asks for that many choices (``compat.dispatch``).
     """
     reject_upstream_settings(data)
     model = _model(data)
@@ -329,8 +342,10 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
         raise RequestFieldError("stream", "Must be true or false.")
     include_usage = _include_usage(data)
     n = data.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise RequestFieldError("n", "Echo answers with one choice: n must be 1.")
+    if n is not None and (
+        isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES
+    ):
+        raise RequestFieldError("n", f"Must be a whole number from 1 to {MAX_CHOICES}.")
     max_completion_tokens = _whole(data, "max_completion_tokens")
     max_tokens = _whole(data, "max_tokens")
     request = ChatRequest(
@@ -343,6 +358,7 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
         stream=stream,
         tools=parse_function_tools(data.get("tools")),
         tool_choice=_tool_choice(data.get("tool_choice")),
+        n=n if n is not None and n > 1 else None,
         **parse_openai_options(data),
     )
     return CompletionCall(request=request, stream=stream, include_usage=include_usage)
@@ -364,8 +380,8 @@ def _wire_tool_call(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def completion_body(response: ChatResponse) -> dict[str, Any]:
-    """Return RESPONSE as a ``chat.completion`` object."""
+def _choice(index: int, response: ChatResponse) -> dict[str, Any]:
+    """Return RESPONSE as choice INDEX of a ``chat.completion``."""
     message: dict[str, Any] = {
         "role": "assistant",
         # OpenAI sends null, not "", for an answer that only calls tools.
@@ -375,29 +391,38 @@ def completion_body(response: ChatResponse) -> dict[str, Any]:
     if response.tool_calls:
         message["tool_calls"] = [_wire_tool_call(call) for call in response.tool_calls]
     return {
+        "index": index,
+        "message": message,
+        "logprobs": response.metadata.get("logprobs"),
+        "finish_reason": response.finish_reason or "stop",
+    }
+
+
+def completion_body(response: ChatResponse) -> dict[str, Any]:
+    """Return RESPONSE (and its ``more_choices``) as a ``chat.completion`` object."""
+    answers = [response, *response.more_choices]
+    return {
         "id": completion_id(),
         "object": "chat.completion",
         "created": response.created,
         "model": model_label(response.provider, response.model),
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": response.metadata.get("logprobs"),
-                "finish_reason": response.finish_reason or "stop",
-            }
-        ],
+        "choices": [_choice(index, answer) for index, answer in enumerate(answers)],
         "usage": response.usage.as_dict(),
     }
 
 
 class CompletionChunks:
-    """OpenAI's ``chat.completion.chunk`` events of one stream (see the module docstring)."""
+    """OpenAI's ``chat.completion.chunk`` events of one stream (see the module docstring).
+
+    A stream of several choices (``n``, merged by ``compat.dispatch``) gives
+    each chunk its choice's ``index``: each choice opens with its role, ends
+    with its ``finish_reason``, and numbers its own tool calls.
+    """
 
     def __init__(self, *, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.frame: dict[str, Any] = {}
-        self.tool_index = 0
+        self.tool_index: dict[int, int] = {}
 
     def opening(self, first: StreamingChunk) -> Iterator[bytes]:
         meta = first.metadata
@@ -409,16 +434,27 @@ class CompletionChunks:
         }
         if self.include_usage:
             self.frame["usage"] = None  # as OpenAI does: only the last chunk carries it
-        yield self._event({"role": "assistant", "content": ""})
+        return iter(())
 
     def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+        merged = CHOICE_COUNT in chunk.metadata
+        index = chunk.metadata.get(CHOICE_INDEX, 0) if not chunk.is_final or not merged else 0
+        if not (chunk.is_final and merged) and index not in self.tool_index:
+            self.tool_index[index] = 0
+            yield self._event(index, {"role": "assistant", "content": ""})
         if chunk.content or chunk.metadata.get("logprobs"):
-            yield self._event({"content": chunk.content}, logprobs=chunk.metadata.get("logprobs"))
+            yield self._event(
+                index, {"content": chunk.content}, logprobs=chunk.metadata.get("logprobs")
+            )
         for call in chunk.tool_calls or []:
-            yield self._event({"tool_calls": [{"index": self.tool_index, **_wire_tool_call(call)}]})
-            self.tool_index += 1
+            delta = {"tool_calls": [{"index": self.tool_index[index], **_wire_tool_call(call)}]}
+            yield self._event(index, delta)
+            self.tool_index[index] += 1
+        if not chunk.is_final and chunk.finish_reason:  # one choice of several ended
+            yield self._event(index, {}, chunk.finish_reason)
         if chunk.is_final:
-            yield self._event({}, chunk.finish_reason or "stop")
+            if not merged:
+                yield self._event(index, {}, chunk.finish_reason or "stop")
             if self.include_usage and chunk.usage is not None:
                 yield sse_frame({**self.frame, "choices": [], "usage": chunk.usage.as_dict()})
             yield sse_frame("[DONE]")
@@ -435,13 +471,14 @@ class CompletionChunks:
 
     def _event(
         self,
+        index: int,
         delta: dict[str, Any],
         finish_reason: str | None = None,
         *,
         logprobs: dict[str, Any] | None = None,
     ) -> bytes:
         choice = {
-            "index": 0,
+            "index": index,
             "delta": delta,
             "logprobs": logprobs,
             "finish_reason": finish_reason,
@@ -562,35 +599,119 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     )
 
 
+#: The most inputs one ``/v1/embeddings`` call may send (OpenAI's own limit).
+MAX_EMBEDDING_INPUTS = 2048
+#: The most token ids one input may hold, and the largest id.
+MAX_INPUT_TOKENS = 8192
+MAX_TOKEN_ID = 2**31 - 1
+#: The largest ``dimensions`` a call may ask for.
+MAX_DIMENSIONS = 65536
+
+
 @dataclass(slots=True)
 class EmbeddingsCall:
-    """What a ``/v1/embeddings`` body asks for."""
+    """What a ``/v1/embeddings`` body asks for: texts or token-id arrays, DIMENSIONS long."""
 
     model: str
-    texts: list[str]
+    input: list[str] | list[list[int]]
     base64: bool
+    dimensions: int | None = None
+
+    @property
+    def is_tokens(self) -> bool:
+        """Return whether the input is token-id arrays."""
+        return bool(self.input) and not isinstance(self.input[0], str)
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_ID
+
+
+def _embedding_input(raw: Any) -> list[str] | list[list[int]]:
+    """Return RAW (a string, strings, token ids, or lists of token ids) as texts or token arrays."""
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not raw:
+        raise RequestFieldError(
+            "input", "Must be a string, a non-empty list of strings, or token-id arrays."
+        )
+    if len(raw) > MAX_EMBEDDING_INPUTS:
+        raise RequestFieldError("input", f"At most {MAX_EMBEDDING_INPUTS} inputs per call.")
+    if all(isinstance(text, str) for text in raw):
+        return raw
+    if isinstance(raw[0], str):
+        bad = next(i for i, text in enumerate(raw) if not isinstance(text, str))
+        raise RequestFieldError(
+            f"input.{bad}", "Must be text like the first input: one call does not mix them."
+        )
+    if all(_token_id(token) for token in raw):
+        raw = [raw]  # one input as token ids
+    if len(raw) > MAX_EMBEDDING_INPUTS:
+        raise RequestFieldError("input", f"At most {MAX_EMBEDDING_INPUTS} inputs per call.")
+    for index, tokens in enumerate(raw):
+        if not isinstance(tokens, list) or not tokens or not all(_token_id(t) for t in tokens):
+            raise RequestFieldError(
+                f"input.{index}",
+                "Must be text, or a non-empty list of token ids (whole numbers from 0); "
+                "one call does not mix them.",
+            )
+        if len(tokens) > MAX_INPUT_TOKENS:
+            raise RequestFieldError(
+                f"input.{index}", f"At most {MAX_INPUT_TOKENS} token ids per input."
+            )
+    return raw
 
 
 def parse_embeddings_call(data: dict[str, Any]) -> EmbeddingsCall:
-    """Return the EmbeddingsCall a ``/v1/embeddings`` body describes (text input only)."""
+    """Return the EmbeddingsCall a ``/v1/embeddings`` body describes.
+
+    Read: ``model``, ``input`` (text, texts, a token-id array or token-id
+    arrays, as OpenAI takes them), ``encoding_format`` (``float`` or
+    ``base64``), ``dimensions`` and ``user`` (checked, as OpenAI's SDK may send it).
+    """
     model = _model(data)
-    raw = data.get("input")
-    texts = [raw] if isinstance(raw, str) else raw
-    if not isinstance(texts, list) or not texts:
-        raise RequestFieldError("input", "Must be a string or a non-empty list of strings.")
-    if not all(isinstance(text, str) for text in texts):
-        raise RequestFieldError(
-            "input", "Must be text: Echo does not take token arrays, send the strings."
-        )
+    texts = _embedding_input(data.get("input"))
     encoding = data.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise RequestFieldError("encoding_format", "Must be 'float' or 'base64'.")
-    if data.get("dimensions") is not None:
-        # A vector of another length than asked would break the client's index quietly.
-        raise RequestFieldError(
-            "dimensions", "Echo's providers return their model's own dimensions; omit it."
+    dimensions = data.get("dimensions")
+    if dimensions is not None and (
+        isinstance(dimensions, bool)
+        or not isinstance(dimensions, int)
+        or not 1 <= dimensions <= MAX_DIMENSIONS
+    ):
+        raise RequestFieldError("dimensions", f"Must be a whole number from 1 to {MAX_DIMENSIONS}.")
+    bounded_name(data.get("user"), "user", "an end user's id")
+    return EmbeddingsCall(
+        model=model, input=texts, base64=encoding == "base64", dimensions=dimensions
+    )
+
+
+def embedding_option_error(
+    call: EmbeddingsCall, provider: Any, name: str
+) -> RequestFieldError | None:
+    """Return the 400 for an option of CALL that PROVIDER (called NAME) cannot honour, else None.
+
+    Vectors of another length than asked would break the client's index
+    quietly, and token ids are the upstream's own tokenizer's: no other
+    provider can read them back as text.
+    """
+    declared = getattr(provider, "embedding_options", frozenset())
+    honoured = declared if isinstance(declared, frozenset | set) else frozenset()
+    if call.dimensions is not None and "dimensions" not in honoured:
+        return RequestFieldError(
+            "dimensions",
+            f"Provider {name!r} returns its model's own dimensions: omit 'dimensions', "
+            "or use a provider that supports it (openai).",
         )
-    return EmbeddingsCall(model=model, texts=texts, base64=encoding == "base64")
+    if call.is_tokens and "token_input" not in honoured:
+        return RequestFieldError(
+            "input",
+            f"Provider {name!r} cannot read token-id arrays (they are OpenAI's tokenizer's ids, "
+            "and Echo cannot turn them back into text for it): send the text instead "
+            "(LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).",
+        )
+    return None
 
 
 def _encode(vector: list[float], as_base64: bool) -> list[float] | str:
@@ -600,17 +721,22 @@ def _encode(vector: list[float], as_base64: bool) -> list[float] | str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-async def _embed(route: Route, texts: list[str]) -> tuple[list[list[float]], str | None]:
-    """Return the vectors of TEXTS from ROUTE's provider, and the model that made them.
+async def _embed(route: Route, call: EmbeddingsCall) -> EmbeddingResponse | RequestFieldError:
+    """Return CALL's vectors from ROUTE's provider, with the model that made them and their usage.
 
     One call on the provider the model names: the manager's retries and
     failover are for chat, and vectors of another model would not compare.
+    An option that provider cannot honour is returned as the 400 to send.
     """
     async with runtime.registry.lease(route.provider) as provider:
+        refusal = embedding_option_error(call, provider, route.provider)
+        if refusal is not None:
+            return refusal
         deadline = float(routing_setting(provider.config, "deadline_seconds"))
+        request = EmbeddingRequest(input=call.input, model=route.model, dimensions=call.dimensions)
         try:
             async with asyncio.timeout(deadline):
-                vectors = await provider.embeddings(texts, route.model)
+                answer = await provider.create_embeddings(request)
         except ProviderError as exc:
             exc.provider = exc.provider or route.provider
             raise
@@ -621,8 +747,10 @@ async def _embed(route: Route, texts: list[str]) -> tuple[list[list[float]], str
             ) from None
         except Exception as unexpected:
             raise plugin_failure(route, unexpected) from unexpected
-        model = route.model or provider.config.get("embedding_model")
-    return vectors, model
+        if not isinstance(answer, EmbeddingResponse) or len(answer.vectors) != len(call.input):
+            raise plugin_failure(route, TypeError("create_embeddings returned no vector per input"))
+        answer.model = answer.model or route.model or provider.config.get("embedding_model")
+    return answer
 
 
 def _embedding_denial(identity: Any, model: str) -> Denial | None:
@@ -645,37 +773,58 @@ def _embedding_denial(identity: Any, model: str) -> Denial | None:
 async def embeddings(request: HttpRequest) -> HttpResponse:
     """Answer ``POST /v1/embeddings`` from the provider the model names.
 
-    The usage reports zero tokens: Echo's provider interface returns the
-    vectors only. A key may embed only with a model its allow-list allows
-    (the provider's ``embedding_model`` when the call names the provider only).
+    ``usage`` is the provider's own count (openai's upstream), or an
+    estimate of one token per word for a provider that reports none. It is
+    recorded like a chat's: charged to the key's tokens per minute, and its
+    cost to the key's budget. A key may embed only with a model its
+    allow-list allows (the provider's ``embedding_model`` when the call names
+    the provider only). ``dimensions`` and token-id input go to a provider
+    that declares them (``embedding_options``); any other refuses them (400).
     """
     call = await admit(request, OPENAI_ERRORS, parse_embeddings_call)
     if isinstance(call, HttpResponse):
         return call
-    denial = _embedding_denial(getattr(request, "client", None), call.model)
+    identity = getattr(request, "client", None)
+    denial = _embedding_denial(identity, call.model)
     if denial is not None:
         return openai_denial(denial)
     admission = await limit(request, OPENAI_ERRORS)
     if isinstance(admission, HttpResponse):
         return admission
+    usage = RequestUsage(
+        client=await client_label(request),
+        endpoint="/v1/embeddings",
+        stream=False,
+        admission=admission,
+        identity=identity,
+    )
     try:
         route = runtime.manager.resolve(ChatRequest(messages=[], model=call.model))
-        vectors, model = await _embed(route, call.texts)
+        answer = await _embed(route, call)
     except ProviderError as exc:
+        usage.failed(exc, model=call.model)
         return openai_provider_error(exc, model=call.model)
-    finally:
-        if admission is not None:
-            admission.finish()  # Echo's providers report no embedding tokens
+    except BaseException:
+        usage.release()
+        raise
+    if isinstance(answer, RequestFieldError):
+        usage.release()
+        return openai_field_error(answer)
+    model = answer.model
+    usage.answered(
+        ChatResponse(content="", model=model or "", provider=route.provider, usage=answer.usage)
+    )
     data = [
         {"object": "embedding", "index": index, "embedding": _encode(vector, call.base64)}
-        for index, vector in enumerate(vectors)
+        for index, vector in enumerate(answer.vectors)
     ]
+    tokens = answer.usage.prompt_tokens
     response = JsonResponse(
         {
             "object": "list",
             "data": data,
             "model": model_label(route.provider, model),
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
     answered_by(response, route.provider, model)

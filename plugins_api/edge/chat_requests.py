@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugins_api.edge.bounded_json import JsonInputError, loads_bounded
-from providers.types import ROLES, ChatMessage, ChatRequest, ToolCall
+from providers.types import DOCUMENT_PART, ROLES, ChatMessage, ChatRequest, ToolCall
 
 #: Messages in one request (long agent conversations reach a few hundred).
 MAX_MESSAGES = 10_000
@@ -246,7 +246,37 @@ def parse_content_part(raw: Any, path: str, role: str) -> dict[str, Any]:
             f"{path}.type", f"A {role} message's parts must be one of: {', '.join(allowed)}."
         )
     _PART_CHECKS[kind](raw, path)
+    if kind == "file":
+        return file_document(raw) or raw
     return raw
+
+
+#: How OpenAI's ``file`` part carries a PDF: a data URL.
+PDF_DATA_URL = "data:application/pdf;base64,"
+
+
+def file_document(part: dict[str, Any]) -> dict[str, Any] | None:
+    """Return an OpenAI ``file`` part holding a PDF's data as a common document part, else None.
+
+    As a document (``providers.types.DOCUMENT_PART``) the PDF reaches
+    anthropic as a ``document`` block and openai as the ``file`` part it was,
+    and a provider that cannot read documents refuses it. A ``file_id``
+    (a file in OpenAI's storage) stays a ``file`` part, for openai alone.
+    """
+    file = part["file"]
+    data = file.get("file_data")
+    if not isinstance(data, str) or not data.startswith(PDF_DATA_URL):
+        return None
+    document: dict[str, Any] = {
+        "source": {
+            "type": "base64",
+            "media_type": "application/pdf",
+            "data": data[len(PDF_DATA_URL) :],
+        }
+    }
+    if file.get("filename"):
+        document["title"] = file["filename"]
+    return {"type": DOCUMENT_PART, "document": document}
 
 
 def parse_content(raw: Any, path: str, role: str) -> str | list[dict[str, Any]]:

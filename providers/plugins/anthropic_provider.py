@@ -77,6 +77,7 @@ class AnthropicProvider(HTTPProvider):
         "parallel_tool_calls",
         "top_k",
         "thinking",
+        "documents",
     }
 
     config_json_schema = keyed_api_schema(

@@ -38,7 +38,15 @@ from typing import Any
 
 from providers.errors import BadRequestError
 from providers.http_provider import UpstreamErrorEvent, WireFormatError
-from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall, Usage
+from providers.types import (
+    DOCUMENT_PART,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    StreamingChunk,
+    ToolCall,
+    Usage,
+)
 
 MESSAGES_PATH = "/v1/messages"
 MODELS_PATH = "/v1/models"
@@ -256,6 +264,9 @@ def _content_blocks(content: str | list[dict[str, Any]], index: int) -> list[dic
                 blocks.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             blocks.append(_image_block(part.get("image_url"), index))
+        elif kind == DOCUMENT_PART:
+            # Anthropic's own document block, as the client sent it.
+            blocks.append({"type": "document", **(part.get("document") or {})})
         else:
             raise BadRequestError(
                 f"messages[{index}]: content part type {kind!r} cannot be sent to Anthropic.",
@@ -463,7 +474,8 @@ class StreamFold:
     """Fold a Messages API event stream into common streaming chunks.
 
     ``feed`` takes each event's parsed data in order and returns the chunk it
-    yields, if any: one per text delta, as it arrives, and one final chunk on
+    yields, if any: one per text delta, as it arrives (its metadata's
+    ``input_tokens`` the prompt's tokens from ``message_start``), and one final chunk on
     ``message_stop`` with the finish reason, the usage (input tokens from
     ``message_start``, output tokens from the last ``message_delta``) and the
     complete tool calls, whose JSON arguments arrive in pieces per block.
@@ -573,7 +585,10 @@ class StreamFold:
         return None
 
     def _text_chunk(self, text: str) -> StreamingChunk:
-        return StreamingChunk(content=text, model=self.model)
+        # The input tokens are known from message_start on: a compatible API
+        # may report them before the end (Anthropic's own message_start does).
+        metadata = {"input_tokens": usage_from(self.usage).prompt_tokens} if self.usage else {}
+        return StreamingChunk(content=text, model=self.model, metadata=metadata)
 
     def _final_chunk(self) -> StreamingChunk:
         if self._answer_block is not None and self.stop_reason == "tool_use" and not self._tools:

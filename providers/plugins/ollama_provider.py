@@ -12,7 +12,10 @@ Capabilities: streaming and embeddings, as the plugin guide lists, plus
 function calling and vision, which Ollama's API carries for the models that
 have them (``llama3.1``, ``qwen2.5`` call tools; ``llava``, ``gemma3`` see).
 A model without the capability is refused by Ollama with a 400, which
-arrives as ``BadRequestError``.
+arrives as ``BadRequestError``. Ollama has no ``tool_choice``: a forced one
+is emulated (the named tool sent alone, an instruction to call it) and the
+answer checked: one that does not make the call is a 422
+``tool_choice_not_followed``, never passed off as an answer.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from providers.base import DEFAULT_SUPPORTED_OPTIONS, PluginCapability, PluginMe
 from providers.errors import ProtocolError
 from providers.http_provider import HTTP_SETTINGS_SCHEMA, HTTPProvider, default_model_setting
 from providers.plugins import ollama_wire as wire
-from providers.types import ChatRequest, ChatResponse, StreamingChunk
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamingChunk,
+    Usage,
+)
 from providers.usage.model_info import known_model_info
 
 DEFAULT_BASE_URL = "http://localhost:11434"
@@ -125,9 +135,27 @@ class OllamaProvider(HTTPProvider):
         data = await self.post_json(wire.CHAT_PATH, body)
         response = self.wire_call(wire.parse_chat_response, data, model=model)
         response.provider = self.name
+        self.wire_call(wire.check_forced_call, request, response.tool_calls)
         return response
 
     async def chat_completion_stream(self, request: ChatRequest) -> AsyncIterator[StreamingChunk]:
+        """Stream the answer; one with a forced ``tool_choice`` comes whole, once checked.
+
+        The forced call is emulated (``ollama_wire.chat_tools``) and the answer
+        must be checked before any of it is sent, so it is one final chunk.
+        """
+        if self.wire_call(wire.forced_tool, request) is not None:
+            response = await self.chat_completion(request)
+            yield StreamingChunk(
+                content=response.content,
+                is_final=True,
+                finish_reason=response.finish_reason,
+                usage=response.usage,
+                tool_calls=response.tool_calls,
+                model=response.model,
+                metadata={"provider": self.name, "streaming": "checked"},
+            )
+            return
         model = self._model(request)
         made_tool_calls = False
         body = self.wire_call(
@@ -155,14 +183,26 @@ class OllamaProvider(HTTPProvider):
     async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         if not texts:
             return []
-        body = self.wire_call(
-            wire.embed_body,
-            texts,
-            model=model or str(self.config["embedding_model"]),
-            keep_alive=self._keep_alive(),
-        )
+        answer = await self.create_embeddings(EmbeddingRequest(input=texts, model=model))
+        return answer.vectors
+
+    async def create_embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Return Ollama's vectors and its ``prompt_eval_count`` (one token a word when it sends none).
+
+        Ollama takes text only, at its model's own dimensions (it declares no
+        ``embedding_options``).
+        """
+        model = request.model or str(self.config["embedding_model"])
+        texts = [str(text) for text in request.input]
+        if not texts:
+            return EmbeddingResponse(vectors=[], model=model)
+        body = self.wire_call(wire.embed_body, texts, model=model, keep_alive=self._keep_alive())
         data = await self.post_json(wire.EMBED_PATH, body)
-        return self.wire_call(wire.parse_embeddings, data, count=len(texts))
+        vectors = self.wire_call(wire.parse_embeddings, data, count=len(texts))
+        usage = self.wire_call(wire.parse_embed_usage, data) or Usage(
+            prompt_tokens=sum(len(text.split()) for text in texts)
+        )
+        return EmbeddingResponse(vectors=vectors, model=model, usage=usage)
 
     # --- models and health ---------------------------------------------------
 

@@ -15,8 +15,7 @@ They follow Ollama's API reference (``docs/api.md`` in ollama/ollama):
 
 Malformed upstream data raises ``WireFormatError``; an ``{"error": ...}``
 object in place of an answer raises ``UpstreamErrorEvent``; a request Ollama
-cannot express raises ``BadRequestError`` or ``UnsupportedCapabilityError``
-naming the field. The provider calls these through
+cannot express raises ``BadRequestError`` naming the field. The provider calls these through
 ``HTTPProvider.wire_call``, which types them and adds its name.
 """
 
@@ -29,7 +28,7 @@ import uuid
 from base64 import b64decode
 from typing import Any
 
-from providers.errors import BadRequestError, UnsupportedCapabilityError
+from providers.errors import BadRequestError
 from providers.http_provider import UpstreamErrorEvent, WireFormatError, status_named_in
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall, Usage
 
@@ -86,6 +85,9 @@ def chat_body(
     tools = chat_tools(request)
     if tools:
         body["tools"] = tools
+        instruction = forcing_instruction(request)
+        if instruction is not None:
+            body["messages"].insert(0, instruction)
     if keep_alive:
         body["keep_alive"] = keep_alive
     return body
@@ -121,21 +123,96 @@ def chat_format(request: ChatRequest) -> str | dict[str, Any] | None:
     return None
 
 
+class ToolChoiceError(BadRequestError):
+    """A ``tool_choice`` that names no tool the request offers."""
+
+    http_status = 400
+
+
+class ToolChoiceNotFollowedError(BadRequestError):
+    """The model answered without the tool call a forced ``tool_choice`` asked for.
+
+    422, and never counted toward the breaker: the upstream is healthy, the
+    model did not do what this request asked.
+    """
+
+    kind = "tool_choice_not_followed"
+    http_status = 422
+
+
+def forced_tool(request: ChatRequest) -> str | None:
+    """Return what REQUEST's ``tool_choice`` forces: a tool's name, ``"required"``, or None."""
+    choice = request.tool_choice
+    if not request.tools or choice in (None, "auto", "none"):
+        return None
+    if choice == "required":
+        return "required"
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ToolChoiceError(
+            "tool_choice must be 'none', 'auto', 'required' or a function by name.",
+            field="tool_choice",
+        )
+    return name
+
+
+def _tool_name(tool: dict[str, Any]) -> Any:
+    function = tool.get("function")
+    return function.get("name") if isinstance(function, dict) else None
+
+
 def chat_tools(request: ChatRequest) -> list[dict[str, Any]] | None:
     """Return REQUEST's tools for Ollama, which takes OpenAI's ``tools`` shape as it is.
 
-    Ollama has no ``tool_choice``: ``"none"`` is honoured by sending no tools
-    and ``"auto"`` is its only behaviour; forcing a call cannot be expressed.
+    Ollama has no ``tool_choice``: ``"none"`` is honoured by sending no
+    tools, ``"auto"`` is its only behaviour, and a forced choice is emulated
+    (``forced_tool``): a named function is sent alone, ``"required"`` sends
+    them all, with an instruction (``forcing_instruction``); the answer is
+    then checked (``check_forced_call``).
     """
-    choice = request.tool_choice
-    if not request.tools or choice == "none":
+    if not request.tools or request.tool_choice == "none":
         return None
-    if choice not in (None, "auto"):
-        raise UnsupportedCapabilityError(
-            "Ollama cannot force a tool call; send tool_choice 'auto' or 'none'.",
+    forced = forced_tool(request)
+    if forced is None or forced == "required":
+        return list(request.tools)
+    named = [tool for tool in request.tools if _tool_name(tool) == forced]
+    if not named:
+        raise ToolChoiceError(
+            f"tool_choice names the function {forced!r}, which is not among the tools.",
             field="tool_choice",
         )
-    return list(request.tools)
+    return named
+
+
+def forcing_instruction(request: ChatRequest) -> dict[str, Any] | None:
+    """Return the system message that asks the model for the forced call, or None when none is."""
+    forced = forced_tool(request)
+    if forced is None:
+        return None
+    if forced == "required":
+        text = "Answer only by calling one of the functions offered, not with text."
+    else:
+        text = f"Answer only by calling the function {forced!r}, not with text."
+    return {"role": "system", "content": text}
+
+
+def check_forced_call(request: ChatRequest, calls: list[ToolCall] | None) -> None:
+    """Raise ``ToolChoiceNotFollowedError`` unless CALLS are what REQUEST's forced choice asked for."""
+    forced = forced_tool(request)
+    if forced is None:
+        return
+    if not calls:
+        raise ToolChoiceNotFollowedError(
+            "The model answered with text although tool_choice forces a tool call "
+            "(Ollama has no tool_choice; Echo asked for the call and checked the answer).",
+            field="tool_choice",
+        )
+    if forced != "required" and any(call.name != forced for call in calls):
+        raise ToolChoiceNotFollowedError(
+            f"The model called another function than {forced!r}, which tool_choice forces.",
+            field="tool_choice",
+        )
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -391,6 +468,16 @@ def model_names(data: Any) -> list[str]:
             raise WireFormatError("sent a model without a name.")
         names.append(name)
     return names
+
+
+def parse_embed_usage(data: Any) -> Usage | None:
+    """Return the tokens an ``/api/embed`` answer says its input cost (``prompt_eval_count``), or None."""
+    count = data.get("prompt_eval_count") if isinstance(data, dict) else None
+    if count is None:
+        return None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise WireFormatError("sent a prompt_eval_count that is not a count.")
+    return Usage(prompt_tokens=count)
 
 
 def parse_embeddings(data: Any, *, count: int) -> list[list[float]]:

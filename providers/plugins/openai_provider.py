@@ -25,7 +25,13 @@ from providers.http_provider import (
     keyed_api_schema,
 )
 from providers.plugins import openai_wire
-from providers.types import ChatRequest, ChatResponse, StreamingChunk
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamingChunk,
+)
 from providers.usage.model_info import known_model_info
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -65,7 +71,11 @@ class OpenAIProvider(HTTPProvider):
 
     #: Every option of Chat Completions is passed on under its own name;
     #: ``top_k`` and ``thinking`` are no OpenAI options, so they are refused.
-    supported_options = DEFAULT_SUPPORTED_OPTIONS | frozenset(openai_wire.PASSED_OPTIONS)
+    #: Documents go as text or ``file`` parts (``openai_wire.document_part``).
+    supported_options = DEFAULT_SUPPORTED_OPTIONS | frozenset(
+        (*openai_wire.PASSED_OPTIONS, "documents")
+    )
+    embedding_options = frozenset({"dimensions", "token_input"})
 
     config_json_schema = keyed_api_schema(
         "OpenAI settings",
@@ -203,11 +213,21 @@ class OpenAIProvider(HTTPProvider):
     async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         if not texts:
             return []
+        answer = await self.create_embeddings(EmbeddingRequest(input=texts, model=model))
+        return answer.vectors
+
+    async def create_embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Return the upstream's vectors and its own usage; token arrays and dimensions pass as sent."""
+        model = request.model or self.config["embedding_model"]
+        if not request.input:
+            return EmbeddingResponse(vectors=[], model=model)
         body = openai_wire.build_embeddings_body(
-            texts, model=model or self.config["embedding_model"]
+            request.input, model=model, dimensions=request.dimensions
         )
         answer = await self.post_json("/embeddings", body)
-        return self.wire_call(openai_wire.parse_embeddings, answer, count=len(texts))
+        vectors = self.wire_call(openai_wire.parse_embeddings, answer, count=len(request.input))
+        usage = self.wire_call(openai_wire.parse_embeddings_usage, answer)
+        return EmbeddingResponse(vectors=vectors, model=model, usage=usage)
 
     async def list_models(self) -> list[str]:
         answer = await self.request_json("GET", "/models")

@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from providers.errors import BadRequestError
 from providers.http_provider import UpstreamErrorEvent, WireFormatError, status_named_in
-from providers.types import ChatMessage, ChatRequest, ChatResponse, ToolCall, Usage
+from providers.types import DOCUMENT_PART, ChatMessage, ChatRequest, ChatResponse, ToolCall, Usage
 
 #: The data of the Server-Sent Event that ends a stream.
 DONE = "[DONE]"
@@ -36,7 +37,44 @@ def content_part(part: dict[str, Any]) -> dict[str, Any]:
     """
     if part.get("type") == "image_url" and isinstance(part.get("image_url"), str):
         return {**part, "image_url": {"url": part["image_url"]}}
+    if part.get("type") == DOCUMENT_PART:
+        return document_part(part.get("document") or {})
     return dict(part)
+
+
+class DocumentNotSupportedError(BadRequestError):
+    """A document OpenAI cannot take as sent (a PDF by URL): the client must send it otherwise."""
+
+    kind = "unsupported_document"
+    http_status = 400
+
+
+def document_part(document: dict[str, Any]) -> dict[str, Any]:
+    """Return a document (``providers.types.DOCUMENT_PART``) as OpenAI takes it.
+
+    A plain text becomes a text part (its title and context first); a base64
+    PDF becomes a ``file`` part with its data URL. OpenAI's ``file`` part
+    takes no URL, so a PDF by URL is refused (Echo does not fetch it).
+    """
+    source = document.get("source") or {}
+    title = document.get("title") or ""
+    if source.get("type") == "text":
+        text = "\n\n".join(t for t in (title, document.get("context") or "", source["data"]) if t)
+        return {"type": "text", "text": text}
+    if source.get("type") == "base64":
+        filename = title if title.lower().endswith(".pdf") else f"{title or 'document'}.pdf"
+        return {
+            "type": "file",
+            "file": {
+                "filename": filename,
+                "file_data": f"data:{source.get('media_type')};base64,{source['data']}",
+            },
+        }
+    raise DocumentNotSupportedError(
+        f"OpenAI takes documents as data, not {source.get('type')!r} sources: "
+        "send the PDF as base64 (source type 'base64') or the text as a 'text' source.",
+        field="messages",
+    )
 
 
 def message_body(message: ChatMessage) -> dict[str, Any]:
@@ -75,6 +113,7 @@ PASSED_OPTIONS = (
     "top_logprobs",
     "logit_bias",
     "parallel_tool_calls",
+    "n",
 )
 
 
@@ -107,14 +146,25 @@ def build_chat_body(
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if stream:
+        if request.n is not None and request.n > 1:
+            # Its stream is read as one choice: several would run together.
+            raise BadRequestError(
+                "The openai plugin streams one choice; ask for several without streaming.",
+                field="n",
+            )
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
 
 
-def build_embeddings_body(texts: list[str], *, model: str) -> dict[str, Any]:
-    """Return the JSON body of ``POST /embeddings`` for TEXTS."""
-    return {"model": model, "input": list(texts), "encoding_format": "float"}
+def build_embeddings_body(
+    texts: list[str] | list[list[int]], *, model: str, dimensions: int | None = None
+) -> dict[str, Any]:
+    """Return the JSON body of ``POST /embeddings`` for TEXTS (or token-id arrays), DIMENSIONS long."""
+    body: dict[str, Any] = {"model": model, "input": list(texts), "encoding_format": "float"}
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    return body
 
 
 # --- responses --------------------------------------------------------------
@@ -168,14 +218,12 @@ def message_text(message: dict[str, Any]) -> str:
     return content or message.get("refusal") or ""
 
 
-def parse_chat_response(body: Any, *, model: str, provider: str = "") -> ChatResponse:
-    """Return a ``chat.completion`` BODY as a ChatResponse (MODEL when it names none)."""
-    if not isinstance(body, dict):
-        raise WireFormatError("sent a chat completion that is not an object.")
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise WireFormatError("sent a chat completion with no choices.")
-    choice = choices[0]
+def _parse_choice(
+    choice: Any, body: dict[str, Any], *, model: str, provider: str, usage: Usage
+) -> ChatResponse:
+    """Return one choice of a ``chat.completion`` BODY as a ChatResponse."""
+    if not isinstance(choice, dict):
+        raise WireFormatError("sent a chat completion choice that is not an object.")
     message = choice.get("message")
     if not isinstance(message, dict):
         raise WireFormatError("sent a chat completion choice with no message.")
@@ -195,12 +243,38 @@ def parse_chat_response(body: Any, *, model: str, provider: str = "") -> ChatRes
         content=message_text(message),
         model=body.get("model") or model,
         provider=provider,
-        usage=parse_usage(body.get("usage")) or Usage(),
+        usage=usage,
         finish_reason=choice.get("finish_reason") or ("tool_calls" if tool_calls else "stop"),
         tool_calls=tool_calls,
         metadata=metadata,
         **extra,
     )
+
+
+def parse_chat_response(body: Any, *, model: str, provider: str = "") -> ChatResponse:
+    """Return a ``chat.completion`` BODY as a ChatResponse (MODEL when it names none).
+
+    Choices after the first (asked for with ``n``) go to ``more_choices``,
+    in their ``index`` order; the usage, which covers them all, is the first's.
+    """
+    if not isinstance(body, dict):
+        raise WireFormatError("sent a chat completion that is not an object.")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise WireFormatError("sent a chat completion with no choices.")
+    usage = parse_usage(body.get("usage")) or Usage()
+
+    def position(pair: tuple[int, Any]) -> int:
+        index = pair[1].get("index") if isinstance(pair[1], dict) else None
+        return index if isinstance(index, int) and not isinstance(index, bool) else pair[0]
+
+    ordered = [choice for _, choice in sorted(enumerate(choices), key=position)]
+    answer = _parse_choice(ordered[0], body, model=model, provider=provider, usage=usage)
+    answer.more_choices = [
+        _parse_choice(choice, body, model=model, provider=provider, usage=Usage())
+        for choice in ordered[1:]
+    ]
+    return answer
 
 
 # --- streams ----------------------------------------------------------------
@@ -336,6 +410,19 @@ def parse_model_list(body: Any) -> list[str]:
             raise WireFormatError("sent a model without an id.")
         ids.append(item["id"])
     return ids
+
+
+def parse_embeddings_usage(body: Any) -> Usage:
+    """Return the tokens a ``POST /embeddings`` BODY says its input cost (0 when it says nothing)."""
+    raw = body.get("usage") if isinstance(body, dict) else None
+    if raw is None:
+        return Usage()
+    if not isinstance(raw, dict):
+        raise WireFormatError("sent a usage that is not an object.")
+    tokens = raw.get("prompt_tokens", raw.get("total_tokens")) or 0
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise WireFormatError("sent token counts that are not numbers.")
+    return Usage(prompt_tokens=tokens)
 
 
 def parse_embeddings(body: Any, *, count: int) -> list[list[float]]:

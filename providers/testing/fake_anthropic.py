@@ -5,8 +5,9 @@ sequence) and ``GET /v1/models``, and checks requests the way the real API
 does: ``x-api-key`` and ``anthropic-version`` headers, a ``model`` it knows,
 ``max_tokens``, a ``system`` prompt at the top level rather than among the
 messages, roles that alternate starting with ``user``, well-formed content
-blocks (text, image with a base64 or url source, tool_use in assistant
-turns, tool_result in user turns answering the tool_use just before).
+blocks (text, image with a base64 or url source, document with a base64
+PDF, plain text or url source, tool_use in assistant turns, tool_result
+in user turns answering the tool_use just before).
 Errors use Anthropic's body: ``{"type": "error", "error": {"type", "message"}}``.
 
 It honours the options it receives as the reference describes them and
@@ -303,6 +304,18 @@ class FakeAnthropic(FakeUpstream):
             tool_uses = self.check_content(where, role, message.get("content"), previous_tool_uses)
             previous_tool_uses = tool_uses
 
+    @staticmethod
+    def check_document(at: str, source: Any) -> None:
+        """Check a document block's source as Anthropic does: base64 PDF, plain text, or a URL."""
+        kind = source.get("type") if isinstance(source, dict) else None
+        wanted = {"base64": "application/pdf", "text": "text/plain"}
+        if kind == "url" and isinstance(source.get("url"), str) and source["url"]:
+            return
+        if kind in wanted and source.get("media_type") == wanted[kind]:
+            if isinstance(source.get("data"), str) and source["data"]:
+                return
+        raise RequestRejected(400, f"{at}.source: Input should be a valid document source")
+
     def check_content(
         self, where: str, role: str, content: Any, previous_tool_uses: set[str]
     ) -> set[str]:
@@ -324,6 +337,9 @@ class FakeAnthropic(FakeUpstream):
                 seen_other = True
             elif kind == "image":
                 self.check_image(at, block.get("source"))
+                seen_other = True
+            elif kind == "document":
+                self.check_document(at, block.get("source"))
                 seen_other = True
             elif kind == "tool_use":
                 if role != "assistant":

@@ -13,7 +13,8 @@ call to that tool (one such line per call: several lines, parallel calls).
 A token is a whitespace-separated word. ``script()`` queues exact replies
 instead.
 
-The fake honours the options it receives, as the API reference describes
+Embeddings take texts or token-id arrays (a token is then one id) and
+``dimensions``. The fake honours the options it receives, as the API reference describes
 them: ``stop`` ends the text before the first stop sequence, ``max_tokens``
 / ``max_completion_tokens`` cut it (``finish_reason`` ``length``), ``n``
 answers that many choices, ``response_format`` ``json_object`` answers
@@ -142,6 +143,10 @@ def embedding(text: str, model: str, dimensions: int) -> list[float]:
     raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(dimensions)]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [round(x / norm, 6) for x in raw]
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class FakeOpenAI(FakeUpstream):
@@ -451,12 +456,23 @@ class FakeOpenAI(FakeUpstream):
 
     @staticmethod
     def check_input(value: Any) -> list[str]:
+        """Return the input as texts: strings as sent, token arrays as their ids joined by spaces.
+
+        As OpenAI documents: a string, a list of strings, a list of token ids
+        (one input) or a list of token-id lists; no input empty.
+        """
+        if isinstance(value, list) and value and all(_token_id(t) for t in value):
+            value = [value]  # one input, as token ids
         texts = [value] if isinstance(value, str) else value
         if not isinstance(texts, list) or not texts:
             raise Rejection(400, "'input' is a required property.", param="input")
+        if all(isinstance(t, list) and t and all(_token_id(i) for i in t) for t in texts):
+            return [" ".join(str(i) for i in tokens) for tokens in texts]
         if not all(isinstance(t, str) and t for t in texts):
             raise Rejection(
-                400, "'$.input' is invalid: each input must be a non-empty string.", param="input"
+                400,
+                "'$.input' is invalid: each input must be a non-empty string or token array.",
+                param="input",
             )
         return texts
 
@@ -521,9 +537,22 @@ class FakeOpenAI(FakeUpstream):
                 param=f"{where}.image_url",
                 code="missing_required_parameter",
             )
+        if kind == "file":
+            file = part.get("file")
+            data = file.get("file_data") if isinstance(file, dict) else None
+            if isinstance(data, str) and data.startswith("data:application/pdf;base64,"):
+                return
+            if isinstance(file, dict) and isinstance(file.get("file_id"), str):
+                return
+            raise Rejection(
+                400,
+                f"Invalid '{where}.file': expected file_data as a PDF data URL, or a file_id.",
+                param=f"{where}.file",
+                code="invalid_value",
+            )
         raise Rejection(
             400,
-            f"Invalid value: '{kind}'. Supported values are: 'text' and 'image_url'.",
+            f"Invalid value: '{kind}'. Supported values are: 'text', 'image_url' and 'file'.",
             param=f"{where}.type",
             code="invalid_value",
         )

@@ -239,7 +239,7 @@ CASES: dict[str, dict[str, tuple[dict[str, Any], int]]] = {
             },
             200,
         ),
-        "bad field": ({"model": "echo/echo-1", "messages": USER, "n": 2}, 400),
+        "bad field": ({"model": "echo/echo-1", "messages": USER, "n": 9}, 400),
         "unknown model": ({"model": "nope/gpt-x", "messages": USER}, 404),
         "provider error": ({"model": "rejecting/echo-1", "messages": USER}, 422),
     },

@@ -90,7 +90,7 @@ def test_a_messages_body_becomes_the_common_conversation() -> None:
         ({"max_tokens": None}, "max_tokens"),
         ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "document"}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "search_result"}]}]},
             "messages.0.content.0.type",
         ),
         ({"tools": [{"type": "web_search_20250305", "name": "web"}]}, "tools.0.input_schema"),

@@ -243,7 +243,7 @@ def test_images_tools_and_developer_messages_reach_the_provider(providers, api: 
         ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
         ({"model": "echo-1", "messages": []}, "messages"),
         (chat(tools=[{"type": "function"}]), "tools.0"),
-        (chat(n=2), "n"),
+        (chat(n=9), "n"),  # 1 to 8 (test_n_choices.py)
         (chat(temperature=3), "temperature"),
         (chat(base_url="http://evil"), "base_url"),
     ],
