@@ -227,3 +227,86 @@ async def test_langchain_anthropic_options_reach_anthropic(
     assert answer.text == "You said: hello"
     sent = upstreams[1].requests_to("/v1/messages")[-1].body
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
+# --- every option, as the official SDKs send it ---------------------------------------------
+
+#: Each OpenAI option as the openai SDK takes it, and what the fake must record.
+SDK_OPENAI_OPTIONS: list[tuple[str, Any]] = [
+    ("seed", 7),
+    ("presence_penalty", 0.5),
+    ("frequency_penalty", -0.5),
+    ("logit_bias", {"1734": -100}),
+    ("user", "user-42"),
+    ("parallel_tool_calls", False),
+    ("response_format", {"type": "json_object"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), SDK_OPENAI_OPTIONS, ids=[o[0] for o in SDK_OPENAI_OPTIONS]
+)
+async def test_each_openai_option_reaches_openai_as_sent(
+    oai: openai.AsyncOpenAI, upstreams: Any, name: str, value: Any
+) -> None:
+    openai_fake, _ = upstreams
+    extra: dict[str, Any] = {name: value}
+    if name == "parallel_tool_calls":
+        extra["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    await oai.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=user("answer in json"), **extra
+    )
+    (request,) = openai_fake.requests_to("/v1/chat/completions")
+    assert request.body[name] == value
+
+
+async def test_logprobs_reach_openai_and_come_back(oai: openai.AsyncOpenAI, upstreams: Any) -> None:
+    openai_fake, _ = upstreams
+    answer = await oai.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=user("hi"), logprobs=True, top_logprobs=2
+    )
+    (request,) = openai_fake.requests_to("/v1/chat/completions")
+    assert (request.body["logprobs"], request.body["top_logprobs"]) == (True, 2)
+    assert answer.choices[0].logprobs is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        o
+        for o in SDK_OPENAI_OPTIONS
+        if o[0] in {"seed", "presence_penalty", "frequency_penalty", "logit_bias"}
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+async def test_options_anthropic_cannot_honour_are_refused_naming_them(
+    oai: openai.AsyncOpenAI, upstreams: Any, name: str, value: Any
+) -> None:
+    _, anthropic_fake = upstreams
+    with pytest.raises(openai.BadRequestError) as refused:
+        await oai.chat.completions.create(
+            model="anthropic/claude-3-5-haiku-latest", messages=user("hi"), **{name: value}
+        )
+    assert refused.value.status_code == 400
+    assert (
+        refused.value.body["param"] == name and refused.value.body["code"] == "unsupported_option"
+    )
+    assert anthropic_fake.requests_to("/v1/messages") == []
+
+
+async def test_anthropic_sdk_options_reach_anthropic_in_its_own_form(
+    claude: anthropic.AsyncAnthropic, upstreams: Any
+) -> None:
+    _, anthropic_fake = upstreams
+    tool = {"name": "f", "input_schema": {"type": "object", "properties": {}}}
+    await claude.messages.create(
+        model="anthropic/claude-3-5-haiku-latest",
+        max_tokens=50,
+        messages=user("hi"),
+        metadata={"user_id": "user-42"},
+        tools=[tool],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+    )
+    (request,) = anthropic_fake.requests_to("/v1/messages")
+    assert request.body["metadata"] == {"user_id": "user-42"}
+    assert request.body["tool_choice"]["disable_parallel_tool_use"] is True
