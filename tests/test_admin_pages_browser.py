@@ -34,6 +34,7 @@ from tests.test_chat_page_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     PASSWORD,
+    off_the_loop,
     require_chromium,
     screenshot_path,
 )
@@ -243,3 +244,33 @@ def test_the_dashboard_and_the_usage_page(
     expect(chart.locator(".echo-day")).to_have_count(30)
     assert 5 <= chart.locator(".echo-tick-x").count() <= 15
     context.close()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_checked_provider_is_deleted_from_its_page_saying_what_goes_with_it(
+    server: Any, chromium: Any, viewport: dict[str, int]
+) -> None:
+    from playwright.sync_api import expect
+
+    from providers.models import ProviderConfig, ProviderConfigChange
+
+    page = chromium.new_context(viewport=viewport).new_page()
+    log_in(page, server.url)
+    backup = off_the_loop(lambda: ProviderConfig.objects.get(name="backup"))  # checked once
+    page.goto(f"{server.url}/admin/providers/providerconfig/{backup.pk}/change/")
+    page.click("a.deletelink")
+    # The confirmation says what goes with it, and no permission is missing.
+    expect(page.locator("#content")).to_contain_text("1 health check (its check history)")
+    expect(page.locator("#content")).to_contain_text("Kept: its change history")
+    expect(page.locator("#content")).not_to_contain_text("permission")
+    page.click("input[type=submit]")
+    expect(page.locator(".messagelist")).to_contain_text("deleted successfully")
+
+    def after() -> tuple[bool, bool, bool]:
+        return (
+            ProviderConfig.objects.filter(name="backup").exists(),
+            HealthCheck.objects.filter(provider_id=backup.pk).exists(),
+            ProviderConfigChange.objects.filter(provider_name="backup", action="deleted").exists(),
+        )
+
+    assert off_the_loop(after) == (False, False, True)
