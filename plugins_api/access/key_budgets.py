@@ -69,6 +69,7 @@ from plugins_api.access.shared_redis import (
     REDIS_RETRY_SECONDS,
     LoopRedis,
     RedisOutage,
+    store_settings,
 )
 from plugins_api.models import ClientAPIKey
 from providers.usage.row_writer import MAX_COST
@@ -563,13 +564,7 @@ def budget_ledger() -> KeyBudgetLedger:
     """Return this process's ledger, made from the settings on first use (the rate limits' Redis and policy)."""
     global _ledger
     if _ledger is None:
-        from django.conf import settings
-
-        _ledger = KeyBudgetLedger(
-            redis_url=getattr(settings, "REDIS_URL", "") or "",
-            prefix=getattr(settings, "ECHO_KEY_LIMITS_PREFIX", "echo") or "echo",
-            when_redis_down=getattr(settings, "ECHO_KEY_LIMITS_WHEN_REDIS_DOWN", POLICY_LOCAL),
-        )
+        _ledger = KeyBudgetLedger(**store_settings())
     return _ledger
 
 

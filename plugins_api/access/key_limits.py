@@ -43,6 +43,7 @@ from plugins_api.access.shared_redis import (
     REDIS_RETRY_SECONDS,
     LoopRedis,
     RedisOutage,
+    store_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -520,13 +521,7 @@ def key_limiter() -> KeyLimiter:
     """Return this process's limiter, made from the settings on first use."""
     global _limiter
     if _limiter is None:
-        from django.conf import settings
-
-        _limiter = KeyLimiter(
-            redis_url=getattr(settings, "REDIS_URL", "") or "",
-            prefix=getattr(settings, "ECHO_KEY_LIMITS_PREFIX", "echo") or "echo",
-            when_redis_down=getattr(settings, "ECHO_KEY_LIMITS_WHEN_REDIS_DOWN", POLICY_LOCAL),
-        )
+        _limiter = KeyLimiter(**store_settings())
     return _limiter
 
 

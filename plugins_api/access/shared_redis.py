@@ -27,6 +27,17 @@ POLICY_REFUSE = "refuse"
 POLICIES = (POLICY_LOCAL, POLICY_REFUSE)
 
 
+def store_settings() -> dict[str, str]:
+    """Return what limits and budgets are built with: ``REDIS_URL``, the key prefix, the outage policy."""
+    from django.conf import settings
+
+    return {
+        "redis_url": getattr(settings, "REDIS_URL", "") or "",
+        "prefix": getattr(settings, "ECHO_KEY_LIMITS_PREFIX", "echo") or "echo",
+        "when_redis_down": getattr(settings, "ECHO_KEY_LIMITS_WHEN_REDIS_DOWN", POLICY_LOCAL),
+    }
+
+
 class LoopRedis:
     """Clients of the Redis at URL, one per event loop, each with a bounded pool."""
 

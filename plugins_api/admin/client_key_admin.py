@@ -56,6 +56,7 @@ from plugins_api.access.key_spend import spend_this_period
 from plugins_api.admin.client_key_forms import ClientKeyForm, RotateKeyForm
 from plugins_api.models import ClientAPIKey, ClientKeyChange
 from providers.admin.provider_admin import render_changes
+from providers.admin.read_only import ReadOnlyAdmin
 from providers.audit.history import SOURCE_ADMIN, Actor, actor_for_request
 
 TEMPLATES = "admin/plugins_api/clientapikey"
@@ -559,7 +560,7 @@ class ClientAPIKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(ClientKeyChange)
-class ClientKeyChangeAdmin(admin.ModelAdmin):
+class ClientKeyChangeAdmin(ReadOnlyAdmin):
     """Every key's audit trail, deleted keys' included: read-only, as evidence must be."""
 
     list_display = ("changed", "key_name", "action", "actor", "source", "remote_addr")
@@ -583,16 +584,3 @@ class ClientKeyChangeAdmin(admin.ModelAdmin):
     @admin.display(description="what changed")
     def what_changed(self, obj: ClientKeyChange) -> str:
         return render_key_changes(obj.changes or [])
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: ClientKeyChange | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: ClientKeyChange | None = None
-    ) -> bool:
-        return False

@@ -70,6 +70,7 @@ from providers.admin.provider_form import (
     provider_config_form,
     setting_field_name,
 )
+from providers.admin.read_only import ReadOnlyAdmin
 from providers.audit.export import change_record, export_filename, records_csv, records_json
 from providers.audit.history import SOURCE_ADMIN, Actor, actor_for_request
 from providers.config import selectors
@@ -821,7 +822,7 @@ def _plugin_description(cls: type) -> str:
 
 
 @admin.register(HealthCheck)
-class HealthCheckAdmin(admin.ModelAdmin):
+class HealthCheckAdmin(ReadOnlyAdmin):
     """The health history, read-only: rows are written by the checks themselves."""
 
     list_display = ("provider", "available", "response_time_ms", "checked_at", "error")
@@ -829,18 +830,9 @@ class HealthCheckAdmin(admin.ModelAdmin):
     list_select_related = ("provider",)
     date_hierarchy = "checked_at"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: HealthCheck | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: HealthCheck | None = None) -> bool:
-        return False
-
 
 @admin.register(ProviderConfigChange)
-class ProviderConfigChangeAdmin(admin.ModelAdmin):
+class ProviderConfigChangeAdmin(ReadOnlyAdmin):
     """The audit trail of every provider, deleted ones included: read-only, as evidence must be."""
 
     list_display = ("when", "provider_name", "action", "actor", "source", "remote_addr")
@@ -906,16 +898,3 @@ class ProviderConfigChangeAdmin(admin.ModelAdmin):
     def what_changed(self, obj: ProviderConfigChange) -> str:
         """Show the field-by-field diff (secrets as masks)."""
         return render_changes(obj.changes or [])
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: ProviderConfigChange | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: ProviderConfigChange | None = None
-    ) -> bool:
-        return False
