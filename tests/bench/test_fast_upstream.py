@@ -74,9 +74,10 @@ async def test_the_prompt_sets_latency_and_chunk_interval(upstream):
     )
     await connection.close()
     assert answer.status == 200 and len(answer.chunk_ms) == 3
+    # Arrival times only move later under load (two chunks may then be read together),
+    # so the interval shows as the last chunk's earliest possible arrival: 40 + 2 x 30 ms.
     assert answer.chunk_ms[0] >= 39
-    assert 25 <= answer.chunk_ms[1] - answer.chunk_ms[0] <= 200
-    assert 25 <= answer.chunk_ms[2] - answer.chunk_ms[1] <= 200
+    assert 39 + 2 * 25 <= answer.chunk_ms[2] <= 2000
     assert whole.status == 200 and whole.total_ms >= 39
 
 
