@@ -9,13 +9,14 @@ each client it reports the latency of a call (p50/p99) at concurrency 1 and
 the end of the stream), and the client process's CPU time per call.
 
 Clients:
-  httpx          httpx.AsyncClient, its default transport (httpcore): Echo's client until
-                 providers.upstream.transport (its policy check runs per new connection only,
-                 so a pooled call costs the same)
+  httpx          httpx.AsyncClient, its default transport (httpcore)
   httpx-aiohttp  httpx.AsyncClient over httpx_aiohttp.AiohttpTransport (when installed)
   aiohttp        aiohttp.ClientSession, no httpx: the floor
-  echo           the client Echo's HTTPProvider builds: httpx.AsyncClient over
-                 providers.upstream.transport.PolicyCheckedTransport
+  echo           UpstreamSession: aiohttp under Echo's policy-checked connector, no httpx.
+                 Called through an OpenAIProvider's post_json and stream_sse, so a call is
+                 what Echo's HTTPProvider does: encode the JSON body, send it, read the
+                 answer, parse its JSON or its Server-Sent Events (the policy check runs
+                 per new connection only, so a pooled call costs the same)
 
     .venv/bin/python bench/upstream_clients.py [--rounds 20] [--calls 50] [--concurrency 16]
         [--chunks 20] [--loop uvloop|asyncio] [--out bench/results/upstream_clients.md]
@@ -178,6 +179,24 @@ def aiohttp_caller(session, base: str) -> Call:
     return call
 
 
+def provider_caller(provider) -> Call:
+    """Return a call through an HTTPProvider's ``post_json`` and ``stream_sse``: Echo's own path."""
+
+    async def call(stream: bool) -> tuple[float, float]:
+        started = _now()
+        if not stream:
+            await provider.post_json("/chat/completions", REQUEST)
+            done = _now() - started
+            return done, done
+        first = None
+        async for _event in provider.stream_sse("/chat/completions", STREAM_REQUEST):
+            if first is None:
+                first = _now() - started
+        return first or 0.0, _now() - started
+
+    return call
+
+
 async def build_clients(base: str, names: list[str]) -> tuple[dict[str, Call], list]:
     """Return a caller per client NAME that can be built here, and what to close after."""
     import aiohttp
@@ -209,9 +228,7 @@ async def build_clients(base: str, names: list[str]) -> tuple[dict[str, Call], l
 
             provider = OpenAIProvider({"api_key": "sk-bench", "base_url": f"{base}/v1"}, name="b")
             await provider.initialize()
-            client = provider._client_for_loop()
-            client.base_url = base  # the caller names the whole path
-            callers[name], _ = httpx_caller(client), closers.append(provider.shutdown)
+            callers[name], _ = provider_caller(provider), closers.append(provider.shutdown)
         else:
             raise SystemExit(f"unknown client {name!r}")
     return callers, closers

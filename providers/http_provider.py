@@ -3,8 +3,8 @@
 A provider built on it is mostly its wire format: it says how to
 authenticate, how to read an upstream's error body, and how to build and
 parse its requests. This module owns the rest, once: a pooled
-``httpx.AsyncClient`` per instance (per event loop) over aiohttp's connection
-pool (``providers.upstream.transport``), timeouts from settings, every new
+``UpstreamSession`` per instance (per event loop: aiohttp's connection pool,
+``providers.upstream.session``), timeouts from settings, every new
 connection checked against the upstream policy after DNS
 (``providers.upstream.connections``), no redirects and no retries of its own
 (the ModelManager owns retries), the SSE and NDJSON stream readers, and the
@@ -25,14 +25,14 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 from providers.base import AbstractAIProvider
 from providers.errors import (
@@ -50,9 +50,16 @@ from providers.runtime.retry_policy import parse_retry_after
 from providers.secrets.masking import redact
 from providers.secrets.values import instance_secret_values
 from providers.types import HealthStatus
-from providers.upstream.connections import BlockedUpstreamError, resolved_problem
+from providers.upstream.connections import resolved_problem
 from providers.upstream.policy import base_url_problem
-from providers.upstream.transport import PolicyCheckedTransport
+from providers.upstream.session import (
+    BrokenConnection,
+    RefusedByPolicy,
+    TransportFailure,
+    TransportTimeout,
+    UpstreamAnswer,
+    UpstreamSession,
+)
 
 # Settings every HTTP provider shares; a plugin adds its own properties to these.
 HTTP_SETTINGS_SCHEMA: dict[str, dict[str, Any]] = {
@@ -183,6 +190,26 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+def encode_json(value: Any) -> bytes:
+    """Return VALUE as compact UTF-8 JSON (orjson: a tenth of ``json``'s time on a chat body).
+
+    What orjson cannot write (a key that is not a string, an integer beyond 64
+    bits) is written by ``json``, which refuses NaN and infinities as orjson
+    does not: none reaches here from a client (``bounded_json`` refuses them).
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+
+
+def decode_json(body: bytes | str) -> Any:
+    """Return the JSON document BODY; raise ``ValueError`` if it is not one (NaN is not)."""
+    return orjson.loads(body)
+
+
 @cache
 def shared_ssl_context() -> ssl.SSLContext:
     """Return one TLS context for every provider client.
@@ -207,8 +234,8 @@ class HTTPProvider(AbstractAIProvider):
 
     def __init__(self, config: dict[str, Any] | None = None, *, name: str | None = None) -> None:
         super().__init__(config, name=name)
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._session: UpstreamSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
     # --- what subclasses provide ---------------------------------------
 
@@ -256,46 +283,32 @@ class HTTPProvider(AbstractAIProvider):
             raise ProviderConfigError(
                 f"base_url: {problem}", errors={"base_url": [problem]}, provider=self.name
             )
-        self._client_for_loop()
+        self._session_for_loop()
 
     async def shutdown(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
-            await client.aclose()
+        session, self._session = self._session, None
+        if session is not None and self._session_loop is asyncio.get_running_loop():
+            await session.aclose()
 
-    def _client_for_loop(self) -> httpx.AsyncClient:
-        """Return this instance's pooled client, made anew if the event loop changed.
+    def _session_for_loop(self) -> UpstreamSession:
+        """Return this instance's pooled session, made anew if the event loop changed.
 
         A connection pool belongs to the loop that opened it; a provider built
         on one loop (a management command) and used on another (a server)
         gets a fresh pool instead of a broken one.
         """
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            limits = httpx.Limits(
-                max_connections=int(self.config["max_connections"]),
-                max_keepalive_connections=int(self.config["max_connections"]),
-            )
-            connect_timeout = float(self.config["connect_timeout"])
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url,
+        if self._session is None or self._session_loop is not loop:
+            self._session = UpstreamSession(
+                self.base_url,
                 headers=self.default_headers(),
-                timeout=httpx.Timeout(float(self.config["timeout"]), connect=connect_timeout),
-                limits=limits,
-                follow_redirects=False,
-                verify=shared_ssl_context(),
-                # No proxy from the environment (HTTPS_PROXY...): a proxy would
-                # resolve and connect itself, past the policy's address check.
-                trust_env=False,
-                # aiohttp's pool under httpx's API, one per provider; every new
-                # connection is checked against the upstream policy after DNS, so
-                # a name that resolves elsewhere later is refused.
-                transport=PolicyCheckedTransport(
-                    verify=shared_ssl_context(), limits=limits, connect_timeout=connect_timeout
-                ),
+                read_timeout=float(self.config["timeout"]),
+                connect_timeout=float(self.config["connect_timeout"]),
+                max_connections=int(self.config["max_connections"]),
+                ssl_context=shared_ssl_context(),
             )
-            self._client_loop = loop
-        return self._client
+            self._session_loop = loop
+        return self._session
 
     # --- errors --------------------------------------------------------
 
@@ -307,13 +320,13 @@ class HTTPProvider(AbstractAIProvider):
         return cls(redact(message, self.secret_values()), provider=self.name, **kwargs)
 
     def error_for_status(
-        self, status: int, message: str, headers: httpx.Headers | None = None
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
     ) -> ProviderError:
         """Return the typed error for an upstream answer with STATUS."""
         if 300 <= status < 400:
             # Never followed (it could lead to an internal address); say where it
             # pointed, host only: a redirect's query may carry a token.
-            target = urlsplit((headers or httpx.Headers()).get("location", ""))
+            target = urlsplit((headers or {}).get("location", ""))
             where = f" to {target.scheme}://{target.netloc}" if target.netloc else ""
             return self._error(
                 ProtocolError,
@@ -326,7 +339,7 @@ class HTTPProvider(AbstractAIProvider):
         )
 
     def _error_of_status(
-        self, status: int, text: str, headers: httpx.Headers | None = None
+        self, status: int, text: str, headers: Mapping[str, str] | None = None
     ) -> ProviderError:
         """Return the error kind an upstream error with STATUS stands for, saying TEXT."""
         retry_after = parse_retry_after(headers) if headers is not None else None
@@ -364,32 +377,26 @@ class HTTPProvider(AbstractAIProvider):
             exc.provider = exc.provider or self.name
             raise
 
-    def _error_from_response(self, response: httpx.Response, body: bytes) -> ProviderError:
+    def _error_from_response(self, answer: UpstreamAnswer, body: bytes) -> ProviderError:
         try:
             parsed = json.loads(body)
         except ValueError:
             parsed = None
         message = self.upstream_error_message(parsed)
         if message is None:
-            message = body[:200].decode("utf-8", "replace").strip() or response.reason_phrase
-        return self.error_for_status(response.status_code, message, response.headers)
+            message = body[:200].decode("utf-8", "replace").strip() or answer.reason
+        return self.error_for_status(answer.status, message, answer.headers)
 
-    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if isinstance(exc.__cause__, BlockedUpstreamError):
+    def _transport_error(self, exc: TransportFailure) -> ProviderError:
+        if isinstance(exc, RefusedByPolicy):
             return self._error(
-                ProviderUnavailableError,
-                f"Echo refused to connect to {self.display_name}: {exc.__cause__}",
+                ProviderUnavailableError, f"Echo refused to connect to {self.display_name}: {exc}"
             )
-        if isinstance(exc, httpx.TimeoutException):
-            return self._error(
-                ProviderTimeoutError, f"{self.display_name} timed out ({type(exc).__name__})."
-            )
-        if isinstance(exc, httpx.RemoteProtocolError):
+        if isinstance(exc, TransportTimeout):
+            return self._error(ProviderTimeoutError, f"{self.display_name} timed out ({exc}).")
+        if isinstance(exc, BrokenConnection):
             return self._error(ProtocolError, f"{self.display_name} broke the connection: {exc}")
-        return self._error(
-            ProviderUnavailableError,
-            f"Cannot reach {self.display_name}: {type(exc).__name__}: {exc}",
-        )
+        return self._error(ProviderUnavailableError, f"Cannot reach {self.display_name}: {exc}")
 
     # --- health --------------------------------------------------------
 
@@ -418,15 +425,17 @@ class HTTPProvider(AbstractAIProvider):
         headers: dict[str, str] | None = None,
     ) -> Any:
         """Send one request and return its JSON body; raise a typed error on any failure."""
-        client = self._client_for_loop()
+        session = self._session_for_loop()
+        content = None if json_body is None else encode_json(json_body)
         try:
-            response = await client.request(method, path, json=json_body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with session.request(method, path, body=content, headers=headers) as answer:
+                body = await answer.read()
+        except TransportFailure as exc:
             raise self._transport_error(exc) from None
-        if response.status_code >= 300:
-            raise self._error_from_response(response, response.content)
+        if answer.status >= 300:
+            raise self._error_from_response(answer, body)
         try:
-            return response.json()
+            return decode_json(body)
         except ValueError:
             raise self._error(
                 ProtocolError, f"{self.display_name} sent a body that is not JSON."
@@ -436,29 +445,21 @@ class HTTPProvider(AbstractAIProvider):
         """POST BODY as JSON to PATH and return the JSON answer."""
         return await self.request_json("POST", path, json_body=body, headers=headers)
 
-    @asynccontextmanager
-    async def _open_stream(
-        self, path: str, body: Any, headers: dict[str, str] | None
-    ) -> AsyncIterator[httpx.Response]:
-        client = self._client_for_loop()
-        try:
-            async with client.stream("POST", path, json=body, headers=headers) as response:
-                if response.status_code >= 300:
-                    raise self._error_from_response(response, await response.aread())
-                yield response
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-
     async def stream_lines(
         self, path: str, body: Any, headers: dict[str, str] | None = None
     ) -> AsyncIterator[str]:
         """POST BODY and yield the answer's lines as they arrive."""
-        async with self._open_stream(path, body, headers) as response:
-            try:
-                async for line in response.aiter_lines():
+        session = self._session_for_loop()
+        try:
+            async with session.request(
+                "POST", path, body=encode_json(body), headers=headers
+            ) as answer:
+                if answer.status >= 300:
+                    raise self._error_from_response(answer, await answer.read())
+                async for line in answer.lines():
                     yield line
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from None
+        except TransportFailure as exc:
+            raise self._transport_error(exc) from None
 
     async def stream_sse(
         self, path: str, body: Any, headers: dict[str, str] | None = None
@@ -494,7 +495,7 @@ class HTTPProvider(AbstractAIProvider):
     def parse_json_text(self, text: str) -> Any:
         """Return TEXT parsed as JSON, or raise ``ProtocolError``."""
         try:
-            return json.loads(text)
+            return decode_json(text)
         except ValueError:
             raise self._error(
                 ProtocolError, f"{self.display_name} sent malformed JSON in its stream."

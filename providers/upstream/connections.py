@@ -4,8 +4,8 @@ A provider's host name is checked when its config is saved and when it
 starts, but DNS can answer differently later (DNS rebinding: a name that
 resolved to a public address at start resolves to 169.254.169.254 or a
 loopback service a minute on). So every provider's connection pool (an
-aiohttp ``PolicyCheckedConnector``, under httpx's API: see
-``providers.upstream.transport``) opens its connections through
+aiohttp ``PolicyCheckedConnector``, under the provider's
+``providers.upstream.session.UpstreamSession``) opens its connections through
 ``PolicyCheckedResolver``: each new connection to a name resolves the name
 here, checks every address the resolver gave against
 ``providers.upstream.policy``, and hands aiohttp only those checked
@@ -39,7 +39,7 @@ class BlockedUpstreamError(Exception):
     """A connection was refused by the upstream policy; the message says why.
 
     Not an ``OSError`` on purpose: aiohttp passes it through untouched (it
-    would wrap an ``OSError`` as a DNS failure), so the transport can tell a
+    would wrap an ``OSError`` as a DNS failure), so the session can tell a
     refusal from a failure.
     """
 

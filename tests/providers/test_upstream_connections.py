@@ -175,7 +175,7 @@ async def test_a_blocked_address_literal_is_never_dialled(
     try:
         # A row saved before the rule existed: the connection still refuses it.
         provider.config["base_url"] = f"http://{literal}:{upstream.port}/v1"
-        provider._client = None
+        provider._session = None  # the session holds the base_url it was made with
         with pytest.raises(ProviderUnavailableError, match="blocked range") as refused:
             await provider.chat_completion(REQUEST)
     finally:
@@ -202,7 +202,7 @@ async def test_a_metadata_host_name_is_refused_before_any_lookup(resolver, setti
     try:
         # A row saved before the name rule existed: the connection still refuses it.
         provider.config["base_url"] = "http://metadata.google.internal/v1"
-        provider._client = None
+        provider._session = None  # the session holds the base_url it was made with
         with pytest.raises(ProviderUnavailableError, match="cloud metadata service"):
             await provider.chat_completion(REQUEST)
     finally:

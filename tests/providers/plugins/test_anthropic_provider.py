@@ -456,12 +456,15 @@ async def test_an_unreachable_upstream_is_unavailable() -> None:
 async def test_one_pooled_client_closed_on_shutdown(fake) -> None:
     provider = make_provider(fake)
     await provider.initialize()
-    client = provider._client
+    session = provider._session
     await provider.chat_completion(ask("one"))
+    pool = session.session
     await provider.chat_completion(ask("two"))
-    assert provider._client is client
+    assert provider._session is session and session.session is pool  # one pool for every call
+    assert pool is not None and not pool.closed
+    connector = pool.connector
     await provider.shutdown()
-    assert client.is_closed
+    assert pool.closed and connector.closed and provider._session is None
     await provider.shutdown()  # twice is harmless
 
 

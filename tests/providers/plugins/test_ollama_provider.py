@@ -398,12 +398,15 @@ async def test_a_model_not_found_error_object_is_model_not_found(provider, fake)
 async def test_one_pooled_client_closed_on_shutdown(fake) -> None:
     provider = OllamaProvider({"base_url": fake.base_url})
     await provider.initialize()
-    client = provider._client
+    session = provider._session
     await provider.chat_completion(ask("a"))
+    pool = session.session
     await provider.list_models()
-    assert provider._client is client  # one pool for every call
+    assert provider._session is session and session.session is pool  # one pool for every call
+    assert pool is not None and not pool.closed
+    connector = pool.connector
     await provider.shutdown()
-    assert client.is_closed and provider._client is None
+    assert pool.closed and connector.closed and provider._session is None
 
 
 # --- the fake speaks Ollama's protocol (from docs/api.md), not Echo's client's -----------

@@ -522,11 +522,17 @@ async def test_it_recovers_after_a_failure(provider, fake) -> None:
 async def test_shutdown_closes_the_client(fake) -> None:
     provider = make_provider(fake)
     await provider.initialize()
+    session = provider._session
     await provider.chat_completion(ask("hi"))
-    client = provider._client
-    assert client is not None and not client.is_closed
+    await provider.list_models()
+    await provider.chat_completion(ask("again"))
+    assert provider._session is session  # one pool for every call ...
+    assert len(fake.peers) == 1  # ... and its one connection, reused
+    pool = session.session
+    assert pool is not None and not pool.closed
+    connector = pool.connector
     await provider.shutdown()
-    assert client.is_closed
+    assert pool.closed and connector.closed and provider._session is None
     await provider.shutdown()  # twice is harmless
 
 
