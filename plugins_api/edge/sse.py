@@ -25,6 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Protocol
 
+import orjson
 from django.http import StreamingHttpResponse
 
 from plugins_api.edge.error_responses import provider_error_body
@@ -65,11 +66,17 @@ async def _next_chunk(chunks: AsyncIterator[StreamingChunk]) -> StreamingChunk |
 def sse_frame(data: dict[str, Any] | str, *, event: str | None = None) -> bytes:
     """Return one SSE event: an ``event:`` line when EVENT is given, and DATA on one ``data:`` line.
 
-    DATA is sent as compact JSON, or as is when it is text (OpenAI's ``[DONE]``).
+    DATA is sent as compact UTF-8 JSON (orjson: one is written per chunk
+    streamed), or as is when it is text (OpenAI's ``[DONE]``).
     """
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {text}\n\n".encode()
+    head = f"event: {event}\n".encode() if event else b""
+    if isinstance(data, str):
+        return head + b"data: " + data.encode() + b"\n\n"
+    try:
+        body = orjson.dumps(data)
+    except TypeError:  # a key that is not a string, an integer beyond 64 bits
+        body = json.dumps(data, separators=(",", ":")).encode()
+    return head + b"data: " + body + b"\n\n"
 
 
 def sse_event(event: str, data: dict[str, Any]) -> bytes:

@@ -14,9 +14,10 @@ Shapes follow OpenAI's API reference: ``POST /chat/completions`` (a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from providers.errors import BadRequestError
 from providers.http_provider import UpstreamErrorEvent, WireFormatError, status_named_in
@@ -313,7 +314,7 @@ def parse_stream_event(data: str) -> StreamEvent:
     if data.strip() == DONE:
         return StreamEvent(done=True)
     try:
-        chunk = json.loads(data)
+        chunk = orjson.loads(data)
     except ValueError:
         raise WireFormatError("sent malformed JSON in its stream.") from None
     if not isinstance(chunk, dict):
