@@ -11,12 +11,13 @@ import contextvars
 import json
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
+
+from providers.types import answer_id
 
 HEADER = "X-Request-ID"
 # A client's id is kept only if it is short and plain: it goes into logs.
@@ -30,7 +31,7 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 def request_id_for(request: HttpRequest) -> str:
     """Return the client's request id when acceptable, else a new one."""
     given = request.META.get("HTTP_X_REQUEST_ID", "")
-    return given if ACCEPTABLE_ID.match(given) else uuid.uuid4().hex
+    return given if ACCEPTABLE_ID.match(given) else answer_id()
 
 
 class RequestIdMiddleware:

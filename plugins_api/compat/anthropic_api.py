@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +90,7 @@ from providers.types import (
     ChatResponse,
     StreamingChunk,
     ToolCall,
+    answer_id,
 )
 
 #: The longest ``title`` or ``context`` of a document block.
@@ -525,7 +525,7 @@ def parse_messages_call(data: dict[str, Any]) -> ChatCall:
 
 def message_id() -> str:
     """Return a new id for a message."""
-    return f"msg_{uuid.uuid4().hex}"
+    return f"msg_{answer_id()}"
 
 
 def stop_reason(finish_reason: str | None, metadata: dict[str, Any]) -> str:

@@ -36,7 +36,6 @@ import asyncio
 import base64
 import struct
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +96,7 @@ from providers.types import (
     EmbeddingResponse,
     StreamingChunk,
     ToolCall,
+    answer_id,
 )
 
 #: How long ``GET /v1/models`` waits for a provider's live list before it
@@ -369,7 +369,7 @@ def parse_completion_call(data: dict[str, Any]) -> CompletionCall:
 
 def completion_id() -> str:
     """Return a new id for a chat completion."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{answer_id()}"
 
 
 def _wire_tool_call(call: ToolCall) -> dict[str, Any]:
