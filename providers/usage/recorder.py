@@ -74,6 +74,42 @@ class UsageEvent:
 #: Text longer than any usage column is cut to this before it is queued: the writer
 #: cuts it to its column later, but a queued event must not hold a client's megabytes.
 QUEUED_TEXT_MAX = 1024
+#: Most label combinations whose metric series are kept at hand (``_series``); the labels
+#: are bounded already (``MetricLabels``), this bounds the shortcut's own memory.
+SERIES_KEPT = 1024
+
+
+class _Series:
+    """The metric series one (endpoint, provider, model, outcome) counts in, each looked up once.
+
+    A series is made on its first use, as ``labels()`` would: one that never
+    counts anything (the time to first token of a whole answer) is not exported.
+    """
+
+    __slots__ = ("_labels", "_found", "requests", "latency")
+
+    def __init__(self, endpoint: str, provider: str, model: str, outcome: str) -> None:
+        self._labels = (provider, model)
+        self._found: dict[str, Any] = {}
+        self.requests = metrics.REQUESTS.labels(endpoint, provider, model, outcome)
+        self.latency = metrics.LATENCY.labels(provider, model)
+
+    def _child(self, name: str, metric: Any, *extra: str) -> Any:
+        child = self._found.get(name)
+        if child is None:
+            child = self._found[name] = metric.labels(*self._labels, *extra)
+        return child
+
+    def ttft(self) -> Any:
+        return self._child("ttft", metrics.TTFT)
+
+    def tokens(self, kind: str) -> Any:
+        return self._child(kind, metrics.TOKENS, kind)
+
+    def cost(self) -> Any:
+        return self._child("cost", metrics.COST)
+
+
 _TEXT_FIELDS = ("client", "endpoint", "provider", "model", "outcome", "error_kind")
 
 
@@ -135,6 +171,9 @@ class UsageRecorder:
         self._closing = False
         self._failing = False
         self._refusals_logged: set[str] = set()
+        # prometheus_client's labels() takes a lock and builds a key per call:
+        # five per request, so each combination's series are kept here.
+        self._series: dict[tuple[str, str, str, str], _Series] = {}
 
     def record(self, event: UsageEvent) -> Decimal | None:
         """Count EVENT in the metrics and queue it; return its cost in USD (None: no known price).
@@ -159,22 +198,30 @@ class UsageRecorder:
     def _observe(self, event: UsageEvent, cost: Decimal | None) -> None:
         metric_labels = self._labels
         provider = metric_labels.provider(event.provider)
-        labels = (provider, metric_labels.model(provider, event.model))
-        metrics.REQUESTS.labels(
-            metric_labels.endpoint(event.endpoint), *labels, metric_labels.outcome(event.outcome)
-        ).inc()
-        metrics.LATENCY.labels(*labels).observe(event.latency_ms / 1000)
+        key = (
+            metric_labels.endpoint(event.endpoint),
+            provider,
+            metric_labels.model(provider, event.model),
+            metric_labels.outcome(event.outcome),
+        )
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= SERIES_KEPT:
+                self._series.clear()
+            series = self._series[key] = _Series(*key)
+        series.requests.inc()
+        series.latency.observe(event.latency_ms / 1000)
         if event.ttft_ms is not None:
-            metrics.TTFT.labels(*labels).observe(event.ttft_ms / 1000)
+            series.ttft().observe(event.ttft_ms / 1000)
         # Upstream-reported counts: a negative one would make the counter raise.
         prompt = storable_int(event.prompt_tokens, low=0, high=MAX_TOKENS)
         completion = storable_int(event.completion_tokens, low=0, high=MAX_TOKENS)
         if prompt:
-            metrics.TOKENS.labels(*labels, "prompt").inc(prompt)
+            series.tokens("prompt").inc(prompt)
         if completion:
-            metrics.TOKENS.labels(*labels, "completion").inc(completion)
+            series.tokens("completion").inc(completion)
         if cost and cost > 0:
-            metrics.COST.labels(*labels).inc(float(cost))
+            series.cost().inc(float(cost))
         if event.error_kind:
             metrics.ERRORS.labels(metric_labels.kind(event.error_kind), provider).inc()
         for retry in event.retries:
