@@ -31,7 +31,7 @@ from pathlib import Path
 from bench import litellm_peer, processes, wrk_load, ws_probe
 from bench.http_probe import HttpConnection, post_request
 from bench.report import P99_LIMIT_MS, write_report
-from bench.timings import added, gaps, ratio, stalls, summary
+from bench.timings import added, gaps, ratio, round_orders, stalls, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -379,9 +379,8 @@ async def measure_latency(bench: Bench) -> None:
         (True, bench.plan.stream_rounds, STREAM_PROMPT),
     ):
         requests = {s.key: s.request(prompt, stream) for s in systems}
-        for number in range(rounds):
-            shift = number % len(systems)  # rotate the order: no system is always first
-            for system in systems[shift:] + systems[:shift]:
+        for order in round_orders(systems, rounds):
+            for system in order:
                 answer = await connections[system.key].exchange(requests[system.key])
                 if answer.status != 200 or (stream and not answer.chunk_ms):
                     failures[system.key] += 1

@@ -7,7 +7,11 @@ times), so that they can be checked on made-up timings.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -62,3 +66,20 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return round(numerator / denominator, 3)
+
+
+def round_orders(items: Sequence[T], rounds: int, seed: int = 16) -> list[list[T]]:
+    """Return the order of ITEMS in each of ROUNDS rounds: shuffled anew each round (seeded).
+
+    Not rotated: in a rotation each item always follows the same one, and two
+    systems served by one process (``echo_v1`` and ``echo_chat``) would have
+    the second always find the process warm from the first. Shuffled, every
+    system follows every other alike, and none is always first.
+    """
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(rounds):
+        order = list(items)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.timings import added, gaps, percentile, ratio, stalls, summary
+from bench.timings import added, gaps, percentile, ratio, round_orders, stalls, summary
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -48,3 +48,15 @@ def test_ratio_is_none_without_a_positive_denominator():
     assert ratio(1.0, 0.0) is None
     assert ratio(None, 1.0) is None
     assert ratio(1.0, -2.0) is None
+
+
+def test_round_orders_let_no_system_always_follow_another() -> None:
+    systems = ["direct", "echo_v1", "echo_chat", "daphne", "granian", "floor", "litellm"]
+    orders = round_orders(systems, 300)
+    assert all(sorted(order) == sorted(systems) for order in orders)
+    follows = sum(1 for order in orders if order.index("echo_chat") == order.index("echo_v1") + 1)
+    # A rotation put echo_chat right after echo_v1 in 6 rounds of 7; shuffled, about 1 in 7.
+    assert follows < 0.3 * len(orders)
+    firsts = {order[0] for order in orders}
+    assert firsts == set(systems)
+    assert round_orders(systems, 5) == round_orders(systems, 5), "seeded: runs compare"
