@@ -34,6 +34,7 @@ from plugins_api.access.key_credentials import (
     Denial,
     averify_credential,
     key_credential,
+    remember_verified,
     unauthorized,
 )
 from plugins_api.access.request_auth import echo_denial
@@ -152,6 +153,8 @@ class RequestBodyLimit:
                         await sync_to_async(close_old_connections)()
                         await send_early_response(send, denial_response(path, found))
                         return
+                    # The view takes it from here: a key is verified once per request.
+                    remember_verified(scope, token, found)
                     await self._serve_bounded(scope, receive, send, path, length, limit)
                 return
         await self._serve_bounded(scope, receive, send, path, length, limit)

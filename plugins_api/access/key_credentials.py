@@ -17,6 +17,11 @@ or of an unknown or revoked key, or of an expired one (kind ``key_expired``,
 its message saying so). Verification goes through the cached
 client-key store (``client_keys.verify_key``). What a key may do, its scope,
 is each caller's rule.
+
+A key is verified once per request: ``RequestBodyLimit`` verifies it before
+reading the body and leaves what it found in the ASGI scope
+(``remember_verified``); the view's ``aauthenticate_key`` given that scope
+takes it from there when the headers offer the same key.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from plugins_api.access.client_keys import ClientIdentity, alookup_key, lookup_key
+from plugins_api.access.client_keys import ClientIdentity, alookup_key, hash_key, lookup_key
 
 AUTHORIZATION_HEADER = "authorization"
 API_KEY_HEADER = "x-api-key"
@@ -32,6 +37,8 @@ API_KEY_HEADER = "x-api-key"
 SEND_A_KEY = "Send 'Authorization: Bearer <key>' (a chat or admin key)."
 
 Headers = Mapping[str, str | None]
+#: The ASGI scope's entry for the key verified earlier in the request: (its digest, its identity).
+VERIFIED_KEY = "echo.verified_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +147,22 @@ def authenticate_key(
 
 
 async def aauthenticate_key(
-    headers: Headers, *, x_api_key: bool = False
+    headers: Headers, *, x_api_key: bool = False, scope: Mapping[str, object] | None = None
 ) -> ClientIdentity | Denial | None:
-    """Return the identity of the key HEADERS offer, None for no key, or the 401 Denial (async)."""
+    """Return the identity of the key HEADERS offer, None for no key, or the 401 Denial (async).
+
+    SCOPE, the request's ASGI scope, may hold the identity this key was
+    verified as earlier in the same request (``remember_verified``).
+    """
     credential = key_credential(headers, x_api_key=x_api_key)
-    return await averify_credential(credential) if isinstance(credential, str) else credential
+    if not isinstance(credential, str):
+        return credential
+    earlier = scope.get(VERIFIED_KEY) if scope is not None else None
+    if isinstance(earlier, tuple) and earlier[0] == hash_key(credential):
+        return earlier[1]
+    return await averify_credential(credential)
+
+
+def remember_verified(scope: dict[str, object], token: str, identity: ClientIdentity) -> None:
+    """Leave in SCOPE that TOKEN was verified as IDENTITY (its digest only, never the key)."""
+    scope[VERIFIED_KEY] = (hash_key(token), identity)

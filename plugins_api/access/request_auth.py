@@ -51,7 +51,9 @@ async def check_chat_client(request: HttpRequest) -> Denial | None:
     ``Authorization`` wins over ``x-api-key`` when a request has both.
     """
     request.client = None
-    found = await aauthenticate_key(request.headers, x_api_key=True)
+    found = await aauthenticate_key(
+        request.headers, x_api_key=True, scope=getattr(request, "scope", None)
+    )
     if isinstance(found, Denial):
         return found
     if found is not None:

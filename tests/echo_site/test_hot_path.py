@@ -524,6 +524,28 @@ def test_a_call_with_a_cached_key_makes_no_thread_hop(
     assert len(hops) >= 2, hops  # the counter sees Django's request signals
 
 
+@pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("key", ["bearer", "x-api-key"])
+def test_a_key_is_verified_once_per_call(providers, keys, monkeypatch, path: str, key: str) -> None:
+    """The body limit verifies the key before the body; the view takes its identity, no second lookup."""
+    from plugins_api.access import key_credentials
+
+    lookups: list[str] = []
+    real_lookup = key_credentials.alookup_key
+
+    async def counted(raw_key: str) -> Any:
+        lookups.append(raw_key[:6])
+        return await real_lookup(raw_key)
+
+    monkeypatch.setattr(key_credentials, "alookup_key", counted)
+    body = json.dumps(CASES[path]["json"][0]).encode()
+    for app in (HOT, DJANGO):  # both ways in: the same rule
+        lookups.clear()
+        answer = async_to_sync(serve_async)(app, path, body, keys[key])
+        assert answer.status == 200, answer.body
+        assert len(lookups) == 1, lookups
+
+
 @pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("who", ["no key", "bearer", "session cookie"])

@@ -143,3 +143,33 @@ async def test_the_websocket_takes_the_key_as_bearer_only(chat_key) -> None:
     headers = [ORIGIN, (b"x-api-key", chat_key[1].encode())]
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
     assert await communicator.connect() == (False, 4401)
+
+
+@pytest.mark.django_db
+def test_a_key_verified_earlier_in_the_request_is_taken_from_its_scope(
+    chat_key, monkeypatch
+) -> None:
+    from plugins_api.access import key_credentials
+
+    _, raw_key = chat_key
+    identity = authenticate_key({"authorization": f"Bearer {raw_key}"})
+    assert identity is not None and not isinstance(identity, Denial)
+    scope: dict[str, object] = {}
+    key_credentials.remember_verified(scope, raw_key, identity)
+    assert raw_key not in repr(scope), "the scope keeps the key's digest, never the key"
+
+    lookups: list[str] = []
+    real_lookup = key_credentials.alookup_key
+
+    async def counted(token: str) -> Any:
+        lookups.append(token)
+        return await real_lookup(token)
+
+    monkeypatch.setattr(key_credentials, "alookup_key", counted)
+    found = async_to_sync(aauthenticate_key)({"x-api-key": raw_key}, x_api_key=True, scope=scope)
+    assert found == identity and lookups == []
+
+    # Another key than the one verified is verified itself: an unknown one is refused.
+    other = async_to_sync(aauthenticate_key)({"authorization": "Bearer echo-unknown"}, scope=scope)
+    assert other == Denial(401, "authentication_required", UNKNOWN)
+    assert lookups == ["echo-unknown"]
