@@ -376,6 +376,26 @@ def render_markdown(results: dict) -> str:
                 "|---|---|",
                 *(f"| {share:.1f}% | `{name}` |" for name, share in profile.get("self", [])),
             ]
+    breakdown = results.get("breakdown")
+    if breakdown:
+        out += ["", "## Where a call's CPU goes inside Echo (cProfile, in-process)", ""]
+        if breakdown.get("error"):
+            out.append(f"No breakdown: {breakdown['error']}")
+        else:
+            out += [
+                f"{breakdown.get('calls', 0):,} non-streamed `POST /v1/chat/completions` calls to "
+                "Echo's ASGI application in-process, one after the other, against the same fake "
+                f"upstream: {_fmt(breakdown.get('cpu_ms_per_call'), 3)} ms of CPU per call "
+                "unprofiled (no HTTP server). Shares from cProfile's cumulative times, which "
+                "inflate code made of many small calls (Django's): approximate, in the right order.",
+                "",
+                "| part | share | what it holds |",
+                "|---|---|---|",
+                *(
+                    f"| {part['part']} | {part['share']:.1f}% | {part['holds']} |"
+                    for part in breakdown.get("parts", [])
+                ),
+            ]
     notes = results.get("notes", [])
     if notes:
         out += ["", "## Notes", "", *(f"- {note}" for note in notes)]

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -63,10 +64,13 @@ class Plan:
     crowd_sockets: int
     crowd_all_servers: bool
     profile_seconds: int
+    breakdown_calls: int
 
 
-QUICK = Plan(20, 100, 30, (1, 4, 16, 64), 1, (32, 256), 20, 1000, False, 2)
-FULL = Plan(100, 1000, 300, (1, 4, 8, 16, 32, 64, 128), 4, (16, 64, 128, 256), 200, 1000, True, 5)
+QUICK = Plan(20, 100, 30, (1, 4, 16, 64), 1, (32, 256), 20, 1000, False, 2, 300)
+FULL = Plan(
+    100, 1000, 300, (1, 4, 8, 16, 32, 64, 128), 4, (16, 64, 128, 256), 200, 1000, True, 5, 2000
+)
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Bench:
     echo_servers: dict[str, processes.Service] = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     echo_key: str = ""
+    echo_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def gateway_cpus(self) -> str | None:
@@ -210,6 +215,7 @@ def start_all(bench: Bench, skip_litellm: bool) -> None:
 
     env = echo_environment(bench.workdir, up_port)
     bench.echo_key = prepare_echo(env)
+    bench.echo_env = env
     makefile = (ROOT / "Makefile").read_text()
     main_port = processes.free_port()
     main_command = processes.make_run_command(
@@ -770,6 +776,28 @@ async def profile_echo(bench: Bench) -> None:
     bench.results["profile"] = profile
 
 
+async def profile_in_process(bench: Bench) -> None:
+    """Cut a ``/v1/chat/completions`` call's CPU into Echo's parts (``bench.inprocess_profile``)."""
+    command = [
+        sys.executable, "-m", "bench.inprocess_profile", "--key", bench.echo_key,
+        "--model", f"openai/{MODEL}", "--requests", str(bench.plan.breakdown_calls),
+    ]  # fmt: skip
+    if bench.gateway_cpus is not None:
+        command = ["taskset", "-c", bench.gateway_cpus, *command]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env={**bench.echo_env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        bench.results["breakdown"] = {"error": err.decode(errors="replace")[-600:]}
+        return
+    bench.results["breakdown"] = json.loads(out)
+
+
 # --- the run -------------------------------------------------------------------
 
 
@@ -841,6 +869,8 @@ async def measure(bench: Bench) -> None:
         bench.results["rss"]["echo_v1"]["per_open_websocket_kb"] = crowd["rss_per_socket_kb"]
     print("profile (py-spy)", flush=True)
     await profile_echo(bench)
+    print("profile (in-process breakdown)", flush=True)
+    await profile_in_process(bench)
 
 
 def run_loop(coroutine) -> None:

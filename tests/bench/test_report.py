@@ -148,3 +148,57 @@ def test_a_peer_with_no_step_under_the_limit_is_not_measured():
     target = by_id(evaluate_targets(data))["throughput_vs_litellm"]
     assert target["met"] is None
     assert "no step with p99" in target["why"]
+
+
+def test_the_in_process_breakdown_is_a_table_of_parts_or_says_why_not():
+    breakdown = {
+        "calls": 2000,
+        "cpu_ms_per_call": 0.651,
+        "parts": [
+            {"part": "edge", "share": 32.7, "holds": "the ASGI entry"},
+            {"part": "upstream http", "share": 17.2, "holds": "aiohttp"},
+        ],
+    }
+    markdown = render_markdown({"machine": {}, "breakdown": breakdown})
+    assert "## Where a call's CPU goes inside Echo" in markdown
+    assert "0.651 ms of CPU per call" in markdown
+    assert "| edge | 32.7% | the ASGI entry |" in markdown
+    assert "| upstream http | 17.2% | aiohttp |" in markdown
+    failed = render_markdown({"machine": {}, "breakdown": {"error": "Echo answered 500"}})
+    assert "No breakdown: Echo answered 500" in failed
+
+
+def test_the_breakdown_parts_are_the_boundaries_less_what_they_hold():
+    from bench.inprocess_profile import BOUNDARIES, PARTS, split
+
+    seconds = {
+        "whole": 10.0,
+        "serve": 7.0,
+        "admit": 1.0,
+        "limit": 0.5,
+        "manager": 4.0,
+        "plugin": 3.0,
+        "upstream": 2.5,
+        "session": 2.0,
+        "usage": 0.5,
+    }
+
+    class Stats:  # pstats.Stats' table: (file, line, function) -> (.., .., .., cumulative, ..)
+        stats = {
+            (f"/src/{BOUNDARIES[key][0]}", 1, BOUNDARIES[key][1]): (1, 1, 0.0, value, {})
+            for key, value in seconds.items()
+        }
+
+    parts = split(Stats())  # type: ignore[arg-type]
+    assert parts == {
+        "edge": 3.0,
+        "admit": 1.5,
+        "manager": 1.0,
+        "plugin": 0.5,
+        "upstream json": 0.5,
+        "upstream http": 2.0,
+        "usage": 0.5,
+        "answer": 1.0,
+    }
+    assert sum(parts.values()) == seconds["whole"]
+    assert [name for name, _ in PARTS] == list(parts)
