@@ -31,7 +31,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from providers import http_provider
-from providers.errors import ProtocolError, ProviderTimeoutError, ProviderUnavailableError
+from providers.errors import (
+    ProtocolError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
 from providers.plugins.openai_provider import OpenAIProvider
 from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest
@@ -129,6 +134,32 @@ async def session_to(base_url: str, **settings: Any) -> AsyncIterator[UpstreamSe
 
 def provider_for(base_url: str, **settings: Any) -> OpenAIProvider:
     return OpenAIProvider({"api_key": KEY, "base_url": base_url, **settings}, name="raw")
+
+
+async def answer_failure(script: Script, **settings: Any) -> ProviderError:
+    """Return the error a whole answer fails with from an upstream that plays SCRIPT."""
+    async with raw_upstream(script) as base_url:
+        provider = provider_for(base_url, **settings)
+        try:
+            with pytest.raises(ProviderError) as failed:
+                await provider.chat_completion(REQUEST)
+        finally:
+            await provider.shutdown()
+    return failed.value
+
+
+async def stream_failure(script: Script, **settings: Any) -> tuple[list[str], ProviderError]:
+    """Return the text of each chunk a stream got from an upstream that plays SCRIPT, and its error."""
+    chunks: list[str] = []
+    async with raw_upstream(script) as base_url:
+        provider = provider_for(base_url, **settings)
+        try:
+            with pytest.raises(ProviderError) as failed:
+                async for chunk in provider.chat_completion_stream(STREAM_REQUEST):
+                    chunks.append(chunk.content)
+        finally:
+            await provider.shutdown()
+    return chunks, failed.value
 
 
 def head_lines(head: bytes) -> list[bytes]:
@@ -312,15 +343,10 @@ async def test_an_upstream_that_hangs_up_before_answering_is_a_protocol_error() 
     async def hang_up(reader, writer, head) -> None:
         writer.close()
 
-    async with raw_upstream(hang_up) as base_url:
-        provider = provider_for(base_url)
-        try:
-            with pytest.raises(ProtocolError, match="broke the connection") as broken:
-                await provider.chat_completion(REQUEST)
-        finally:
-            await provider.shutdown()
-    assert broken.value.message.startswith("OpenAI broke the connection: server disconnected")
-    assert broken.value.retryable
+    broken = await answer_failure(hang_up)
+    assert isinstance(broken, ProtocolError)
+    assert broken.message.startswith("OpenAI broke the connection: server disconnected")
+    assert broken.retryable
 
 
 async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
@@ -328,14 +354,9 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         await writer.drain()
 
-    async with raw_upstream(babble) as base_url:
-        provider = provider_for(base_url)
-        try:
-            with pytest.raises(ProtocolError) as broken:
-                await provider.chat_completion(REQUEST)
-        finally:
-            await provider.shutdown()
-    assert broken.value.message.startswith("OpenAI broke the connection: answer is not HTTP")
+    broken = await answer_failure(babble)
+    assert isinstance(broken, ProtocolError)
+    assert broken.message.startswith("OpenAI broke the connection: answer is not HTTP")
 
 
 async def test_a_stream_that_stalls_times_out_after_its_first_chunk() -> None:
@@ -344,17 +365,10 @@ async def test_a_stream_that_stalls_times_out_after_its_first_chunk() -> None:
         await writer.drain()
         await asyncio.sleep(5)
 
-    async with raw_upstream(stall) as base_url:
-        provider = provider_for(base_url, timeout=0.3)
-        chunks = []
-        try:
-            with pytest.raises(ProviderTimeoutError, match="read timeout") as timed_out:
-                async for chunk in provider.chat_completion_stream(STREAM_REQUEST):
-                    chunks.append(chunk)
-        finally:
-            await provider.shutdown()
-    assert [chunk.content for chunk in chunks] == ["first"]
-    assert timed_out.value.message.startswith("OpenAI timed out (read timeout")
+    chunks, timed_out = await stream_failure(stall, timeout=0.3)
+    assert chunks == ["first"]
+    assert isinstance(timed_out, ProviderTimeoutError)
+    assert timed_out.message.startswith("OpenAI timed out (read timeout")
 
 
 async def test_a_stream_cut_short_is_a_protocol_error_after_what_came() -> None:
@@ -364,17 +378,10 @@ async def test_a_stream_cut_short_is_a_protocol_error_after_what_came() -> None:
         await asyncio.sleep(CHUNK_GAP)
         writer.close()  # no last chunk: the answer never ended
 
-    async with raw_upstream(cut) as base_url:
-        provider = provider_for(base_url)
-        chunks = []
-        try:
-            with pytest.raises(ProtocolError) as broken:
-                async for chunk in provider.chat_completion_stream(STREAM_REQUEST):
-                    chunks.append(chunk)
-        finally:
-            await provider.shutdown()
-    assert [chunk.content for chunk in chunks] == ["first"]
-    assert broken.value.message.startswith("OpenAI broke the connection: answer cut short")
+    chunks, broken = await stream_failure(cut)
+    assert chunks == ["first"]
+    assert isinstance(broken, ProtocolError)
+    assert broken.message.startswith("OpenAI broke the connection: answer cut short")
 
 
 async def test_a_slow_lookup_is_a_connect_timeout(monkeypatch) -> None:
