@@ -19,7 +19,8 @@ uvicorn would close every websocket at once (1012). While draining, new
 requests get 503 ``shutting_down`` (with ``Connection: close``) and new
 sockets are closed with 1001; only ``/health`` paths are still answered,
 for the probes. At start-up, answers left ``streaming`` by a worker that
-died are marked ``interrupted``.
+died are marked ``interrupted``, and the heap start-up built is frozen out of
+the garbage collector's full passes (``settle_heap``).
 """
 
 from __future__ import annotations
