@@ -16,7 +16,7 @@ so the next batch reconnects.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -93,6 +93,8 @@ class UsageInsert:
     sql: str
     fields: tuple[Field, ...]
     copy_sql: str  # the same columns, for PostgreSQL's COPY
+    # Per field, the Python type its preparation leaves unchanged (None: always prepare).
+    plain_types: tuple[type | None, ...] = ()
 
     @classmethod
     def for_connection(cls, connection: BaseDatabaseWrapper) -> UsageInsert:
@@ -103,16 +105,22 @@ class UsageInsert:
         """Return ROW's values in column order, prepared by each field as ``bulk_create`` does.
 
         A field the row leaves out takes its default (``auto_now``/``auto_now_add``: now).
+        A text, integer, float or boolean value that already has its field's
+        type (``storable_*`` made it so) is passed as is: the field's own
+        preparation would return it unchanged, at a quarter of a row's cost.
         """
         values = []
-        for f in self.fields:
+        for f, plain in zip(self.fields, self.plain_types, strict=True):
             if f.name in row:
                 value = row[f.name]
             elif getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
                 value = timezone.now()
             else:
                 value = f.get_default()
-            values.append(f.get_db_prep_save(value, connection))
+            if plain is not None and (type(value) is plain or (value is None and f.null)):
+                values.append(value)
+            else:
+                values.append(f.get_db_prep_save(value, connection))
         return tuple(values)
 
 
@@ -122,11 +130,11 @@ _INSERTS: dict[str, UsageInsert] = {}
 def _usage_insert(connection: BaseDatabaseWrapper) -> UsageInsert:
     insert = _INSERTS.get(connection.vendor)
     if insert is None:
-        insert = _INSERTS[connection.vendor] = _build_usage_insert(connection.ops.quote_name)
+        insert = _INSERTS[connection.vendor] = _build_usage_insert(connection)
     return insert
 
 
-def _build_usage_insert(quote_name: Callable[[str], str]) -> UsageInsert:
+def _build_usage_insert(connection: BaseDatabaseWrapper) -> UsageInsert:
     from django.db.models import AutoField
 
     from providers.models import UsageRecord
@@ -142,6 +150,7 @@ def _build_usage_insert(quote_name: Callable[[str], str]) -> UsageInsert:
         # A field with its own SQL placeholder would be written wrong by a plain %s:
         # refuse to start rather than store wrong values.
         raise ImproperlyConfigured("a UsageRecord field needs its own SQL placeholder")
+    quote_name = connection.ops.quote_name
     columns = ", ".join(quote_name(f.column) for f in fields)
     marks = ", ".join(["%s"] * len(fields))
     table = quote_name(opts.db_table)
@@ -149,7 +158,40 @@ def _build_usage_insert(quote_name: Callable[[str], str]) -> UsageInsert:
         f"INSERT INTO {table} ({columns}) VALUES ({marks})",
         fields,
         f"COPY {table} ({columns}) FROM STDIN",
+        tuple(_plain_type(f, connection) for f in fields),
     )
+
+
+#: A value of each plain type, to ask a field what its preparation makes of it.
+_SAMPLES: dict[type, Any] = {str: "x", bool: True, float: 1.5, int: 7}
+
+
+def _plain_type(field: Field, connection: BaseDatabaseWrapper) -> type | None:
+    """Return the Python type FIELD's preparation leaves as it is on CONNECTION, or None.
+
+    Asked of the field itself: PostgreSQL's integers, for one, come back wrapped
+    (psycopg's ``Int4``), so they are always prepared there. Dates, decimals and
+    JSON always are.
+    """
+    from django.db import models
+
+    # Exact classes: a subclass may prepare its values its own way.
+    candidate = {
+        models.CharField: str,
+        models.TextField: str,
+        models.BooleanField: bool,
+        models.FloatField: float,
+        models.IntegerField: int,
+        models.PositiveIntegerField: int,
+        models.PositiveSmallIntegerField: int,
+        models.SmallIntegerField: int,
+        models.BigIntegerField: int,
+    }.get(type(field))
+    if candidate is None:
+        return None
+    sample = _SAMPLES[candidate]
+    prepared = field.get_db_prep_save(sample, connection)
+    return candidate if type(prepared) is candidate and prepared == sample else None
 
 
 @dataclass(slots=True)

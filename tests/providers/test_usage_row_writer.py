@@ -94,6 +94,37 @@ def test_the_insert_names_every_concrete_column_but_the_id() -> None:
         assert connection.ops.quote_name(column) in insert.sql
 
 
+def comparable(values: tuple) -> list:
+    """VALUES with psycopg's JSON adapters (which compare by identity) as what they hold."""
+    return [(type(v), v.obj) if hasattr(v, "obj") else (type(v), v) for v in values]
+
+
+@pytest.mark.parametrize("index", range(len(EVENTS)))
+def test_values_passed_as_they_are_equal_what_each_field_prepares(index: int) -> None:
+    insert = UsageInsert.for_connection(connection)
+    e, cost = EVENTS[index]
+    row = usage_row(e, cost, time.time())
+    prepared = tuple(f.get_db_prep_save(row[f.name], connection) for f in insert.fields)
+    assert comparable(insert.params(row, connection)) == comparable(prepared)
+    # Only values that need no preparation skip it: dates, decimals and JSON are prepared.
+    plain = {f.name for f, kind in zip(insert.fields, insert.plain_types, strict=True) if kind}
+    assert {"created_at", "cost_usd", "fallback_path"}.isdisjoint(plain)
+    assert {"client", "stream", "latency_ms"} <= plain
+
+
+def test_a_value_of_another_type_is_still_prepared_by_its_field() -> None:
+    insert = UsageInsert.for_connection(connection)
+    row = usage_row(event("key:a"), None, 0.0)
+    row["prompt_tokens"] = "12"  # not an int: the field turns it into one, as bulk_create would
+    row["latency_ms"] = 3  # an int in a float column
+    fields = {f.name: f for f in insert.fields}
+    values = dict(zip(fields, insert.params(row, connection), strict=True))
+    for name, given in (("prompt_tokens", "12"), ("latency_ms", 3)):
+        expected = fields[name].get_db_prep_save(given, connection)
+        assert values[name] == expected and type(values[name]) is type(expected)
+    assert type(values["latency_ms"]) is float
+
+
 @pytest.mark.django_db
 def test_a_row_that_cannot_be_made_is_refused_alone() -> None:
     result = usage_rows_write(
