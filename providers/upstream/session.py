@@ -27,7 +27,8 @@ What a request gets:
   connection (a hang-up, a body cut short, an answer that is not HTTP), or
   unreachable (refused, unresolvable, reset);
 - the answer's body read whole (``read``) or line by line as it arrives
-  (``lines``, for Server-Sent Events and NDJSON), never buffered past a line.
+  (``lines``, for Server-Sent Events and NDJSON), never buffered past a line,
+  and a line at most ``MAX_LINE_CHARS`` long (past it the upstream is broken).
   Leaving the ``request`` block before the body's end closes the connection
   instead of pooling it.
 """
@@ -50,6 +51,9 @@ from providers.upstream.connections import BlockedUpstreamError, PolicyCheckedCo
 
 #: What ``lines`` splits on: the line ends of Server-Sent Events (and NDJSON's ``\n``).
 _LINE_END = re.compile(r"\r\n|\r|\n")
+#: The longest line ``lines`` holds while waiting for its end: a streamed event is a few
+#: kilobytes; an upstream that sends more without a line end is broken, not slow.
+MAX_LINE_CHARS = 8 * 1024 * 1024
 
 
 class TransportFailure(Exception):
@@ -183,6 +187,8 @@ class UpstreamAnswer:
                 *complete, pending = _LINE_END.split(pending[:-1] if held_cr else pending)
                 for line in complete:
                     yield line
+                if len(pending) > MAX_LINE_CHARS:
+                    raise BrokenConnection(f"a line longer than {MAX_LINE_CHARS:,} characters")
                 if held_cr:
                     pending += "\r"
         except _FAILURES as exc:

@@ -773,3 +773,24 @@ async def test_tls_refuses_a_certificate_for_another_name(tls_context) -> None:
     assert refused.value.message.startswith("Cannot reach OpenAI: connect error: ")
     assert "certificate" in refused.value.message.lower()
     assert server_names == ["other.test"]
+
+
+async def test_a_stream_line_without_end_is_bounded(monkeypatch) -> None:
+    """An upstream that streams on without a line end breaks the answer; it cannot fill memory."""
+    from providers.upstream import session as upstream_session
+
+    monkeypatch.setattr(upstream_session, "MAX_LINE_CHARS", 64 * 1024)
+
+    async def endless(reader, writer, head) -> None:
+        writer.write(STREAM_HEAD + event("first"))
+        piece = b"data: " + b"x" * 16 * 1024
+        for _ in range(16):  # 256 KiB, no line end
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(5)
+
+    chunks, broken = await stream_failure(endless)
+    assert chunks == ["first"]
+    assert isinstance(broken, ProtocolError)
+    assert broken.message.startswith("OpenAI broke the connection: a line longer than 65,536")
