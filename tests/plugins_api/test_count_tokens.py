@@ -7,10 +7,11 @@ other model is estimated (a quarter of the characters), and the
 ``x-echo-token-count`` header says which.
 """
 
+# ruff: noqa: F811 - the shared fixtures (tests.sdk_gateway) are imported, then named as parameters
+
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
@@ -21,15 +22,11 @@ from asgiref.sync import sync_to_async
 from plugins_api.access.key_changes import client_key_issue
 from plugins_api.access.key_model_access import ModelAccess
 from plugins_api.compat.count_tokens import IMAGE_TOKENS, estimate_tokens
-from plugins_api.models import ClientAPIKey
-from providers.config.services import provider_config_create
-from providers.testing.fake_anthropic import FakeAnthropic
-from providers.testing.fake_openai import FakeOpenAI
 from providers.types import ChatMessage, ChatRequest
+from tests.sdk_gateway import UPSTREAM_KEY, claude, fakes, oai, upstreams, user  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-UPSTREAM_KEY = "sk-upstream-fake-0000000003"
 COUNT_PATH = "/v1/messages/count_tokens"
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -40,47 +37,6 @@ WEATHER_TOOL = {
         "required": ["city"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[tuple[FakeOpenAI, FakeAnthropic]]:
-    with (
-        FakeOpenAI(api_keys={UPSTREAM_KEY}) as openai_fake,
-        FakeAnthropic(api_keys={UPSTREAM_KEY}) as anthropic_fake,
-    ):
-        yield openai_fake, anthropic_fake
-
-
-@pytest.fixture
-def upstreams(transactional_db, fakes) -> tuple[FakeOpenAI, FakeAnthropic]:
-    openai_fake, anthropic_fake = fakes
-    openai_fake.reset()
-    anthropic_fake.reset()
-    provider_config_create(
-        name="openai",
-        plugin="openai",
-        settings={"base_url": openai_fake.base_url, "max_retries": 0},
-        secrets={"api_key": UPSTREAM_KEY},
-        is_default=True,
-    )
-    provider_config_create(
-        name="anthropic",
-        plugin="anthropic",
-        settings={"base_url": anthropic_fake.url, "max_retries": 0},
-        secrets={"api_key": UPSTREAM_KEY},
-    )
-    provider_config_create(name="echo", plugin="echo", settings={"prefix": "Echo: "})
-    return fakes
-
-
-@pytest.fixture
-async def claude(
-    upstreams: Any, chat_key: tuple[ClientAPIKey, str], live_echo: Any
-) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(
-        base_url=live_echo.url, api_key=chat_key[1], max_retries=0, timeout=10
-    ) as client:
-        yield client
 
 
 async def test_anthropic_models_are_counted_by_their_upstream(
