@@ -252,10 +252,6 @@ class UpstreamSession:
         """The aiohttp session, once the first request has opened it."""
         return self._session
 
-    @property
-    def closed(self) -> bool:
-        return self._session is not None and self._session.closed
-
     def _open(self) -> aiohttp.ClientSession:
         self._headers = checked_headers(self._given_headers)  # before any connection
         connector = PolicyCheckedConnector(
