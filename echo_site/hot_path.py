@@ -22,6 +22,10 @@ unchanged.
 - the thread hop to log a 4xx/5xx response: the same ``log_response``, on
   the loop.
 
+And it writes the answer before Echo's bookkeeping: the usage a view
+records (``plugins_api.edge.after_answer``) is recorded once the answer's
+last byte is sent, or the client gone, in the same task.
+
 Everything a client can see is Django's, so both ways give the same answer
 to the same request, byte for byte: ``settings.MIDDLEWARE`` as loaded by
 Django (the request id, the security headers, HSTS and the HTTPS redirect,
@@ -50,6 +54,7 @@ from django.utils.log import log_response
 
 from echo_site.request_body_limit import ASGIApp, Receive, Scope, Send
 from plugins_api.access.key_credentials import credential_headers, presents_key
+from plugins_api.edge.after_answer import deferred_work, run_deferred
 from plugins_api.edge.api_paths import PUBLIC_API_PATHS
 
 #: The chat paths of the hot path (POST, key clients only).
@@ -140,7 +145,11 @@ class HotPathHandler(ASGIHandler):
         if request is None:
             await self.send_response(error_response, send)
             return
-        await self._respond(request, receive, send)
+        with deferred_work() as deferred:
+            try:
+                await self._respond(request, receive, send)
+            finally:
+                run_deferred(deferred)
 
     async def _respond(self, request: HttpRequest, receive: Receive, send: Send) -> None:
         """Answer REQUEST; if the client goes away first, cancel the view or the stream.

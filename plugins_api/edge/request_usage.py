@@ -6,7 +6,9 @@ A call admitted under its key's rate limits (``key_limits.Admission``) is
 finished here too, however it ends: the tokens its answer used are charged
 to the key's tokens per minute and its concurrency slot is given back. The
 answer's cost (as the recorder prices it) is charged to the key's budget
-(``key_budgets``), when its key has one.
+(``key_budgets``), when its key has one. The recording and the charge run
+once the answer is written (``after_answer``), where the server defers them:
+the client does not wait for Echo's bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from plugins_api.access.client_keys import ClientIdentity
 from plugins_api.access.key_budgets import budget_ledger
 from plugins_api.access.key_limits import Admission
+from plugins_api.edge.after_answer import after_answer
 from providers.errors import ProviderError
 from providers.runtime import process as runtime
 from providers.types import ChatResponse, StreamingChunk
@@ -70,6 +73,16 @@ class RequestUsage:
         if self.identity is not None and self.identity.budget_usd is not None:
             budget_ledger().charge(self.identity, cost)
 
+    def _account(self, event: UsageEvent, *, charged: bool = True) -> None:
+        """Record EVENT, once the answer is written; CHARGED: its cost goes to the key's budget."""
+
+        def account() -> None:
+            cost = runtime.usage_recorder.record(event)
+            if charged:
+                self.charge(cost)
+
+        after_answer(account)
+
     def first_chunk(self) -> None:
         """Note that the first chunk arrived now."""
         if self.first_chunk_at is None:
@@ -92,7 +105,7 @@ class RequestUsage:
         total = self._elapsed_ms()
         overhead = self._overhead(total, response.metadata)
         self.release(response.usage.prompt_tokens + response.usage.completion_tokens)
-        cost = runtime.usage_recorder.record(
+        self._account(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -108,13 +121,12 @@ class RequestUsage:
                 retries=response.metadata.get("retries", []),
             )
         )
-        self.charge(cost)
         return overhead
 
     def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:
         """Record a request that failed before any answer."""
         self.release()
-        runtime.usage_recorder.record(
+        self._account(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -125,7 +137,8 @@ class RequestUsage:
                 outcome="error",
                 error_kind=exc.kind,
                 attempts=0,
-            )
+            ),
+            charged=False,
         )
 
     def stream_ended(
@@ -144,7 +157,7 @@ class RequestUsage:
         if self.first_chunk_at is not None:
             ttft = (self.first_chunk_at - self.started) * 1000
         outcome = "cancelled" if cancelled else "error" if error or final is None else "ok"
-        cost = runtime.usage_recorder.record(
+        self._account(
             UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
@@ -163,7 +176,6 @@ class RequestUsage:
                 retries=meta.get("retries", []),
             )
         )
-        self.charge(cost)
 
     async def track(
         self, first: StreamingChunk | None, rest: AsyncIterator[StreamingChunk]
