@@ -44,6 +44,8 @@ BOUNDARIES = {
     "upstream": ("providers/http_provider.py", "request_json"),
     "session": ("providers/upstream/session.py", "request"),
     "usage": ("plugins_api/edge/request_usage.py", "answered"),
+    # The usage recorded once the answer is written (``plugins_api.edge.after_answer``).
+    "deferred": ("plugins_api/edge/after_answer.py", "run_deferred"),
 }
 #: The parts, in the order a call meets them, and what each holds.
 PARTS = (
@@ -57,7 +59,11 @@ PARTS = (
     ("plugin", "the OpenAI wire format: the upstream body, the answer parsed"),
     ("upstream json", "the upstream body encoded and its answer decoded (orjson)"),
     ("upstream http", "aiohttp under UpstreamSession: send, read, pool"),
-    ("usage", "the usage row queued, metrics, the key's tokens and budget charged"),
+    (
+        "usage",
+        "the usage row queued, metrics, the key's tokens and budget charged (after the answer "
+        "is written)",
+    ),
     ("answer", "the answer's body and headers"),
 )
 
@@ -75,13 +81,13 @@ def split(stats: pstats.Stats) -> dict[str, float]:
     """Return each part's seconds (see ``PARTS``) from STATS."""
     t = {key: cumulative(stats, *where) for key, where in BOUNDARIES.items()}
     return {
-        "edge": t["whole"] - t["serve"],
+        "edge": t["whole"] - t["serve"] - t["deferred"],
         "admit": t["admit"] + t["limit"],
         "manager": t["manager"] - t["plugin"],
         "plugin": t["plugin"] - t["upstream"],
         "upstream json": t["upstream"] - t["session"],
         "upstream http": t["session"],
-        "usage": t["usage"],
+        "usage": t["usage"] + t["deferred"],
         "answer": t["serve"] - t["admit"] - t["limit"] - t["manager"] - t["usage"],
     }
 
