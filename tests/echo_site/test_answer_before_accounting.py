@@ -7,7 +7,6 @@ included.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -19,7 +18,15 @@ from asgiref.sync import async_to_sync
 from plugins_api.edge.after_answer import after_answer, deferred_work, run_deferred
 from providers.config.services import provider_config_create
 from providers.runtime import process as runtime
-from tests.echo_site.test_hot_path import DJANGO, HOT, USER, Endless, go_live, serve_async
+from tests.echo_site.test_hot_path import (
+    DJANGO,
+    HOT,
+    USER,
+    Endless,
+    go_live,
+    leave_mid_stream,
+    serve_async,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -138,42 +145,9 @@ def test_djangos_own_path_still_records_usage_once(echo_config, chat_key, record
 def test_a_call_cancelled_by_a_client_gone_mid_stream_is_still_recorded(chat_key, recorded) -> None:
     Endless.closed = threading.Event()
     runtime.registry.register(Endless, "endless")
-
     go_live(provider_config_create(name="endless", plugin="endless"))
-    body = b'{"prompt": "go", "provider": "endless", "stream": true}'
 
-    async def go() -> None:
-        pending = {"type": "http.request", "body": body}
-        gone = asyncio.Event()
-        sent: list[dict] = []
-
-        async def receive() -> dict[str, Any]:
-            if pending["body"]:
-                message, pending["body"] = dict(pending), b""
-                return message
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-            if len(sent) == 3:
-                gone.set()
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/chat",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"authorization", f"Bearer {chat_key[1]}".encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-        await asyncio.wait_for(HOT(scope, receive, send), timeout=5)
-
-    async_to_sync(go)()
+    leave_mid_stream(chat_key[1], b'{"prompt": "go", "provider": "endless", "stream": true}', 3)
 
     assert Endless.closed.wait(2), "the provider's stream was not closed"
     assert [event.outcome for event in recorded] == ["cancelled"]

@@ -410,15 +410,12 @@ def test_other_requests_go_to_django(
 # --- what the hot path must still do itself -------------------------------------
 
 
-def test_a_client_that_goes_away_mid_stream_stops_the_provider(started, chat_key) -> None:
-    Endless.closed = threading.Event()
-    runtime.registry.register(Endless, "endless")
-    go_live(provider_config_create(name="endless", plugin="endless"))
+def leave_mid_stream(key: str, body: bytes, after_messages: int) -> list[dict[str, Any]]:
+    """POST BODY to the hot path's ``/chat`` with KEY; go away after AFTER_MESSAGES; return them."""
     seen: list[dict[str, Any]] = []
-    BODY = b'{"prompt": "go", "provider": "endless", "stream": true}'  # noqa: N806
 
     async def go() -> None:
-        request = {"type": "http.request", "body": BODY}
+        request = {"type": "http.request", "body": body}
         gone = asyncio.Event()
 
         async def receive() -> dict[str, Any]:
@@ -430,7 +427,7 @@ def test_a_client_that_goes_away_mid_stream_stops_the_provider(started, chat_key
 
         async def send(message: dict[str, Any]) -> None:
             seen.append(message)
-            if len(seen) == 4:
+            if len(seen) == after_messages:
                 gone.set()
 
         scope = {
@@ -441,13 +438,24 @@ def test_a_client_that_goes_away_mid_stream_stops_the_provider(started, chat_key
             "query_string": b"",
             "headers": [
                 (b"host", b"testserver"),
-                (b"authorization", f"Bearer {chat_key[1]}".encode()),
-                (b"content-length", str(len(BODY)).encode()),
+                (b"authorization", f"Bearer {key}".encode()),
+                (b"content-length", str(len(body)).encode()),
             ],
         }
         await asyncio.wait_for(HOT(scope, receive, send), timeout=5)
 
     async_to_sync(go)()
+    return seen
+
+
+def test_a_client_that_goes_away_mid_stream_stops_the_provider(started, chat_key) -> None:
+    Endless.closed = threading.Event()
+    runtime.registry.register(Endless, "endless")
+    go_live(provider_config_create(name="endless", plugin="endless"))
+
+    seen = leave_mid_stream(
+        chat_key[1], b'{"prompt": "go", "provider": "endless", "stream": true}', 4
+    )
 
     assert seen[0]["status"] == 200
     assert b"more" in seen[1]["body"]
