@@ -213,7 +213,9 @@ async def build_clients(base: str, names: list[str]) -> tuple[dict[str, Call], l
             try:
                 from httpx_aiohttp import AiohttpTransport
             except ImportError:
-                print("httpx-aiohttp: not installed (pip install httpx-aiohttp==0.2.0); skipped")
+                print(
+                    "httpx-aiohttp: not installed (make bench installs it: the bench extra); skipped"
+                )
                 continue
 
             client = httpx.AsyncClient(
