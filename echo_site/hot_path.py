@@ -20,7 +20,12 @@ unchanged.
 - the URL map: the chat paths were resolved once, an exact-path lookup finds
   their view (the same view function, the same ``ResolverMatch``);
 - the thread hop to log a 4xx/5xx response: the same ``log_response``, on
-  the loop.
+  the loop;
+- the middleware chain, where its effects are known
+  (``echo_site.middleware_effects``): the request gets its id and user,
+  and the answer the chain's headers, encoded once at start-up, as it is
+  written; any other request, and any other middleware list, runs Django's
+  chain.
 
 And it writes the answer before Echo's bookkeeping: the usage a view
 records (``plugins_api.edge.after_answer``) is recorded once the answer's
@@ -43,7 +48,7 @@ import asyncio
 import io
 from collections.abc import Iterable
 
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -52,6 +57,8 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import ResolverMatch, get_resolver, set_script_prefix, set_urlconf
 from django.utils.log import log_response
 
+from echo_site.middleware import BrowserMiddleware
+from echo_site.middleware_effects import MiddlewareEffects, RawHeaders
 from echo_site.request_body_limit import ASGIApp, Receive, Scope, Send
 from plugins_api.access.key_credentials import credential_headers, presents_key
 from plugins_api.edge.after_answer import deferred_work, run_deferred
@@ -123,6 +130,10 @@ class HotPathHandler(ASGIHandler):
         self.routes: dict[str, ResolverMatch] = {
             path: resolver.resolve(path) for path in self.chat_paths | self.probe_paths
         }
+        #: What settings.MIDDLEWARE does to these calls; None: not known, Django's chain runs.
+        self.effects = MiddlewareEffects.for_settings()
+        #: Whether a route's view may be called as it is (see ``_call_view``).
+        self.views_called_directly = self._views_need_nothing_more()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = SyncToAsync.thread_sensitive_context.get(None)
@@ -171,8 +182,12 @@ class HotPathHandler(ASGIHandler):
         watcher = asyncio.create_task(cancel_on_disconnect())
         response: HttpResponseBase | None = None
         try:
-            response = await self.run_get_response(request)
-            await self.send_response(response, send)
+            if self.effects is not None and self.effects.takes(request):
+                response, added = await self._answer_directly(request)
+                await self.send_response(response, _adding(added, send))
+            else:
+                response = await self.run_get_response(request)
+                await self.send_response(response, send)
         except asyncio.CancelledError:
             if not gone:
                 raise
@@ -184,6 +199,47 @@ class HotPathHandler(ASGIHandler):
                 closer()
             request.close()
 
+    async def _answer_directly(self, request: HttpRequest) -> tuple[HttpResponseBase, RawHeaders]:
+        """Answer REQUEST with the middleware's known effects; return the answer and its added headers."""
+        set_urlconf(settings.ROOT_URLCONF)
+        assert self.effects is not None
+        view = self._call_view if self.views_called_directly else self._get_response_async
+        response, added = await self.effects.answer(request, view)
+        response._handler_class = type(self)  # type: ignore[attr-defined]  # as run_get_response does
+        self._log_refusal(request, response)
+        return response, added
+
+    def _views_need_nothing_more(self) -> bool:
+        """Return whether every route's view may be called without Django's view machinery.
+
+        That machinery runs view middleware (only the browser middleware has a
+        hook, and it does nothing for the requests answered directly), wraps
+        the view in a transaction with ``ATOMIC_REQUESTS``, runs a sync view in
+        a thread, and renders template responses: none of which these routes
+        need, when their views are async and no database wants atomic requests.
+        """
+        browser_hooks_only = all(
+            isinstance(getattr(hook, "__self__", None), BrowserMiddleware)
+            for hook in self._view_middleware
+        )
+        atomic = any(db.get("ATOMIC_REQUESTS") for db in settings.DATABASES.values())
+        views_async = all(iscoroutinefunction(match.func) for match in self.routes.values())
+        return (
+            browser_hooks_only
+            and not atomic
+            and views_async
+            and not self._template_response_middleware
+        )
+
+    async def _call_view(self, request: HttpRequest) -> HttpResponseBase:
+        """Call REQUEST's view, as ``_get_response_async`` would for these routes (see above)."""
+        match = self.resolve_request(request)
+        response = await match.func(request, *match.args, **match.kwargs)
+        self.check_response(response, match.func)
+        if hasattr(response, "render") and callable(response.render):
+            response = await sync_to_async(response.render, thread_sensitive=True)()
+        return response
+
     def resolve_request(self, request: HttpRequest) -> ResolverMatch:
         """Return the view of REQUEST's path, resolved once (no walk through the URL map)."""
         match = self.routes[request.path_info]
@@ -194,6 +250,12 @@ class HotPathHandler(ASGIHandler):
         """Run the middleware chain and view; log a 4xx/5xx as Django does, on the loop."""
         set_urlconf(settings.ROOT_URLCONF)
         response = await self._middleware_chain(request)
+        self._log_refusal(request, response)
+        return response
+
+    @staticmethod
+    def _log_refusal(request: HttpRequest, response: HttpResponseBase) -> None:
+        """Log a 4xx/5xx answer as Django does."""
         if response.status_code >= 400:
             log_response(
                 "%s: %s",
@@ -202,7 +264,17 @@ class HotPathHandler(ASGIHandler):
                 response=response,
                 request=request,
             )
-        return response
+
+
+def _adding(headers: RawHeaders, send: Send) -> Send:
+    """Return SEND, adding HEADERS to the answer's start."""
+
+    async def send_adding(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], *headers]
+        await send(message)
+
+    return send_adding
 
 
 class HotPath:

@@ -70,7 +70,7 @@ async def _anonymous_user() -> AnonymousUser:
     return AnonymousUser()
 
 
-def _as_key_client(request: HttpRequest) -> HttpRequest:
+def as_key_client(request: HttpRequest) -> HttpRequest:
     """Give REQUEST, which skips the session, the user Django would: anonymous.
 
     Views read ``request.user`` / ``request.auser()`` whatever the client sent;
@@ -172,12 +172,12 @@ class BrowserMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         if needs_no_browser(request):
-            return self.get_response(_as_key_client(request))
+            return self.get_response(as_key_client(request))
         return self.browser_chain(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         if needs_no_browser(request):
-            return await self.get_response(_as_key_client(request))
+            return await self.get_response(as_key_client(request))
         return await self.browser_chain(request)
 
     def _process_view(self, request: HttpRequest, view: Any, args: tuple, kwargs: dict) -> Any:

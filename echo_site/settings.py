@@ -66,7 +66,9 @@ INSTALLED_APPS = [
 # Every request runs MIDDLEWARE: Django's Security, Common and X-Frame-Options
 # middleware run on the event loop (echo_site/middleware.py). Browser requests
 # also run ECHO_BROWSER_MIDDLEWARE; API clients with a key skip it: it costs
-# thread hops and reads cookies they do not send.
+# thread hops and reads cookies they do not send. On the hot path (key clients' chat
+# calls, the probes) the effects of this list are done directly, learnt from its hooks
+# (echo_site/middleware_effects.py); with any other list, the hot path runs the chain.
 MIDDLEWARE = [
     "echo_site.request_context.RequestIdMiddleware",
     "echo_site.middleware.SecurityMiddleware",
