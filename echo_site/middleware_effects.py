@@ -34,25 +34,32 @@ from django.core.exceptions import DisallowedHost
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
+from django.utils.module_loading import import_string
 
 from echo_site.middleware import (
+    BrowserMiddleware,
     CommonMiddleware,
     SecurityMiddleware,
+    UrlCharactersMiddleware,
     XFrameOptionsMiddleware,
     as_key_client,
     needs_no_browser,
 )
 from echo_site.request_context import HEADER as REQUEST_ID_HEADER
-from echo_site.request_context import current_request_id, request_id_for
+from echo_site.request_context import (
+    RequestIdMiddleware,
+    current_request_id,
+    request_id_for,
+)
 
-#: The middleware list whose effects are known here, in its order.
-ECHO_MIDDLEWARE = (
-    "echo_site.request_context.RequestIdMiddleware",
-    "echo_site.middleware.SecurityMiddleware",
-    "echo_site.middleware.UrlCharactersMiddleware",
-    "echo_site.middleware.CommonMiddleware",
-    "echo_site.middleware.XFrameOptionsMiddleware",
-    "echo_site.middleware.BrowserMiddleware",
+#: The middleware whose effects are known here, in the order of Echo's settings.
+KNOWN_MIDDLEWARE = (
+    RequestIdMiddleware,
+    SecurityMiddleware,
+    UrlCharactersMiddleware,
+    CommonMiddleware,
+    XFrameOptionsMiddleware,
+    BrowserMiddleware,
 )
 FRAME_HEADER = "X-Frame-Options"
 
@@ -107,7 +114,7 @@ class MiddlewareEffects:
     @classmethod
     def for_settings(cls) -> MiddlewareEffects | None:
         """Return the effects of the current settings' middleware, or None if they are not known here."""
-        if tuple(settings.MIDDLEWARE) != ECHO_MIDDLEWARE:
+        if tuple(import_string(path) for path in settings.MIDDLEWARE) != KNOWN_MIDDLEWARE:
             return None
         if settings.DISALLOWED_USER_AGENTS or settings.PREPEND_WWW:
             return None

@@ -22,7 +22,7 @@ from django.http import JsonResponse
 from django.urls import ResolverMatch
 
 from echo_site.hot_path import HotPath, HotPathHandler
-from echo_site.middleware_effects import ECHO_MIDDLEWARE, MiddlewareEffects
+from echo_site.middleware_effects import MiddlewareEffects
 from echo_site.request_body_limit import RequestBodyLimit
 from tests.echo_site.test_hot_path import (  # noqa: F401 - fixtures among them
     CASES,
@@ -111,7 +111,7 @@ def test_the_settings_headers_follow_the_settings(
 
 
 def test_another_middleware_list_runs_djangos_chain(providers, keys, started, settings) -> None:
-    settings.MIDDLEWARE = [*ECHO_MIDDLEWARE, "django.middleware.gzip.GZipMiddleware"]
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.gzip.GZipMiddleware"]
     hot_app, django_app, handler = built_anew()
 
     hot, django, hot_started = both_ways(
