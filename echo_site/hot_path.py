@@ -32,10 +32,11 @@ records (``plugins_api.edge.after_answer``) is recorded once the answer's
 last byte is sent, or the client gone, in the same task.
 
 Everything a client can see is Django's, so both ways give the same answer
-to the same request, byte for byte: ``settings.MIDDLEWARE`` as loaded by
-Django (the request id, the security headers, HSTS and the HTTPS redirect,
-X-Frame-Options, Content-Length, the browser middleware skipped for a key
-client), the view's exception handling, ``send_response``, and the
+to the same request, byte for byte, headers in the same order:
+``settings.MIDDLEWARE``'s effects (the request id, the security headers,
+HSTS and the HTTPS redirect, X-Frame-Options, Content-Length, the browser
+middleware skipped for a key client), as its own hooks give them, the
+view's exception handling, ``send_response``, and the
 listening for ``http.disconnect`` that cancels a view or a stream when the
 client goes away. ``HotPath`` sits inside ``RequestBodyLimit`` and inside
 the drain (``echo_site.asgi.application``), so the key-before-body rule,
