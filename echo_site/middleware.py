@@ -36,7 +36,7 @@ from django.middleware import clickjacking, common, security
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.module_loading import import_string
 
-from plugins_api.access.key_credentials import presents_key
+from plugins_api.access.key_credentials import presents_key, request_headers
 from plugins_api.edge.api_paths import PUBLIC_API_PATHS, is_api_path
 from plugins_api.edge.error_views import bad_request, unusable_path
 
@@ -63,7 +63,7 @@ def is_key_client(request: HttpRequest) -> bool:
     """
     # Pages (the chat page at ``/`` and ``/chat/``, ``/accounts/``, ``/admin/``)
     # always run the browser middleware, whatever header a client sends.
-    return is_api_path(request.path_info) and presents_key(request.headers)
+    return is_api_path(request.path_info) and presents_key(request_headers(request))
 
 
 async def _anonymous_user() -> AnonymousUser:

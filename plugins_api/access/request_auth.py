@@ -33,7 +33,13 @@ from django.middleware.csrf import CsrfViewMiddleware
 
 from plugins_api.access.client_keys import ClientIdentity
 from plugins_api.access.key_budgets import BudgetRefusal, budget_ledger
-from plugins_api.access.key_credentials import SEND_A_KEY, Denial, aauthenticate_key, unauthorized
+from plugins_api.access.key_credentials import (
+    SEND_A_KEY,
+    Denial,
+    aauthenticate_key,
+    request_headers,
+    unauthorized,
+)
 from plugins_api.access.key_limit_headers import openai_headers, retry_headers
 from plugins_api.access.key_limits import Admission, LimitRefusal, key_limiter
 from plugins_api.edge.error_responses import error_body
@@ -52,7 +58,7 @@ async def check_chat_client(request: HttpRequest) -> Denial | None:
     """
     request.client = None
     found = await aauthenticate_key(
-        request.headers, x_api_key=True, scope=getattr(request, "scope", None)
+        request_headers(request), x_api_key=True, scope=getattr(request, "scope", None)
     )
     if isinstance(found, Denial):
         return found

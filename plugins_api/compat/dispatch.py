@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from plugins_api.access.key_budgets import BudgetRefusal
 from plugins_api.access.key_limits import Admission, LimitRefusal, LimitState
@@ -51,6 +51,7 @@ from plugins_api.access.request_auth import (
 )
 from plugins_api.edge.chat_requests import RequestFieldError, parse_json
 from plugins_api.edge.error_responses import provider_error_body
+from plugins_api.edge.json_answer import JsonAnswer
 from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import StreamFormat, encode_stream, event_stream_response, first_chunk
 from providers.errors import ProviderError
@@ -365,7 +366,7 @@ async def serve_chat(
             else:
                 answer = await runtime.manager.chat_completion(call.request, allow=allow)
             overhead = usage.answered(answer)
-            response = JsonResponse(wire.body(answer))
+            response = JsonAnswer(wire.body(answer))
             answered_by(response, answer.provider, answer.model, overhead)
             with_limit_headers(response, admission, wire.errors)
             return response

@@ -78,6 +78,7 @@ from plugins_api.edge.chat_requests import (
     reject_upstream_settings,
     required_string,
 )
+from plugins_api.edge.json_answer import JsonAnswer
 from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import sse_frame
 from providers.errors import (
@@ -819,7 +820,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         for index, vector in enumerate(answer.vectors)
     ]
     tokens = answer.usage.prompt_tokens
-    response = JsonResponse(
+    response = JsonAnswer(
         {
             "object": "list",
             "data": data,

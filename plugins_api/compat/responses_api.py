@@ -99,6 +99,7 @@ from plugins_api.edge.chat_requests import (
     reject_upstream_settings,
     required_string,
 )
+from plugins_api.edge.json_answer import JsonAnswer
 from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import encode_stream, event_stream_response, first_chunk, sse_event
 from providers.errors import ProviderError
@@ -901,7 +902,7 @@ async def serve_responses(request: HttpRequest) -> HttpResponse | StreamingHttpR
             usage=answer.usage,
         )
         body["store"] = await turn.save(body)
-        response = JsonResponse(body)
+        response = JsonAnswer(body)
         answered_by(response, answer.provider, answer.model, overhead)
         with_limit_headers(response, admission, OPENAI_ERRORS)
         return response

@@ -19,6 +19,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 #: Deepest nesting a client may send: chat bodies need about 6 (tools' JSON
 #: schemas a few more); 64 leaves room and stays far below Python's limit.
 MAX_JSON_DEPTH = 64
@@ -78,14 +80,28 @@ def check_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH, field: str | Non
 
 
 def loads_bounded(data: str | bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Return DATA parsed as JSON, or raise ``JsonInputError`` saying what is wrong and where."""
+    """Return DATA parsed as JSON, or raise ``JsonInputError`` saying what is wrong and where.
+
+    orjson parses (a fifth of ``json``'s time); what it refuses (a body that
+    is no JSON, nesting past 1,024, UTF-16 or UTF-32) is parsed again by
+    ``json``, whose verdict names the problem, or which reads what orjson
+    could not. An integer beyond 64 bits is read as a float, as by most
+    parsers: no field takes one, and each field's check refuses it by name.
+    """
     try:
-        value = json.loads(data)
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = _loads_plainly(data, max_depth)
+    check_value(value, max_depth=max_depth)
+    return value
+
+
+def _loads_plainly(data: str | bytes | bytearray, max_depth: int) -> Any:
+    try:
+        return json.loads(data)
     except RecursionError:
         raise JsonInputError(None, f"Nested too deeply (at most {max_depth} levels).") from None
     except UnicodeDecodeError:
         raise JsonInputError(None, "The body is not valid UTF-8.") from None
     except ValueError as exc:
         raise JsonInputError(None, f"The body is not valid JSON: {exc}.") from None
-    check_value(value, max_depth=max_depth)
-    return value

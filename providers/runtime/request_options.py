@@ -47,12 +47,29 @@ def _asks_something(name: str, value: Any) -> bool:
 
 def requested_options(request: ChatRequest) -> list[str]:
     """Return the options REQUEST sets that ask for something, in ``OPTION_FIELDS`` order."""
-    return [name for name in OPTION_FIELDS if _asks_something(name, getattr(request, name))]
+    return [
+        name
+        for name in OPTION_FIELDS
+        if (value := getattr(request, name)) is not None and _asks_something(name, value)
+    ]
+
+
+#: The options a declaration names, by declaration (plugins declare a class-level frozenset).
+_DECLARED: dict[frozenset, frozenset[str]] = {}
+#: Distinct declarations kept: one per plugin class in practice.
+_DECLARED_KEPT = 64
 
 
 def supported_options(provider: AbstractAIProvider) -> frozenset[str]:
     """Return the options PROVIDER declares it honours (the default set if it declares nonsense)."""
     declared = getattr(provider, "supported_options", DEFAULT_SUPPORTED_OPTIONS)
+    if type(declared) is frozenset:
+        names = _DECLARED.get(declared)
+        if names is None:
+            if len(_DECLARED) >= _DECLARED_KEPT:
+                _DECLARED.clear()
+            names = _DECLARED[declared] = frozenset(n for n in declared if isinstance(n, str))
+        return names
     if not isinstance(declared, frozenset | set | tuple | list):
         return DEFAULT_SUPPORTED_OPTIONS
     return frozenset(name for name in declared if isinstance(name, str))
