@@ -32,7 +32,7 @@ run: install
 	$(BIN)/python manage.py sync_providers
 	$(BIN)/python manage.py bootstrap_local
 	$(BIN)/uvicorn echo_site.asgi:application --host $(HOST) --port $(PORT) \
-		--loop uvloop --http httptools --ws websockets-sansio --lifespan on
+		--loop uvloop --http httptools --ws websockets-sansio --lifespan on --no-access-log
 
 lint: install-dev
 	$(BIN)/ruff check .

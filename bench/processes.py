@@ -81,6 +81,7 @@ def server_commands(bin_dir: str, port: int) -> dict[str, list[str]]:
             "websockets-sansio",
             "--lifespan",
             "on",
+            "--no-access-log",  # as make run: Echo logs each request itself (echo_site.access_log)
         ],  # fmt: skip
         "daphne": [f"{bin_dir}/daphne", "-b", "127.0.0.1", "-p", str(port), app],
         "granian": [

@@ -20,7 +20,9 @@ requests get 503 ``shutting_down`` (with ``Connection: close``) and new
 sockets are closed with 1001; only ``/health`` paths are still answered,
 for the probes. At start-up, answers left ``streaming`` by a worker that
 died are marked ``interrupted``, and the heap start-up built is frozen out of
-the garbage collector's full passes (``settle_heap``).
+the garbage collector's full passes (``settle_heap``). Each HTTP request is
+logged once its answer is sent (``echo_site.access_log``; run uvicorn with
+``--no-access-log``, as ``make run`` does, or both log it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from echo_site.access_log import AccessLog  # noqa: E402
 from echo_site.cors import with_cors  # noqa: E402
 from echo_site.hot_path import HotPath  # noqa: E402
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
@@ -84,6 +87,11 @@ async def application(scope, receive, send):
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
+    await served(scope, receive, send)
+
+
+async def _serve(scope, receive, send):
+    """Serve an HTTP or websocket SCOPE: refused while draining, else by the router."""
     lifecycle = runtime.current().lifecycle
     if not lifecycle.started:
         await _start(lifecycle)
@@ -97,6 +105,10 @@ async def application(scope, receive, send):
             return
     with lifecycle.serving_request():
         await router(scope, receive, send)
+
+
+#: Every HTTP request is logged once its answer is sent (``echo_site.access_log``).
+served = AccessLog(_serve)
 
 
 def settle_heap() -> None:

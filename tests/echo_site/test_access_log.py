@@ -1,0 +1,217 @@
+"""Echo's access log: one line per HTTP request, written once the answer is sent.
+
+Its point is where the line is written: after the answer's last byte, never
+between the answer's start and its body (uvicorn's own log, turned off in
+``make run``, sat there). The line itself must be useful (status, time,
+request id, the JSON fields apart) and safe (a hostile path can neither
+forge a line nor make a huge one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from echo_site import asgi
+from echo_site.access_log import MAX_TARGET, AccessLog, request_target
+from echo_site.request_context import JsonLogFormatter, RequestIdFilter
+from tests.echo_site.test_hot_path import REQUEST_ID, USER, go_live, serve_async
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def http_scope(path: str = "/v1/models", query: bytes = b"", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": path,
+        "query_string": query,
+        "headers": [],
+        "client": ("10.1.2.3", 51000),
+        **extra,
+    }
+
+
+class Recorder:
+    """An app's and the log's events, in the order they happened."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.events.append(f"log {record.getMessage()}")
+        self.records: list[logging.LogRecord] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.events.append(message["type"])
+
+
+@pytest.fixture
+def recorder():
+    recorder = Recorder()
+    access = logging.getLogger("echo.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    access.addHandler(recorder.handler)
+    yield recorder
+    access.removeHandler(recorder.handler)
+    access.setLevel(level)
+
+
+def answering(status: int = 200, parts: int = 2, request_id: bytes = b"rid-7"):
+    async def app(scope, receive, send) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"X-Request-ID", request_id)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for i in range(parts):
+            body = {"type": "http.response.body", "body": b"x", "more_body": i < parts - 1}
+            await send(body)
+
+    return app
+
+
+def serve(app, scope: dict[str, Any], send) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async_to_sync(AccessLog(app))(scope, receive, send)
+
+
+def test_the_line_is_written_after_the_last_byte_of_a_stream(recorder) -> None:
+    serve(answering(parts=3), http_scope(), recorder.send)
+    assert recorder.events[:4] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.body",
+        "http.response.body",
+    ]
+    assert len(recorder.events) == 5
+    line = recorder.events[4]
+    assert re.fullmatch(r'log 10\.1\.2\.3:51000 - "GET /v1/models HTTP/1\.1" 200 \d+\.\dms', line)
+
+
+def test_the_line_carries_the_answers_request_id_and_its_fields(recorder) -> None:
+    records: list[logging.LogRecord] = []
+    recorder.handler.emit = records.append
+    recorder.handler.addFilter(RequestIdFilter())
+    serve(answering(status=404), http_scope(query=b"a=1"), recorder.send)
+    (record,) = records
+    assert record.request_id == "rid-7"
+    entry = json.loads(JsonLogFormatter().format(record))
+    assert entry["logger"] == "echo.access"
+    assert entry["request_id"] == "rid-7"
+    assert entry["status"] == 404
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/v1/models?a=1"
+    assert isinstance(entry["duration_ms"], float)
+    assert '"GET /v1/models?a=1 HTTP/1.1" 404' in entry["message"]
+
+
+def test_a_failure_before_the_answer_is_logged_as_500_and_still_raised(recorder) -> None:
+    async def broken(scope, receive, send) -> None:
+        raise RuntimeError("view bug")
+
+    with pytest.raises(RuntimeError):
+        serve(broken, http_scope(), recorder.send)
+    assert len(recorder.events) == 1 and '" 500 ' in recorder.events[0]
+
+
+def test_a_client_that_left_before_any_answer_is_logged_without_a_status(recorder) -> None:
+    async def gone(scope, receive, send) -> None:
+        return None
+
+    serve(gone, http_scope(), recorder.send)
+    assert len(recorder.events) == 1 and '" - ' in recorder.events[0]
+
+
+def test_a_hostile_target_can_neither_forge_a_line_nor_make_a_huge_one(recorder) -> None:
+    forged = '/v1/x\r\n10.0.0.1:1 - "GET /admin/ HTTP/1.1" 200\x00\x1b[31m'
+    serve(answering(), http_scope(path=forged, query=b"q=" + b"z" * 100_000), recorder.send)
+    line = recorder.events[-1]
+    assert "\n" not in line and "\r" not in line and "\x00" not in line and "\x1b" not in line
+    assert "\\x0d\\x0a" in line and "\\x1b" in line
+    assert len(line) < MAX_TARGET + 200
+    target = request_target(http_scope(path="/p", query=b"q=" + b"z" * 1000))
+    assert len(target) == MAX_TARGET + 3 and target.endswith("...")
+
+
+def test_websockets_and_a_silenced_log_pass_through_untouched(recorder) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(scope)
+
+    serve(app, {"type": "websocket", "path": "/ws/chat/"}, recorder.send)
+    logging.getLogger("echo.access").setLevel(logging.WARNING)  # ECHO_ACCESS_LOG=false
+    serve(app, http_scope(), recorder.send)
+    assert len(seen) == 2 and recorder.events == []
+
+
+def test_the_setting_decides_the_loggers_level(monkeypatch) -> None:
+    from django.utils.log import configure_logging
+
+    from echo_site import settings as site_settings
+
+    assert site_settings.LOGGING["loggers"]["echo.access"]["level"] == "INFO"
+    quiet = json.loads(json.dumps(site_settings.LOGGING))
+    quiet["loggers"]["echo.access"]["level"] = "WARNING"
+    access = logging.getLogger("echo.access")
+    before = access.level
+    try:
+        configure_logging("logging.config.dictConfig", quiet)
+        assert not access.isEnabledFor(logging.INFO)
+    finally:
+        configure_logging("logging.config.dictConfig", site_settings.LOGGING)
+        access.setLevel(before)
+
+
+@pytest.mark.django_db
+def test_a_chat_call_through_the_application_is_logged_once_after_its_answer(
+    recorder, echo_config, chat_key
+) -> None:
+    go_live(echo_config)
+    _, key = chat_key
+    records: list[logging.LogRecord] = []
+    recorder.handler.emit = records.append
+    recorder.handler.addFilter(RequestIdFilter())
+    body = json.dumps({"model": "echo/echo-1", "messages": USER}).encode()
+    answer = async_to_sync(serve_async)(
+        asgi.application,
+        "/v1/chat/completions",
+        body,
+        {"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    assert answer.status == 200
+    (record,) = records
+    assert record.getMessage().startswith(
+        '127.0.0.1:40000 - "POST /v1/chat/completions HTTP/1.1" 200'
+    )
+    assert record.request_id == REQUEST_ID
+    assert key not in record.getMessage() and key[-6:] not in json.dumps(
+        record.__dict__, default=str
+    )
+
+
+def test_every_recipe_turns_uvicorns_own_access_log_off() -> None:
+    recipes = {
+        "Makefile": (ROOT / "Makefile").read_text(),
+        "systemd": (ROOT / "deploy" / "systemd" / "echo@.service").read_text(),
+        "Dockerfile": (ROOT / "deploy" / "Dockerfile").read_text(),
+    }
+    for name, text in recipes.items():
+        assert "--no-access-log" in text, name
+    from bench.processes import server_commands
+
+    assert "--no-access-log" in server_commands("bin", 1)["uvicorn"]
+    assert "--no-access-log" in shlex.split(
+        (ROOT / "docs" / "OPERATIONS.md")
+        .read_text()
+        .split("```bash\nuvicorn", 1)[1]
+        .split("```")[0]
+    )
