@@ -384,6 +384,8 @@ LOGGING = {
         "request_id": {"()": "echo_site.request_context.RequestIdFilter"},
         # Live provider secrets leave every record (providers.secrets.log_redaction).
         "redact_secrets": {"()": "providers.secrets.log_redaction.SecretRedactingFilter"},
+        # Django's refusals of bad requests: one warning line each, no traceback.
+        "client_fault": {"()": "echo_site.security_log.ClientFaultFilter"},
     },
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
@@ -393,7 +395,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT if LOG_FORMAT in ("text", "json") else "text",
-            "filters": ["request_id", "redact_secrets"],
+            "filters": ["request_id", "client_fault", "redact_secrets"],
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -33,5 +33,6 @@ urlpatterns = [
     path("", include("plugins_api.urls")),
 ]
 
+handler400 = "plugins_api.edge.error_views.refused_request"
 handler404 = "plugins_api.edge.error_views.not_found"
 handler500 = "plugins_api.edge.error_views.server_error"

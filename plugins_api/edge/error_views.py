@@ -1,4 +1,4 @@
-"""Django's 404 and 500 pages, in Echo's JSON error shape for API clients.
+"""Django's 400, 404 and 500 pages, in Echo's JSON error shape for API clients.
 
 Paths of the API (and clients that ask for JSON) get ``{"error": {...}}``;
 people in a browser get Django's usual pages. Django uses these handlers
@@ -7,6 +7,7 @@ when DEBUG is off.
 
 from __future__ import annotations
 
+from django.core.exceptions import DisallowedHost
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.views import defaults
 
@@ -24,6 +25,19 @@ def bad_request(request: HttpRequest, message: str, *, field: str | None = None)
     if wants_json(request):
         return JsonResponse(error_body("invalid_request", message, field=field), status=400)
     return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
+
+
+def refused_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Answer 400 to a request Django refused (a Host not in ALLOWED_HOSTS, a malformed request).
+
+    The exception's own text is not shown: it may quote the client's input at length.
+    """
+    if not wants_json(request):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        message = "This server does not answer to that Host header (ALLOWED_HOSTS)."
+        return bad_request(request, message, field="Host")
+    return bad_request(request, "The request is malformed.")
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
