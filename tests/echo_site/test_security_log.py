@@ -52,7 +52,8 @@ def bad_host(path: str, headers: dict[str, str], method: str = "POST"):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("path", "method"), [("/v1/chat/completions", "POST"), ("/health", "GET"), ("/v1/models", "GET")]
+    ("path", "method"),
+    [("/v1/chat/completions", "POST"), ("/health", "GET"), ("/v1/models", "GET")],
 )
 def test_a_wrong_host_gets_a_json_400_naming_it_and_one_warning_line(
     console, chat_key, path: str, method: str
