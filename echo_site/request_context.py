@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
@@ -98,4 +99,7 @@ class JsonLogFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        try:  # orjson: a third of json's time, on every line (the access log's included)
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # a lone surrogate, an integer beyond 64 bits, a key that is no string
+            return json.dumps(entry, default=str)

@@ -77,3 +77,24 @@ def test_json_lines_are_parseable_with_extras() -> None:
     line = json.loads(JsonLogFormatter().format(record))
     assert line["message"] == "hello you" and line["request_id"] == "abc"
     assert line["provider"] == "openai" and line["level"] == "INFO"
+
+
+def test_json_lines_hold_what_orjson_refuses_and_objects_as_text() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "echo",
+            "levelname": "WARNING",
+            "msg": "odd %s",
+            "args": ("\ud800 surrogate",),
+            "count": 2**70,
+            "where": object(),
+            "text": "café\nnext",
+        }
+    )
+    line = JsonLogFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "odd \ud800 surrogate" and entry["count"] == 2**70
+    assert entry["where"].startswith("<object object") and entry["text"] == "café\nnext"
+    plain = json.loads(JsonLogFormatter().format(logging.makeLogRecord({"msg": "café", "n": 1})))
+    assert plain["message"] == "café" and plain["n"] == 1
