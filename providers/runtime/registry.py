@@ -172,6 +172,9 @@ class ProviderRegistry:
     def __init__(self) -> None:
         self._plugins: dict[str, PluginEntry] = {}
         self._live: dict[str, _Live] = {}
+        # Every live instance's secrets, for log redaction (every record), as of _live_changes.
+        self._live_changes = 0
+        self._all_secrets: tuple[int, tuple[str, ...]] = (-1, ())
         self._pending: dict[str, ProviderSpec] = {}
         self._errors: dict[str, str] = {}
         self._generation: dict[str, int] = {}
@@ -308,6 +311,7 @@ class ProviderRegistry:
         self._live[spec.name] = _Live(
             spec=spec, provider=provider, generation=generation, secret_names=secret_names
         )
+        self._live_changes += 1
         self._pending.pop(spec.name, None)
         self._errors.pop(spec.name, None)
         if old is not None:
@@ -440,6 +444,7 @@ class ProviderRegistry:
         live = self._live.pop(name, None)
         if live is None:
             return False
+        self._live_changes += 1
         self._retire(live)
         self._notify(ProviderChange(name, serving=False, generation=self._generation[name]))
         return True
@@ -479,6 +484,7 @@ class ProviderRegistry:
         """Shut every live provider down and forget it."""
         lives = list(self._live.items())
         self._live.clear()
+        self._live_changes += 1
         for _, live in lives:
             live.retired = True
         for name, live in lives:
@@ -565,6 +571,25 @@ class ProviderRegistry:
             "active_requests": live.active,
             "last_error": self._errors.get(name),
         }
+
+    def all_secret_values(self) -> tuple[str, ...]:
+        """Return the configured secrets of every live provider (see ``secret_values``).
+
+        Kept until a provider is loaded, replaced or taken out of service:
+        every log record is redacted with them.
+        """
+        changes = self._live_changes
+        kept_at, found = self._all_secrets
+        if kept_at != changes:
+            # Read from another thread (a log record) while a change lands, this
+            # is not kept: the next record reads the providers again.
+            values = {v for live in list(self._live.values()) for v in self._live_secrets(live)}
+            found = tuple(sorted(values))
+            self._all_secrets = (changes, found)
+        return found
+
+    def _live_secrets(self, live: _Live) -> list[str]:
+        return config_secret_values(live.provider.config, live.secret_names)
 
     def secret_values(self, name: str) -> list[str]:
         """Return the configured secrets of live provider NAME, to mask them; never raises.

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from providers.secrets.masking import redact
+from providers.secrets.masking import secret_redactor
 
 # The attributes every LogRecord has; the others were added by ``extra=``.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -33,17 +33,13 @@ def live_secret_values() -> list[str]:
     """
     from providers.runtime.process import registry  # the registry imports this app's models
 
-    values: list[str] = []
     try:
-        names = registry.names()
+        return list(registry.all_secret_values())
     except RuntimeError:  # the registry changed while being read (another thread's swap)
-        return values
-    for name in names:
-        values.extend(registry.secret_values(name))
-    return values
+        return []
 
 
-def redact_record(record: logging.LogRecord, secrets: list[str]) -> logging.LogRecord:
+def redact_record(record: logging.LogRecord, secrets: Sequence[str]) -> logging.LogRecord:
     """Strip SECRETS from RECORD in place; return it.
 
     The message is formatted and its arguments dropped only when it held a
@@ -52,28 +48,29 @@ def redact_record(record: logging.LogRecord, secrets: list[str]) -> logging.LogR
     """
     if not secrets:
         return record
+    redact = secret_redactor(secrets)
     try:
         message = record.getMessage()
     except Exception:  # a broken format string: logging reports it; keep the parts safe
         message = None
-        record.msg = redact(str(record.msg), secrets)
-        record.args = tuple(redact(repr(a), secrets) for a in record.args or ())
+        record.msg = redact(str(record.msg))
+        record.args = tuple(redact(repr(a)) for a in record.args or ())
     if message is not None:
-        clean = redact(message, secrets)
+        clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, ()
     if record.exc_info and record.exc_info[1] is not None:
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        clean = redact(text, secrets)
+        clean = redact(text)
         if clean != text:
             record.exc_text, record.exc_info = clean, None
     elif record.exc_text:
-        record.exc_text = redact(record.exc_text, secrets)
+        record.exc_text = redact(record.exc_text)
     if record.stack_info:
-        record.stack_info = redact(record.stack_info, secrets)
+        record.stack_info = redact(record.stack_info)
     for key, value in list(vars(record).items()):
         if key not in _STANDARD_ATTRIBUTES and isinstance(value, str):
-            setattr(record, key, redact(value, secrets))
+            setattr(record, key, redact(value))
     return record
 
 

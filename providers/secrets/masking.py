@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 MASK = "****"
@@ -120,12 +120,24 @@ def redact(text: str, secrets: Iterable[Any]) -> str:
     run (a prefix, a suffix, the key minus a character, a middle slice) as
     ``****``. Secrets shorter than WINDOW are replaced as exact copies only.
     """
-    if not text:
-        return text
+    return secret_redactor(secrets)(text)
+
+
+def secret_redactor(secrets: Iterable[Any]) -> Callable[[str], str]:
+    """Return ``redact`` with SECRETS bound: for several texts, the secrets are read once."""
     unique = tuple(sorted({str(s) for s in secrets if s not in (None, "")}))
     if not unique:
+        return _unchanged
+    return partial(_redact, matcher=_matcher(unique))
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def _redact(text: str, matcher: _Matcher) -> str:
+    if not text:
         return text
-    matcher = _matcher(unique)
     spans = _secret_spans(text, matcher) if matcher.windows else []
     if spans:
         pieces: list[str] = []

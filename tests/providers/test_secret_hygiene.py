@@ -22,7 +22,11 @@ from django.test import override_settings
 from django.urls import path, reverse
 from rest_framework.test import APIClient
 
-from providers.config.services import provider_config_create, provider_config_errors
+from providers.config.services import (
+    provider_config_create,
+    provider_config_errors,
+    provider_config_update,
+)
 from providers.config.yaml_import import ImportedValues
 from providers.errors import ProviderConfigError
 from providers.health.monitor import ProviderHealth, _row
@@ -285,6 +289,29 @@ def test_log_records_lose_every_run_of_a_live_key(live_openai, caplog) -> None:
         formatted = logging.Formatter("%(message)s").format(record)
         assert leaks(formatted) == [] and leaks(repr(vars(record))) == []
     assert "Traceback" in caplog.records[2].exc_text
+
+
+def test_a_key_rotated_or_a_provider_removed_changes_what_log_records_lose(live_openai) -> None:
+    logger = logging.getLogger("tests.secret_hygiene")
+    assert KEY in runtime.registry.all_secret_values()
+    assert runtime.registry.all_secret_values() is runtime.registry.all_secret_values()  # kept
+    rotated = "sk-rotated-" + "Q" * 30
+    provider_config_update(config=live_openai, changes={"secrets": {"api_key": rotated}})
+    assert runtime.run_in_serving_loop(runtime.load_provider_from_database, "openai") is None
+    assert rotated in runtime.registry.all_secret_values()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        logger.warning("upstream quoted %s", rotated)
+        runtime.run_in_serving_loop(runtime.apply_config_state, "openai", None, "removed")
+        assert runtime.registry.all_secret_values() == ()
+        logger.warning("after removal %s", "plain text")
+    finally:
+        logger.removeHandler(handler)
+    assert rotated[8:20] not in records[0].getMessage()
+    assert records[1].getMessage() == "after removal plain text"
 
 
 def test_redact_record_covers_extra_attributes() -> None:
