@@ -46,6 +46,8 @@ BOUNDARIES = {
     "usage": ("plugins_api/edge/request_usage.py", "answered"),
     # The usage recorded once the answer is written (``plugins_api.edge.after_answer``).
     "deferred": ("plugins_api/edge/after_answer.py", "run_deferred"),
+    # The access-log line, written once the answer is sent (``echo_site.access_log``).
+    "log": ("echo_site/access_log.py", "_log"),
 }
 #: The parts, in the order a call meets them, and what each holds.
 PARTS = (
@@ -65,6 +67,10 @@ PARTS = (
         "is written)",
     ),
     ("answer", "the answer's body and headers"),
+    (
+        "access log",
+        "the request's access-log line (made, redacted, formatted, written) after the answer",
+    ),
 )
 
 
@@ -81,7 +87,7 @@ def split(stats: pstats.Stats) -> dict[str, float]:
     """Return each part's seconds (see ``PARTS``) from STATS."""
     t = {key: cumulative(stats, *where) for key, where in BOUNDARIES.items()}
     return {
-        "edge": t["whole"] - t["serve"] - t["deferred"],
+        "edge": t["whole"] - t["serve"] - t["deferred"] - t["log"],
         "admit": t["admit"] + t["limit"],
         "manager": t["manager"] - t["plugin"],
         "plugin": t["plugin"] - t["upstream"],
@@ -89,6 +95,7 @@ def split(stats: pstats.Stats) -> dict[str, float]:
         "upstream http": t["session"],
         "usage": t["usage"] + t["deferred"],
         "answer": t["serve"] - t["admit"] - t["limit"] - t["manager"] - t["usage"],
+        "access log": t["log"],
     }
 
 
