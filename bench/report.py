@@ -261,7 +261,7 @@ def render_markdown(results: dict) -> str:
     if throughput:
         out += [
             "",
-            f"## (2) Throughput at the highest concurrency with p99 ≤ {P99_LIMIT_MS:.0f} ms (wrk)",
+            f"## (2) Throughput: the most req/s of a step with p99 ≤ {P99_LIMIT_MS:.0f} ms (wrk)",
             "",
             "| system | connections | req/s | p50 ms | p99 ms | CPU core-ms/request | RSS under load MB | steps (c: req/s, p99 ms) |",
             "|---|---|---|---|---|---|---|---|",

@@ -457,8 +457,21 @@ async def run_wrk(bench: Bench, system: System, connections: int, seconds: float
     return result
 
 
+def better_step(best: dict | None, step: dict) -> dict:
+    """Return whichever of BEST and STEP (both within the p99 limit) answered more req/s.
+
+    A system's throughput is the most it served at p99 ≤ 50 ms: with one
+    worker busy, a higher concurrency can serve a little less than a lower
+    one (the steps are 4 s each), and that lower step is what it can do.
+    """
+    return step if best is None or step["rps"] > best["rps"] else best
+
+
 async def measure_throughput(bench: Bench) -> None:
-    """Step up wrk's connections, all systems per step; stop a system past p99 > 50 ms or errors."""
+    """Step up wrk's connections, all systems per step; stop a system past p99 > 50 ms or errors.
+
+    Each system's figure is its step with the most req/s within the limit (``better_step``).
+    """
     active = list(bench.systems.values())
     table: dict[str, dict] = {s.key: {"steps": [], "best": None} for s in active}
     for connections in bench.plan.wrk_steps:
@@ -476,7 +489,7 @@ async def measure_throughput(bench: Bench) -> None:
                 flush=True,
             )
             if step["latency_ms"]["p99"] <= P99_LIMIT_MS and step["errors"] == 0:
-                table[system.key]["best"] = step
+                table[system.key]["best"] = better_step(table[system.key]["best"], step)
             else:
                 active.remove(system)
     bench.results["throughput"] = table

@@ -205,3 +205,14 @@ def test_the_breakdown_parts_are_the_boundaries_less_what_they_hold():
     }
     assert sum(parts.values()) == seconds["whole"]
     assert [name for name, _ in PARTS] == list(parts)
+
+
+def test_a_systems_throughput_is_its_best_step_within_the_limit():
+    from bench.run import better_step
+
+    steps = [step(1, 900.0, 3.0, 0.8), step(4, 1500.0, 7.0, 0.6), step(16, 1200.0, 28.0, 0.8)]
+    best = None
+    for each in steps:
+        best = better_step(best, each)
+    assert best is steps[1]
+    assert better_step(best, step(32, 1600.0, 45.0, 0.7))["rps"] == 1600.0
