@@ -32,6 +32,7 @@ from plugins_api.access.request_auth import (
 )
 from plugins_api.edge.chat_requests import RequestFieldError, parse_chat_call, parse_json
 from plugins_api.edge.error_responses import error_body, error_response
+from plugins_api.edge.json_answer import JsonAnswer
 from plugins_api.edge.request_usage import RequestUsage, client_label
 from plugins_api.edge.sse import chat_event_stream, event_stream_response, first_chunk
 from providers.errors import ProviderError
@@ -74,7 +75,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
                 call.request, call.provider, allow=allow
             )
             overhead = usage.answered(response)
-            answer = JsonResponse(response.as_dict(), headers=counters)
+            answer = JsonAnswer(response.as_dict(), headers=counters)
             if overhead is not None:
                 answer["X-Echo-Overhead-Ms"] = f"{overhead:.2f}"
             return answer
