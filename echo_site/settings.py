@@ -401,9 +401,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # A line per upstream call: usage rows and metrics already record each one.
         # One line per HTTP request, once answered (echo_site.access_log), whatever LOG_LEVEL says.
         "echo.access": {"level": "INFO" if env_bool("ECHO_ACCESS_LOG", True) else "WARNING"},
+        # A line per upstream call: usage rows and metrics already record each one.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
     },

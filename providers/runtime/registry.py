@@ -581,8 +581,8 @@ class ProviderRegistry:
         changes = self._live_changes
         kept_at, found = self._all_secrets
         if kept_at != changes:
-            # Read from another thread (a log record) while a change lands, this
-            # is not kept: the next record reads the providers again.
+            # Kept under the count read before: if a change lands meanwhile (a log
+            # record read in another thread), the next record reads them again.
             values = {v for live in list(self._live.values()) for v in self._live_secrets(live)}
             found = tuple(sorted(values))
             self._all_secrets = (changes, found)
@@ -598,7 +598,7 @@ class ProviderRegistry:
         again could raise, and turn a masked message into a failure.
         """
         live = self._live.get(name)
-        return config_secret_values(live.provider.config, live.secret_names) if live else []
+        return self._live_secrets(live) if live else []
 
     def _plugin_failed(self, name: str, step: str, exc: BaseException) -> PluginError:
         """Record that live provider NAME's plugin raised EXC in STEP; return it as a ``PluginError``."""
