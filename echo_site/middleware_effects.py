@@ -62,10 +62,20 @@ KNOWN_MIDDLEWARE = (
     BrowserMiddleware,
 )
 FRAME_HEADER = "X-Frame-Options"
+#: Distinct Host headers whose check is remembered (a client sending many costs only itself).
+HOSTS_KEPT = 64
 
 #: (name as the response looks it up, the header as written)
 EncodedHeaders = tuple[tuple[str, tuple[bytes, bytes]], ...]
 RawHeaders = list[tuple[bytes, bytes]]
+
+
+def _passes_get_host(request: HttpRequest) -> bool:
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return False
+    return True
 
 
 def _never(request: HttpRequest) -> HttpResponseBase:
@@ -110,6 +120,9 @@ class MiddlewareEffects:
         if common:  # Django's CommonMiddleware added more than the length: not known here
             raise ValueError(f"CommonMiddleware adds {common!r} to every answer")
         self.ssl_redirect = settings.SECURE_SSL_REDIRECT
+        #: Host header -> whether it is allowed, for the hosts allowed as of ``_hosts_for``.
+        self._hosts: dict[str, bool] = {}
+        self._hosts_for: tuple[object, bool] | None = None
 
     @classmethod
     def for_settings(cls) -> MiddlewareEffects | None:
@@ -130,11 +143,28 @@ class MiddlewareEffects:
         query = request.META.get("QUERY_STRING", "")
         if "%00" in query or "\x00" in query:
             return False  # refused by UrlCharactersMiddleware
-        try:
-            request.get_host()
-        except DisallowedHost:
+        if not self._host_allowed(request):
             return False  # refused by CommonMiddleware
         return needs_no_browser(request)
+
+    def _host_allowed(self, request: HttpRequest) -> bool:
+        """Return whether REQUEST's host passes ``get_host``: asked once per Host a client sends.
+
+        Clients send one or two hosts; each is checked against ``ALLOWED_HOSTS``
+        the first time and remembered (``HOSTS_KEPT`` at most, forgotten all at
+        once past that, and whenever the hosts allowed change).
+        """
+        host = request.META.get("HTTP_HOST")
+        if host is None or settings.USE_X_FORWARDED_HOST:
+            return _passes_get_host(request)  # the host is not the header alone
+        allowed_now = (settings.ALLOWED_HOSTS, settings.DEBUG)
+        if self._hosts_for != allowed_now or len(self._hosts) >= HOSTS_KEPT:
+            self._hosts.clear()
+            self._hosts_for = allowed_now
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            allowed = self._hosts[host] = _passes_get_host(request)
+        return allowed
 
     async def answer(
         self,
