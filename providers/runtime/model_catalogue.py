@@ -22,7 +22,7 @@ providers that serve it, best first:
 The index lives in this worker's memory and is rebuilt on the first lookup
 after something changed: a provider applied, replaced or removed, the
 default moved, a priority set, or a model list fetched (each lookup compares
-a few object identities to tell). A lookup reads no database and calls no
+the registry's and the model lists' change counts to tell). A lookup reads no database and calls no
 provider: an upstream's own list joins once this worker has fetched it
 (``GET /v1/models`` does, kept ``ECHO_MODEL_LIST_CACHE_SECONDS``); until
 then a name only the upstream knows goes to the default provider, as the
@@ -132,16 +132,11 @@ class ModelCatalogue:
 
     def _current_index(self) -> dict[str, tuple[str, ...]]:
         """Return the index, rebuilt first if a provider, the default or a model list changed."""
-        lists = self._upstream_lists()
-        registry = self._registry
-        seen = (
-            registry.default_name,
-            tuple((name, id(registry.get(name))) for name in registry.names()),
-            tuple((name, id(entry)) for name, entry in lists.items()),
-        )
+        lists = self._model_lists()
+        seen = (self._registry.changes, id(lists), lists.changes if lists is not None else 0)
         if self._index is None or seen != self._seen:
             self._seen = seen
-            self._index = self._build(lists)
+            self._index = self._build(lists.held_lists() if lists is not None else {})
         return self._index
 
     def _build(self, lists: dict[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -197,8 +192,3 @@ class ModelCatalogue:
         if current.registry is not self._registry:
             return None
         return current.model_lists
-
-    def _upstream_lists(self) -> dict[str, Any]:
-        """Return the model lists this worker holds, by provider (entries of ``ModelListCache``)."""
-        cache_ = self._model_lists()
-        return cache_.held_lists() if cache_ is not None else {}

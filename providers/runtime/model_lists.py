@@ -55,6 +55,8 @@ class ModelListCache:
         self._registry = registry
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        #: How many times a list was kept or dropped (the model catalogue rebuilds on a change).
+        self.changes = 0
         self._flight: SingleFlight[list[str]] = SingleFlight()
 
     def held_lists(self) -> dict[str, _Entry]:
@@ -101,4 +103,5 @@ class ModelListCache:
         # Bounded by the providers: lists of providers gone from service go too.
         for gone in set(self._entries) - set(self._registry.names()):
             self._entries.pop(gone, None)
+        self.changes += 1
         return models

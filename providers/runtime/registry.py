@@ -253,6 +253,15 @@ class ProviderRegistry:
             raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name) from None
 
     @property
+    def changes(self) -> int:
+        """Return how many times the live providers changed (applied, replaced, removed, all stopped).
+
+        A reader that derives something from them (the model catalogue) compares
+        this count instead of the providers themselves.
+        """
+        return self._live_changes
+
+    @property
     def default_name(self) -> str | None:
         """Return the name of the default provider, if one is live."""
         for name, live in self._live.items():

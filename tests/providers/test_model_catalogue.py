@@ -389,6 +389,16 @@ def test_the_catalogue_is_rebuilt_only_when_something_changed() -> None:
         await registry.apply(ProviderSpec("echo", "echo", {"models": ["echo-2"]}))
         manager.resolve(ask("echo-2"))
         assert len(builds) == 3
+        await registry.apply(ProviderSpec("other", "echo", {"models": ["echo-3"]}, is_default=True))
+        manager.resolve(ask("echo-3"))
+        assert len(builds) == 4
+        assert catalogue.providers_for("echo-3") == ("other",)
+        await registry.unregister("other")
+        assert catalogue.providers_for("echo-3") == ()
+        assert len(builds) == 5
+        for _ in range(50):
+            manager.resolve(ask("echo-2"))
+        assert len(builds) == 5
         await registry.shutdown_all()
 
     async_to_sync(scenario)()
