@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,10 +69,37 @@ def redact_record(record: logging.LogRecord, secrets: Sequence[str]) -> logging.
         record.exc_text = redact(record.exc_text)
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
+    return redact_extras(record, secrets)
+
+
+def redact_extras(record: logging.LogRecord, secrets: Sequence[str]) -> logging.LogRecord:
+    """Strip SECRETS from RECORD's ``extra=`` string attributes, in place; return it."""
+    if not secrets:
+        return record
+    redact = secret_redactor(secrets)
     for key, value in list(vars(record).items()):
         if key not in _STANDARD_ATTRIBUTES and isinstance(value, str):
             setattr(record, key, redact(value))
     return record
+
+
+#: The records the factory made and redacted, with what it redacted: while those parts are
+#: the very objects it left, the filter has only the extras to do.
+_made_clean: weakref.WeakKeyDictionary[logging.LogRecord, tuple[Any, ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _redacted_parts(record: logging.LogRecord) -> tuple[Any, ...]:
+    return (record.msg, record.args, record.exc_info, record.exc_text, record.stack_info)
+
+
+def _unchanged_since_made(record: logging.LogRecord) -> bool:
+    """Return whether the factory redacted RECORD and nothing replaced what it redacted since."""
+    made = _made_clean.get(record)
+    return made is not None and all(
+        now is then for now, then in zip(_redacted_parts(record), made, strict=True)
+    )
 
 
 def install_log_redaction(secrets: Callable[[], list[str]] = live_secret_values) -> None:
@@ -86,7 +114,9 @@ def install_log_redaction(secrets: Callable[[], list[str]] = live_secret_values)
             values = secrets()
         except Exception:  # never lose a log line to the redaction itself
             return record
-        return redact_record(record, values)
+        redact_record(record, values)
+        _made_clean[record] = _redacted_parts(record)
+        return record
 
     redacting_factory.echo_redacting = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(redacting_factory)
@@ -96,12 +126,19 @@ class SecretRedactingFilter(logging.Filter):
     """A handler filter doing ``redact_record``, for the ``extra=`` attributes the factory cannot see.
 
     The record factory runs before ``extra`` is set on a record; Echo's own
-    handlers also get this filter so that those attributes are covered.
+    handlers also get this filter so that those attributes are covered. A
+    record the factory redacted, whose message, arguments, traceback and
+    stack nothing has replaced since (another filter may rewrite them), has
+    only them left to do; any other (made by ``logging.makeLogRecord``, or
+    before the factory was installed) is redacted whole.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
-            redact_record(record, live_secret_values())
+            if _unchanged_since_made(record):
+                redact_extras(record, live_secret_values())
+            else:
+                redact_record(record, live_secret_values())
         except Exception:  # never lose a log line to the redaction itself
             pass
         return True

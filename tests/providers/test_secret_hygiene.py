@@ -321,6 +321,36 @@ def test_redact_record_covers_extra_attributes() -> None:
     assert leaks(record.getMessage()) == [] and leaks(record.upstream_body) == []
 
 
+def test_the_handler_filter_redacts_what_came_after_the_factory(live_openai) -> None:
+    """Extras, a message another filter rewrote, and records the factory never made."""
+    from providers.secrets.log_redaction import SecretRedactingFilter
+
+    def quote_the_key(record: logging.LogRecord) -> bool:  # a filter that rewrites a message
+        if record.getMessage() == "rewrite me":
+            record.msg = f"rewritten with {KEY}"
+        return True
+
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append
+    handler.addFilter(quote_the_key)
+    handler.addFilter(SecretRedactingFilter())
+    log = logging.getLogger("echo.tests.filter")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log.info("plain %s", "text", extra={"path": f"/v1/models?key={KEY}"})
+        log.info("quoting %s", KEY[3:30])
+        log.info("rewrite me")
+        handler.handle(logging.makeLogRecord({"msg": f"made by hand {KEY}", "args": ()}))
+    finally:
+        log.removeHandler(handler)
+    assert lines[0].getMessage() == "plain text"
+    assert [leaks(line.getMessage()) for line in lines] == [[], [], [], []]
+    assert leaks(lines[0].path) == []  # type: ignore[attr-defined]
+    assert "rewritten with sk-" in lines[2].getMessage()
+
+
 def test_a_stored_health_row_is_redacted(live_openai) -> None:
     health = ProviderHealth(name="openai", available=False, error=f"401: {KEY[:-2]}")
     assert leaks(_row(live_openai, health).error) == []
