@@ -120,8 +120,10 @@ async def serve_async(
 ) -> Answer:
     """Send one request to ASGI APP; return its answer (a declared length, or chunked for a list)."""
     parts = body if isinstance(body, list) else [body]
-    raw_headers = [(b"host", b"testserver"), (b"x-request-id", REQUEST_ID.encode())]
+    raw_headers = [(b"x-request-id", REQUEST_ID.encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    if not any(name == b"host" for name, _ in raw_headers):
+        raw_headers.insert(0, (b"host", b"testserver"))
     if isinstance(body, list):
         raw_headers.append((b"transfer-encoding", b"chunked"))
     elif method == "POST":
@@ -586,3 +588,75 @@ def test_a_provider_health_check_and_other_methods_still_go_to_django(providers,
         before = len(started)
         async_to_sync(serve_async)(HOT, path, b"", {}, method)
         assert len(started) - before == 1, (path, method)
+
+
+@pytest.mark.parametrize(
+    "body, cookie",
+    [
+        (b'{"ok": true}', None),
+        (b"", None),
+        (b"x" * (3 * ASGIHandler.chunk_size + 5), None),
+        (b"{}", "sessionid=abc"),
+    ],
+    ids=["json", "empty", "over-a-chunk", "with-a-cookie"],
+)
+def test_a_whole_answer_is_sent_as_djangos_send_response_sends_it(body: bytes, cookie) -> None:
+    """``send_whole`` sends the very messages Django's ``send_response`` sends, the added headers last."""
+    from django.http import HttpResponse
+
+    from echo_site.hot_path import _adding, send_whole
+
+    added = [(b"X-Frame-Options", b"DENY"), (b"X-Request-ID", b"r-1")]
+
+    def answer() -> HttpResponse:
+        response = HttpResponse(body, content_type="application/json", status=201)
+        response["X-Echo-Provider"] = "echo"
+        if cookie:
+            name, value = cookie.split("=")
+            response.set_cookie(name, value)
+        return response
+
+    async def sent(how) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await how(send)
+        return messages
+
+    theirs = async_to_sync(sent)(
+        lambda send: ASGIHandler().send_response(answer(), _adding(added, send))
+    )
+    ours = async_to_sync(sent)(lambda send: send_whole(answer(), added, send))
+    for message in theirs:
+        if message["type"] == "http.response.body":  # Django may leave it out: it means False
+            message.setdefault("more_body", False)
+    assert ours == theirs
+    assert len(ours) == 1 + max(1, -(-len(body) // ASGIHandler.chunk_size))
+
+
+def test_hosts_are_checked_once_each_and_a_client_sending_many_costs_only_itself(
+    providers, keys, started, settings
+) -> None:
+    """A host's check is remembered (bounded), and forgotten when the hosts allowed change."""
+    from echo_site.middleware_effects import HOSTS_KEPT
+
+    effects = asgi.hot_path.handler.effects
+    body = json.dumps(CASES["/chat"]["json"][0]).encode()
+    for n in range(3 * HOSTS_KEPT):
+        hot, django, _ = both_ways(
+            started, "/chat", body, {**keys["bearer"], "Host": f"evil-{n}.example"}
+        )
+        assert hot.status == 400, hot.body
+        assert hot.normalized() == django.normalized()
+        assert len(effects._hosts) <= HOSTS_KEPT
+    hot, django, hot_started = both_ways(started, "/chat", body, keys["bearer"])
+    assert (hot.status, hot_started) == (200, 0)
+    assert effects._hosts["testserver"] is True
+
+    settings.ALLOWED_HOSTS = ["elsewhere.example"]
+    hot, django, _ = both_ways(started, "/chat", body, keys["bearer"])
+    assert hot.status == django.status == 400
+    assert hot.normalized() == django.normalized()
+    assert effects._hosts == {"testserver": False}
