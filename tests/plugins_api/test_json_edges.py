@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 from django.utils.functional import lazy
 
-from plugins_api.edge.bounded_json import MAX_JSON_DEPTH, JsonInputError, loads_bounded
+from plugins_api.edge.bounded_json import MAX_JSON_DEPTH, JsonInputError, check_value, loads_bounded
 from plugins_api.edge.json_answer import JsonAnswer, json_bytes
 
 SAME_AS_JSON = [
@@ -51,6 +51,37 @@ def test_what_no_endpoint_can_carry_is_refused_naming_the_field(body, field, say
         loads_bounded(body)
     assert caught.value.field == field
     assert says in caught.value.message
+
+
+MORE = [
+    '{"messages": [{"content": "a\\u0000b"}]}',  # text, as a websocket frame comes
+    "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1),
+    b'{"s": "\\\\u0000 is a backslash and text, not a NUL"}',
+    '{"model": "m", "messages": ['
+    + ",".join(['{"role": "user", "content": "x"}'] * 80)
+    + '], "deep": '
+    + "[" * 70
+    + "]" * 70
+    + "}",
+]
+
+
+@pytest.mark.parametrize(
+    "body", [*SAME_AS_JSON, *(body for body, field, _ in REFUSED if field is not None), *MORE]
+)
+def test_the_shortcut_for_plain_bodies_agrees_with_the_whole_walk(body: bytes | str) -> None:
+    """What ``loads_bounded`` takes or refuses, ``json`` and ``check_value`` take or refuse alike."""
+    value = json.loads(body)
+    try:
+        check_value(value)
+        walked: object = value
+    except JsonInputError as exc:
+        walked = (exc.field, exc.message)
+    try:
+        got: object = loads_bounded(body)
+    except JsonInputError as exc:
+        got = (exc.field, exc.message)
+    assert got == walked
 
 
 def test_an_answer_is_compact_utf8_json_with_djangos_types() -> None:
