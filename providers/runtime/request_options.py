@@ -45,15 +45,6 @@ def _asks_something(name: str, value: Any) -> bool:
     return True
 
 
-def requested_options(request: ChatRequest) -> list[str]:
-    """Return the options REQUEST sets that ask for something, in ``OPTION_FIELDS`` order."""
-    return [
-        name
-        for name in OPTION_FIELDS
-        if (value := getattr(request, name)) is not None and _asks_something(name, value)
-    ]
-
-
 #: The options a declaration names, by declaration (plugins declare a class-level frozenset).
 _DECLARED: dict[frozenset, frozenset[str]] = {}
 #: Distinct declarations kept: one per plugin class in practice.
@@ -75,10 +66,31 @@ def supported_options(provider: AbstractAIProvider) -> frozenset[str]:
     return frozenset(name for name in declared if isinstance(name, str))
 
 
+def unhonoured_options(honoured: frozenset[str]) -> tuple[str, ...]:
+    """Return the options not in HONOURED, in ``OPTION_FIELDS`` order (worked out once per set)."""
+    names = _UNHONOURED.get(honoured)
+    if names is None:
+        if len(_UNHONOURED) >= _DECLARED_KEPT:
+            _UNHONOURED.clear()
+        names = _UNHONOURED[honoured] = tuple(n for n in OPTION_FIELDS if n not in honoured)
+    return names
+
+
+#: The options a set of honoured options leaves out, by set.
+_UNHONOURED: dict[frozenset[str], tuple[str, ...]] = {}
+
+
 def unsupported_options(request: ChatRequest, provider: AbstractAIProvider) -> list[str]:
-    """Return the options REQUEST sets that PROVIDER does not honour (empty: it may answer)."""
-    honoured = supported_options(provider)
-    return [name for name in requested_options(request) if name not in honoured]
+    """Return the options REQUEST sets that PROVIDER does not honour (empty: it may answer).
+
+    Only the options PROVIDER does not honour are read from REQUEST: a couple
+    for most plugins, on every call.
+    """
+    return [
+        name
+        for name in unhonoured_options(supported_options(provider))
+        if (value := getattr(request, name)) is not None and _asks_something(name, value)
+    ]
 
 
 def unsupported_option_error(
