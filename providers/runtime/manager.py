@@ -224,6 +224,10 @@ class RequestTrace:
             metadata["retries"] = self.retries
 
 
+#: Bare model names whose routes are kept at hand (a client naming many costs only a rebuild).
+SERVED_ROUTES_KEPT = 1024
+
+
 class ModelManager:
     """Route requests over the providers of a registry, with retries, breakers and failover.
 
@@ -252,6 +256,8 @@ class ModelManager:
         # Which providers serve a bare model name, and the model groups served (both in memory).
         self.catalogue = ModelCatalogue(registry)
         self.groups = ModelGroupTable()
+        # The routes of the bare names served, as of a registry state (``_served_routes``).
+        self._served: dict[str, tuple[tuple[int, tuple[str, ...]], tuple[Route, ...]]] = {}
         # Providers configured but not serving, and why (kept by config_sync): a call
         # naming one is told so (409), not that no such provider exists.
         self.out_of_service: dict[str, OutOfService] = {}
@@ -417,8 +423,25 @@ class ModelManager:
                 return self._with_fallbacks(self._group_routes(group))
             served = self.catalogue.providers_for(request.model) if request.model else ()
             if served:
-                return self._with_fallbacks([Route(name, request.model) for name in served])
+                return self._served_routes(request.model, served)
         return self.chain(self.resolve(request, provider_name))
+
+    def _served_routes(self, model: str, served: tuple[str, ...]) -> list[Route]:
+        """Return the routes of bare MODEL, which SERVED serve: worked out once per model and state.
+
+        They depend on SERVED and on the live providers (their fallbacks, the
+        default): the same until either changes. At most ``SERVED_ROUTES_KEPT``
+        names are kept, all forgotten past that.
+        """
+        stamp = (self.registry.changes, served)
+        kept = self._served.get(model)
+        if kept is not None and kept[0] == stamp:
+            return list(kept[1])
+        routes = self._with_fallbacks([Route(name, model) for name in served])
+        if len(self._served) >= SERVED_ROUTES_KEPT:
+            self._served.clear()
+        self._served[model] = (stamp, tuple(routes))
+        return routes
 
     def _group_routes(self, group: ModelGroupSpec) -> list[Route]:
         """Return GROUP's deployments as routes, in the order its strategy gives them now."""

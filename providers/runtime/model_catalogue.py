@@ -70,6 +70,19 @@ def model_info_names() -> dict[str, tuple[str, ...]]:
     }
 
 
+def _process_runtime() -> Any:
+    """Return ``providers.runtime.process``, imported on first use (it imports this module)."""
+    global _process
+    if _process is None:
+        from providers.runtime import process
+
+        _process = process
+    return _process
+
+
+_process: Any = None
+
+
 class ModelCatalogue:
     """The bare model names REGISTRY's live providers serve, kept in step with it."""
 
@@ -183,10 +196,8 @@ class ModelCatalogue:
 
     def _model_lists(self) -> Any:
         """Return this process's model-list cache when it lists this catalogue's registry."""
-        from providers.runtime import process
-
         try:
-            current = process.current()
+            current = _process_runtime().current()
         except Exception:  # no runtime yet (import time): no lists
             return None
         if current.registry is not self._registry:

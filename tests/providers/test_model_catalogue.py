@@ -402,3 +402,36 @@ def test_the_catalogue_is_rebuilt_only_when_something_changed() -> None:
         await registry.shutdown_all()
 
     async_to_sync(scenario)()
+
+
+def test_a_bare_names_routes_follow_fallbacks_default_and_providers_once_kept() -> None:
+    """The routes kept for a name are the ones worked out anew, whatever changed since."""
+    from providers.runtime.manager import SERVED_ROUTES_KEPT, Route
+
+    async def scenario() -> None:
+        registry = new_registry()
+        await registry.apply(ProviderSpec("a", "echo", {"models": ["m-1"]}))
+        await registry.apply(ProviderSpec("b", "echo", {"models": ["m-2"]}))
+        manager = new_manager(registry)
+        assert manager.routes(ask("m-1")) == [Route("a", "m-1")]
+        assert manager.routes(ask("m-1")) == [Route("a", "m-1")]  # kept, equal
+
+        await registry.apply(ProviderSpec("a", "echo", {"models": ["m-1"]}, fallbacks=("b",)))
+        assert manager.routes(ask("m-1")) == [Route("a", "m-1"), Route("b", None)]
+        await registry.apply(ProviderSpec("c", "echo", {"models": ["m-3"]}, is_default=True))
+        assert manager.routes(ask("m-1")) == [Route("a", "m-1"), Route("b", None), Route("c", None)]
+        await registry.unregister("b")
+        assert manager.routes(ask("m-1")) == [Route("a", "m-1"), Route("c", None)]
+        await registry.apply(ProviderSpec("b", "echo", {"models": ["m-1"]}))
+        manager.catalogue.set_priority("b", 1)
+        assert manager.routes(ask("m-1"))[:2] == [Route("b", "m-1"), Route("a", "m-1")]
+        routes = manager.routes(ask("m-1"))
+        routes.append(Route("x", None))  # a caller's copy
+        assert Route("x", None) not in manager.routes(ask("m-1"))
+
+        for n in range(3 * SERVED_ROUTES_KEPT):  # dated variants: each a name of its own
+            assert manager.routes(ask(f"m-1-{n}"))[0].provider == "b"
+            assert len(manager._served) <= SERVED_ROUTES_KEPT
+        await registry.shutdown_all()
+
+    async_to_sync(scenario)()
