@@ -38,7 +38,7 @@ def known_secrets() -> list[str]:
     from providers.secrets.log_redaction import live_secret_values
     from providers.secrets.values import config_secret_values
 
-    values = live_secret_values()
+    values = list(live_secret_values())
     try:
         from providers.models import ProviderConfig
 

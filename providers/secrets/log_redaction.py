@@ -26,18 +26,26 @@ _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), No
 }
 
 
-def live_secret_values() -> list[str]:
+def live_secret_values() -> tuple[str, ...]:
     """Return the secrets of every provider live in this process's registry.
 
     By the secret names the registry read when it built each instance: no
-    plugin code runs here, for every log record.
+    plugin code runs here, for every log record. The registry's own tuple,
+    the same object until a provider changes (``secret_redactor`` keeps its
+    redactor by it).
     """
-    from providers.runtime.process import registry  # the registry imports this app's models
+    global _runtime
+    if _runtime is None:
+        from providers.runtime import process  # it imports this app's models
 
+        _runtime = process
     try:
-        return list(registry.all_secret_values())
+        return _runtime.registry.all_secret_values()  # the current runtime's
     except RuntimeError:  # the registry changed while being read (another thread's swap)
-        return []
+        return ()
+
+
+_runtime: Any = None
 
 
 def redact_record(record: logging.LogRecord, secrets: Sequence[str]) -> logging.LogRecord:
@@ -76,10 +84,15 @@ def redact_extras(record: logging.LogRecord, secrets: Sequence[str]) -> logging.
     """Strip SECRETS from RECORD's ``extra=`` string attributes, in place; return it."""
     if not secrets:
         return record
+    attributes = vars(record)
+    extras = attributes.keys() - _STANDARD_ATTRIBUTES
+    if not extras:
+        return record
     redact = secret_redactor(secrets)
-    for key, value in list(vars(record).items()):
-        if key not in _STANDARD_ATTRIBUTES and isinstance(value, str):
-            setattr(record, key, redact(value))
+    for key in extras:
+        value = attributes[key]
+        if isinstance(value, str):
+            attributes[key] = redact(value)
     return record
 
 

@@ -103,6 +103,8 @@ def _secret_spans(text: str, matcher: _Matcher) -> list[tuple[int, int]]:
             for start in range(max(0, probe - GRAM + 1), min(probe, last) + 1):
                 if text[start : start + WINDOW] in windows:
                     starts.add(start)
+    if not starts:
+        return []
     spans: list[tuple[int, int]] = []
     for start in sorted(starts):
         end = start + WINDOW
@@ -124,11 +126,24 @@ def redact(text: str, secrets: Iterable[Any]) -> str:
 
 
 def secret_redactor(secrets: Iterable[Any]) -> Callable[[str], str]:
-    """Return ``redact`` with SECRETS bound: for several texts, the secrets are read once."""
+    """Return ``redact`` with SECRETS bound: for several texts, the secrets are read once.
+
+    The redactor of the last tuple of secrets asked for is kept: every log
+    record asks with the registry's one tuple (``all_secret_values``).
+    """
+    global _last_redactor
+    last = _last_redactor
+    if last is not None and last[0] is secrets:
+        return last[1]
     unique = tuple(sorted({str(s) for s in secrets if s not in (None, "")}))
-    if not unique:
-        return _unchanged
-    return partial(_redact, matcher=_matcher(unique))
+    redactor = partial(_redact, matcher=_matcher(unique)) if unique else _unchanged
+    if type(secrets) is tuple:  # immutable: the same object holds the same secrets
+        _last_redactor = (secrets, redactor)
+    return redactor
+
+
+#: (a tuple of secrets, its redactor): the last one ``secret_redactor`` made from a tuple.
+_last_redactor: tuple[tuple[Any, ...], Callable[[str], str]] | None = None
 
 
 def _unchanged(text: str) -> str:

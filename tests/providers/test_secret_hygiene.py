@@ -321,6 +321,21 @@ def test_redact_record_covers_extra_attributes() -> None:
     assert leaks(record.getMessage()) == [] and leaks(record.upstream_body) == []
 
 
+def test_a_redactor_is_reused_only_for_the_same_tuple_of_secrets() -> None:
+    from providers.secrets.masking import secret_redactor
+
+    other = "sk-other-9876543210zyxwvutsrqpo"
+    listed = [KEY]
+    assert leaks(secret_redactor(listed)(f"x {KEY}")) == []
+    listed[0] = other  # a list may change under the same object: never reused
+    assert secret_redactor(listed)(f"x {KEY}") == f"x {KEY}"
+    assert leaks(secret_redactor(listed)(f"x {other}"), other) == []
+    kept = (KEY,)
+    assert secret_redactor(kept) is secret_redactor(kept)
+    assert leaks(secret_redactor((other,))(f"{KEY} {other}"), other) == []
+    assert leaks(secret_redactor(kept)(f"{KEY} {other}")) == []
+
+
 def test_the_handler_filter_redacts_what_came_after_the_factory(live_openai) -> None:
     """Extras, a message another filter rewrote, and records the factory never made."""
     from providers.secrets.log_redaction import SecretRedactingFilter
