@@ -61,7 +61,7 @@ from django.utils.log import log_response
 from echo_site.middleware import BrowserMiddleware
 from echo_site.middleware_effects import MiddlewareEffects, RawHeaders
 from echo_site.request_body_limit import ASGIApp, Receive, Scope, Send
-from plugins_api.access.key_credentials import credential_headers, presents_key
+from plugins_api.access.key_credentials import presents_key, scope_credential_headers
 from plugins_api.edge.after_answer import deferred_work, run_deferred
 from plugins_api.edge.api_paths import PUBLIC_API_PATHS
 
@@ -327,9 +327,7 @@ class HotPath:
             return False
         method, path = scope["method"], path_info(scope)
         if method == "POST":
-            return path in self.handler.chat_paths and presents_key(
-                credential_headers(scope["headers"])
-            )
+            return path in self.handler.chat_paths and presents_key(scope_credential_headers(scope))
         return method in ("GET", "HEAD") and path in self.handler.probe_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -43,6 +43,8 @@ SEND_A_KEY = "Send 'Authorization: Bearer <key>' (a chat or admin key)."
 Headers = Mapping[str, str | None]
 #: The ASGI scope's entry for the key verified earlier in the request: (its digest, its identity).
 VERIFIED_KEY = "echo.verified_key"
+#: The ASGI scope's entry for its key headers, read once (``scope_credential_headers``).
+CREDENTIAL_HEADERS = "echo.credential_headers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +98,14 @@ def credential_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, 
     """
     found: dict[str, str] = {}
     for raw_name, raw_value in raw_headers:
-        name = raw_name.decode("latin-1").lower()
-        if name in (AUTHORIZATION_HEADER, API_KEY_HEADER):
+        name = _KEY_HEADERS.get(raw_name.lower())  # only the key headers are decoded
+        if name is not None:
             value = raw_value.decode("latin-1")
             found[name] = f"{found[name]},{value}" if name in found else value
     return found
+
+
+_KEY_HEADERS = {name.encode("latin-1"): name for name in (AUTHORIZATION_HEADER, API_KEY_HEADER)}
 
 
 def request_headers(request: HttpRequest) -> Headers:
@@ -111,8 +116,20 @@ def request_headers(request: HttpRequest) -> Headers:
     """
     scope = getattr(request, "scope", None)
     if scope is not None and "headers" in scope:
-        return credential_headers(scope["headers"])
+        return scope_credential_headers(scope)
     return request.headers
+
+
+def scope_credential_headers(scope: dict[str, object]) -> dict[str, str]:
+    """Return the key headers of an ASGI SCOPE (``credential_headers``), read once per request.
+
+    The hot path's router, the middleware and the view each ask; the answer
+    is kept in SCOPE (which holds those headers already).
+    """
+    found = scope.get(CREDENTIAL_HEADERS)
+    if found is None:
+        found = scope[CREDENTIAL_HEADERS] = credential_headers(scope["headers"])  # type: ignore[arg-type]
+    return found  # type: ignore[return-value]
 
 
 def key_credential(headers: Headers, *, x_api_key: bool = False) -> str | Denial | None:

@@ -17,6 +17,7 @@ from plugins_api.access.key_credentials import (
     credential_headers,
     key_credential,
     presents_key,
+    scope_credential_headers,
 )
 from tests.plugins_api.test_consumers import ORIGIN, providers, router  # noqa: F401 - fixture
 
@@ -85,6 +86,15 @@ def test_credential_headers_are_read_from_an_asgi_scope_as_django_reads_them() -
         (b"authorization", b"Bearer two"),
     ]
     assert credential_headers(raw) == {"authorization": "Bearer one,Bearer two", "x-api-key": "k"}
+
+
+def test_a_scopes_key_headers_are_read_once_and_kept_in_it() -> None:
+    scope = {"type": "http", "headers": [(b"X-Api-Key", b"k"), (b"host", b"h")]}
+    first = scope_credential_headers(scope)
+    assert first == {"x-api-key": "k"}
+    scope["headers"] = []  # not read again: what the request came with holds for it
+    assert scope_credential_headers(scope) is first
+    assert scope_credential_headers({"headers": []}) == {}
 
 
 @pytest.mark.django_db
