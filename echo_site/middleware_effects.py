@@ -191,13 +191,15 @@ class MiddlewareEffects:
 
     def _headers_for(self, request: HttpRequest, response: HttpResponseBase) -> RawHeaders:
         secure = request.is_secure()
+        # The names the view set, as the hooks' lookups compare them (case-blind), read once.
+        present = {name.lower() for name in response.headers}
         added: RawHeaders = []
         if not getattr(response, "xframe_options_exempt", False):
-            added += (raw for name, raw in self.frame[secure] if name not in response)
-        if not response.streaming and not response.has_header("Content-Length"):
+            added += (raw for name, raw in self.frame[secure] if name.lower() not in present)
+        if not response.streaming and "content-length" not in present:
             added.append((b"Content-Length", str(len(response.content)).encode("ascii")))
-        added += (raw for name, raw in self.security[secure] if name not in response)
-        if response.has_header(REQUEST_ID_HEADER):  # the middleware's id replaces the view's
+        added += (raw for name, raw in self.security[secure] if name.lower() not in present)
+        if REQUEST_ID_HEADER.lower() in present:  # the middleware's id replaces the view's
             response[REQUEST_ID_HEADER] = request.request_id
         else:
             added.append((REQUEST_ID_HEADER.encode("ascii"), request.request_id.encode("ascii")))

@@ -203,3 +203,29 @@ def test_the_effects_are_the_hooks_own() -> None:
         "Referrer-Policy",
         "Cross-Origin-Opener-Policy",
     ]
+
+
+def test_headers_a_view_set_in_any_case_are_not_added_again(providers, keys, started) -> None:
+    """As the hooks' ``setdefault`` would: the view's own win, but the request id is the middleware's."""
+    handler = HotPathHandler()
+
+    async def own_headers(request) -> JsonResponse:
+        response = JsonResponse({"ok": True})
+        response["x-frame-options"] = "SAMEORIGIN"
+        response["REFERRER-POLICY"] = "no-referrer"
+        response["x-request-id"] = "the-views-own"
+        return response
+
+    handler.routes["/chat"] = ResolverMatch(own_headers, (), {})
+    app = RequestBodyLimit(HotPath(ASGIStaticFilesHandler(ASGIHandler()), handler))
+
+    answer = async_to_sync(serve_async)(app, "/chat", b'{"prompt": "hi"}', keys["bearer"])
+
+    names = [name.lower() for name, _ in answer.headers]
+    assert answer.status == 200
+    assert sorted(set(names)) == sorted(names), "a header was sent twice"
+    assert answer.header(b"x-frame-options") == b"SAMEORIGIN"
+    assert answer.header(b"referrer-policy") == b"no-referrer"
+    assert answer.header(b"x-request-id") == REQUEST_ID.encode()
+    assert answer.header(b"x-content-type-options") == b"nosniff"
+    assert int(answer.header(b"content-length")) == len(answer.body)
