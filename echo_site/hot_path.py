@@ -271,7 +271,7 @@ class HotPathHandler(ASGIHandler):
 
 
 async def send_whole(response: HttpResponseBase, added: RawHeaders, send: Send) -> None:
-    """Send RESPONSE, whose body is whole, with ADDED after its headers and cookies, as ``send_response`` would.
+    """Send RESPONSE, a whole body, with ADDED after its headers and cookies: as ``send_response``.
 
     The same two messages (three or more for a body over ``chunk_size``),
     built without its generic loops: a chat answer's headers are a handful.

@@ -128,7 +128,8 @@ def scope_credential_headers(scope: dict[str, object]) -> dict[str, str]:
     """
     found = scope.get(CREDENTIAL_HEADERS)
     if found is None:
-        found = scope[CREDENTIAL_HEADERS] = credential_headers(scope["headers"])  # type: ignore[arg-type]
+        raw: Iterable[tuple[bytes, bytes]] = scope["headers"]  # type: ignore[assignment]
+        found = scope[CREDENTIAL_HEADERS] = credential_headers(raw)
     return found  # type: ignore[return-value]
 
 

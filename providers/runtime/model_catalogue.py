@@ -22,8 +22,8 @@ providers that serve it, best first:
 The index lives in this worker's memory and is rebuilt on the first lookup
 after something changed: a provider applied, replaced or removed, the
 default moved, a priority set, or a model list fetched (each lookup compares
-the registry's and the model lists' change counts to tell). A lookup reads no database and calls no
-provider: an upstream's own list joins once this worker has fetched it
+the registry's and the model lists' change counts to tell). A lookup reads no
+database and calls no provider: an upstream's own list joins once this worker has fetched it
 (``GET /v1/models`` does, kept ``ECHO_MODEL_LIST_CACHE_SECONDS``); until
 then a name only the upstream knows goes to the default provider, as the
 manager routes any name no provider lists.

@@ -254,7 +254,7 @@ class ProviderRegistry:
 
     @property
     def changes(self) -> int:
-        """Return how many times the live providers changed (applied, replaced, removed, all stopped).
+        """Return how many times the live providers changed (applied, replaced, removed, stopped).
 
         A reader that derives something from them (the model catalogue) compares
         this count instead of the providers themselves.
