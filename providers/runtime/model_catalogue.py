@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from providers.errors import ProviderError
+from providers.runtime import process_module
 from providers.runtime.registry import ProviderRegistry
 from providers.usage.model_info import MODEL_INFO_FILE
 
@@ -68,19 +69,6 @@ def model_info_names() -> dict[str, tuple[str, ...]]:
         for plugin, models in data.items()
         if isinstance(models, dict)
     }
-
-
-def _process_runtime() -> Any:
-    """Return ``providers.runtime.process``, imported on first use (it imports this module)."""
-    global _process
-    if _process is None:
-        from providers.runtime import process
-
-        _process = process
-    return _process
-
-
-_process: Any = None
 
 
 class ModelCatalogue:
@@ -197,7 +185,7 @@ class ModelCatalogue:
     def _model_lists(self) -> Any:
         """Return this process's model-list cache when it lists this catalogue's registry."""
         try:
-            current = _process_runtime().current()
+            current = process_module().current()
         except Exception:  # no runtime yet (import time): no lists
             return None
         if current.registry is not self._registry:

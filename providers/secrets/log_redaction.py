@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from providers.runtime import process_module
 from providers.secrets.masking import secret_redactor
 
 # The attributes every LogRecord has; the others were added by ``extra=``.
@@ -34,18 +35,10 @@ def live_secret_values() -> tuple[str, ...]:
     the same object until a provider changes (``secret_redactor`` keeps its
     redactor by it).
     """
-    global _runtime
-    if _runtime is None:
-        from providers.runtime import process  # it imports this app's models
-
-        _runtime = process
     try:
-        return _runtime.registry.all_secret_values()  # the current runtime's
+        return process_module().registry.all_secret_values()  # the current runtime's
     except RuntimeError:  # the registry changed while being read (another thread's swap)
         return ()
-
-
-_runtime: Any = None
 
 
 def redact_record(record: logging.LogRecord, secrets: Sequence[str]) -> logging.LogRecord:
