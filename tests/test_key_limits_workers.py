@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.migrated_databases import migrated_postgres_database
 from tests.server_processes import django_shell, manage, start_uvicorn, stop_all
-from tests.services import require_redis, scratch_postgres_database
+from tests.services import require_redis
 
 # Slow: uvicorn workers in processes of their own.
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens there
 def deployment(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
     """A scratch database with the echo provider; yield the workers' environment."""
     prefix = f"echo-limits-{uuid.uuid4().hex[:8]}"
-    with scratch_postgres_database() as database_url:
+    with migrated_postgres_database() as database_url:
         env = {
             **os.environ,
             "ECHO_ENV": "test",
@@ -44,7 +45,6 @@ def deployment(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
             "ECHO_VAR_DIR": str(tmp_path),
             "SECRET_KEY": "key-limits-workers",
         }
-        manage(env, "migrate", "--noinput", "-v0")
         django_shell(
             env,
             "from providers.config.services import provider_config_create as c;"

@@ -14,8 +14,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.server_processes import django_shell, manage, start_daphne, stop_all
-from tests.services import require_redis, scratch_postgres_database
+from tests.migrated_databases import migrated_postgres_database
+from tests.server_processes import django_shell, start_daphne, stop_all
+from tests.services import require_redis
 
 # Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def wait_until(predicate, timeout: float = 15.0) -> bool:
 @pytest.fixture
 def shared_env(tmp_path):
     redis_url = require_redis()
-    with scratch_postgres_database() as database_url:
+    with migrated_postgres_database() as database_url:
         env = {
             **os.environ,
             "ECHO_ENV": "test",
@@ -54,7 +55,6 @@ def shared_env(tmp_path):
             "ECHO_VAR_DIR": str(tmp_path),
             "SECRET_KEY": "multi-worker-test",
         }
-        manage(env, "migrate", "--noinput", "-v0")
         yield env
 
 

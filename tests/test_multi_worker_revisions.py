@@ -24,8 +24,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.server_processes import django_shell, manage, start_uvicorn, stop_all
-from tests.services import require_redis, scratch_postgres_database
+from tests.migrated_databases import migrated_postgres_database
+from tests.server_processes import django_shell, start_uvicorn, stop_all
+from tests.services import require_redis
 
 # Slow: daphne workers in processes of their own, on PostgreSQL and Redis.
 pytestmark = pytest.mark.slow
@@ -104,7 +105,7 @@ class Deployment:
 
 def deployment(tmp_path: Path, *, repair_seconds: int) -> Iterator[Deployment]:
     redis_url = require_redis()
-    with scratch_postgres_database() as database_url:
+    with migrated_postgres_database() as database_url:
         env = {
             **os.environ,
             "ECHO_ENV": "test",
@@ -116,7 +117,6 @@ def deployment(tmp_path: Path, *, repair_seconds: int) -> Iterator[Deployment]:
             "ECHO_VAR_DIR": str(tmp_path),
             "SECRET_KEY": "multi-worker-revisions",
         }
-        manage(env, "migrate", "--noinput", "-v0")
         key = (
             django_shell(
                 env,

@@ -37,10 +37,11 @@ from websockets.exceptions import ConnectionClosed
 
 from plugins_api.access.key_changes import client_key_issue, client_key_revoke
 from providers.runtime import broadcast, config_sync
+from tests.migrated_databases import migrated_postgres_database
 from tests.plugins_api.test_consumers import answer, key_headers, providers  # noqa: F401
 from tests.plugins_api.test_consumers import connect as connect_socket
 from tests.server_processes import django_shell, free_port, manage, start_uvicorn, stop_all
-from tests.services import reachable, scratch_postgres_database
+from tests.services import reachable
 
 OUTAGE_SECONDS = max(3.0, float(os.environ.get("ECHO_TEST_REDIS_OUTAGE_SECONDS", "10")))
 CONVERGE_SECONDS = 5.0
@@ -268,7 +269,7 @@ def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], OwnRedis, str, 
     redis = OwnRedis()
     redis.start()
     try:
-        with scratch_postgres_database() as database_url:
+        with migrated_postgres_database() as database_url:
             env = {
                 **os.environ,
                 "ECHO_ENV": "test",
@@ -281,7 +282,6 @@ def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], OwnRedis, str, 
                 "ECHO_VAR_DIR": str(tmp_path),
                 "SECRET_KEY": "redis-outage",
             }
-            manage(env, "migrate", "--noinput", "-v0")
             keys = (
                 django_shell(
                     env,

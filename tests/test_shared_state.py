@@ -40,8 +40,9 @@ from providers.runtime.shared_breakers import SharedBreakers
 from providers.testing.fake_openai import FakeOpenAI
 from providers.testing.fake_server import Fault
 from providers.usage import metrics
-from tests.server_processes import django_shell, free_port, manage, start_uvicorn, stop_all
-from tests.services import require_redis, scratch_postgres_database
+from tests.migrated_databases import migrated_postgres_database
+from tests.server_processes import django_shell, free_port, start_uvicorn, stop_all
+from tests.services import require_redis
 
 
 class Clock:
@@ -444,7 +445,7 @@ def three_workers(tmp_path: Path, **env: str) -> Iterator[tuple[Workers, FakeOpe
     """Three workers serving provider ``up`` (a fake OpenAI) on a scratch database and Redis."""
     redis_url = require_redis()
     prefix = f"echo-shared-{uuid.uuid4().hex[:8]}"
-    with FakeOpenAI() as fake, scratch_postgres_database() as database_url:
+    with FakeOpenAI() as fake, migrated_postgres_database() as database_url:
         full_env = {
             **os.environ,
             "ECHO_ENV": "test",
@@ -456,7 +457,6 @@ def three_workers(tmp_path: Path, **env: str) -> Iterator[tuple[Workers, FakeOpe
             "SECRET_KEY": "shared-state",
             **env,
         }
-        manage(full_env, "migrate", "--noinput", "-v0")
         settings = {
             "base_url": fake.base_url,
             "breaker_failure_threshold": 3,

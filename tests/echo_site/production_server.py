@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from tests.migrated_databases import install_migrated_sqlite
 from tests.server_processes import ROOT, free_port, manage
 
 
@@ -83,7 +84,8 @@ class ProductionEcho:
 
     def start(self) -> ProductionEcho:
         env = self.env()
-        manage(env, "migrate", "--noinput", "-v0")
+        if not (self.var_dir / "echo.sqlite3").exists():
+            install_migrated_sqlite(self.var_dir)
         self.key = (
             manage(
                 env,

@@ -31,6 +31,7 @@ from plugins_api.models import Conversation, ConversationMessage
 from providers.runtime import process as runtime
 from providers.types import StreamingChunk
 from tests.echo_site.production_server import ProductionEcho
+from tests.migrated_databases import install_migrated_sqlite
 from tests.server_processes import manage
 
 QUEUED_ROWS = 5
@@ -46,10 +47,9 @@ def slow_server(var_dir: Path, *, drain_seconds: int, delay_ms: int) -> Producti
             "ECHO_USAGE_FLUSH_SECONDS": "600",
         },
     )
-    env = echo.env()
-    manage(env, "migrate", "--noinput", "-v0")
+    install_migrated_sqlite(var_dir)
     manage(
-        env,
+        echo.env(),
         "shell",
         "-c",
         "from providers.config.services import provider_config_create as c;"

@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.migrated_databases import install_migrated_sqlite
 from tests.server_processes import django_shell, manage, start_daphne, stop_all
 from tests.services import require_redis
 
@@ -41,7 +42,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[tuple[str, An
         "SECRET_KEY": "chat-socket-workers-test",
         "ECHO_WS_MESSAGES_PER_MINUTE": "3",
     }
-    manage(env, "migrate", "--noinput", "-v0")
+    install_migrated_sqlite(tmp_path)
     django_shell(
         env,
         "from providers.config.services import provider_config_create as c;"

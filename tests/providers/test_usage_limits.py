@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from providers.usage.storable import storable_json, storable_text
+from tests.migrated_databases import migrated_postgres_database
 from tests.server_processes import free_port
-from tests.services import scratch_postgres_database
 
 # Slow: scenarios and a server in processes of their own.
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def scenario(env: dict[str, str], name: str) -> tuple[dict, str]:
 @pytest.fixture
 def pg_env(tmp_path):
     """The environment of an Echo process on a migrated scratch PostgreSQL database."""
-    with scratch_postgres_database() as database_url:
+    with migrated_postgres_database() as database_url:
         env = {
             **os.environ,
             "ECHO_ENV": "test",
@@ -60,7 +60,6 @@ def pg_env(tmp_path):
             "LOG_LEVEL": "INFO",
         }
         env.pop("REDIS_URL", None)
-        run(env, "manage.py", "migrate", "--noinput", "-v0")
         yield env
 
 
