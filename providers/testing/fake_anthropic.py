@@ -29,14 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from providers.plugins.echo_provider import schema_instance
-from providers.testing.fake_server import FakeHandler, FakeUpstream, Fault, count_tokens
+from providers.testing.fake_server import (
+    FakeHandler,
+    FakeUpstream,
+    Fault,
+    count_tokens,
+    serve_until_stopped,
+)
 
 # The top-level fields of a Messages API request body, per the reference.
 MESSAGE_FIELDS = frozenset(
@@ -708,14 +713,7 @@ def main(argv: list[str] | None = None) -> None:
         stream_interval=args.stream_interval,
         api_keys=set(args.api_key) if args.api_key else None,
     ).start()
-    print(f"Fake Anthropic listening on {fake.url} (Ctrl-C to stop)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
+    serve_until_stopped([fake], f"Fake Anthropic listening on {fake.url} (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import binascii
 import hashlib
 import json
 import math
-import threading
 from base64 import b64decode
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from providers.testing.fake_server import (
     FakeUpstream,
     Fault,
     count_tokens,
+    serve_until_stopped,
 )
 
 VERSION = "0.5.7"
@@ -374,13 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     fake = FakeOllama(args.port, stream_interval=args.stream_interval).start()
-    print(f"Fake Ollama serving on {fake.url} (Ctrl-C to stop)", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
+    serve_until_stopped([fake], f"Fake Ollama serving on {fake.url} (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ import base64
 import hashlib
 import json
 import math
-import signal
 import struct
-import threading
 import time
 import uuid
 from collections import deque
@@ -57,6 +55,7 @@ from providers.testing.fake_server import (
     Fault,
     ScriptedReply,
     count_tokens,
+    serve_until_stopped,
 )
 
 DEFAULT_MODELS = (
@@ -828,18 +827,9 @@ def main(argv: list[str] | None = None) -> None:
         help="accept only this key (repeat for more); by default any non-empty key",
     )
     args = parser.parse_args(argv)
-    # Handle SIGTERM before announcing the address: whoever reads it may stop us at once.
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     fake = FakeOpenAI(args.port, stream_interval=args.stream_interval, api_keys=args.api_keys)
     fake.start()
-    print(f"Fake OpenAI serving at {fake.base_url} (Ctrl-C to stop)", flush=True)
-    try:
-        stopping.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
+    serve_until_stopped([fake], f"Fake OpenAI serving at {fake.base_url} (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -403,3 +404,23 @@ class ScriptedReply:
 
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def serve_until_stopped(fakes: Sequence[FakeUpstream], announcement: str) -> None:
+    """Print ANNOUNCEMENT, serve the started FAKES until SIGINT or SIGTERM, then stop them.
+
+    Both signals are handled here, not left to Python's defaults: a process
+    started in the background by a shell, or by a parent that ignores
+    SIGINT, inherits SIGINT ignored and would never see its Ctrl-C. The
+    handlers are set before the announcement, since whoever reads it may
+    stop the fakes at once.
+    """
+    stopping = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stopping.set())
+    print(announcement, flush=True)
+    try:
+        stopping.wait()
+    finally:
+        for fake in fakes:
+            fake.stop()

@@ -10,13 +10,11 @@ each fake received.
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
 from providers.testing.fake_anthropic import FakeAnthropic
 from providers.testing.fake_ollama import FakeOllama
 from providers.testing.fake_openai import FakeOpenAI
-from providers.testing.fake_server import FakeUpstream
+from providers.testing.fake_server import FakeUpstream, serve_until_stopped
 
 FAKES: dict[str, type[FakeUpstream]] = {
     "openai": FakeOpenAI,
@@ -42,20 +40,15 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {name: getattr(args, name) for name in FAKES if getattr(args, name) is not None}
     if not chosen:
         parser.error("name at least one fake, e.g. --openai 9001")
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    running = []
-    for name, port in chosen.items():
-        fake = FAKES[name](port, stream_interval=args.stream_interval).start()
-        running.append(fake)
-        print(f"fake {name}: base_url {fake.base_url}", flush=True)
-    try:
-        stopping.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for fake in running:
-            fake.stop()
+    running = [
+        FAKES[name](port, stream_interval=args.stream_interval).start()
+        for name, port in chosen.items()
+    ]
+    lines = [
+        f"fake {name}: base_url {fake.base_url}"
+        for name, fake in zip(chosen, running, strict=False)
+    ]
+    serve_until_stopped(running, "\n".join(lines))
 
 
 if __name__ == "__main__":

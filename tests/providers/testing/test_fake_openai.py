@@ -5,10 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-import signal
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,28 +255,3 @@ def test_embeddings_are_deterministic_unit_vectors(client, fake) -> None:
 
     missing = client.post("/embeddings", json={"model": "text-embedding-3-small"})
     assert missing.status_code == 400 and error_of(missing)["param"] == "input"
-
-
-# --- standalone -----------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_it_runs_standalone_until_interrupted() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "providers.testing.fake_openai", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline()
-        base_url = line.split(" at ")[1].split()[0]
-        assert base_url.endswith("/v1")
-        models = httpx.get(f"{base_url}/models", headers=AUTH, timeout=5)
-        assert models.status_code == 200
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
