@@ -10,7 +10,7 @@ PORT ?= 8000
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install install-dev run test test-fast test-durations lint format bench clean
+.PHONY: install install-dev run test test-fast lint format bench clean
 
 $(INSTALLED): pyproject.toml examples/echo-shout-plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,21 +42,13 @@ lint: install-dev
 # DATABASE_URL names another (echo_site/pytest_environment.py); each run makes and
 # drops a test database of its own (one per pytest-xdist worker). Three workers on
 # two cores: the suite mostly waits on servers, subprocesses and the browser
-# (measured: 4 min 42 s with three, 5 min with two; the slow files run first, longest
-# first: tests/file_durations.py).
+# (measured: 4 min 42 s with three, 5 min with two; the slow files run first).
 TEST_WORKERS ?= 3
 test: install-dev lint
 	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install-dev
 	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -m "not slow" -n $(TEST_WORKERS) --dist loadfile
-
-# The suite runs its slow files longest first, by tests/file_durations.json; this refreshes it.
-test-durations: install-dev
-	mkdir -p var
-	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -n $(TEST_WORKERS) --dist loadfile \
-		--junitxml=var/test-durations.xml
-	$(BIN)/python tests/file_durations.py var/test-durations.xml
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -155,19 +155,9 @@ def fast_password_hashing():
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the slow tests (servers, browsers, fuzzers) first, longest file first, each file's together.
+    """Run the slow tests (servers, browsers, fuzzers) first, each file's tests kept together.
 
-    On several workers (``--dist loadfile``) the run then ends on short files
-    rather than on one worker finishing a fuzzer alone while the others idle
-    (tests/file_durations.py).
+    On two workers (``--dist loadfile``) the run then ends on short files
+    rather than on one worker finishing a fuzzer alone while the other idles.
     """
-    from tests.file_durations import longest_first, recorded
-
-    files = list(dict.fromkeys(item.nodeid.split("::")[0] for item in items))
-    rank = {path: number for number, path in enumerate(longest_first(files, recorded()))}
-    items.sort(
-        key=lambda item: (
-            item.get_closest_marker("slow") is None,
-            rank[item.nodeid.split("::")[0]],
-        )
-    )
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
