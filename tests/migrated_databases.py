@@ -19,7 +19,6 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ import django
 from django.apps import apps
 
 from tests.server_processes import manage
-from tests.services import POSTGRES_ADMIN_URL, require_service
+from tests.services import POSTGRES_ADMIN_URL, require_service, scratch_postgres_database
 
 TEMPLATE_PREFIX = "echo_template_"
 #: pg_advisory_lock's key for building the template: any constant the suite uses for nothing else.
@@ -92,19 +91,9 @@ def _postgres_template() -> str:
 @contextmanager
 def migrated_postgres_database() -> Iterator[str]:
     """Create a PostgreSQL database with every migration applied; yield its URL; drop it afterwards."""
-    import psycopg
-
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    template = _postgres_template()
-    name = f"echo_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres_database(template=_postgres_template()) as url:
+        yield url
 
 
 def _sqlite_template() -> Path:

@@ -39,14 +39,15 @@ def require_service(name: str, host: str, port: int) -> None:
 
 
 @contextmanager
-def scratch_postgres_database() -> Iterator[str]:
-    """Create an empty PostgreSQL database; yield its URL; drop it afterwards."""
+def scratch_postgres_database(template: str | None = None) -> Iterator[str]:
+    """Create a PostgreSQL database (empty, or a copy of TEMPLATE); yield its URL; drop it afterwards."""
     import psycopg
 
     require_service("PostgreSQL", "127.0.0.1", 5432)
     name = f"echo_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
