@@ -619,9 +619,9 @@ class SocketFailure:
 
 async def _open_socket(headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=10)
     assert connected, code
-    hello = await communicator.receive_json_from()
+    hello = await communicator.receive_json_from(timeout=10)
     assert hello["type"] == "providers"
     return communicator
 

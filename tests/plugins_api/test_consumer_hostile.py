@@ -95,7 +95,7 @@ async def test_a_hostile_frame_gets_an_error_frame_naming_the_field_and_the_sock
     assert len(text.encode()) < 64 * 1024
     await browser.send_to(text_data=text)
 
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
     assert frame["type"] == "error"
     assert frame["error"]["type"] == "invalid_message"
     assert frame["error"].get("field") == field, frame
@@ -109,7 +109,7 @@ async def test_a_raw_lone_surrogate_in_the_text_is_refused_naming_the_field(
     """Not escaped: the frame's text itself holds the surrogate (so it cannot be encoded)."""
     await browser.send_to(text_data='{"type": "chat", "message": "a\ud800"}')
 
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
     assert frame["error"]["field"] == "message"
     await assert_still_answers(browser)
 
@@ -126,7 +126,7 @@ async def test_a_message_over_the_setting_is_refused_naming_the_field(
     settings.ECHO_WS_MAX_MESSAGE_CHARS = 100
     await browser.send_json_to({"type": "chat", "message": "x" * 101})
 
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
     assert frame["error"]["field"] == "message"
     assert "100" in frame["error"]["message"]
     assert await Conversation.objects.acount() == 0
@@ -161,7 +161,7 @@ async def test_a_failure_while_handling_a_frame_is_an_error_frame_not_a_closed_s
     monkeypatch.setattr(consumers, "chat_turn_begin_async", database_down)
     await browser.send_json_to({"type": "chat", "message": "hi"})
 
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
     assert frame["error"]["type"] == "internal_error"
     assert "RuntimeError" in frame["error"]["message"]
     assert "database lost" not in frame["error"]["message"]  # no internals to the client
@@ -181,7 +181,7 @@ async def test_cancel_sent_twice_ends_with_exactly_one_done(
 
     frames = []
     while not frames or frames[-1]["type"] not in ("done", "error"):
-        frames.append(await browser.receive_json_from())
+        frames.append(await browser.receive_json_from(timeout=10))
     assert frames[-1]["type"] == "done", frames
     assert frames[-1]["status"] == "cancelled"
     assert await browser.receive_nothing(timeout=0.3)  # no second done, no error
@@ -221,14 +221,14 @@ async def test_the_rate_limit_close_survives_a_server_that_refuses_1008(
         "/ws/chat/",
         headers=[ORIGIN, (b"cookie", user_session[1].encode())],
     )
-    assert (await communicator.connect())[0]
-    await communicator.receive_json_from()  # the provider list
+    assert (await communicator.connect(timeout=10))[0]
+    await communicator.receive_json_from(timeout=10)  # the provider list
     for _ in range(2):
         await communicator.send_json_to({"type": "providers"})
-        await communicator.receive_json_from()
+        await communicator.receive_json_from(timeout=10)
     for _ in range(2):
         await communicator.send_json_to({"type": "providers"})
-        assert (await communicator.receive_json_from())["error"]["type"] == "rate_limited"
+        assert (await communicator.receive_json_from(timeout=10))["error"]["type"] == "rate_limited"
 
     closed = await communicator.receive_output()
     assert closed == {"type": "websocket.close", "code": 4008}

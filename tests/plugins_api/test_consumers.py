@@ -153,9 +153,9 @@ def key_headers(raw_key: str) -> list[tuple[bytes, bytes]]:
 async def connect(headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
     """Open /ws/chat/ with HEADERS; return the communicator once the provider list arrived."""
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=10)
     assert connected, code
-    hello = await communicator.receive_json_from()
+    hello = await communicator.receive_json_from(timeout=10)
     assert hello["type"] == "providers"
     return communicator
 
@@ -247,7 +247,7 @@ async def test_the_provider_list_comes_first_with_models_health_and_breaker(
 ) -> None:
     async def listed() -> dict[str, Any]:
         await key_client.send_json_to({"type": "providers"})
-        frame = await key_client.receive_json_from()
+        frame = await key_client.receive_json_from(timeout=10)
         assert frame["type"] == "providers"
         return {p["name"]: p for p in frame["providers"]}
 
@@ -336,7 +336,7 @@ async def test_a_malformed_frame_gets_an_error_frame_and_the_connection_stays(
     browser: WebsocketCommunicator, text: str, field: str | None, message: str
 ) -> None:
     await browser.send_to(text_data=text)
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
 
     assert frame["type"] == "error"
     assert frame["error"]["type"] == "invalid_message"
@@ -350,7 +350,7 @@ async def test_a_malformed_frame_gets_an_error_frame_and_the_connection_stays(
 
 async def test_a_binary_frame_gets_an_error_frame(browser: WebsocketCommunicator) -> None:
     await browser.send_to(bytes_data=b"\x00\x01")
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
     assert (frame["type"], frame["error"]["type"]) == ("error", "invalid_message")
 
 
@@ -425,7 +425,7 @@ async def test_a_connection_without_a_valid_login_or_key_is_refused(
     providers: None, headers: list[tuple[bytes, bytes]]
 ) -> None:
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=10)
     assert (connected, code) == (False, 4401)
 
 
@@ -434,7 +434,7 @@ async def test_a_revoked_key_is_refused(
 ) -> None:
     await database_sync_to_async(client_key_revoke)(name=chat_key[0].name)
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=key_headers(chat_key[1]))
-    assert (await communicator.connect())[0] is False
+    assert (await communicator.connect(timeout=10))[0] is False
 
 
 @pytest.mark.parametrize(
@@ -446,7 +446,7 @@ async def test_a_session_from_another_origin_is_refused(
 ) -> None:
     headers = [(b"origin", origin), (b"cookie", user_session[1].encode())]
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=10)
     assert connected is False
 
 
@@ -454,7 +454,7 @@ async def test_a_session_without_an_origin_is_refused(user_session: tuple[Any, s
     communicator = WebsocketCommunicator(
         router, "/ws/chat/", headers=[(b"cookie", user_session[1].encode())]
     )
-    assert (await communicator.connect())[0] is False
+    assert (await communicator.connect(timeout=10))[0] is False
 
 
 async def test_a_key_client_that_sends_a_foreign_origin_is_refused(
@@ -462,7 +462,7 @@ async def test_a_key_client_that_sends_a_foreign_origin_is_refused(
 ) -> None:
     headers = [(b"origin", b"http://evil.example"), *key_headers(chat_key[1])]
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
-    assert (await communicator.connect())[0] is False
+    assert (await communicator.connect(timeout=10))[0] is False
 
 
 async def test_origins_follow_allowed_hosts(user_session: tuple[Any, str], settings: Any) -> None:
@@ -474,10 +474,10 @@ async def test_origins_follow_allowed_hosts(user_session: tuple[Any, str], setti
         headers=[(b"host", b"chat.example.com"), (b"origin", b"https://chat.example.com"), cookie],
     )
     allowed.scope["scheme"] = "wss"
-    assert (await allowed.connect())[0] is True
+    assert (await allowed.connect(timeout=10))[0] is True
     await allowed.disconnect()
     old_host = WebsocketCommunicator(router, "/ws/chat/", headers=[ORIGIN, cookie])
-    assert (await old_host.connect())[0] is False
+    assert (await old_host.connect(timeout=10))[0] is False
 
 
 def test_production_refuses_a_wildcard_in_allowed_hosts(tmp_path: Any) -> None:
@@ -501,7 +501,7 @@ async def test_a_frame_over_the_size_limit_gets_an_error_frame(
     settings.ECHO_WS_MAX_FRAME_BYTES = 1024
     await browser.send_json_to({"type": "chat", "message": "é" * 600})  # 1200 bytes in UTF-8
 
-    frame = await browser.receive_json_from()
+    frame = await browser.receive_json_from(timeout=10)
     assert frame["error"]["type"] == "frame_too_large"
     assert frame["limit"] == 1024
     assert await Conversation.objects.acount() == 0
@@ -514,10 +514,10 @@ async def test_frames_over_the_rate_limit_get_error_frames_then_abuse_closes(
     settings.ECHO_WS_MESSAGES_PER_MINUTE = 3
     for _ in range(3):
         await browser.send_json_to({"type": "providers"})
-        assert (await browser.receive_json_from())["type"] == "providers"
+        assert (await browser.receive_json_from(timeout=10))["type"] == "providers"
 
     await browser.send_json_to({"type": "chat", "message": "one too many"})
-    refused = await browser.receive_json_from()
+    refused = await browser.receive_json_from(timeout=10)
     assert refused["error"]["type"] == "rate_limited"
     assert 1 <= refused["retry_after"] <= 60
     assert await Conversation.objects.acount() == 0
@@ -525,7 +525,7 @@ async def test_frames_over_the_rate_limit_get_error_frames_then_abuse_closes(
     # A client that goes on at the same pace is closed: policy violation.
     for _ in range(2):
         await browser.send_json_to({"type": "providers"})
-        assert (await browser.receive_json_from())["error"]["type"] == "rate_limited"
+        assert (await browser.receive_json_from(timeout=10))["error"]["type"] == "rate_limited"
     closed = await browser.receive_output()
     assert closed == {"type": "websocket.close", "code": 1008}
 
@@ -543,7 +543,7 @@ async def test_cancel_stops_the_answer_and_the_upstream_and_keeps_the_partial_te
 
     frames = []
     while not frames or frames[-1]["type"] != "done":
-        frames.append(await browser.receive_json_from())
+        frames.append(await browser.receive_json_from(timeout=10))
     done = frames[-1]
     assert (done["status"], done["finish_reason"]) == ("cancelled", "cancelled")
     assert done["provider"] == "endless"

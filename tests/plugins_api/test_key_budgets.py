@@ -476,9 +476,9 @@ async def test_the_websocket_refuses_a_question_past_the_budget_and_stays_open(
     socket = WebsocketCommunicator(
         application, "/ws/chat/", headers=[(b"authorization", f"Bearer {thrifty}".encode())]
     )
-    connected, _ = await socket.connect()
+    connected, _ = await socket.connect(timeout=10)
     assert connected
-    assert (await socket.receive_json_from())["type"] == "providers"
+    assert (await socket.receive_json_from(timeout=10))["type"] == "providers"
     await socket.send_json_to({"type": "chat", "message": "hi"})
     while (await socket.receive_json_from(timeout=5))["type"] != "done":
         pass  # the answer's cost is charged: it passes the tiny budget

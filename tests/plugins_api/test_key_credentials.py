@@ -152,7 +152,7 @@ async def test_the_websocket_takes_the_key_as_bearer_only(chat_key) -> None:
     """The browser's socket sends its cookie; other clients send Bearer, as to the REST API."""
     headers = [ORIGIN, (b"x-api-key", chat_key[1].encode())]
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
-    assert await communicator.connect() == (False, 4401)
+    assert await communicator.connect(timeout=10) == (False, 4401)
 
 
 @pytest.mark.django_db

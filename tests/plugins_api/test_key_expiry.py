@@ -131,9 +131,9 @@ async def test_the_websocket_is_refused_expired_and_closed_at_its_next_frame(
 
     headers = [(b"authorization", f"Bearer {expiring}".encode())]
     socket = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
-    connected, _ = await socket.connect()
+    connected, _ = await socket.connect(timeout=10)
     assert connected
-    assert (await socket.receive_json_from())["type"] == "providers"
+    assert (await socket.receive_json_from(timeout=10))["type"] == "providers"
     await socket.send_json_to({"type": "chat", "message": "hi"})
     while (await socket.receive_json_from(timeout=5))["type"] != "done":
         pass
@@ -147,7 +147,7 @@ async def test_the_websocket_is_refused_expired_and_closed_at_its_next_frame(
     await socket.wait()
 
     again = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
-    connected, code = await again.connect()
+    connected, code = await again.connect(timeout=10)
     assert not connected and code == 4401
 
 

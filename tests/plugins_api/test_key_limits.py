@@ -359,9 +359,9 @@ async def test_the_websocket_refuses_a_question_over_the_limit_and_stays_open(
     socket = WebsocketCommunicator(
         application, "/ws/chat/", headers=[(b"authorization", f"Bearer {tight}".encode())]
     )
-    connected, _ = await socket.connect()
+    connected, _ = await socket.connect(timeout=10)
     assert connected
-    assert (await socket.receive_json_from())["type"] == "providers"
+    assert (await socket.receive_json_from(timeout=10))["type"] == "providers"
     for _ in range(2):
         await socket.send_json_to({"type": "chat", "message": "hi"})
         while (await socket.receive_json_from(timeout=5))["type"] != "done":

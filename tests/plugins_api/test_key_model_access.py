@@ -299,9 +299,9 @@ async def test_the_websocket_refuses_a_disallowed_model_and_stays_open(
         "/ws/chat/",
         headers=[(b"authorization", f"Bearer {keys['only_primary']}".encode())],
     )
-    connected, _ = await socket.connect()
+    connected, _ = await socket.connect(timeout=10)
     assert connected
-    assert (await socket.receive_json_from())["type"] == "providers"
+    assert (await socket.receive_json_from(timeout=10))["type"] == "providers"
     await socket.send_json_to({"type": "chat", "message": "hi", "model": "backup/echo-1"})
     refused = await socket.receive_json_from(timeout=5)
     assert refused["type"] == "error" and refused["error"]["type"] == "model_not_allowed"

@@ -50,9 +50,9 @@ async def page(session_cookie: str) -> AsyncIterator[WebsocketCommunicator]:
     communicator = WebsocketCommunicator(
         router, "/ws/chat/", headers=[ORIGIN, (b"cookie", session_cookie.encode())]
     )
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=10)
     assert connected, code
-    hello = await communicator.receive_json_from()
+    hello = await communicator.receive_json_from(timeout=10)
     assert [p["name"] for p in hello["providers"]] == ["echo"]
     yield communicator
     await communicator.disconnect()
@@ -102,9 +102,9 @@ async def test_a_closed_page_is_unsubscribed_and_later_changes_are_harmless(
     communicator = WebsocketCommunicator(
         router, "/ws/chat/", headers=[ORIGIN, (b"cookie", session_cookie.encode())]
     )
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=10)
     assert connected
-    await communicator.receive_json_from()
+    await communicator.receive_json_from(timeout=10)
     assert runtime.registry.subscriber_count() == 1
     await communicator.disconnect()
     assert runtime.registry.subscriber_count() == 0
@@ -113,7 +113,7 @@ async def test_a_closed_page_is_unsubscribed_and_later_changes_are_harmless(
 
 async def test_a_refused_connection_subscribes_nothing(transactional_db: Any) -> None:
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=[ORIGIN])
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=10)
     assert not connected
     assert runtime.registry.subscriber_count() == 0
 

@@ -35,7 +35,7 @@ async def handshake(
     """Open /ws/chat/ with HEADERS over SCHEME (ws, or wss behind TLS); return whether accepted."""
     communicator = WebsocketCommunicator(router, "/ws/chat/", headers=headers)
     communicator.scope["scheme"] = scheme
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=10)
     if connected:
         await communicator.disconnect()
     return connected, communicator
