@@ -46,8 +46,9 @@ BOUNDARIES = {
     "usage": ("plugins_api/edge/request_usage.py", "answered"),
     # The usage recorded once the answer is written (``plugins_api.edge.after_answer``).
     "deferred": ("plugins_api/edge/after_answer.py", "run_deferred"),
-    # The access-log line, written once the answer is sent (``echo_site.access_log``).
-    "log": ("echo_site/access_log.py", "_log"),
+    # The access-log lines, written in batches after the answers (``echo_site.access_log``),
+    # outside the calls' own time.
+    "log": ("echo_site/access_log.py", "_write"),
 }
 #: The parts, in the order a call meets them, and what each holds.
 PARTS = (
@@ -69,7 +70,8 @@ PARTS = (
     ("answer", "the answer's body and headers"),
     (
         "access log",
-        "the request's access-log line (made, redacted, formatted, written) after the answer",
+        "the request's access-log line (made, redacted, formatted, written), in a batch after the "
+        "answer",
     ),
 )
 
@@ -87,7 +89,7 @@ def split(stats: pstats.Stats) -> dict[str, float]:
     """Return each part's seconds (see ``PARTS``) from STATS."""
     t = {key: cumulative(stats, *where) for key, where in BOUNDARIES.items()}
     return {
-        "edge": t["whole"] - t["serve"] - t["deferred"] - t["log"],
+        "edge": t["whole"] - t["serve"] - t["deferred"],
         "admit": t["admit"] + t["limit"],
         "manager": t["manager"] - t["plugin"],
         "plugin": t["plugin"] - t["upstream"],

@@ -44,6 +44,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from echo_site import access_log  # noqa: E402
 from echo_site.access_log import AccessLog  # noqa: E402
 from echo_site.cors import with_cors  # noqa: E402
 from echo_site.hot_path import HotPath  # noqa: E402
@@ -175,5 +176,6 @@ async def _lifespan(receive, send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await lifecycle.stop()
+            access_log.flush()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -24,6 +24,18 @@ def clean_runtime():
         yield fresh
 
 
+@pytest.fixture(autouse=True)
+def access_lines_written():
+    """Write the access-log lines a test's requests left waiting (``echo_site.access_log``) at its end.
+
+    In its own captured output, not in a later test's or at the process's exit.
+    """
+    yield
+    from echo_site import access_log
+
+    access_log.flush()
+
+
 @pytest.fixture
 def serving_loop():
     """Run a serving loop in a thread, as a worker has: committed saves start providers on it.

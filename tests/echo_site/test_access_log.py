@@ -9,6 +9,7 @@ forge a line nor make a huge one).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,8 +20,8 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
-from echo_site import asgi
-from echo_site.access_log import MAX_TARGET, AccessLog, request_target
+from echo_site import access_log, asgi
+from echo_site.access_log import MAX_TARGET, AccessLog, LineBatch, request_target
 from echo_site.request_context import JsonLogFormatter, RequestIdFilter
 from tests.echo_site.test_hot_path import REQUEST_ID, USER, go_live, serve_async
 
@@ -80,7 +81,10 @@ def serve(app, scope: dict[str, Any], send) -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
-    async_to_sync(AccessLog(app))(scope, receive, send)
+    try:
+        async_to_sync(AccessLog(app))(scope, receive, send)
+    finally:
+        access_log.flush()
 
 
 def test_the_line_is_written_after_the_last_byte_of_a_stream(recorder) -> None:
@@ -188,6 +192,7 @@ def test_a_chat_call_through_the_application_is_logged_once_after_its_answer(
         {"authorization": f"Bearer {key}", "content-type": "application/json"},
     )
     assert answer.status == 200
+    access_log.flush()
     (record,) = records
     assert record.getMessage().startswith(
         '127.0.0.1:40000 - "POST /v1/chat/completions HTTP/1.1" 200'
@@ -215,3 +220,139 @@ def test_every_recipe_turns_uvicorns_own_access_log_off() -> None:
         .split("```bash\nuvicorn", 1)[1]
         .split("```")[0]
     )
+
+
+# --- batches -------------------------------------------------------------------
+
+
+def _line(n: int, ended: float = 1_700_000_000.25) -> access_log.Line:
+    scope = http_scope(path=f"/v1/n{n}")
+    return (scope, 200, [(b"x-request-id", f"rid-{n}".encode())], 0.002, ended)
+
+
+def test_lines_wait_for_the_batch_then_are_written_in_order_with_their_own_time(
+    recorder,
+) -> None:
+    records: list[logging.LogRecord] = []
+    recorder.handler.emit = records.append
+    recorder.handler.addFilter(RequestIdFilter())
+    written: list[int] = []
+
+    async def scenario() -> None:
+        batch = LineBatch(access_log._write, seconds=0.05)
+        batch.add(_line(1, ended=1_700_000_000.25))
+        batch.add(_line(2, ended=1_700_000_001.5))
+        written.append(len(records))  # nothing yet: the batch waits
+        assert len(batch) == 2
+        await asyncio.sleep(0.2)
+        written.append(len(records))
+        assert len(batch) == 0
+
+    asyncio.run(scenario())
+    assert written == [0, 2]
+    first, second = records
+    assert first.getMessage().startswith('10.1.2.3:51000 - "GET /v1/n1 HTTP/1.1" 200 2.0ms')
+    assert second.getMessage().startswith('10.1.2.3:51000 - "GET /v1/n2 HTTP/1.1" 200')
+    assert (first.request_id, second.request_id) == ("rid-1", "rid-2")
+    assert first.created == 1_700_000_000.25 and first.msecs == 250.0
+    assert second.created == 1_700_000_001.5 and second.msecs == 500.0
+    entry = json.loads(JsonLogFormatter().format(first))
+    assert entry["time"].startswith("2023-11-14T22:13:20")
+    assert entry["path"] == "/v1/n1" and entry["status"] == 200
+
+
+def test_a_full_batch_is_written_at_once_so_a_flood_holds_no_more_than_a_batch(recorder) -> None:
+    async def scenario() -> list[int]:
+        batch = LineBatch(access_log._write, lines=10, seconds=60)
+        sizes = []
+        for n in range(35):
+            batch.add(_line(n))
+            sizes.append(len(batch))
+        return sizes
+
+    sizes = asyncio.run(scenario())
+    assert max(sizes) == 9  # the tenth line writes the ten
+    assert len(recorder.events) == 30
+    assert [event.split('"')[1] for event in recorder.events[:2]] == [
+        "GET /v1/n0 HTTP/1.1",
+        "GET /v1/n1 HTTP/1.1",
+    ]
+
+
+def test_with_no_event_loop_a_line_is_written_at_once(recorder) -> None:
+    batch = LineBatch(access_log._write, seconds=60)
+    batch.add(_line(1))
+    assert len(batch) == 0 and len(recorder.events) == 1
+
+
+def test_lines_left_on_a_loop_that_went_away_go_out_with_the_next_loops_line(recorder) -> None:
+    batch = LineBatch(access_log._write, seconds=0.05)
+
+    async def add(n: int) -> None:
+        batch.add(_line(n))
+
+    asyncio.run(add(1))  # its loop is closed before its timer fires
+    assert recorder.events == []
+    asyncio.run(add(2))  # the next loop's timer: both lines wait for it
+
+    async def wait() -> None:
+        batch.add(_line(3))
+        await asyncio.sleep(0.2)
+
+    asyncio.run(wait())
+    assert [event.split('"')[1] for event in recorder.events] == [
+        "GET /v1/n1 HTTP/1.1",
+        "GET /v1/n2 HTTP/1.1",
+        "GET /v1/n3 HTTP/1.1",
+    ]
+
+
+def test_one_line_that_cannot_be_written_costs_no_other(recorder, caplog) -> None:
+    def write(line: access_log.Line) -> None:
+        if line[0]["path"] == "/v1/n2":
+            raise ValueError("broken line")
+        access_log._write(line)
+
+    batch = LineBatch(write, seconds=60)
+    for n in (1, 2, 3):
+        with batch._lock:
+            batch._pending.append(_line(n))
+    with caplog.at_level(logging.ERROR, logger="echo_site.access_log"):
+        batch.flush()
+    assert [event.split('"')[1] for event in recorder.events] == [
+        "GET /v1/n1 HTTP/1.1",
+        "GET /v1/n3 HTTP/1.1",
+    ]
+    assert "could not be written" in caplog.text
+
+
+def test_the_lifespans_shutdown_writes_the_waiting_lines(recorder, monkeypatch) -> None:
+    class Lifecycle:
+        async def stop(self) -> None:
+            return None
+
+    class Runtime:
+        lifecycle = Lifecycle()
+
+    monkeypatch.setattr(asgi.runtime, "current", lambda: Runtime())
+    access_log.pending.add(_line(1))  # no loop here: written at once; keep one waiting instead
+    recorder.events.clear()
+
+    async def scenario() -> None:
+        access_log.pending.add(_line(2))
+        assert len(access_log.pending) == 1
+        messages = iter([{"type": "lifespan.shutdown"}])
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asgi._lifespan(receive, send)
+        assert sent == [{"type": "lifespan.shutdown.complete"}]
+        assert len(access_log.pending) == 0
+
+    asyncio.run(scenario())
+    assert [event.split('"')[1] for event in recorder.events] == ["GET /v1/n2 HTTP/1.1"]
