@@ -24,9 +24,13 @@ answered within ``BATCH_SECONDS``, or at once when ``BATCH_LINES`` are
 waiting, at the lifespan's shutdown, and at the process's exit. Each line
 keeps the time its answer ended. A line written alone, between two
 requests, cost a loaded worker about three times what it costs among
-others (``make bench``: a tenth of a chat call's CPU, against a
-twentieth); the price is a line up to ``BATCH_SECONDS`` late, and lost if
-the process is killed outright. ``flush`` writes what is waiting.
+others: one worker served 10% more chat calls a second with its lines
+written in batches (``docs/BENCHMARKS.md``). The price is a line up to
+``BATCH_SECONDS`` late, and lost if the process is killed outright.
+``BATCH_LINES`` stays small because a batch is written in one go, between
+two requests' steps: 32 lines hold the loop for under a millisecond,
+where 256 raised a loaded worker's p99 by 3 ms. ``flush`` writes what is
+waiting.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ MAX_TARGET = 512
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode("ascii")
 #: The longest a line waits to be written, and the most lines that wait (then written at once).
 BATCH_SECONDS = 0.1
-BATCH_LINES = 256
+BATCH_LINES = 32
 _FORMAT = '%s - "%s %s HTTP/%s" %s %.1fms'
 # C0 controls and DEL, written as \xNN.
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
