@@ -256,6 +256,7 @@ def test_lines_wait_for_the_batch_then_are_written_in_order_with_their_own_time(
     assert (first.request_id, second.request_id) == ("rid-1", "rid-2")
     assert first.created == 1_700_000_000.25 and first.msecs == 250.0
     assert second.created == 1_700_000_001.5 and second.msecs == 500.0
+    assert second.relativeCreated - first.relativeCreated == pytest.approx(1250.0, abs=0.01)
     entry = json.loads(JsonLogFormatter().format(first))
     assert entry["time"].startswith("2023-11-14T22:13:20")
     assert entry["path"] == "/v1/n1" and entry["status"] == 200
