@@ -48,6 +48,8 @@ from echo_site.request_context import HEADER as REQUEST_ID_HEADER
 from echo_site.request_context import current_request_id
 
 logger = logging.getLogger("echo.access")
+#: Where a line that cannot be written is reported (not the access log itself).
+_failures = logging.getLogger(__name__)
 
 #: Longest request target (path and query) written; the rest is cut.
 MAX_TARGET = 512
@@ -166,7 +168,7 @@ class LineBatch:
             try:
                 self.write(line)
             except Exception:  # one bad line must not cost the others
-                logging.getLogger(__name__).exception("an access-log line could not be written")
+                _failures.exception("an access-log line could not be written")
 
 
 def _write(line: Line) -> None:

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, port in chosen.items()
     ]
     lines = [
-        f"fake {name}: base_url {fake.base_url}"
-        for name, fake in zip(chosen, running, strict=False)
+        f"fake {name}: base_url {fake.base_url}" for name, fake in zip(chosen, running, strict=True)
     ]
     serve_until_stopped(running, "\n".join(lines))
 
