@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -47,8 +48,14 @@ if ECHO_ENV == "production" and "*" in ALLOWED_HOSTS:
     )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+#: daphne's app does one thing: it makes ``manage.py runserver`` an ASGI server (the
+#: chat socket included). Loaded in every process it imports twisted for nothing: in
+#: each uvicorn worker and each management command, about 16 MB of memory and a tenth
+#: of the start-up (docs/OPERATIONS.md). So only ``runserver`` loads it.
+SERVES_WITH_RUNSERVER = sys.argv[1:2] == ["runserver"]
+
 INSTALLED_APPS = [
-    "daphne",
+    *(["daphne"] if SERVES_WITH_RUNSERVER else []),
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
+
+from tests.server_processes import free_port, manage
 
 # Slow: every test imports the settings in a fresh interpreter.
 pytestmark = pytest.mark.slow
@@ -108,3 +113,61 @@ def test_a_wrong_value_names_its_variable(tmp_path: Path) -> None:
     assert "ECHO_ENV must be one of development, production, test" in result.stderr
     result = settings_of(tmp_path, ECHO_ENV="test", PORT="eighty")
     assert "PORT must be an integer" in result.stderr
+
+
+def _development_env(tmp_path: Path) -> dict[str, str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"ECHO_ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ECHO_ENCRYPTION_KEYS"}
+    }
+    return {**clean, "ECHO_ENV": "development", "ECHO_VAR_DIR": str(tmp_path)}
+
+
+def test_only_runserver_loads_daphne_and_twisted(tmp_path: Path) -> None:
+    env = _development_env(tmp_path)
+    code = (
+        "import sys; from django.conf import settings;"
+        "print('daphne' in settings.INSTALLED_APPS, 'twisted' in sys.modules)"
+    )
+    # A management command (as each uvicorn worker) imports neither.
+    shell = manage(env, "shell", "-c", code)
+    assert shell.split()[-2:] == ["False", "False"], shell
+    # runserver is daphne's: the ASGI one, with its own options.
+    assert "--noasgi" in manage(env, "runserver", "--help")
+
+
+def test_runserver_serves_the_chat_socket(tmp_path: Path) -> None:
+    """``manage.py runserver`` is an ASGI server: a client key opens the chat socket."""
+    env = _development_env(tmp_path)
+    manage(env, "migrate", "--noinput", "-v0")
+    key = manage(env, "issue_api_key", "runserver-test", "--scope", "chat").strip()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with connect(
+                    f"ws://127.0.0.1:{port}/ws/chat/",
+                    additional_headers={"Authorization": f"Bearer {key}"},
+                    open_timeout=5,
+                ) as socket:
+                    first = json.loads(socket.recv(timeout=10))
+                break
+            except (ConnectionRefusedError, OSError):
+                assert server.poll() is None, "runserver stopped"
+                assert time.monotonic() < deadline, "runserver did not listen within 60 s"
+                time.sleep(0.2)
+        assert first["type"], first
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0].decode(errors="replace")
+    assert "ASGI/Daphne" in output, output
+    assert key not in output
