@@ -20,13 +20,18 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def settings_of(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Import the settings in a fresh interpreter with ENV; print a few of them."""
-    clean = {
+def clean_environment() -> dict[str, str]:
+    """Return this process's environment without the variables the settings' tests set themselves."""
+    return {
         k: v
         for k, v in os.environ.items()
         if k not in {"ECHO_ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ECHO_ENCRYPTION_KEYS"}
     }
+
+
+def settings_of(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Import the settings in a fresh interpreter with ENV; print a few of them."""
+    clean = clean_environment()
     code = (
         "from django.conf import settings as s;"
         "print(s.ECHO_ENV, s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'],"
@@ -116,12 +121,7 @@ def test_a_wrong_value_names_its_variable(tmp_path: Path) -> None:
 
 
 def _development_env(tmp_path: Path) -> dict[str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"ECHO_ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ECHO_ENCRYPTION_KEYS"}
-    }
-    return {**clean, "ECHO_ENV": "development", "ECHO_VAR_DIR": str(tmp_path)}
+    return {**clean_environment(), "ECHO_ENV": "development", "ECHO_VAR_DIR": str(tmp_path)}
 
 
 def test_only_runserver_loads_daphne_and_twisted(tmp_path: Path) -> None:
@@ -158,10 +158,10 @@ def test_runserver_serves_the_chat_socket(tmp_path: Path) -> None:
                     f"ws://127.0.0.1:{port}/ws/chat/",
                     additional_headers={"Authorization": f"Bearer {key}"},
                     open_timeout=5,
-                ) as socket:
-                    first = json.loads(socket.recv(timeout=10))
+                ) as chat:
+                    first = json.loads(chat.recv(timeout=10))
                 break
-            except (ConnectionRefusedError, OSError):
+            except OSError:  # not listening yet
                 assert server.poll() is None, "runserver stopped"
                 assert time.monotonic() < deadline, "runserver did not listen within 60 s"
                 time.sleep(0.2)
