@@ -45,7 +45,6 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.utils import timezone  # noqa: E402
 
 from echo_site import access_log  # noqa: E402
-from echo_site.access_log import AccessLog  # noqa: E402
 from echo_site.cors import with_cors  # noqa: E402
 from echo_site.hot_path import HotPath  # noqa: E402
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
@@ -109,7 +108,7 @@ async def _serve(scope, receive, send):
 
 
 #: Every HTTP request is logged once its answer is sent (``echo_site.access_log``).
-served = AccessLog(_serve)
+served = access_log.AccessLog(_serve)
 
 
 def settle_heap() -> None:
