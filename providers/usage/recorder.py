@@ -77,6 +77,10 @@ QUEUED_TEXT_MAX = 1024
 #: Most label combinations whose metric series are kept at hand (``_series``); the labels
 #: are bounded already (``MetricLabels``), this bounds the shortcut's own memory.
 SERIES_KEPT = 1024
+#: The most (provider, model) prices kept (``PriceBook``).
+PRICES_KEPT = 1024
+#: The longest model name whose prices are kept (longer ones are asked each time).
+MODEL_KEPT_MAX = 256
 
 
 class _Series:
@@ -124,14 +128,10 @@ def _held(event: UsageEvent) -> UsageEvent:
     return replace(event, **changes)
 
 
-def cost_of(
-    registry: ProviderRegistry,
-    provider: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> Decimal | None:
-    """Return the cost in USD from the prices REGISTRY's PROVIDER gives MODEL, or None when unknown."""
+def model_prices(
+    registry: ProviderRegistry, provider: str, model: str
+) -> tuple[Decimal, Decimal] | None:
+    """Return MODEL's prices per prompt and completion token, as REGISTRY's PROVIDER gives them (None: unknown)."""
     if not isinstance(provider, str) or provider not in registry or not model:
         return None
     try:
@@ -140,11 +140,70 @@ def cost_of(
         prices = info.get("input_cost_per_token"), info.get("output_cost_per_token")
         if prices[0] is None or prices[1] is None:
             return None
-        cost = Decimal(str(prices[0])) * prompt_tokens + Decimal(str(prices[1])) * completion_tokens
+        return Decimal(str(prices[0])), Decimal(str(prices[1]))
     except Exception:  # InvalidOperation included: a price that is not a number
         logger.debug("no price for a model of provider %s", provider, exc_info=True)
         return None
+
+
+def priced(
+    prices: tuple[Decimal, Decimal] | None, prompt_tokens: int, completion_tokens: int
+) -> Decimal | None:
+    """Return the cost of the tokens at PRICES, or None when unknown or not a storable amount."""
+    if prices is None:
+        return None
+    try:
+        cost = prices[0] * prompt_tokens + prices[1] * completion_tokens
+    except Exception:  # InvalidOperation: an infinite price times no tokens, a count not a number
+        return None
     return cost if cost.is_finite() and abs(cost) <= MAX_COST else None
+
+
+def cost_of(
+    registry: ProviderRegistry,
+    provider: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> Decimal | None:
+    """Return the cost in USD from the prices REGISTRY's PROVIDER gives MODEL, or None when unknown."""
+    return priced(model_prices(registry, provider, model), prompt_tokens, completion_tokens)
+
+
+class PriceBook:
+    """Each (provider, model)'s prices, asked of the plugin once while the live providers stay the same.
+
+    Asking costs every request a plugin call, a dict copy and two decimals
+    made from text. An entry is good only as of the registry's ``changes``
+    it was read at: a provider applied, replaced or removed makes every
+    entry stale. The model names are clients': at most ``PRICES_KEPT`` are
+    kept, none longer than ``MODEL_KEPT_MAX``, and the book starts again when full.
+    """
+
+    def __init__(self, registry: ProviderRegistry) -> None:
+        self._registry = registry
+        self._kept: dict[tuple[str, str], tuple[int, tuple[Decimal, Decimal] | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def cost(
+        self, provider: str, model: str, prompt_tokens: int, completion_tokens: int
+    ) -> Decimal | None:
+        """Return what ``cost_of`` returns for these, from the kept prices when still good."""
+        as_of = self._registry.changes
+        key = (provider, model)
+        keep = isinstance(provider, str) and isinstance(model, str) and len(model) <= MODEL_KEPT_MAX
+        kept = self._kept.get(key) if keep else None
+        if kept is not None and kept[0] == as_of:
+            prices = kept[1]
+        else:
+            prices = model_prices(self._registry, provider, model)
+            if keep:
+                if kept is None and len(self._kept) >= PRICES_KEPT:
+                    self._kept.clear()
+                self._kept[key] = (as_of, prices)
+        return priced(prices, prompt_tokens, completion_tokens)
 
 
 class UsageRecorder:
@@ -174,6 +233,7 @@ class UsageRecorder:
         # prometheus_client's labels() takes a lock and builds a key per call:
         # five per request, so each combination's series are kept here.
         self._series: dict[tuple[str, str, str, str], _Series] = {}
+        self.prices = PriceBook(registry)
 
     def record(self, event: UsageEvent) -> Decimal | None:
         """Count EVENT in the metrics and queue it; return its cost in USD (None: no known price).
@@ -182,12 +242,8 @@ class UsageRecorder:
         row will carry (``cost_of``), so that a caller (a key's budget) can
         count it before the row is written.
         """
-        cost = cost_of(
-            self._registry,
-            event.provider,
-            event.model,
-            event.prompt_tokens,
-            event.completion_tokens,
+        cost = self.prices.cost(
+            event.provider, event.model, event.prompt_tokens, event.completion_tokens
         )
         self._observe(event, cost)
         self._pending.append((_held(event), cost, time.time()))
