@@ -47,8 +47,10 @@ BOUNDARIES = {
     # The usage recorded once the answer is written (``plugins_api.edge.after_answer``).
     "deferred": ("plugins_api/edge/after_answer.py", "run_deferred"),
     # The access-log lines, written in batches after the answers (``echo_site.access_log``),
-    # outside the calls' own time.
+    # outside the calls' own time: through ``logging`` a line at a time, or a batch straight
+    # to the console handler (``echo_site.access_log_console``); one of the two, never both.
     "log": ("echo_site/access_log.py", "_write"),
+    "log_console": ("echo_site/access_log.py", "_write_to_console"),
 }
 #: The parts, in the order a call meets them, and what each holds.
 PARTS = (
@@ -97,7 +99,7 @@ def split(stats: pstats.Stats) -> dict[str, float]:
         "upstream http": t["session"],
         "usage": t["usage"] + t["deferred"],
         "answer": t["serve"] - t["admit"] - t["limit"] - t["manager"] - t["usage"],
-        "access log": t["log"],
+        "access log": t["log"] + t["log_console"],
     }
 
 
