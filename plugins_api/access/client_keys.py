@@ -23,6 +23,13 @@ cached key stops at the moment it expires, not ``CACHE_SECONDS`` later.
 A rotated key's former secret finds the key until its grace period ends:
 its identity then expires at that moment (or the key's own expiry, if
 sooner).
+
+Concurrent requests with a key the cache does not hold (a worker just
+started, an entry just expired) share one query (``SingleFlight``): a burst
+of a thousand calls of one key costs one query, not a thousand, each in a
+thread of its own with a database connection of its own. A lookup that was
+under way when the cache was dropped (a key saved or revoked) keeps nothing,
+and the calls after the drop start a query of their own.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from plugins_api.access.key_limits import UNLIMITED, KeyLimits
 from plugins_api.access.key_model_access import OPEN, ModelAccess, stored_access
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
+from providers.runtime.single_flight import SingleFlight
 
 KEY_PREFIX = "echo-"
 CACHE_SECONDS = 10.0
@@ -82,8 +90,16 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+#: How many times the cache was dropped: a lookup begun before a drop keeps nothing.
+_drops = 0
+#: The lookups under way, by (digest, drops when begun): concurrent ones share a query.
+_lookups: SingleFlight[ClientIdentity | None] = SingleFlight()
+
+
 def forget_cached_keys() -> None:
     """Drop every cached verification (after a key changes)."""
+    global _drops
+    _drops += 1
     runtime.current().key_cache.clear()
 
 
@@ -131,7 +147,10 @@ def _cached(digest: str) -> tuple[bool, ClientIdentity | None]:
     return False, None
 
 
-def _remember(digest: str, identity: ClientIdentity | None) -> None:
+def _remember(digest: str, identity: ClientIdentity | None, drops: int) -> None:
+    """Cache IDENTITY for DIGEST, read from the database when the cache had been dropped DROPS times."""
+    if drops != _drops:
+        return  # read before the cache was dropped: it may say what a change has undone
     cache = runtime.current().key_cache
     if len(cache) >= CACHE_MAX_KEYS and digest not in cache:
         now = time.monotonic()
@@ -147,8 +166,9 @@ def lookup_key(raw_key: str) -> ClientIdentity | None:
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
+        drops = _drops
         identity = _identity(ClientAPIKey.objects.filter(_matching(digest)).first(), digest)
-        _remember(digest, identity)
+        _remember(digest, identity, drops)
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity
@@ -159,11 +179,23 @@ async def alookup_key(raw_key: str) -> ClientIdentity | None:
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
-        identity = _identity(await ClientAPIKey.objects.filter(_matching(digest)).afirst(), digest)
-        _remember(digest, identity)
+        drops = _drops
+        identity = await _lookups.run((digest, drops), lambda: _fetch(digest, drops))
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity
+
+
+async def _fetch(digest: str, drops: int) -> ClientIdentity | None:
+    """Read DIGEST's identity from the database and cache it (see ``_remember``)."""
+    identity = _identity(await stored_key_row(digest), digest)
+    _remember(digest, identity, drops)
+    return identity
+
+
+async def stored_key_row(digest: str) -> ClientAPIKey | None:
+    """Return the row DIGEST opens (its current secret or a former one in its grace period), or None."""
+    return await ClientAPIKey.objects.filter(_matching(digest)).afirst()
 
 
 def _usable(identity: ClientIdentity | None) -> ClientIdentity | None:
