@@ -27,9 +27,11 @@ sooner).
 Concurrent requests with a key the cache does not hold (a worker just
 started, an entry just expired) share one query (``SingleFlight``): a burst
 of a thousand calls of one key costs one query, not a thousand, each in a
-thread of its own with a database connection of its own. A lookup that was
-under way when the cache was dropped (a key saved or revoked) keeps nothing,
-and the calls after the drop start a query of their own.
+thread of its own with a database connection of its own. The query runs in
+the thread-sensitive context of the call that started it, which waits for
+it even when its own client leaves. A lookup that was under way when the
+cache was dropped (a key saved or revoked) keeps nothing, and the calls
+after the drop start a query of their own.
 """
 
 from __future__ import annotations
@@ -180,7 +182,11 @@ async def alookup_key(raw_key: str) -> ClientIdentity | None:
     found, identity = _cached(digest)
     if not found:
         drops = _drops
-        identity = await _lookups.run((digest, drops), lambda: _fetch(digest, drops))
+        # Its query runs in the thread-sensitive context of the call that starts it,
+        # which waits for it even when its client leaves (``SingleFlight``).
+        identity = await _lookups.run(
+            (digest, drops), lambda: _fetch(digest, drops), starter_waits=True
+        )
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity

@@ -25,18 +25,33 @@ class SingleFlight(Generic[T]):
         """Return how many calls are in flight."""
         return len(self._running)
 
-    async def run(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
-        """Return the result of CALL, or of the call for KEY already running."""
+    async def run(
+        self, key: Hashable, call: Callable[[], Awaitable[T]], *, starter_waits: bool = False
+    ) -> T:
+        """Return the result of CALL, or of the call for KEY already running.
+
+        The call runs in a copy of the context of the caller that started it.
+        With STARTER_WAITS, that caller, cancelled, still waits for the call to
+        end before it leaves: a call whose sync code runs in the starter's
+        thread-sensitive context (the ORM) must not outlive that context,
+        or asgiref would make the context a thread that nothing ever closes.
+        """
         loop = asyncio.get_running_loop()
         slot = (key, loop)
         task = self._running.get(slot)
+        started = task is None
         if task is None:
             task = loop.create_task(_await(call))
             self._running[slot] = task
             task.add_done_callback(lambda done: self._finished(slot, done))
         # Shielded: one caller going away (a client hanging up) must not cancel
         # the call the others are waiting for.
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if started and starter_waits and not task.done():
+                await asyncio.wait({task})
+            raise
 
     def _finished(
         self, slot: tuple[Hashable, asyncio.AbstractEventLoop], task: asyncio.Task[T]

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, async_to_sync, sync_to_async
+from django.db import close_old_connections
 
 from plugins_api.access import client_keys
 from plugins_api.access.client_keys import averify_key, hash_key
@@ -133,3 +134,54 @@ def test_a_caller_that_leaves_does_not_cancel_the_query_the_others_wait_for(
     results = async_to_sync(scenario)()
     assert isinstance(results[0], asyncio.CancelledError)
     assert [identity.key_id for identity in results[1:]] == [row.pk, row.pk]
+
+
+def test_the_call_that_started_the_query_waits_for_it_so_no_thread_is_left(
+    transactional_db, monkeypatch
+) -> None:
+    """Served for real (no test thread to borrow): each call in a thread-sensitive context of its own.
+
+    The query runs in the context of the call that started it; if that call
+    left first, asgiref would make its finished context a thread (and a
+    database connection) that nothing ever closes.
+    """
+    row, raw_key = client_key_issue(name="starter-left", scope="chat")
+    client_keys.forget_cached_keys()
+    threads_before = set(SyncToAsync.context_to_thread_executor)
+    real = client_keys.stored_key_row
+
+    async def scenario():
+        released = asyncio.Event()
+
+        async def held(digest: str):
+            await released.wait()
+            return await real(digest)
+
+        monkeypatch.setattr(client_keys, "stored_key_row", held)
+
+        async def call():  # as the hot path serves one
+            async with ThreadSensitiveContext() as context:
+                try:
+                    return await averify_key(raw_key)
+                finally:
+                    if context in SyncToAsync.context_to_thread_executor:
+                        await sync_to_async(close_old_connections)()
+
+        calls = [asyncio.create_task(call()) for _ in range(4)]
+        for _ in range(100):  # until the first call has started the query
+            if client_keys._lookups.running():
+                break
+            await asyncio.sleep(0)
+        calls[0].cancel()  # the call that started the query: its client hung up
+        for _ in range(20):
+            await asyncio.sleep(0)
+        waited = not calls[0].done()  # it stays until the query it started ends
+        released.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        return waited, results
+
+    waited, results = asyncio.run(scenario())
+    assert waited
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert [identity.key_id for identity in results[1:]] == [row.pk] * 3
+    assert set(SyncToAsync.context_to_thread_executor) == threads_before
