@@ -23,6 +23,7 @@ from asgiref.sync import async_to_sync
 from echo_site import access_log, asgi
 from echo_site.access_log import MAX_TARGET, AccessLog, LineBatch, request_target
 from echo_site.request_context import JsonLogFormatter, RequestIdFilter
+from plugins_api.access.key_changes import new_secret
 from tests.echo_site.test_hot_path import REQUEST_ID, USER, go_live, serve_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +144,32 @@ def test_a_hostile_target_can_neither_forge_a_line_nor_make_a_huge_one(recorder)
     assert len(line) < MAX_TARGET + 200
     target = request_target(http_scope(path="/p", query=b"q=" + b"z" * 1000))
     assert len(target) == MAX_TARGET + 3 and target.endswith("...")
+
+
+@pytest.mark.parametrize(
+    "path, query, shown",
+    [
+        ("/health", b"api_key={key}", "/health?api_key=****"),
+        (
+            "/v1/models",
+            b"limit=3&Token={key}&KEY=x;sig=y&monkey=2",
+            "/v1/models?limit=3&Token=****&KEY=****;sig=****&monkey=2",
+        ),
+        ("/v1/{key}/chat", b"", "/v1/echo-****/chat"),
+        ("/v1/models", b"q={key}", "/v1/models?q=echo-****"),
+        ("/v1/models", b"q={cut}", "/v1/models?q=echo-****"),  # a part of one
+        ("/v1/models", b"model=echo-1&provider=echo", "/v1/models?model=echo-1&provider=echo"),
+    ],
+)
+def test_a_key_in_the_request_target_is_never_written(recorder, path, query, shown) -> None:
+    """Echo reads keys from headers only; a client that puts one in its URL does not see it logged."""
+    key, _, _ = new_secret()  # a key as Echo issues them
+    values = {"key": key, "cut": key[:24]}
+    scope = http_scope(path=path.format(**values), query=query.decode().format(**values).encode())
+    serve(answering(), scope, recorder.send)
+    line = recorder.events[-1]
+    assert f'"GET {shown} HTTP/1.1"' in line
+    assert key[5:13] not in line
 
 
 def test_websockets_and_a_silenced_log_pass_through_untouched(recorder) -> None:

@@ -103,7 +103,8 @@ def line(
 def hostile_lines(key: str) -> list[access_log.Line]:
     return [
         line(),
-        line(query=f"api_key={key}".encode()),  # a key in the query string
+        line(query=f"api_key={key}".encode()),  # a provider's key in the query string
+        line(f"/v1/echo-{key[8:40]}", query=b"token=t0k3n"),  # an Echo key, a credential
         line(f"/v1/{key[3:30]}"),  # a part of one in the path
         line(request_id=key[:30].encode()),  # and in the client's own request id
         line(status="-", request_id=None),  # the client left before any answer
