@@ -18,6 +18,8 @@ import orjson
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
+from providers.secrets.log_redaction import live_secret_values
+from providers.secrets.masking import secret_redactor
 from providers.types import answer_id
 
 HEADER = "X-Request-ID"
@@ -100,6 +102,16 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         try:  # orjson: a third of json's time, on every line (the access log's included)
-            return orjson.dumps(entry, default=str).decode()
+            return orjson.dumps(entry, default=redacted_text).decode()
         except TypeError:  # a lone surrogate, an integer beyond 64 bits, a key that is no string
-            return json.dumps(entry, default=str)
+            return json.dumps(entry, default=redacted_text)
+
+
+def redacted_text(value: Any) -> str:
+    """Return VALUE, an extra that is no JSON value, as text with every secret redacted.
+
+    The log redaction redacts the text extras; an object (Django's request on
+    its "Not Found" lines) is made text only here, and its text may quote a
+    key (the request's raw path).
+    """
+    return secret_redactor(live_secret_values())(str(value))

@@ -15,6 +15,13 @@ class PluginsApiConfig(AppConfig):
 
         checks.register(check_browser_security, checks.Tags.security, deploy=True)
 
+        # A client key quoted anywhere (a URL in Django's "Not Found" line, a
+        # client's request id) is masked like a provider's key.
+        from plugins_api.access.client_keys import KEY_PREFIX, KEY_SHAPE
+        from providers.secrets.masking import MASK, mask_by_shape
+
+        mask_by_shape(KEY_PREFIX, KEY_SHAPE, KEY_PREFIX + MASK)
+
         # Chat pages learn of provider changes from this process's registry
         # (``registry.subscribe`` in the consumer), not from a signal here.
         # A revoked, deleted or re-scoped key's open chat sockets close in every worker.

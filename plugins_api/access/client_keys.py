@@ -37,6 +37,7 @@ after the drop start a query of their own.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ from providers.runtime import process as runtime
 from providers.runtime.single_flight import SingleFlight
 
 KEY_PREFIX = "echo-"
+#: An Echo key (its prefix and token) or a long enough part of one, as text may quote it:
+#: masked wherever secrets are redacted, every log line included (``plugins_api.apps``).
+KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{16,}")
 CACHE_SECONDS = 10.0
 CACHE_MAX_KEYS = 10_000
 

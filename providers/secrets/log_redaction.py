@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from providers.runtime import process_module
-from providers.secrets.masking import secret_redactor
+from providers.secrets.masking import has_shapes, secret_redactor
 
 # The attributes every LogRecord has; the others were added by ``extra=``.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -48,7 +48,7 @@ def redact_record(record: logging.LogRecord, secrets: Sequence[str]) -> logging.
     secret; a traceback that held one is kept as redacted text
     (``exc_text``, which formatters print) and the exception object dropped.
     """
-    if not secrets:
+    if not secrets and not has_shapes():
         return record
     redact = secret_redactor(secrets)
     try:
@@ -75,7 +75,7 @@ def redact_record(record: logging.LogRecord, secrets: Sequence[str]) -> logging.
 
 def redact_extras(record: logging.LogRecord, secrets: Sequence[str]) -> logging.LogRecord:
     """Strip SECRETS from RECORD's ``extra=`` string attributes, in place; return it."""
-    if not secrets:
+    if not secrets and not has_shapes():
         return record
     attributes = vars(record)
     extras = attributes.keys() - _STANDARD_ATTRIBUTES

@@ -4,13 +4,16 @@
 ``redact`` strips secrets from text that leaves the process: any run of
 ``WINDOW`` or more characters of a secret is replaced, not only an exact
 copy, because upstreams and HTTP libraries quote keys cut, escaped or with a
-character missing.
+character missing. Secrets a process knows only by their shape (Echo's own
+client keys, of which it keeps only hashes) are registered with
+``mask_by_shape`` and masked by every redaction too.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -146,8 +149,38 @@ def secret_redactor(secrets: Iterable[Any]) -> Callable[[str], str]:
 _last_redactor: tuple[tuple[Any, ...], Callable[[str], str]] | None = None
 
 
-def _unchanged(text: str) -> str:
+#: Secrets known by their shape: (a text must hold MARKER for PATTERN to be tried,
+#: PATTERN, what each match becomes). See ``mask_by_shape``.
+_SHAPES: list[tuple[str, re.Pattern[str], str]] = []
+
+
+def mask_by_shape(marker: str, pattern: re.Pattern[str], replacement: str) -> None:
+    """Mask every match of PATTERN with REPLACEMENT wherever secrets are redacted (once per shape).
+
+    For secrets the process cannot list (Echo's client keys: only their
+    hashes are stored). MARKER, a plain substring every match holds, keeps
+    the pattern off the texts that cannot hold one.
+    """
+    shape = (marker, pattern, replacement)
+    if shape not in _SHAPES:
+        _SHAPES.append(shape)
+
+
+def has_shapes() -> bool:
+    """Return whether any secret shape is registered (a redaction with no secrets still has work)."""
+    return bool(_SHAPES)
+
+
+def _shaped(text: str) -> str:
+    for marker, pattern, replacement in _SHAPES:
+        if marker in text:
+            text = pattern.sub(replacement, text)
     return text
+
+
+def _unchanged(text: str) -> str:
+    """The redactor of no secrets: only the shapes are masked."""
+    return _shaped(text) if _SHAPES and text else text
 
 
 def _redact(text: str, matcher: _Matcher) -> str:
@@ -166,4 +199,4 @@ def _redact(text: str, matcher: _Matcher) -> str:
         text = "".join(pieces)
     for secret, mask in matcher.short:
         text = text.replace(secret, mask)
-    return text
+    return _shaped(text) if _SHAPES else text

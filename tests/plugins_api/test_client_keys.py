@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import OperationalError
 
+from echo_site.request_context import JsonLogFormatter
 from plugins_api.access import client_keys
 from plugins_api.access.client_keys import KEY_PREFIX, averify_key, hash_key, verify_key
 from plugins_api.access.key_changes import client_key_issue, client_key_revoke
@@ -203,3 +206,24 @@ def test_endless_random_keys_keep_the_cache_bounded_and_known_keys_working(db, m
 
     assert verify_key(raw_key) is not None  # evicted or not, the real key still verifies
     assert len(runtime.key_cache) <= 50
+
+
+def test_a_client_key_quoted_in_any_log_line_or_redacted_text_is_masked(db, client, caplog) -> None:
+    """Echo keeps only keys' hashes, so it masks them by their shape: a URL, an id, a message."""
+    from providers.secrets.masking import redact
+
+    _, raw_key = client_key_issue(name="quoted", scope="chat")
+    part = raw_key[5:13]
+    with caplog.at_level(logging.INFO):
+        assert client.get(f"/v1/{raw_key}/x").status_code == 404  # Django logs "Not Found: <path>"
+        logging.getLogger("echo.tests").warning("a client said %s", raw_key[:30])
+        logging.getLogger("echo.tests").info("ids", extra={"request_id": raw_key})
+    assert "Not Found" in caplog.text and "echo-****" in caplog.text
+    assert part not in caplog.text
+    text = logging.Formatter(settings.LOGGING["formatters"]["text"]["format"])
+    for record in caplog.records:
+        record.request_id = getattr(record, "request_id", "-")
+        # Django's record holds its request object, whose text quotes the raw path.
+        assert part not in text.format(record) and part not in JsonLogFormatter().format(record)
+    assert redact(f"upstream echoed {raw_key}", ()) == "upstream echoed echo-****"
+    assert redact("model echo-1 and echo-shout", ()) == "model echo-1 and echo-shout"
