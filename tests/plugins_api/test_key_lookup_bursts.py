@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext, async_to_sync, sync_to_async
@@ -12,17 +11,10 @@ from django.db import close_old_connections
 from plugins_api.access import client_keys
 from plugins_api.access.client_keys import averify_key, hash_key
 from plugins_api.access.key_changes import client_key_issue, client_key_revoke
-from plugins_api.access.key_last_use import key_last_use
 from providers.runtime import process as runtime
 
-
-@pytest.fixture(autouse=True)
-def fresh_key_state() -> Iterator[None]:
-    client_keys.forget_cached_keys()
-    key_last_use.reset()
-    yield
-    client_keys.forget_cached_keys()
-    key_last_use.reset()
+# Cached verifications and last-use stamps are forgotten around each test (autouse, imported).
+from tests.plugins_api.test_client_keys import fresh_key_state  # noqa: E402, F401
 
 
 @pytest.fixture
