@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from echo_site.request_context import JsonLogFormatter, RequestIdFilter
+from echo_site.request_context import JsonLogFormatter, RequestIdFilter, redacted_text
 from echo_site.security_log import ClientFaultFilter
 from providers.secrets.log_redaction import SecretRedactingFilter, live_secret_values
 from providers.secrets.masking import secret_redactor
@@ -102,8 +102,8 @@ class ConsoleLines:
         ):
             return None
         formatter = handler.formatter
-        if formatter is None:
-            return None
+        if formatter is None or logging.getLevelName(logging.INFO) != "INFO":
+            return None  # (a level renamed with logging.addLevelName: logging's own lines say it)
         if _json_formatter(formatter):
             return cls(handler, json_lines=True, name=logger.name)
         if _plain_text_formatter(formatter):
@@ -150,9 +150,9 @@ class ConsoleLines:
             "duration_ms": duration_ms,
         }
         try:
-            return orjson.dumps(entry, default=str).decode()
+            return orjson.dumps(entry, default=redacted_text).decode()
         except TypeError:  # as JsonLogFormatter falls back
-            return json.dumps(entry, default=str)
+            return json.dumps(entry, default=redacted_text)
 
     def _time(self, ended: float, layout: str) -> str:
         """Return ENDED's local time in LAYOUT, made once a second (a batch's lines share theirs)."""

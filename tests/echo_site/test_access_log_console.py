@@ -190,6 +190,7 @@ def _changed(change: str, handler: logging.Handler) -> list[logging.Handler]:
         "a level above INFO",
         "a filter of its own",
         "a handler class of its own",
+        "the INFO level renamed",
     ],
 )
 def test_any_other_set_up_goes_through_logging(change) -> None:
@@ -197,11 +198,14 @@ def test_any_other_set_up_goes_through_logging(change) -> None:
     root = logging.getLogger()
     kept = root.handlers[:]
     root.handlers[:] = handlers
+    if change == "the INFO level renamed":
+        logging.addLevelName(logging.INFO, "NOTE")
     try:
         assert ConsoleLines.of(logging.getLogger("echo.access")) is None
         assert access_log._write_to_console([line()]) is False
     finally:
         root.handlers[:] = kept
+        logging.addLevelName(logging.INFO, "INFO")
 
 
 @pytest.mark.parametrize(
