@@ -159,17 +159,6 @@ def priced(
     return cost if cost.is_finite() and abs(cost) <= MAX_COST else None
 
 
-def cost_of(
-    registry: ProviderRegistry,
-    provider: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> Decimal | None:
-    """Return the cost in USD from the prices REGISTRY's PROVIDER gives MODEL, or None when unknown."""
-    return priced(model_prices(registry, provider, model), prompt_tokens, completion_tokens)
-
-
 class PriceBook:
     """Each (provider, model)'s prices, asked of the plugin once while the live providers stay the same.
 
@@ -190,7 +179,7 @@ class PriceBook:
     def cost(
         self, provider: str, model: str, prompt_tokens: int, completion_tokens: int
     ) -> Decimal | None:
-        """Return what ``cost_of`` returns for these, from the kept prices when still good."""
+        """Return the cost in USD of these tokens at MODEL's prices (None: unknown), kept while good."""
         as_of = self._registry.changes
         key = (provider, model)
         keep = isinstance(provider, str) and isinstance(model, str) and len(model) <= MODEL_KEPT_MAX
@@ -239,7 +228,7 @@ class UsageRecorder:
         """Count EVENT in the metrics and queue it; return its cost in USD (None: no known price).
 
         Its row is made by the writer, off this path. The cost is the one the
-        row will carry (``cost_of``), so that a caller (a key's budget) can
+        row will carry (``PriceBook.cost``), so that a caller (a key's budget) can
         count it before the row is written.
         """
         cost = self.prices.cost(

@@ -75,7 +75,7 @@ def usage_row(event: UsageEvent, cost: Decimal | None, recorded_at: float) -> Us
         "stream": bool(event.stream),
         "prompt_tokens": storable_int(event.prompt_tokens, low=0, high=MAX_TOKENS),
         "completion_tokens": storable_int(event.completion_tokens, low=0, high=MAX_TOKENS),
-        "cost_usd": cost,  # cost_of's: finite and at most MAX_COST
+        "cost_usd": cost,  # the PriceBook's: finite and at most MAX_COST
         "latency_ms": storable_float(event.latency_ms) or 0.0,
         "ttft_ms": storable_float(event.ttft_ms),
         "overhead_ms": storable_float(event.overhead_ms),

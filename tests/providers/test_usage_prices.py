@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from providers.usage.recorder import MODEL_KEPT_MAX, PRICES_KEPT, PriceBook, cost_of
+from providers.usage.recorder import MODEL_KEPT_MAX, PRICES_KEPT, PriceBook, model_prices, priced
+
+
+def cost_of(registry, provider, model, prompt_tokens, completion_tokens):
+    """The cost asked afresh of the plugin, as before any price was kept."""
+    return priced(model_prices(registry, provider, model), prompt_tokens, completion_tokens)
 
 
 class Plugin:
