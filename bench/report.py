@@ -386,8 +386,11 @@ def render_markdown(results: dict) -> str:
                 f"{breakdown.get('calls', 0):,} non-streamed `POST /v1/chat/completions` calls to "
                 "Echo's ASGI application in-process, one after the other, against the same fake "
                 f"upstream: {_fmt(breakdown.get('cpu_ms_per_call'), 3)} ms of CPU per call "
-                "unprofiled (no HTTP server). Shares from cProfile's cumulative times, which "
-                "inflate code made of many small calls (Django's): approximate, in the right order.",
+                "unprofiled (no HTTP server), "
+                f"{_fmt(breakdown.get('loop_ms_per_call'), 3)} of it in the event loop's thread. "
+                "The loop's shares from cProfile's cumulative times, which inflate code made of "
+                "many small calls (Django's): approximate, in the right order; the usage rows' "
+                "share is the CPU of the process's other threads.",
                 "",
                 "| part | share | what it holds |",
                 "|---|---|---|",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.report import evaluate_targets, render_markdown, write_report
 
 TARGET_IDS = {
@@ -154,6 +156,7 @@ def test_the_in_process_breakdown_is_a_table_of_parts_or_says_why_not():
     breakdown = {
         "calls": 2000,
         "cpu_ms_per_call": 0.651,
+        "loop_ms_per_call": 0.602,
         "parts": [
             {"part": "edge", "share": 32.7, "holds": "the ASGI entry"},
             {"part": "upstream http", "share": 17.2, "holds": "aiohttp"},
@@ -162,6 +165,7 @@ def test_the_in_process_breakdown_is_a_table_of_parts_or_says_why_not():
     markdown = render_markdown({"machine": {}, "breakdown": breakdown})
     assert "## Where a call's CPU goes inside Echo" in markdown
     assert "0.651 ms of CPU per call" in markdown
+    assert "0.602 of it in the event loop's thread" in markdown
     assert "| edge | 32.7% | the ASGI entry |" in markdown
     assert "| upstream http | 17.2% | aiohttp |" in markdown
     failed = render_markdown({"machine": {}, "breakdown": {"error": "Echo answered 500"}})
@@ -206,6 +210,18 @@ def test_the_breakdown_parts_are_the_boundaries_less_what_they_hold():
     }
     assert sum(parts.values()) == seconds["whole"] + seconds["log"] + seconds["log_console"]
     assert [name for name, _ in PARTS] == list(parts)
+
+
+def test_the_other_threads_cpu_is_a_part_of_its_own_and_the_shares_add_up():
+    from bench.inprocess_profile import PARTS, THREAD_PART, shares
+
+    seconds = {name: 1.0 for name, _ in PARTS}
+    found = shares(seconds, cpu_ms=1.0, loop_ms=0.8)
+    assert found[THREAD_PART[0]] == pytest.approx(20.0)
+    assert found["edge"] == pytest.approx(80.0 / len(PARTS))
+    assert sum(found.values()) == pytest.approx(100.0)
+    # A loop timed a hair over the process (clocks' grain): no negative part.
+    assert shares(seconds, cpu_ms=1.0, loop_ms=1.01)[THREAD_PART[0]] == 0.0
 
 
 def test_a_systems_throughput_is_its_best_step_within_the_limit():
