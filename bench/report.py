@@ -399,6 +399,28 @@ def render_markdown(results: dict) -> str:
                     for part in breakdown.get("parts", [])
                 ),
             ]
+    instructions = results.get("instructions")
+    if instructions:
+        out += ["", "## Instructions per call (callgrind)", ""]
+        if instructions.get("error"):
+            out.append(f"Not counted: {instructions['error']}")
+        else:
+            calls = instructions.get("calls", {})
+            out += [
+                "The same non-streamed `POST /v1/chat/completions` call answered in-process by "
+                "Echo's ASGI application and by the floor's, against the same fake upstream, "
+                "under valgrind's callgrind: the instructions of a run of "
+                f"{calls.get('many', '?')} calls less those of a run of {calls.get('few', '?')} "
+                "(after the same warm-up), per call; every thread of the process, not the "
+                "kernel. Unlike a time, a count does not move with the machine's load or speed "
+                "(two runs agree within about 1%).",
+                "",
+                "| system | instructions per call |",
+                "|---|---|",
+                f"| Echo | {_fmt(instructions.get('echo'), 0)} |",
+                f"| floor | {_fmt(instructions.get('floor'), 0)} |",
+                f"| Echo / floor | {_fmt(instructions.get('ratio'), 3)} |",
+            ]
     notes = results.get("notes", [])
     if notes:
         out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
@@ -436,6 +458,9 @@ def compute_ratios(results: dict) -> dict[str, float | None]:
     ratios["echo_v1 CPU per request / floor CPU per request"] = ratio(
         _get(results, "throughput", "echo_v1", "best", "cpu_ms_per_request"),
         _get(results, "throughput", "floor", "best", "cpu_ms_per_request"),
+    )
+    ratios["echo_v1 instructions per call / floor instructions per call"] = _get(
+        results, "instructions", "ratio"
     )
     main_server = str(results.get("make_run_server"))
     ratios["websocket answer / SSE answer (p50)"] = _get(

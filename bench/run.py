@@ -65,11 +65,23 @@ class Plan:
     crowd_all_servers: bool
     profile_seconds: int
     breakdown_calls: int
+    count_instructions: bool
 
 
-QUICK = Plan(20, 100, 30, (1, 4, 16, 64), 1, (32, 256), 20, 1000, False, 2, 300)
+QUICK = Plan(20, 100, 30, (1, 4, 16, 64), 1, (32, 256), 20, 1000, False, 2, 300, False)
 FULL = Plan(
-    100, 1000, 300, (1, 4, 8, 16, 32, 64, 128), 4, (16, 64, 128, 256), 200, 1000, True, 5, 2000
+    100,
+    1000,
+    300,
+    (1, 4, 8, 16, 32, 64, 128),
+    4,
+    (16, 64, 128, 256),
+    200,
+    1000,
+    True,
+    5,
+    2000,
+    True,
 )
 
 
@@ -123,6 +135,7 @@ class Bench:
     results: dict = field(default_factory=dict)
     echo_key: str = ""
     echo_env: dict[str, str] = field(default_factory=dict)
+    upstream_url: str = ""
 
     @property
     def gateway_cpus(self) -> str | None:
@@ -214,6 +227,7 @@ def start_all(bench: Bench, skip_litellm: bool) -> None:
     systems_state["direct"] = {"label": "fake upstream, called directly", "state": "ok"}
 
     env = echo_environment(bench.workdir, up_port)
+    bench.upstream_url = f"http://127.0.0.1:{up_port}"
     bench.echo_key = prepare_echo(env)
     bench.echo_env = env
     makefile = (ROOT / "Makefile").read_text()
@@ -811,6 +825,29 @@ async def profile_in_process(bench: Bench) -> None:
     bench.results["breakdown"] = json.loads(out)
 
 
+async def count_instructions(bench: Bench) -> None:
+    """Count Echo's and the floor's instructions per call under callgrind (``bench.instruction_count``)."""
+    if shutil.which("valgrind") is None:
+        bench.results["instructions"] = {"error": "valgrind is not installed"}
+        return
+    command = [
+        sys.executable, "-m", "bench.instruction_count", "--key", bench.echo_key,
+        "--model", f"openai/{MODEL}", "--floor-upstream", bench.upstream_url,
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env={**bench.echo_env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        bench.results["instructions"] = {"error": err.decode(errors="replace")[-600:]}
+        return
+    bench.results["instructions"] = json.loads(out)
+
+
 # --- the run -------------------------------------------------------------------
 
 
@@ -884,6 +921,9 @@ async def measure(bench: Bench) -> None:
     await profile_echo(bench)
     print("profile (in-process breakdown)", flush=True)
     await profile_in_process(bench)
+    if bench.plan.count_instructions:
+        print("instructions per call (callgrind)", flush=True)
+        await count_instructions(bench)
 
 
 def run_loop(coroutine) -> None:

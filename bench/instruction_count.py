@@ -1,0 +1,177 @@
+"""Instructions per chat call, Echo's and the floor's: a measure of CPU that the machine's noise cannot move.
+
+Timed CPU per call moves by ±15% between two runs of the same code on these
+shared machines, and their speed changed threefold between this project's
+runs: a cut of 2% cannot be seen, nor told from a slower hour. Valgrind's
+callgrind counts the instructions a process executes instead, whatever
+else the machine does; two runs of the same code agree within about 1%.
+
+Each system (Echo's ASGI application, or the floor's, ``bench.floor_forwarder``)
+answers non-streamed ``POST /v1/chat/completions`` calls in-process, one after
+the other, against the benchmark's fake upstream (as ``bench.inprocess_profile``
+does), under callgrind: once with FEW calls, once with MANY, after the same
+warm-up. Start-up, warm-up and shutdown cost both runs the same, so the
+difference of their totals over ``MANY - FEW`` is what one call costs,
+every thread of the process included (Echo's usage writer too), the kernel's
+work (the sockets' system calls) not. Under valgrind a run takes 50 to 100
+times as long: about a minute and a half for each here.
+
+    python -m bench.instruction_count --key KEY [--floor-upstream URL]
+
+prints one JSON object (``echo`` and ``floor``: instructions per call, and
+their ``ratio``); ``bench.run`` runs it with Echo's benchmark environment.
+Run with ``--driver`` it is the program valgrind runs: one system, one count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+#: Calls of the short and the long run, and the warm-up both make first.
+FEW, MANY, WARM_UP = 100, 400, 100
+SYSTEMS = ("echo", "floor")
+_TOTAL = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+
+
+def per_call(few_total: int, many_total: int, few: int = FEW, many: int = MANY) -> float:
+    """Return the instructions one call costs: the two runs' difference over their calls' difference."""
+    if many <= few:
+        raise ValueError("the long run must make more calls than the short one")
+    return (many_total - few_total) / (many - few)
+
+
+def read_total(callgrind_out: bytes) -> int:
+    """Return the instructions a callgrind output file counts in all (its ``summary``/``totals`` line)."""
+    found = _TOTAL.search(callgrind_out)
+    if found is None:
+        raise ValueError("no instruction total in callgrind's output")
+    return int(found.group(1))
+
+
+# --- the driver: what valgrind runs ------------------------------------------
+
+
+async def _started(app: Any) -> tuple[asyncio.Task, asyncio.Queue]:
+    """Start APP's ASGI lifespan; return its task and its queue once the start-up completed."""
+    queue: asyncio.Queue = asyncio.Queue()
+    replies: list[dict[str, Any]] = []
+    replied = asyncio.Event()
+
+    async def reply(message: dict[str, Any]) -> None:
+        replies.append(message)
+        replied.set()
+
+    await queue.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, queue.get, reply))
+    waiting = asyncio.create_task(replied.wait())
+    await asyncio.wait({waiting, lifespan}, timeout=600, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if lifespan.done():
+        lifespan.result()  # its start-up raised: say why
+    if not replies or replies[0]["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"the application did not start: {replies[:1]}")
+    return lifespan, queue
+
+
+async def drive(system: str, calls: int, key: str, model: str) -> None:
+    """Answer WARM_UP and then CALLS chat calls with SYSTEM's application, in-process."""
+    from bench.inprocess_profile import _call, _scope
+
+    if system == "echo":
+        from echo_site.asgi import application as app
+    else:
+        from bench.floor_forwarder import app
+    lifespan, messages = await _started(app)
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "bench chunks=8"}]}
+    ).encode()
+    scope = _scope(key, body)
+    for _ in range(WARM_UP + calls):
+        status = await _call(app, scope, body)
+        if status != 200:
+            raise RuntimeError(f"{system} answered {status}")
+    await messages.put({"type": "lifespan.shutdown"})
+    await lifespan  # Echo's shutdown writes the usage rows still queued
+
+
+# --- the harness ---------------------------------------------------------------
+
+
+def count(system: str, calls: int, *, key: str, model: str, env: dict[str, str]) -> int:
+    """Return the instructions a process makes answering CALLS calls with SYSTEM, under callgrind."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise RuntimeError("valgrind is not installed")
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "callgrind.out"
+        command = [
+            valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
+            "--dump-instr=no", "--collect-jumps=no",
+            sys.executable, "-m", "bench.instruction_count", "--driver", system,
+            "--calls", str(calls), "--key", key, "--model", model,
+        ]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, timeout=3600)
+        if done.returncode != 0 or not out.exists():
+            tail = done.stderr.decode(errors="replace")[-600:]
+            raise RuntimeError(f"{system} under callgrind failed: {tail}")
+        return read_total(out.read_bytes())
+
+
+def instructions_per_call(system: str, *, key: str, model: str, env: dict[str, str]) -> float:
+    """Return SYSTEM's instructions per call: its short and long runs made side by side."""
+    with ThreadPoolExecutor(2) as pool:
+        few, many = pool.map(
+            lambda calls: count(system, calls, key=key, model=model, env=env), (FEW, MANY)
+        )
+    return per_call(few, many)
+
+
+def measure(key: str, model: str, floor_upstream: str) -> dict[str, Any]:
+    """Return Echo's and the floor's instructions per call and their ratio."""
+    env = {**os.environ, "BENCH_UPSTREAM": floor_upstream}
+    echo = instructions_per_call("echo", key=key, model=model, env=env)
+    floor = instructions_per_call("floor", key=key, model=model, env=env)
+    return {
+        "calls": {"few": FEW, "many": MANY, "warm_up": WARM_UP},
+        "echo": round(echo),
+        "floor": round(floor),
+        "ratio": round(echo / floor, 3) if floor > 0 else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument("--floor-upstream", default=os.environ.get("BENCH_UPSTREAM", ""))
+    parser.add_argument("--driver", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=FEW, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.driver:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        runner(drive(args.driver, args.calls, args.key, args.model))
+        return 0
+    if not args.floor_upstream:
+        parser.error("--floor-upstream (or BENCH_UPSTREAM) names the fake upstream")
+    json.dump(measure(args.key, args.model, args.floor_upstream), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
