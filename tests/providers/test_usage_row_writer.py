@@ -112,6 +112,56 @@ def test_values_passed_as_they_are_equal_what_each_field_prepares(index: int) ->
     assert {"client", "stream", "latency_ms"} <= plain
 
 
+def _sqlite_connection():
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    return DatabaseWrapper(
+        {**connection.settings_dict, "ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    )
+
+
+@pytest.mark.parametrize("vendor", ["this database", "sqlite"])
+def test_a_dates_a_decimals_and_an_empty_lists_shortcuts_prepare_what_their_fields_do(
+    vendor: str,
+) -> None:
+    from providers.usage.row_writer import _build_usage_insert
+
+    database = connection if vendor == "this database" else _sqlite_connection()
+    insert = _build_usage_insert(database)
+    short = {f.name for f, s in zip(insert.fields, insert.shortcuts, strict=True) if s}
+    assert short == {"created_at", "cost_usd", "fallback_path"}
+    for e, cost in EVENTS:
+        row = usage_row(e, cost, time.time())
+        prepared = tuple(f.get_db_prep_save(row[f.name], database) for f in insert.fields)
+        assert comparable(insert.params(row, database)) == comparable(prepared)
+    # What a shortcut does not take goes to the field: a naive date, a decimal given as text.
+    row = usage_row(event("key:a"), Decimal("0.5"), 0.0)
+    row["created_at"] = dt.datetime(2026, 1, 2, 3, 4, 5)
+    row["cost_usd"] = "0.25"
+    row["fallback_path"] = [{"route": "a/b"}]
+    fields = {f.name: f for f in insert.fields}
+    with pytest.warns(RuntimeWarning, match="naive datetime"):  # the field's own warning
+        values = dict(zip(fields, insert.params(row, database), strict=True))
+    for name in ("cost_usd", "fallback_path"):
+        expected = fields[name].get_db_prep_save(row[name], database)
+        assert comparable((values[name],)) == comparable((expected,))
+    assert values["created_at"] is not None
+
+
+def test_a_field_of_a_subclass_gets_no_shortcut() -> None:
+    from django.db import models
+
+    from providers.usage.row_writer import _shortcut
+
+    class OwnDecimal(models.DecimalField):
+        def get_db_prep_save(self, value, connection):
+            return str(value)
+
+    assert _shortcut(OwnDecimal(max_digits=14, decimal_places=8), connection) is None
+    assert _shortcut(models.DecimalField(max_digits=14, decimal_places=8), connection) is not None
+    assert _shortcut(models.CharField(max_length=9), connection) is None
+
+
 def test_a_value_of_another_type_is_still_prepared_by_its_field() -> None:
     insert = UsageInsert.for_connection(connection)
     row = usage_row(event("key:a"), None, 0.0)
