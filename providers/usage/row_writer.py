@@ -4,7 +4,10 @@ Runs in the thread the recorder's ``sync_to_async`` uses, never on the
 request's path: a request only queues ``(event, cost, recorded_at)``; here
 each becomes the values of a ``UsageRecord`` (every one made storable: cut to
 its column, no NUL, no lone surrogate, finite numbers), prepared for the
-database by its own model field, exactly as ``bulk_create`` prepares them.
+database by its own model field, exactly as ``bulk_create`` prepares them (a
+value the preparation would leave as it is passes as it is, and a date, a
+decimal or an empty JSON list takes a shortcut to the result its field's
+chain of calls would give: most of a row's cost was that chain).
 
 A batch is one ``INSERT ... VALUES`` of the model's concrete columns,
 executed with ``cursor.executemany`` (psycopg 3 pipelines it): no model
