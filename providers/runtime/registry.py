@@ -34,8 +34,7 @@ import logging
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -118,6 +117,32 @@ class _Live:
     loaded_at: float = field(default_factory=time.time)
     active: int = 0
     retired: bool = False
+
+
+class Lease:
+    """A hold on a live provider for one request or stream: ``async with registry.lease(name)``.
+
+    A class rather than a generator's context manager: every chat call takes
+    one, and a generator's costs several calls more to enter and leave.
+    """
+
+    __slots__ = ("_live", "_name", "_registry")
+
+    def __init__(self, registry: ProviderRegistry, name: str) -> None:
+        self._registry = registry
+        self._name = name
+        self._live: _Live | None = None
+
+    async def __aenter__(self) -> AbstractAIProvider:
+        if self._live is not None:
+            raise RuntimeError("a lease is held once")
+        self._live = self._registry._take(self._name)
+        return self._live.provider
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            self._registry._give_back(live)
 
 
 @dataclass(slots=True)
@@ -273,23 +298,27 @@ class ProviderRegistry:
         """Return the last load or reload error of provider NAME, if it has one."""
         return self._errors.get(name)
 
-    @asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[AbstractAIProvider]:
-        """Hold the live provider NAME for one request or stream.
+    def lease(self, name: str) -> Lease:
+        """Hold the live provider NAME for one request or stream (``async with``).
 
         An instance replaced while leased finishes the request and is shut
         down when its last lease ends.
         """
+        return Lease(self, name)
+
+    def _take(self, name: str) -> _Live:
+        """Count one more lease of the live provider NAME; raise if there is none."""
         live = self._live.get(name)
         if live is None:
             raise ProviderNotFoundError(f"No provider named {name!r}.", provider=name)
         live.active += 1
-        try:
-            yield live.provider
-        finally:
-            live.active -= 1
-            if live.retired and live.active == 0:
-                self._close_later(live)
+        return live
+
+    def _give_back(self, live: _Live) -> None:
+        """Count one lease of LIVE less; shut a replaced instance down with its last lease."""
+        live.active -= 1
+        if live.retired and live.active == 0:
+            self._close_later(live)
 
     async def apply(self, spec: ProviderSpec) -> AbstractAIProvider:
         """Build provider SPEC.name from SPEC and swap it in.

@@ -40,7 +40,6 @@ import codecs
 import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import aiohttp
@@ -209,6 +208,45 @@ class UpstreamAnswer:
             self._response.close()
 
 
+class UpstreamExchange:
+    """One request and its answer: ``async with session.request(...) as answer``.
+
+    Entering sends the request; leaving gives the connection back to the pool
+    or closes it (``UpstreamAnswer.finish``). A class rather than a
+    generator's context manager: every upstream call makes one.
+    """
+
+    __slots__ = ("_answer", "_body", "_headers", "_method", "_path", "_session")
+
+    def __init__(
+        self,
+        session: UpstreamSession,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self._session = session
+        self._method = method
+        self._path = path
+        self._body = body
+        self._headers = headers
+        self._answer: UpstreamAnswer | None = None
+
+    async def __aenter__(self) -> UpstreamAnswer:
+        if self._answer is not None:
+            raise RuntimeError("an exchange is entered once")
+        self._answer = await self._session._send(
+            self._method, self._path, self._body, self._headers
+        )
+        return self._answer
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.finish()
+
+
 class UpstreamSession:
     """One provider's connection pool to BASE_URL, with its HEADERS and timeouts.
 
@@ -283,20 +321,24 @@ class UpstreamSession:
                 self._urls[path] = url
         return url
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self,
         method: str,
         path: str,
         *,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[UpstreamAnswer]:
-        """Send METHOD PATH with BODY (JSON bytes) and yield the answer, its body still to read.
+    ) -> UpstreamExchange:
+        """Send METHOD PATH with BODY (JSON bytes); ``async with`` gives the answer, its body still to read.
 
         The connection goes back to the pool when the body was read to its end,
         and is closed otherwise.
         """
+        return UpstreamExchange(self, method, path, body, headers)
+
+    async def _send(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None
+    ) -> UpstreamAnswer:
         session = self._session or self._open()
         sent = self._headers
         if headers:
@@ -309,11 +351,7 @@ class UpstreamSession:
             )
         except _FAILURES as exc:
             _raise_failure(exc)
-        answer = UpstreamAnswer(response)
-        try:
-            yield answer
-        finally:
-            answer.finish()
+        return UpstreamAnswer(response)
 
     async def aclose(self) -> None:
         """Close the session and every connection in its pool."""
