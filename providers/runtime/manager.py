@@ -600,7 +600,6 @@ class ModelManager:
                 trace.give_up(route, refusal.kind, 0)
                 continue
             breaker = self._breaker_for(route.provider, live)
-            policy = RetryPolicy.from_config(live.config)
             counters = self.counters(route.provider)
             tries = retry = 0
             while True:
@@ -664,6 +663,8 @@ class ModelManager:
                     wait = None
                     if not isinstance(exc, AuthenticationError | AttemptTimeoutError):
                         remaining = trace.deadline - self._clock()
+                        # Read when a call fails: a call that succeeds needs no retry policy.
+                        policy = RetryPolicy.from_config(live.config)
                         wait = policy.wait_before_retry(retry, exc, remaining, self._rng)
                     if wait is None:
                         counters.failovers += 1
