@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +54,26 @@ def after_answer(work: Work) -> None:
         deferred.work.append(work)
 
 
-@contextmanager
-def deferred_work() -> Iterator[Deferred]:
-    """Keep the ``after_answer`` work of the code run inside; the caller runs it (``run_deferred``)."""
-    deferred = Deferred()
-    token = _deferred.set(deferred)
-    try:
-        yield deferred
-    finally:
-        _deferred.reset(token)
+class deferred_work:  # noqa: N801  (used as a function: ``with deferred_work() as deferred``)
+    """Keep the ``after_answer`` work of the code run inside; the caller runs it (``run_deferred``).
+
+    A class rather than a generator's context manager: every hot-path request opens one.
+    """
+
+    __slots__ = ("_deferred", "_token")
+
+    def __init__(self) -> None:
+        self._deferred = Deferred()
+        self._token: contextvars.Token[Deferred | None] | None = None
+
+    def __enter__(self) -> Deferred:
+        self._token = _deferred.set(self._deferred)
+        return self._deferred
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _deferred.reset(self._token)
+            self._token = None
 
 
 def run_deferred(deferred: Deferred) -> None:

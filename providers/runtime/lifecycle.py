@@ -29,8 +29,7 @@ import logging
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -92,6 +91,29 @@ class StreamLimit:
         return self._timeout is not None and self._timeout.expired()
 
 
+class ServingRequest:
+    """The current task counted in REQUESTS while inside: ``with lifecycle.serving_request()``.
+
+    A class rather than a generator's context manager: every request enters one.
+    """
+
+    __slots__ = ("_requests", "_task")
+
+    def __init__(self, requests: set[asyncio.Task[Any]]) -> None:
+        self._requests = requests
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        self._task = asyncio.current_task()
+        if self._task is not None:
+            self._requests.add(self._task)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._requests.discard(self._task)
+            self._task = None
+
+
 class ProviderLifecycle:
     """Start RUNTIME once, on the serving loop; stop it at shutdown.
 
@@ -141,18 +163,9 @@ class ProviderLifecycle:
     def discard_socket(self, socket: DrainableSocket) -> None:
         self._sockets.discard(socket)
 
-    @contextmanager
-    def serving_request(self) -> Iterator[None]:
-        """Count the current task as a request in flight, which a drain waits for."""
-        task = asyncio.current_task()
-        if task is None:
-            yield
-            return
-        self._requests.add(task)
-        try:
-            yield
-        finally:
-            self._requests.discard(task)
+    def serving_request(self) -> ServingRequest:
+        """Count the current task as a request in flight, which a drain waits for (``with``)."""
+        return ServingRequest(self._requests)
 
     def begin_drain(self) -> None:
         """Stop being ready now, and end the streams still running in ECHO_DRAIN_SECONDS."""
