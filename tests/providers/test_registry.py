@@ -259,3 +259,25 @@ async def test_status_masks_secrets(registry) -> None:
     status = registry.status("keyed")
     assert status["config"]["api_key"] == "sk-...abcd"
     assert "1234567890" not in str(status)
+
+
+async def test_a_lease_counts_while_held_even_when_its_block_raises_and_is_held_once(
+    registry,
+) -> None:
+    await registry.apply(ProviderSpec("echo", "echo", {"prefix": "one:"}))
+    lease = registry.lease("echo")
+    with pytest.raises(ValueError):
+        async with lease as provider:
+            assert provider is registry.get("echo")
+            await registry.reload("echo", {"prefix": "two:"})  # the held instance is retired...
+            assert TrackedEcho.shutdowns == []  # ...but not shut down while leased
+            raise ValueError("the request failed")
+    await registry.wait_closed()
+    assert TrackedEcho.shutdowns == ["one:"]  # the lease was given back all the same
+    async with lease:
+        with pytest.raises(RuntimeError, match="held once"):
+            async with lease:  # a lease object is one hold at a time
+                pass
+    with pytest.raises(ProviderNotFoundError):
+        async with registry.lease("nobody"):
+            pass

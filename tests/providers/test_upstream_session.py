@@ -794,3 +794,17 @@ async def test_a_stream_line_without_end_is_bounded(monkeypatch) -> None:
     assert chunks == ["first"]
     assert isinstance(broken, ProtocolError)
     assert broken.message.startswith("OpenAI broke the connection: a line longer than 65,536")
+
+
+async def test_an_exchange_left_by_an_error_lets_the_next_one_through_and_is_entered_once() -> None:
+    async with raw_upstream(answer_json) as base_url, session_to(base_url) as session:
+        exchange = session.request("GET", "models")
+        with pytest.raises(ValueError):
+            async with exchange as answer:
+                assert answer.status == 200
+                raise ValueError("the caller failed before reading")
+        async with exchange as answer:  # entered again: a second request, read whole
+            assert await answer.read() == ANSWER
+            with pytest.raises(RuntimeError, match="entered once"):
+                async with exchange:
+                    pass
