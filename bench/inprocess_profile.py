@@ -46,7 +46,10 @@ BOUNDARIES = {
     "manager": ("providers/runtime/manager.py", "chat_completion"),
     "plugin": ("providers/plugins/openai_provider.py", "chat_completion"),
     "upstream": ("providers/http_provider.py", "request_json"),
-    "session": ("providers/upstream/session.py", "request"),
+    # The upstream exchange: the request sent, the answer read, the connection given back.
+    "session": ("providers/upstream/session.py", "_send"),
+    "session_read": ("providers/upstream/session.py", "read"),
+    "session_finish": ("providers/upstream/session.py", "finish"),
     "usage": ("plugins_api/edge/request_usage.py", "answered"),
     # The usage recorded once the answer is written (``plugins_api.edge.after_answer``).
     "deferred": ("plugins_api/edge/after_answer.py", "run_deferred"),
@@ -100,13 +103,14 @@ def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
 def split(stats: pstats.Stats) -> dict[str, float]:
     """Return each part's seconds (see ``PARTS``) from STATS."""
     t = {key: cumulative(stats, *where) for key, where in BOUNDARIES.items()}
+    upstream_http = t["session"] + t["session_read"] + t["session_finish"]
     return {
         "edge": t["whole"] - t["serve"] - t["deferred"],
         "admit": t["admit"] + t["limit"],
         "manager": t["manager"] - t["plugin"],
         "plugin": t["plugin"] - t["upstream"],
-        "upstream json": t["upstream"] - t["session"],
-        "upstream http": t["session"],
+        "upstream json": t["upstream"] - upstream_http,
+        "upstream http": upstream_http,
         "usage": t["usage"] + t["deferred"],
         "answer": t["serve"] - t["admit"] - t["limit"] - t["manager"] - t["usage"],
         "access log": t["log"] + t["log_console"],
