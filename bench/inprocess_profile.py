@@ -174,9 +174,11 @@ async def _call(application: Any, scope: dict[str, Any], body: bytes) -> int:
     return status
 
 
-async def measure(key: str, requests: int, model: str) -> dict[str, Any]:
-    from echo_site.asgi import application
+async def start_lifespan(app: Any, timeout: float = 600) -> tuple[asyncio.Task, asyncio.Queue]:
+    """Start APP's ASGI lifespan; return its task and its queue once the start-up completed.
 
+    A start-up that raises or fails is raised here, not waited for.
+    """
     queue: asyncio.Queue = asyncio.Queue()
     replies: list[dict[str, Any]] = []
     replied = asyncio.Event()
@@ -186,10 +188,21 @@ async def measure(key: str, requests: int, model: str) -> dict[str, Any]:
         replied.set()
 
     await queue.put({"type": "lifespan.startup"})
-    lifespan = asyncio.create_task(application({"type": "lifespan"}, queue.get, reply))
-    await asyncio.wait_for(replied.wait(), 60)
-    if replies[0]["type"] != "lifespan.startup.complete":
-        raise RuntimeError(f"Echo did not start: {replies[0]}")
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, queue.get, reply))
+    waiting = asyncio.create_task(replied.wait())
+    await asyncio.wait({waiting, lifespan}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if lifespan.done():
+        lifespan.result()  # its start-up raised: say why
+    if not replies or replies[0]["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"the application did not start: {replies[:1]}")
+    return lifespan, queue
+
+
+async def measure(key: str, requests: int, model: str) -> dict[str, Any]:
+    from echo_site.asgi import application
+
+    lifespan, queue = await start_lifespan(application, timeout=60)
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "bench chunks=8"}]}
     ).encode()

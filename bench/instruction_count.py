@@ -62,37 +62,15 @@ def read_total(callgrind_out: bytes) -> int:
 # --- the driver: what valgrind runs ------------------------------------------
 
 
-async def _started(app: Any) -> tuple[asyncio.Task, asyncio.Queue]:
-    """Start APP's ASGI lifespan; return its task and its queue once the start-up completed."""
-    queue: asyncio.Queue = asyncio.Queue()
-    replies: list[dict[str, Any]] = []
-    replied = asyncio.Event()
-
-    async def reply(message: dict[str, Any]) -> None:
-        replies.append(message)
-        replied.set()
-
-    await queue.put({"type": "lifespan.startup"})
-    lifespan = asyncio.create_task(app({"type": "lifespan"}, queue.get, reply))
-    waiting = asyncio.create_task(replied.wait())
-    await asyncio.wait({waiting, lifespan}, timeout=600, return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
-    if lifespan.done():
-        lifespan.result()  # its start-up raised: say why
-    if not replies or replies[0]["type"] != "lifespan.startup.complete":
-        raise RuntimeError(f"the application did not start: {replies[:1]}")
-    return lifespan, queue
-
-
 async def drive(system: str, calls: int, key: str, model: str) -> None:
     """Answer WARM_UP and then CALLS chat calls with SYSTEM's application, in-process."""
-    from bench.inprocess_profile import _call, _scope
+    from bench.inprocess_profile import _call, _scope, start_lifespan
 
     if system == "echo":
         from echo_site.asgi import application as app
     else:
         from bench.floor_forwarder import app
-    lifespan, messages = await _started(app)
+    lifespan, messages = await start_lifespan(app)
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "bench chunks=8"}]}
     ).encode()

@@ -811,18 +811,7 @@ async def profile_in_process(bench: Bench) -> None:
     ]  # fmt: skip
     if bench.gateway_cpus is not None:
         command = ["taskset", "-c", bench.gateway_cpus, *command]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env={**bench.echo_env, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    if process.returncode != 0:
-        bench.results["breakdown"] = {"error": err.decode(errors="replace")[-600:]}
-        return
-    bench.results["breakdown"] = json.loads(out)
+    bench.results["breakdown"] = await _json_printed(bench, command)
 
 
 async def count_instructions(bench: Bench) -> None:
@@ -834,6 +823,11 @@ async def count_instructions(bench: Bench) -> None:
         sys.executable, "-m", "bench.instruction_count", "--key", bench.echo_key,
         "--model", f"openai/{MODEL}", "--floor-upstream", bench.upstream_url,
     ]  # fmt: skip
+    bench.results["instructions"] = await _json_printed(bench, command)
+
+
+async def _json_printed(bench: Bench, command: list[str]) -> dict:
+    """Run COMMAND with Echo's benchmark environment; return the JSON it prints, or its error."""
     process = await asyncio.create_subprocess_exec(
         *command,
         env={**bench.echo_env, "PYTHONPATH": str(ROOT)},
@@ -843,9 +837,8 @@ async def count_instructions(bench: Bench) -> None:
     )
     out, err = await process.communicate()
     if process.returncode != 0:
-        bench.results["instructions"] = {"error": err.decode(errors="replace")[-600:]}
-        return
-    bench.results["instructions"] = json.loads(out)
+        return {"error": err.decode(errors="replace")[-600:]}
+    return json.loads(out)
 
 
 # --- the run -------------------------------------------------------------------
