@@ -97,10 +97,10 @@ class UsageInsert:
     fields: tuple[Field, ...]
     copy_sql: str  # the same columns, for PostgreSQL's COPY
     # Per field, the Python type its preparation leaves unchanged (None: always prepare).
-    plain_types: tuple[type | None, ...] = ()
+    plain_types: tuple[type | None, ...]
     # Per field, what prepares its usual values without the field's chain of calls
     # (None: none does; see ``_shortcut``).
-    shortcuts: tuple[Shortcut | None, ...] = ()
+    shortcuts: tuple[Shortcut | None, ...]
 
     @classmethod
     def for_connection(cls, connection: BaseDatabaseWrapper) -> UsageInsert:
