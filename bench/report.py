@@ -9,6 +9,7 @@ results into ``latest.md``; ``write_report`` writes both files.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -359,72 +360,87 @@ def render_markdown(results: dict) -> str:
                 f"| {_fmt(_get(websocket, server, 'ratio_total'), 3)} "
                 f"| {_fmt(_get(websocket, server, 'thousand', 'errors'))} |"
             )
-    profile = results.get("profile")
-    if profile:
-        out += ["", "## Where Echo's time goes (py-spy, under load)", ""]
-        if profile.get("error"):
-            out.append(f"No profile: {profile['error']}")
-        else:
-            out += [
-                f"{profile.get('what', '')}; {profile.get('samples', 0):,} samples.",
-                "",
-                "| share of samples (inclusive) | function |",
-                "|---|---|",
-                *(f"| {share:.1f}% | `{name}` |" for name, share in profile.get("inclusive", [])),
-                "",
-                "| share of samples (self) | function |",
-                "|---|---|",
-                *(f"| {share:.1f}% | `{name}` |" for name, share in profile.get("self", [])),
-            ]
-    breakdown = results.get("breakdown")
-    if breakdown:
-        out += ["", "## Where a call's CPU goes inside Echo (cProfile, in-process)", ""]
-        if breakdown.get("error"):
-            out.append(f"No breakdown: {breakdown['error']}")
-        else:
-            out += [
-                f"{breakdown.get('calls', 0):,} non-streamed `POST /v1/chat/completions` calls to "
-                "Echo's ASGI application in-process, one after the other, against the same fake "
-                f"upstream: {_fmt(breakdown.get('cpu_ms_per_call'), 3)} ms of CPU per call "
-                "unprofiled (no HTTP server), "
-                f"{_fmt(breakdown.get('loop_ms_per_call'), 3)} of it in the event loop's thread. "
-                "The loop's shares from cProfile's cumulative times, which inflate code made of "
-                "many small calls (Django's): approximate, in the right order; the usage rows' "
-                "share is the CPU of the process's other threads.",
-                "",
-                "| part | share | what it holds |",
-                "|---|---|---|",
-                *(
-                    f"| {part['part']} | {part['share']:.1f}% | {part['holds']} |"
-                    for part in breakdown.get("parts", [])
-                ),
-            ]
-    instructions = results.get("instructions")
-    if instructions:
-        out += ["", "## Instructions per call (callgrind)", ""]
-        if instructions.get("error"):
-            out.append(f"Not counted: {instructions['error']}")
-        else:
-            calls = instructions.get("calls", {})
-            out += [
-                "The same non-streamed `POST /v1/chat/completions` call answered in-process by "
-                "Echo's ASGI application and by the floor's, against the same fake upstream, "
-                "under valgrind's callgrind: the instructions of a run of "
-                f"{calls.get('many', '?')} calls less those of a run of {calls.get('few', '?')} "
-                "(after the same warm-up), per call; every thread of the process, not the "
-                "kernel. Unlike a time, a count does not move with the machine's load or speed "
-                "(two runs agree within about 1%).",
-                "",
-                "| system | instructions per call |",
-                "|---|---|",
-                f"| Echo | {_fmt(instructions.get('echo'), 0)} |",
-                f"| floor | {_fmt(instructions.get('floor'), 0)} |",
-                f"| Echo / floor | {_fmt(instructions.get('ratio'), 3)} |",
-            ]
+    out += _measured_section(
+        "Where Echo's time goes (py-spy, under load)", results.get("profile"), "No profile",
+        _profile_lines,
+    )  # fmt: skip
+    out += _measured_section(
+        "Where a call's CPU goes inside Echo (cProfile, in-process)", results.get("breakdown"),
+        "No breakdown", _breakdown_lines,
+    )  # fmt: skip
+    out += _measured_section(
+        "Instructions per call (callgrind)", results.get("instructions"), "Not counted",
+        _instruction_lines,
+    )  # fmt: skip
     notes = results.get("notes", [])
     if notes:
         out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(out) + "\n"
+
+
+def _measured_section(
+    title: str, data: dict | None, missing: str, lines: Callable[[dict], list[str]]
+) -> list[str]:
+    """Return a report section: TITLE, then DATA's LINES, or MISSING and why (none without DATA)."""
+    if not data:
+        return []
+    head = ["", f"## {title}", ""]
+    if data.get("error"):
+        return [*head, f"{missing}: {data['error']}"]
+    return [*head, *lines(data)]
+
+
+def _profile_lines(profile: dict) -> list[str]:
+    return [
+        f"{profile.get('what', '')}; {profile.get('samples', 0):,} samples.",
+        "",
+        "| share of samples (inclusive) | function |",
+        "|---|---|",
+        *(f"| {share:.1f}% | `{name}` |" for name, share in profile.get("inclusive", [])),
+        "",
+        "| share of samples (self) | function |",
+        "|---|---|",
+        *(f"| {share:.1f}% | `{name}` |" for name, share in profile.get("self", [])),
+    ]
+
+
+def _breakdown_lines(breakdown: dict) -> list[str]:
+    return [
+        f"{breakdown.get('calls', 0):,} non-streamed `POST /v1/chat/completions` calls to "
+        "Echo's ASGI application in-process, one after the other, against the same fake "
+        f"upstream: {_fmt(breakdown.get('cpu_ms_per_call'), 3)} ms of CPU per call "
+        "unprofiled (no HTTP server), "
+        f"{_fmt(breakdown.get('loop_ms_per_call'), 3)} of it in the event loop's thread. "
+        "The loop's shares from cProfile's cumulative times, which inflate code made of "
+        "many small calls (Django's): approximate, in the right order; the usage rows' "
+        "share is the CPU of the process's other threads.",
+        "",
+        "| part | share | what it holds |",
+        "|---|---|---|",
+        *(
+            f"| {part['part']} | {part['share']:.1f}% | {part['holds']} |"
+            for part in breakdown.get("parts", [])
+        ),
+    ]
+
+
+def _instruction_lines(instructions: dict) -> list[str]:
+    calls = instructions.get("calls", {})
+    return [
+        "The same non-streamed `POST /v1/chat/completions` call answered in-process by "
+        "Echo's ASGI application and by the floor's, against the same fake upstream, "
+        "under valgrind's callgrind: the instructions of a run of "
+        f"{calls.get('many', '?')} calls less those of a run of {calls.get('few', '?')} "
+        "(after the same warm-up), per call; every thread of the process, not the "
+        "kernel. Unlike a time, a count does not move with the machine's load or speed "
+        "(two runs agree within about 3%).",
+        "",
+        "| system | instructions per call |",
+        "|---|---|",
+        f"| Echo | {_fmt(instructions.get('echo'), 0)} |",
+        f"| floor | {_fmt(instructions.get('floor'), 0)} |",
+        f"| Echo / floor | {_fmt(instructions.get('ratio'), 3)} |",
+    ]
 
 
 def compute_ratios(results: dict) -> dict[str, float | None]:
