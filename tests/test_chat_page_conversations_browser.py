@@ -382,6 +382,36 @@ def test_conversations_are_renamed_in_place_and_searched(server: Any, chromium: 
     expect(page.locator("#conversations li")).to_have_count(3)
     expect(page.locator("#conversations-empty")).to_be_hidden()
     page.screenshot(path=str(screenshot_path("chat-conversations-desktop.png")))
+
+    # 3. The list drawn again keeps the items that did not change: a click pressed before a
+    # refresh and released after it still opens its conversation; a title changed elsewhere
+    # is redrawn, in the server's order.
+    ids = [
+        int(i)
+        for i in page.locator("#conversations li").evaluate_all(
+            "(items) => items.map((item) => { item.kept = true; return item.dataset.id; })"
+        )
+    ]
+    oldest = ids[-1]
+    off_the_loop(lambda: Conversation.objects.filter(pk=ids[0]).update(title="Renamed elsewhere"))
+    page.locator(f'#conversations li[data-id="{oldest}"] button.open').hover()
+    page.mouse.down()
+    with page.expect_response(re.compile(r"/api/conversations/\?q=echo$")):
+        page.fill(
+            "#search", "echo"
+        )  # every answer says Echo: the same three, the pointer still down
+    page.wait_for_function(
+        "(id) => document.querySelector(`#conversations li[data-id='${id}'] button.open`)"
+        ".textContent === 'Renamed elsewhere'",
+        arg=ids[0],
+    )
+    page.mouse.up()
+    page.wait_for_url(f"{server.url}/chat/c/{oldest}")
+    expect(page.locator("#title")).to_have_text("pack for Lisbon")
+    drawn = page.locator("#conversations li").evaluate_all(
+        "(items) => items.map((item) => [Number(item.dataset.id), item.kept === true])"
+    )
+    assert drawn == [[ids[0], False], [ids[1], True], [ids[2], True]], drawn
     page.context.close()
 
 

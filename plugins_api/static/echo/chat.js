@@ -722,9 +722,8 @@
     }
     const page = await response.json();
     if (request !== state.listRequest || state.renaming) return;
-    const items = page.results.map(conversationItem);
-    if (more) ui.conversations.append(...items);
-    else ui.conversations.replaceChildren(...items);
+    if (more) ui.conversations.append(...page.results.map(conversationItem));
+    else showConversations(page.results);
     // The next page's address, kept on this origin (the server writes it absolute).
     const next = page.next ? new URL(page.next, location.href) : null;
     state.listNext = next ? `${next.pathname}${next.search}` : null;
@@ -760,9 +759,31 @@
     }, SEARCH_DELAY_MS);
   }
 
+  // The first page of the list, drawn again. An item already there whose title is the same is
+  // kept, and only moved where the order changed: a refresh that swapped the button under a
+  // pointer pressing it would lose the click (mousedown on one node, mouseup on another).
+  function showConversations(conversations) {
+    const drawn = new Map();
+    for (const item of ui.conversations.children) drawn.set(item.dataset.id, item);
+    const items = conversations.map((conversation) => {
+      const item = drawn.get(String(conversation.id));
+      if (!item || item.dataset.title !== (conversation.title || "")) return conversationItem(conversation);
+      item.classList.toggle("current", conversation.id === state.conversation);
+      return item;
+    });
+    const shown = new Set(items);
+    for (const item of [...ui.conversations.children]) if (!shown.has(item)) item.remove();
+    let at = ui.conversations.firstElementChild;
+    for (const item of items) {
+      if (item === at) at = at.nextElementSibling;
+      else ui.conversations.insertBefore(item, at);
+    }
+  }
+
   function conversationItem(conversation) {
     const item = document.createElement("li");
     item.dataset.id = conversation.id;
+    item.dataset.title = conversation.title || "";
     if (conversation.id === state.conversation) item.classList.add("current");
     const open = document.createElement("button");
     open.type = "button";
@@ -816,6 +837,7 @@
         if (response.ok) {
           const renamed = await response.json();
           conversation.title = renamed.title;
+          item.dataset.title = renamed.title;
           if (state.conversation === conversation.id) ui.title.textContent = renamed.title;
         } else {
           setStatus(`The conversation was not renamed: ${await errorMessage(response)}`);
