@@ -50,6 +50,7 @@ def prepare(database: dict[str, Any], db_blocker: Any, *, in_ci: bool) -> None:
     if on_socket or host in LOOPBACK:  # process ids mean something only on this machine
         with db_blocker.unblock():
             _drop_abandoned(shared)
+    flush_with_delete()
 
 
 def _drop_abandoned(shared: str) -> None:
@@ -86,3 +87,50 @@ def release(db_blocker: Any) -> None:
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             [connection.settings_dict["NAME"]],
         )
+
+
+#: Tables the migrations fill and no test changes: a flush leaves them as they are.
+KEPT_TABLES = frozenset({"django_content_type", "auth_permission"})
+
+
+def flush_with_delete() -> None:
+    """Empty the tables after a transactional test with DELETE, keeping the content types.
+
+    Django's flush after each transactional test runs PostgreSQL's TRUNCATE,
+    which gives every table and index a new file, then sends ``post_migrate``
+    to make again the content types and permissions it emptied. Measured here
+    on 40 empty tests: 125 ms a flush (80 of the server's CPU), 60 once
+    DELETE replaced TRUNCATE, of which 50 were that signal's queries; the
+    suite flushes after each of its hundreds of transactional tests. So the
+    flush deletes the rows of every table but ``KEPT_TABLES``, which no test
+    changes, and the signal is not sent: its only receivers make those
+    tables' rows, and this asserts that it has no other. The foreign keys
+    Django makes are ``DEFERRABLE INITIALLY DEFERRED`` and the flush runs in
+    one transaction, so the order of the tables does not matter. A flush
+    asked to reset the sequences truncates (the same tables).
+    """
+    from django.contrib.auth.management import create_permissions
+    from django.contrib.contenttypes.management import create_contenttypes
+    from django.core.management.commands import flush
+    from django.db.backends.postgresql.operations import DatabaseOperations
+    from django.db.models.signals import post_migrate
+
+    receivers = {receiver() for _, receiver, *_ in post_migrate.receivers}
+    if receivers != {create_permissions, create_contenttypes}:
+        raise AssertionError(
+            f"post_migrate has receivers a kept table would not serve: {receivers}"
+        )
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        emptied = [table for table in tables if table not in KEPT_TABLES]
+        if reset_sequences:
+            return truncate(self, style, emptied, reset_sequences=True, allow_cascade=allow_cascade)
+        delete = style.SQL_KEYWORD("DELETE FROM")
+        return [f"{delete} {self.quote_name(table)};" for table in emptied]
+
+    def no_post_migrate(*args, **kwargs) -> None:
+        """The tables its receivers fill were kept."""
+
+    DatabaseOperations.sql_flush = sql_flush
+    flush.emit_post_migrate_signal = no_post_migrate
