@@ -4,7 +4,7 @@ Timed CPU per call moves by ±15% between two runs of the same code on these
 shared machines, and their speed changed threefold between this project's
 runs: a cut of 2% cannot be seen, nor told from a slower hour. Valgrind's
 callgrind counts the instructions a process executes instead, whatever
-else the machine does; two runs of the same code agree within about 1%.
+else the machine does; two runs of the same code agree within about 3%.
 
 Each system (Echo's ASGI application, or the floor's, ``bench.floor_forwarder``)
 answers non-streamed ``POST /v1/chat/completions`` calls in-process, one after
