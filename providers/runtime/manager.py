@@ -562,13 +562,14 @@ class ModelManager:
         request: ChatRequest,
         provider_name: str | None,
         attempt: Attempt[T],
-        keep: AsyncExitStack,
+        keep: AsyncExitStack | None,
         allow: RouteFilter | None = None,
     ) -> tuple[T, AbstractAIProvider, Route, RequestTrace]:
         """Call ATTEMPT along REQUEST's routes until one succeeds; return its result and how.
 
         What a successful attempt put on its exit stack (the lease, an open
-        stream) moves to KEEP. Raise the error that ended the request: a
+        stream) moves to KEEP; with no KEEP (an answer whole, nothing left open),
+        it is let go as the attempt returns. Raise the error that ended the request: a
         bad request at once, else the last failure once every route is
         spent or the deadline has passed.
         """
@@ -649,7 +650,8 @@ class ModelManager:
                             )
                         finally:
                             trace.upstream_seconds += self._clock() - called
-                        await keep.enter_async_context(stack.pop_all())
+                        if keep is not None:
+                            await keep.enter_async_context(stack.pop_all())
                     breaker.record_success()
                     counters.successes += 1
                     settled = True
@@ -823,14 +825,14 @@ class ModelManager:
         ) -> ChatResponse:
             return await provider.chat_completion(prepared)
 
-        async with AsyncExitStack() as keep:
-            try:
-                response, _, route, trace = await self._run(
-                    request, provider_name, complete, keep, allow
-                )
-            except ModelNotFoundError as exc:
-                self._hint_unknown_model(exc, request, provider_name)
-                raise
+        try:
+            # The answer is whole: the lease is given back as the attempt returns.
+            response, _, route, trace = await self._run(
+                request, provider_name, complete, None, allow
+            )
+        except ModelNotFoundError as exc:
+            self._hint_unknown_model(exc, request, provider_name)
+            raise
         response.provider = route.provider
         trace.annotate(response.metadata)
         if route.group is not None:

@@ -522,6 +522,43 @@ async def test_a_lease_is_held_for_the_whole_stream(manager) -> None:
     assert manager.registry.status("echo")["active_requests"] == 0
 
 
+async def test_an_answer_holds_its_lease_while_it_is_made_and_gives_it_back_after(manager) -> None:
+    held: dict[str, int] = {}
+
+    class Watched(EchoProvider):
+        async def chat_completion(self, request):
+            held[self.name] = manager.registry.status(self.name)["active_requests"]
+            return await super().chat_completion(request)
+
+    manager.registry.register(Watched, "watched")
+    manager.registry.register(DownProvider, "down")
+    await manager.registry.apply(ProviderSpec("watched", "watched", {}))
+    await live(manager, "down", fallbacks=("watched",), max_retries=1)
+
+    # Failed over: the failing route's lease, each retry's, and the answering one's given back.
+    response = await manager.chat_completion(ask(), "down")
+    assert response.provider == "watched" and held == {"watched": 1}
+    assert manager.registry.status("watched")["active_requests"] == 0
+    assert manager.registry.status("down")["active_requests"] == 0
+    # A request cancelled while its answer is made gives its lease back too.
+    gate = asyncio.Event()
+
+    class Stuck(EchoProvider):
+        async def chat_completion(self, request):
+            gate.set()
+            await asyncio.sleep(3600)
+
+    manager.registry.register(Stuck, "stuck")
+    await manager.registry.apply(ProviderSpec("stuck", "stuck", {}))
+    call = asyncio.create_task(manager.chat_completion(ask(), "stuck"))
+    await gate.wait()
+    assert manager.registry.status("stuck")["active_requests"] == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert manager.registry.status("stuck")["active_requests"] == 0
+
+
 class BuggyProvider(EchoProvider):
     """A plugin with a bug: it raises something that is not a ProviderError."""
 
