@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from typing import Any
 
 import pytest
@@ -115,7 +116,13 @@ def flush_with_delete() -> None:
     from django.db.backends.postgresql.operations import DatabaseOperations
     from django.db.models.signals import post_migrate
 
-    receivers = {receiver() for _, receiver, *_ in post_migrate.receivers}
+    if getattr(DatabaseOperations.sql_flush, "deletes", False):
+        return  # installed already: wrapping it again would make it call itself
+    # A receiver is kept as a weak reference unless it was connected with weak=False.
+    receivers = {
+        entry[1]() if isinstance(entry[1], weakref.ReferenceType) else entry[1]
+        for entry in post_migrate.receivers
+    }
     if receivers != {create_permissions, create_contenttypes}:
         raise AssertionError(
             f"post_migrate has receivers a kept table would not serve: {receivers}"
@@ -132,5 +139,6 @@ def flush_with_delete() -> None:
     def no_post_migrate(*args, **kwargs) -> None:
         """The tables its receivers fill were kept."""
 
+    sql_flush.deletes = True  # type: ignore[attr-defined]
     DatabaseOperations.sql_flush = sql_flush
     flush.emit_post_migrate_signal = no_post_migrate

@@ -12,7 +12,7 @@ from django.db import connection
 from plugins_api.access.key_changes import client_key_issue
 from providers.config.services import provider_config_create, provider_config_update
 from providers.models import ProviderConfig
-from tests.suite_database import KEPT_TABLES
+from tests.suite_database import KEPT_TABLES, flush_with_delete
 
 
 @pytest.fixture
@@ -28,6 +28,9 @@ def test_a_flush_deletes_every_row_but_the_kept_tables_and_never_truncates(
     statements = connection.ops.sql_flush(no_style(), tables)
     assert statements and all(s.startswith("DELETE FROM ") for s in statements), statements
     assert not any(table in s for s in statements for table in KEPT_TABLES)
+    # Installed once: a second call leaves it as it is (wrapping it again would recurse).
+    flush_with_delete()
+    assert connection.ops.sql_flush(no_style(), tables) == statements
     # Asked to reset the sequences, it truncates the same tables.
     reset = connection.ops.sql_flush(no_style(), tables, reset_sequences=True)
     assert len(reset) == 1 and reset[0].startswith("TRUNCATE") and "RESTART IDENTITY" in reset[0]
