@@ -396,10 +396,10 @@ def test_conversations_are_renamed_in_place_and_searched(server: Any, chromium: 
     off_the_loop(lambda: Conversation.objects.filter(pk=ids[0]).update(title="Renamed elsewhere"))
     page.locator(f'#conversations li[data-id="{oldest}"] button.open').hover()
     page.mouse.down()
+    # A search that every conversation matches (each answer says "Echo: "): the same three
+    # are drawn again while the pointer is still down.
     with page.expect_response(re.compile(r"/api/conversations/\?q=echo$")):
-        page.fill(
-            "#search", "echo"
-        )  # every answer says Echo: the same three, the pointer still down
+        page.fill("#search", "echo")
     page.wait_for_function(
         "(id) => document.querySelector(`#conversations li[data-id='${id}'] button.open`)"
         ".textContent === 'Renamed elsewhere'",
