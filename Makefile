@@ -42,7 +42,8 @@ lint: install-dev
 # DATABASE_URL names another (echo_site/pytest_environment.py); each run makes and
 # drops a test database of its own (one per pytest-xdist worker). Three workers on
 # two cores: the suite mostly waits on servers, subprocesses and the browser
-# (measured: 4 min 42 s with three, 5 min with two; the slow files run first).
+# (measured: 4 min 42 s with three, 5 min with two; the slow files run first. On
+# 2026-11-27, 235 s with three and 221 s and 245 s with four: within the noise.)
 TEST_WORKERS ?= 3
 test: install-dev lint
 	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -n $(TEST_WORKERS) --dist loadfile
