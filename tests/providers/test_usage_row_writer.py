@@ -216,3 +216,22 @@ def test_a_queued_event_holds_no_huge_text_and_its_own_lists() -> None:
     assert len(queued.model) == QUEUED_TEXT_MAX and len(queued.error_kind) == QUEUED_TEXT_MAX
     path.append({"provider": "b"})
     assert queued.fallback_path == [{"provider": "a", "error": "x"}]
+
+
+def test_a_queued_event_keeps_every_field_of_the_event() -> None:
+    """None forgotten when a field is added to UsageEvent: the copy equals the event."""
+    import dataclasses
+
+    from providers.runtime import process as runtime
+    from providers.usage.recorder import UsageEvent, UsageRecorder
+
+    values = {f.name: f"value of {f.name}" for f in dataclasses.fields(UsageEvent)}
+    values.update(stream=True, latency_ms=1.5, prompt_tokens=3, completion_tokens=4, attempts=2)
+    values.update(ttft_ms=0.5, overhead_ms=0.25, fallback_path=[{"route": "a/b"}], retries=[])
+    original = UsageEvent(**values)
+    recorder = UsageRecorder(runtime.registry, runtime.metric_labels, serving_loop=lambda: None)
+    recorder.record(original)
+
+    queued, _cost, _at = recorder._pending[-1]
+    assert queued == original and queued is not original
+    assert queued.fallback_path is not original.fallback_path
