@@ -280,6 +280,9 @@ ECHO_RESPONSES_RETENTION_DAYS = env_int("ECHO_RESPONSES_RETENTION_DAYS", 30, min
 ECHO_RESPONSES_MAX_STORED_BYTES = env_int(
     "ECHO_RESPONSES_MAX_STORED_BYTES", 2 * 1024 * 1024, minimum=1024, unit=" bytes"
 )
+# Threads per process for the database calls of requests on the hot path (stored
+# responses); each keeps one database connection (providers.runtime.orm_threads).
+ECHO_ORM_THREADS = env_int("ECHO_ORM_THREADS", 4, minimum=1)
 
 # Usage accounting (providers.usage.recorder) and metric labels (providers.usage.metric_labels).
 # Rows wait in memory for the database at most this many; beyond, the oldest are

@@ -15,9 +15,12 @@ that pushes it past is returned but not stored (``"store": false``).
 
 Rows live ``ECHO_RESPONSES_RETENTION_DAYS`` (default 30): older ones are
 never served, and ``manage.py cleanup_responses`` deletes them (run it daily,
-e.g. from cron). The database calls are Django's async ORM: one read for a
-follow-up and one insert per stored answer, each a hop to the database
-thread, on the calls that store or continue a conversation only.
+e.g. from cron). The database calls are one read for a follow-up and one
+insert per stored answer, on the calls that store or continue a
+conversation only, each run on one of the process's ORM threads
+(``providers.runtime.orm_threads``), whose connections are kept: not a
+thread and a connection made for the request, as Django's async ORM would
+on the hot path.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from plugins_api.models import StoredResponse
+from providers.runtime.orm_threads import orm_threads
 
 
 def retention_days() -> int:
@@ -43,21 +47,26 @@ def max_stored_bytes() -> int:
     return settings.ECHO_RESPONSES_MAX_STORED_BYTES
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def json_size(value: Any) -> int:
     """Return the size of VALUE as compact JSON, in bytes."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    return len(_compact(value).encode())
 
 
-def _storable(value: Any) -> Any:
-    """Return VALUE without NUL characters, which PostgreSQL's ``jsonb`` cannot hold.
+def _storable_sized(value: Any) -> tuple[Any, int]:
+    """Return VALUE without NUL characters, which PostgreSQL's ``jsonb`` cannot hold, and its ``json_size``.
 
     Client input with a NUL was refused at the edge; this is for what a
-    provider answered.
+    provider answered. One encoding serves both (a NUL is ``\\u0000`` in any JSON).
     """
-    text = json.dumps(value)
-    if "\\u0000" not in text:
-        return value
-    return json.loads(text.replace("\\u0000", "\\ufffd"))
+    text = _compact(value)
+    if "\\u0000" in text:
+        value = json.loads(text.replace("\\u0000", "\\ufffd"))
+        text = _compact(value)
+    return value, len(text.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +91,7 @@ def _live(owner: ResponseOwner, response_id: str) -> Any:
 
 async def stored_response_find(*, owner: ResponseOwner, response_id: str) -> StoredResponse | None:
     """Return OWNER's stored response RESPONSE_ID, or None (unknown, another's, or expired)."""
-    return await _live(owner, response_id).afirst()
+    return await orm_threads.run(lambda: _live(owner, response_id).first())
 
 
 async def stored_response_save(
@@ -95,11 +104,13 @@ async def stored_response_save(
     response: dict[str, Any],
 ) -> bool:
     """Store RESPONSE and its conversation ITEMS for OWNER; return False when too large to keep."""
-    items, response = _storable(items), _storable(response)
-    size = json_size(items) + json_size(response)
+    items, items_size = _storable_sized(items)
+    response, response_size = _storable_sized(response)
+    size = items_size + response_size
     if size > max_stored_bytes():
         return False
-    await StoredResponse.objects.acreate(
+    await orm_threads.run(
+        StoredResponse.objects.create,
         id=response_id,
         client_key_id=owner.key_id,
         user_id=owner.user_id,
@@ -114,7 +125,7 @@ async def stored_response_save(
 
 async def stored_response_delete(*, owner: ResponseOwner, response_id: str) -> bool:
     """Delete OWNER's stored response RESPONSE_ID; return whether there was one."""
-    deleted, _ = await _live(owner, response_id).adelete()
+    deleted, _ = await orm_threads.run(lambda: _live(owner, response_id).delete())
     return bool(deleted)
 
 

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from providers.runtime.orm_threads import drop_if_broken
 from providers.usage.storable import storable_float, storable_int, storable_json, storable_text
 
 if TYPE_CHECKING:
@@ -290,23 +291,6 @@ def _refusal_kind(exc: Exception) -> str:
     return f"{type(exc).__name__} {sqlstate}" if sqlstate else type(exc).__name__
 
 
-def _drop_if_broken(connection: BaseDatabaseWrapper) -> None:
-    """Close CONNECTION if an error left it unusable; a working one is kept, whatever its age.
-
-    ``close_if_unusable_or_obsolete`` would also close it for its age, which
-    with ``CONN_MAX_AGE=0`` is every batch: a new connection (TCP, auth) per batch.
-    A connection inside a transaction (a test's) is left alone.
-    """
-    if connection.in_atomic_block or connection.connection is None:
-        return
-    if connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"] or (
-        connection.errors_occurred and not connection.is_usable()
-    ):
-        connection.close()
-    else:
-        connection.errors_occurred = False
-
-
 def _close_after_outage(connection: BaseDatabaseWrapper) -> None:
     """Close CONNECTION after the database went away, so that the next batch reconnects."""
     from django.db import DatabaseError
@@ -358,7 +342,7 @@ def usage_rows_write(items: Sequence[QueuedUsage | UsageRow]) -> WriteResult:
             result.refused.append(_refusal_kind(exc))
     if not rows:
         return result
-    _drop_if_broken(connection)
+    drop_if_broken(connection)
     insert = UsageInsert.for_connection(connection)
     try:
         _insert_batch(connection, insert, [insert.params(row, connection) for row in rows])
