@@ -14,9 +14,11 @@ unchanged.
 ``HotPathHandler`` *is* Django's ``ASGIHandler``, with three things left out:
 
 - the request signals: no thread hop, on any request that does not touch the
-  database. Their one job here, closing the database connection a key-cache
-  miss opened, is done by the handler itself, and only when this request
-  ran code in a thread (see ``_close_connections_of``);
+  database (a key-cache miss and a stored response are read and written on
+  the ORM threads' kept connections). Their one job here, closing a
+  database connection the request's own sync code opened, is done by the
+  handler itself, and only when this request ran code in a thread (see
+  ``_close_connections_of``);
 - the URL map: the chat paths were resolved once, an exact-path lookup finds
   their view (the same view function, the same ``ResolverMatch``);
 - the thread hop to log a 4xx/5xx response: the same ``log_response``, on
@@ -108,11 +110,11 @@ async def read_body(receive: Receive) -> bytes:
 async def _close_connections_of(context: ThreadSensitiveContext) -> None:
     """Close the database connections CONTEXT's thread opened, as ``request_finished`` would.
 
-    A request's sync code (the ORM behind a key-cache miss, in the view or in
-    ``RequestBodyLimit``) runs in its thread-sensitive context's own thread,
+    A request's sync code runs in its thread-sensitive context's own thread,
     which asgiref makes on the first such call: no thread, no connection, and
-    nothing to close (no hop). Otherwise the connection would be left open in
-    a thread that ends with the request.
+    nothing to close (no hop), the usual case (a key-cache miss and a stored
+    response query on the ORM threads, ``providers.runtime.orm_threads``).
+    Otherwise the connection would be left open in a thread that ends with the request.
     """
     if context in SyncToAsync.context_to_thread_executor:
         await sync_to_async(close_old_connections)()
@@ -137,11 +139,6 @@ class HotPathHandler(ASGIHandler):
         self.views_called_directly = self._views_need_nothing_more()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        context = SyncToAsync.thread_sensitive_context.get(None)
-        if context is not None:  # RequestBodyLimit's, where it verified the key
-            await self.handle(scope, receive, send)
-            await _close_connections_of(context)
-            return
         async with ThreadSensitiveContext() as context:
             await self.handle(scope, receive, send)
             await _close_connections_of(context)

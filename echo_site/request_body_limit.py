@@ -23,9 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
 from django.http.cookie import parse_cookie
 
@@ -144,19 +142,14 @@ class RequestBodyLimit:
                 await send_early_response(send, denial_response(path, token))
                 return
             if token is not None:
-                # The key lookup may query the database (a cache miss): run it
-                # in the request's thread-sensitive context, where Django's
-                # request signals later close that connection.
-                async with ThreadSensitiveContext():
-                    found = await averify_credential(token)
-                    if isinstance(found, Denial):
-                        await sync_to_async(close_old_connections)()
-                        await send_early_response(send, denial_response(path, found))
-                        return
-                    # The view takes it from here: a key is verified once per request.
-                    remember_verified(scope, token, found)
-                    await self._serve_bounded(scope, receive, send, path, length, limit)
-                return
+                # A cache miss queries the database on the ORM threads' kept
+                # connections (``client_keys``): no thread or connection of its own.
+                found = await averify_credential(token)
+                if isinstance(found, Denial):
+                    await send_early_response(send, denial_response(path, found))
+                    return
+                # The view takes it from here: a key is verified once per request.
+                remember_verified(scope, token, found)
         await self._serve_bounded(scope, receive, send, path, length, limit)
 
     @staticmethod

@@ -280,9 +280,11 @@ ECHO_RESPONSES_RETENTION_DAYS = env_int("ECHO_RESPONSES_RETENTION_DAYS", 30, min
 ECHO_RESPONSES_MAX_STORED_BYTES = env_int(
     "ECHO_RESPONSES_MAX_STORED_BYTES", 2 * 1024 * 1024, minimum=1024, unit=" bytes"
 )
-# Threads per process for the database calls of requests on the hot path (stored
-# responses); each keeps one database connection (providers.runtime.orm_threads).
-ECHO_ORM_THREADS = env_int("ECHO_ORM_THREADS", 4, minimum=1)
+# Threads per process for the database calls of requests on the hot path (key-cache
+# misses, stored responses); each keeps one database connection
+# (providers.runtime.orm_threads). 0: the request's own thread, as Django's async ORM
+# runs a query (the test setting: a test's transaction is seen by its own connection only).
+ECHO_ORM_THREADS = env_int("ECHO_ORM_THREADS", 0 if ECHO_ENV == "test" else 4, minimum=0)
 
 # Usage accounting (providers.usage.recorder) and metric labels (providers.usage.metric_labels).
 # Rows wait in memory for the database at most this many; beyond, the oldest are

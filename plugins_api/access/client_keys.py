@@ -26,9 +26,12 @@ sooner).
 
 Concurrent requests with a key the cache does not hold (a worker just
 started, an entry just expired) share one query (``SingleFlight``): a burst
-of a thousand calls of one key costs one query, not a thousand, each in a
-thread of its own with a database connection of its own. The query runs in
-the thread-sensitive context of the call that started it, which waits for
+of a thousand calls of one key costs one query, not a thousand. The query
+runs on the process's ORM threads (``providers.runtime.orm_threads``),
+whose connections are kept: a miss costs a query, not a thread and a
+connection made for the request (on PostgreSQL a server process), and a
+client sending endless unknown keys holds at most those threads'
+connections, not one per request. The call that started a query waits for
 it even when its own client leaves. A lookup that was under way when the
 cache was dropped (a key saved or revoked) keeps nothing, and the calls
 after the drop start a query of their own.
@@ -52,6 +55,7 @@ from plugins_api.access.key_limits import UNLIMITED, KeyLimits
 from plugins_api.access.key_model_access import OPEN, ModelAccess, stored_access
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
+from providers.runtime.orm_threads import orm_threads
 from providers.runtime.single_flight import SingleFlight
 
 KEY_PREFIX = "echo-"
@@ -186,8 +190,8 @@ async def alookup_key(raw_key: str) -> ClientIdentity | None:
     found, identity = _cached(digest)
     if not found:
         drops = _drops
-        # Its query runs in the thread-sensitive context of the call that starts it,
-        # which waits for it even when its client leaves (``SingleFlight``).
+        # The call that starts the query waits for it even when its client leaves
+        # (``SingleFlight``): the others sharing it get its answer.
         identity = await _lookups.run(
             (digest, drops), lambda: _fetch(digest, drops), starter_waits=True
         )
@@ -204,8 +208,11 @@ async def _fetch(digest: str, drops: int) -> ClientIdentity | None:
 
 
 async def stored_key_row(digest: str) -> ClientAPIKey | None:
-    """Return the row DIGEST opens (its current secret or a former one in its grace period), or None."""
-    return await ClientAPIKey.objects.filter(_matching(digest)).afirst()
+    """Return the row DIGEST opens (its current secret or a former one in its grace period), or None.
+
+    Read on the ORM threads' kept connections (see the module's docstring).
+    """
+    return await orm_threads.run(lambda: ClientAPIKey.objects.filter(_matching(digest)).first())
 
 
 def _usable(identity: ClientIdentity | None) -> ClientIdentity | None:

@@ -3,8 +3,8 @@
 Every read and write takes the OWNER (a user, or a client key) and touches
 only that owner's conversations: another owner's conversation is "not
 found", never "forbidden", so that its existence does not leak. These
-functions are sync and transactional; the websocket consumer calls them
-through ``database_sync_to_async``.
+functions are sync and transactional; the websocket consumer calls them on
+the ORM threads (``providers.runtime.orm_threads``), whose connections are kept.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ answer cost the worker 7.5 ms of CPU and the client 16 ms, against 1.1 ms
 for a chat completion (measured in-process, 2026-11-27).
 
 ``orm_threads.run(fn, *args)`` runs FN on one of ``ECHO_ORM_THREADS``
-threads (default 4, made on first use in each process), whose connections
+threads (default 4, made on first use in each process; 0 under
+``ECHO_ENV=test``, see ``OrmThreads.run``), whose connections
 are kept from call to call, as the usage writer keeps its own
 (``CONN_MAX_AGE`` governs requests' connections, not these). A connection
 is dropped, so that the next call connects anew, when a call left it
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 if TYPE_CHECKING:
@@ -82,34 +84,44 @@ def _server_spoke(connection: BaseDatabaseWrapper) -> bool:
 
 
 class OrmThreads:
-    """SIZE threads (read on first use) for ORM calls from async code, each keeping its connection."""
+    """SIZE threads for ORM calls from async code, each keeping its connection (0: none, see ``run``)."""
 
     def __init__(self, size: Callable[[], int] = lambda: settings.ECHO_ORM_THREADS) -> None:
         self._size = size
         self._executor: ThreadPoolExecutor | None = None
-        self._pid = 0
+        self._made_for: tuple[int, int] = (0, 0)  # (process id, size) of the executor
         self._lock = threading.Lock()
         self._local = threading.local()  # each thread's last use of its connection
 
-    def _pool(self) -> ThreadPoolExecutor:
-        # Made per process: a forked worker inherits no threads, only the parent's object.
-        if self._executor is None or self._pid != os.getpid():
+    def _pool(self, size: int) -> ThreadPoolExecutor:
+        # Made per process (a forked worker inherits no threads, only the parent's
+        # object) and made again when the size changes (a test's override).
+        made_for = (os.getpid(), size)
+        if self._executor is None or self._made_for != made_for:
             with self._lock:
-                if self._executor is None or self._pid != os.getpid():
+                if self._executor is None or self._made_for != made_for:
+                    if self._executor is not None and self._made_for[0] == made_for[0]:
+                        self._executor.shutdown(wait=False)
                     self._executor = ThreadPoolExecutor(
-                        max_workers=self._size(), thread_name_prefix="echo-orm"
+                        max_workers=size, thread_name_prefix="echo-orm"
                     )
-                    self._pid = os.getpid()
+                    self._made_for = made_for
         return self._executor
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Return FN(*ARGS, **KWARGS), called on one of the threads with its kept connection.
 
         Cancelling the caller does not stop a call already running (as with
-        ``sync_to_async``): a write goes on to its end.
+        ``sync_to_async``): a write goes on to its end. With a size of 0 FN
+        runs as Django's async ORM runs a query (``sync_to_async``, in the
+        caller's thread-sensitive context): the test setting, where a test's
+        transaction is seen by its own connection only.
         """
+        size = self._size()
+        if size == 0:
+            return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
         call = functools.partial(self._call, fn, args, kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), call)
+        return await asyncio.get_running_loop().run_in_executor(self._pool(size), call)
 
     def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
         from django.db import DEFAULT_DB_ALIAS, connections

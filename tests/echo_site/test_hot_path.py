@@ -25,7 +25,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.db.backends.signals import connection_created
-from django.test import Client
+from django.test import Client, override_settings
 
 from echo_site import asgi
 from echo_site.hot_path import HotPath
@@ -467,33 +467,81 @@ def test_a_client_that_goes_away_mid_stream_stops_the_provider(started, chat_key
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("body", [b"", b'{"prompt": "Hello"}'])
-def test_a_key_looked_up_in_the_database_leaves_no_connection_open(
+def test_a_key_looked_up_in_the_database_opens_no_connection_for_the_request(
     echo_config, chat_key, body: bytes
 ) -> None:
-    """On a key-cache miss the lookup's connection is closed, as request_finished would close it."""
+    """On a key-cache miss the key is read on the ORM threads' kept connections, never the request's.
+
+    Each request used to open a connection (on PostgreSQL a server process) in
+    a thread of its own for its lookup, and close it: a client sending unknown
+    keys could make one per request. Six misses in a row here open at most the
+    ORM threads' few, every one of them kept, and none in any other thread.
+    """
     go_live(echo_config)
-    forget_cached_keys()
-    opened: list[Any] = []
+    opened: list[tuple[str, Any]] = []
 
     def note(sender: Any, connection: Any, **kwargs: Any) -> None:
-        opened.append(connection)
+        opened.append((threading.current_thread().name, connection))
 
     connection_created.connect(note)
     headers = {"Authorization": f"Bearer {chat_key[1]}"}
     try:
         # A loop of its own, in a thread of its own, as a server's: no test thread to borrow.
         result: list[Answer] = []
-        worker = threading.Thread(
-            target=lambda: result.append(asyncio.run(serve_async(HOT, "/chat", body, headers)))
-        )
-        worker.start()
-        worker.join(10)
+
+        def six_misses() -> None:
+            for _ in range(6):
+                forget_cached_keys()
+                result.append(asyncio.run(serve_async(HOT, "/chat", body, headers)))
+
+        worker = threading.Thread(target=six_misses)
+        with override_settings(ECHO_ORM_THREADS=4):  # the suite's default is 0 (see settings)
+            worker.start()
+            worker.join(20)
     finally:
         connection_created.disconnect(note)
 
-    assert result[0].status == (200 if body else 400), result[0].body
-    assert opened, "the key was not looked up in the database"
-    assert all(connection.connection is None for connection in opened), "a connection was left open"
+    assert [answer.status for answer in result] == [200 if body else 400] * 6, result[0].body
+    assert all(name.startswith("echo-orm") for name, _ in opened), opened
+    assert len(opened) <= 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flood_of_unknown_keys_holds_no_more_connections_than_the_orm_threads(
+    echo_config,
+) -> None:
+    """Hostile: forty made-up keys at once, each a cache miss, each refused; the database sees two connections."""
+    go_live(echo_config)
+    opened: list[str] = []
+
+    def note(sender: Any, connection: Any, **kwargs: Any) -> None:
+        opened.append(threading.current_thread().name)
+
+    async def flood() -> list[Answer]:
+        return await asyncio.gather(
+            *(
+                serve_async(
+                    HOT,
+                    "/v1/chat/completions",
+                    b"{}",
+                    {"Authorization": f"Bearer echo-made-up-{n:030d}"},
+                )
+                for n in range(40)
+            )
+        )
+
+    result: list[list[Answer]] = []
+    connection_created.connect(note)
+    try:
+        worker = threading.Thread(target=lambda: result.append(asyncio.run(flood())))
+        with override_settings(ECHO_ORM_THREADS=2):
+            worker.start()
+            worker.join(20)
+    finally:
+        connection_created.disconnect(note)
+
+    assert [answer.status for answer in result[0]] == [401] * 40
+    assert len(opened) <= 2 and all(name.startswith("echo-orm") for name in opened), opened
 
 
 @pytest.mark.parametrize(

@@ -269,28 +269,31 @@ async def test_a_long_conversation_opens_no_database_connection_per_call(
     """
     import threading
 
-    from django.conf import settings
     from django.db.backends.signals import connection_created
+    from django.test import override_settings
 
     opened: list[str] = []
 
     def note(sender, connection, **kwargs) -> None:
         opened.append(threading.current_thread().name)
 
-    previous = await oai.responses.create(model="openai/gpt-4o-mini", input="turn 0")
-    connection_created.connect(note, weak=False)
-    try:
-        for turn in range(1, 13):
-            previous = await oai.responses.create(
-                model="openai/gpt-4o-mini", input=f"turn {turn}", previous_response_id=previous.id
-            )
-    finally:
-        connection_created.disconnect(note)
+    with override_settings(ECHO_ORM_THREADS=4):  # the suite's default is 0 (see settings)
+        previous = await oai.responses.create(model="openai/gpt-4o-mini", input="turn 0")
+        connection_created.connect(note, weak=False)
+        try:
+            for turn in range(1, 13):
+                previous = await oai.responses.create(
+                    model="openai/gpt-4o-mini",
+                    input=f"turn {turn}",
+                    previous_response_id=previous.id,
+                )
+        finally:
+            connection_created.disconnect(note)
 
     assert len(sent_messages(upstream)) == 25  # every turn read the whole conversation
     assert await StoredResponse.objects.acount() == 13
     # Twenty-four reads and writes: at most one new connection per ORM thread, none per call.
-    assert len(opened) <= settings.ECHO_ORM_THREADS, opened
+    assert len(opened) <= 4, opened
     assert all(name.startswith("echo-orm") for name in opened), opened
 
 

@@ -6,6 +6,7 @@ process, and a database that went away is one whose process was ended.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -117,13 +118,11 @@ async def test_a_connection_the_server_ended_between_calls_is_replaced_before_us
 
 
 async def test_the_servers_goodbye_is_seen_without_a_round_trip(threads: OrmThreads) -> None:
-    import asyncio
-
     def spoke() -> bool:
         return module._server_spoke(connections["default"])
 
     async def on_the_thread_as_it_is(fn):  # not through run(), which would act on what it sees
-        return await asyncio.get_running_loop().run_in_executor(threads._pool(), fn)
+        return await asyncio.get_running_loop().run_in_executor(threads._pool(1), fn)
 
     await threads.run(count_keys)
     assert await on_the_thread_as_it_is(spoke) is False  # idle and live: nothing to read
@@ -171,8 +170,6 @@ async def test_a_process_that_is_not_the_one_that_made_the_threads_makes_its_own
 
 
 async def test_at_most_size_threads_serve_calls_made_at_once() -> None:
-    import asyncio
-
     pool = OrmThreads(size=lambda: 2)
     gate = threading.Barrier(2, timeout=5)
     names: set[str] = set()
@@ -186,3 +183,29 @@ async def test_at_most_size_threads_serve_calls_made_at_once() -> None:
     finally:
         pool.shutdown()
     assert len(names) == 2
+
+
+async def test_a_new_size_makes_new_threads() -> None:
+    size = [1]
+    pool = OrmThreads(size=lambda: size[0])
+    gate = threading.Barrier(2, timeout=5)
+    try:
+        await pool.run(threading.get_ident)
+        size[0] = 2
+        # Two calls meet at the barrier: only a pool of two can run them at once.
+        await asyncio.gather(pool.run(gate.wait), pool.run(gate.wait))
+    finally:
+        pool.shutdown()
+
+
+async def test_with_no_threads_a_call_runs_as_djangos_async_orm_runs_a_query() -> None:
+    """Size 0 (the suite's setting): the caller's thread-sensitive context, where its transaction is."""
+    from asgiref.sync import ThreadSensitiveContext
+
+    pool = OrmThreads(size=lambda: 0)
+    async with ThreadSensitiveContext():
+        first = await pool.run(threading.current_thread)
+        again = await pool.run(threading.current_thread)
+
+    assert first is again and not first.name.startswith("echo-orm")
+    assert pool._executor is None
