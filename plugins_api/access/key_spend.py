@@ -21,6 +21,7 @@ from django.db.models import Sum
 
 from plugins_api.models import ClientAPIKey
 from providers.models import UsageRecord
+from providers.runtime.orm_threads import orm_threads
 
 ZERO = Decimal(0)
 
@@ -69,10 +70,9 @@ def spend_this_period(keys: Iterable[ClientAPIKey], now: datetime) -> dict[int, 
 
 
 async def aspent_since(name: str, start: datetime) -> Decimal:
-    """Return the recorded spend of the key called NAME since START (async, one query)."""
-    totals = await UsageRecord.objects.filter(
-        client=key_client_label(name), created_at__gte=start
-    ).aaggregate(total=Sum("cost_usd"))
+    """Return the recorded spend of the key called NAME since START (async, one query on the ORM threads)."""
+    rows = UsageRecord.objects.filter(client=key_client_label(name), created_at__gte=start)
+    totals = await orm_threads.run(rows.aggregate, total=Sum("cost_usd"))
     return totals["total"] or ZERO
 
 
@@ -82,7 +82,8 @@ async def aspent_between(name: str, start: datetime, end: datetime) -> Decimal:
     ``key_budgets`` reads the rows older than a cut-off this way, and counts
     the newer ones (perhaps not written yet) from its own charges.
     """
-    totals = await UsageRecord.objects.filter(
+    rows = UsageRecord.objects.filter(
         client=key_client_label(name), created_at__gte=start, created_at__lt=end
-    ).aaggregate(total=Sum("cost_usd"))
+    )
+    totals = await orm_threads.run(rows.aggregate, total=Sum("cost_usd"))
     return totals["total"] or ZERO
