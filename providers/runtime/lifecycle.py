@@ -39,6 +39,7 @@ from django.db import connections
 
 from providers.runtime import broadcast, config_sync, shared_breakers
 from providers.runtime import process as runtime
+from providers.runtime.orm_threads import orm_threads
 from providers.runtime.registry import DiscoveryResult, ProviderRegistry
 
 if TYPE_CHECKING:
@@ -339,8 +340,10 @@ class ProviderLifecycle:
         self._runtime.config_sync_state.forget_all()
         self._runtime.manager.out_of_service.clear()
         self._runtime.serving_loop = None
-        # The start-up queries left a connection open in the ORM's thread.
+        # The start-up queries left a connection open in the ORM's thread; the
+        # request path's ORM threads keep one each.
         await sync_to_async(connections.close_all)()
+        await sync_to_async(orm_threads.shutdown, thread_sensitive=False)()
         self._started = False
         self._release_sigterm()
         self._draining = False

@@ -92,6 +92,7 @@ class OrmThreads:
         self._made_for: tuple[int, int] = (0, 0)  # (process id, size) of the executor
         self._lock = threading.Lock()
         self._local = threading.local()  # each thread's last use of its connection
+        self._kept: set[BaseDatabaseWrapper] = set()  # the threads' connections, closed at shutdown
 
     def _pool(self, size: int) -> ThreadPoolExecutor:
         # Made per process (a forked worker inherits no threads, only the parent's
@@ -127,6 +128,7 @@ class OrmThreads:
         from django.db import DEFAULT_DB_ALIAS, connections
 
         connection = connections[DEFAULT_DB_ALIAS]
+        self._kept.add(connection)
         drop_if_broken(connection)
         if connection.connection is not None and (
             _server_spoke(connection)
@@ -144,11 +146,28 @@ class OrmThreads:
         return last_used is not None and time.monotonic() - last_used > IDLE_CHECK_SECONDS
 
     def shutdown(self) -> None:
-        """Let the threads finish their calls and end (their connections close with them); the next call makes new ones."""
+        """Let the threads finish their calls and end, and close their connections; the next call makes new ones.
+
+        Called when the process stops serving (``lifecycle``): the database
+        sees each session end, rather than a connection dropped at exit.
+        """
+        from django.db import DatabaseError
+
         with self._lock:
             executor, self._executor = self._executor, None
+            self._made_for = (0, 0)
         if executor is not None:
             executor.shutdown(wait=True)
+        kept, self._kept = self._kept, set()
+        for connection in kept:
+            # Its thread has ended or is idle for good: closing it from here is safe.
+            connection.inc_thread_sharing()
+            try:
+                connection.close()
+            except DatabaseError:
+                pass  # already broken: closed all the same
+            finally:
+                connection.dec_thread_sharing()
 
 
 #: The process's ORM threads.

@@ -51,7 +51,13 @@ def end_server_process(pid: int) -> None:
     """End PostgreSQL's process PID from the test's own connection, as a restart would; wait until it is gone."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        deadline = time.monotonic() + 10
+    wait_until_gone(pid)
+
+
+def wait_until_gone(pid: int) -> None:
+    """Wait until PostgreSQL's process PID is no more (10 s at most)."""
+    deadline = time.monotonic() + 10
+    with connection.cursor() as cursor:
         while time.monotonic() < deadline:
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
             if cursor.fetchone()[0] == 0:
@@ -181,7 +187,7 @@ async def test_at_most_size_threads_serve_calls_made_at_once() -> None:
     try:
         await asyncio.gather(*(pool.run(meet) for _ in range(6)))
     finally:
-        pool.shutdown()
+        await asyncio.to_thread(pool.shutdown)
     assert len(names) == 2
 
 
@@ -195,7 +201,7 @@ async def test_a_new_size_makes_new_threads() -> None:
         # Two calls meet at the barrier: only a pool of two can run them at once.
         await asyncio.gather(pool.run(gate.wait), pool.run(gate.wait))
     finally:
-        pool.shutdown()
+        await asyncio.to_thread(pool.shutdown)
 
 
 async def test_with_no_threads_a_call_runs_as_djangos_async_orm_runs_a_query() -> None:
@@ -209,3 +215,17 @@ async def test_with_no_threads_a_call_runs_as_djangos_async_orm_runs_a_query() -
 
     assert first is again and not first.name.startswith("echo-orm")
     assert pool._executor is None
+
+
+async def test_shutdown_ends_every_kept_session_and_the_next_call_starts_again(
+    threads: OrmThreads,
+) -> None:
+    pid = await threads.run(lambda: (connection.ensure_connection(), backend_pid())[1])
+    # Held here, so that only a close ends its session (not the wrapper's garbage collection).
+    held = await threads.run(lambda: connections["default"])
+
+    await asyncio.to_thread(threads.shutdown)
+
+    await sync_to_async(wait_until_gone)(pid)
+    assert held.connection is None
+    assert await threads.run(count_keys) == 0  # new threads, a new connection
