@@ -310,6 +310,41 @@ async def test_the_next_question_keeps_the_conversation_and_sends_its_history(
     ]
 
 
+async def test_a_turns_writes_run_on_the_orm_threads(key_client: WebsocketCommunicator) -> None:
+    """Each turn's two writes go through the ORM threads and their kept connections.
+
+    Through Channels' ``database_sync_to_async`` a served worker closed its
+    connection after each write and opened another for the next (on PostgreSQL
+    a server process each: ``docs/BENCHMARKS.md``); the threads' connections
+    are kept (``tests/providers/test_orm_threads.py``).
+    """
+    from django.db.models.signals import post_save
+    from django.test import override_settings
+
+    writers: list[str] = []
+
+    def note(sender: Any, **kwargs: Any) -> None:
+        writers.append(threading.current_thread().name)
+
+    post_save.connect(note, sender=ConversationMessage, weak=False)
+    try:
+        with override_settings(ECHO_ORM_THREADS=2):  # the suite's default is 0 (see settings)
+            first = await answer(key_client, {"conversation": None, "message": "turn 0"})
+            conversation = first[0]["conversation"]
+            for turn in range(1, 4):
+                frames = await answer(
+                    key_client, {"conversation": conversation, "message": f"turn {turn}"}
+                )
+                assert frames[-1]["type"] == "done", frames[-1]
+    finally:
+        post_save.disconnect(note, sender=ConversationMessage)
+
+    stored = ConversationMessage.objects.filter(conversation_id=conversation)
+    assert await stored.acount() == 8
+    # Per turn: the question and the opened answer (the answer is settled by an update).
+    assert len(writers) == 8 and all(name.startswith("echo-orm") for name in writers), writers
+
+
 @pytest.mark.parametrize(
     ("text", "field", "message"),
     [
