@@ -7,7 +7,11 @@ such call, so a request that touches the database got a thread of its own
 and a database connection of its own, both ended with the request: on
 PostgreSQL a new server process a request. A stored ``/v1/responses``
 answer cost the worker 7.5 ms of CPU and the client 16 ms, against 1.1 ms
-for a chat completion (measured in-process, 2026-11-27).
+for a chat completion (measured in-process, 2026-11-27); every key-cache
+miss did the same (forty made-up keys at once, forty connections), and
+Channels' ``database_sync_to_async`` closed the chat socket's connection
+after each of a turn's two writes. Those calls (``client_keys``,
+``responses_store``, ``key_spend``, the chat consumer) come here.
 
 ``orm_threads.run(fn, *args)`` runs FN on one of ``ECHO_ORM_THREADS``
 threads (default 4, made on first use in each process; 0 under
