@@ -133,10 +133,10 @@ class OrmThreads:
 
         connection = connections[DEFAULT_DB_ALIAS]
         self._kept.add(connection)
-        drop_if_broken(connection)
+        # What a call leaves broken is dropped as it ends (below); before one, only
+        # what the server did meanwhile is left to find out.
         if connection.connection is not None and (
-            _server_spoke(connection)
-            or (self._idle_long(connection) and not connection.is_usable())
+            _server_spoke(connection) or (self._idle_long() and not connection.is_usable())
         ):
             connection.close()
         try:
@@ -145,7 +145,8 @@ class OrmThreads:
             self._local.last_used = time.monotonic()
             drop_if_broken(connection)
 
-    def _idle_long(self, connection: BaseDatabaseWrapper) -> bool:
+    def _idle_long(self) -> bool:
+        """Whether this thread's connection has been idle longer than ``IDLE_CHECK_SECONDS``."""
         last_used = getattr(self._local, "last_used", None)
         return last_used is not None and time.monotonic() - last_used > IDLE_CHECK_SECONDS
 
