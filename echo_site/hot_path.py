@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterable
+from contextlib import aclosing
 
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext, iscoroutinefunction, sync_to_async
 from django.conf import settings
@@ -66,6 +67,7 @@ from echo_site.request_body_limit import ASGIApp, Receive, Scope, Send
 from plugins_api.access.key_credentials import presents_key, scope_credential_headers
 from plugins_api.edge.after_answer import deferred_work, run_deferred
 from plugins_api.edge.api_paths import PUBLIC_API_PATHS
+from plugins_api.edge.sse import EventStream
 
 #: The chat paths of the hot path (POST, key clients only).
 HOT_PATHS = (
@@ -182,7 +184,9 @@ class HotPathHandler(ASGIHandler):
         try:
             if self.effects is not None and self.effects.takes(request):
                 response, added = await self._answer_directly(request)
-                if response.streaming:
+                if isinstance(response, EventStream):
+                    await send_events(response, added, send)
+                elif response.streaming:
                     await self.send_response(response, _adding(added, send))
                 else:
                     await send_whole(response, added, send)
@@ -267,19 +271,24 @@ class HotPathHandler(ASGIHandler):
             )
 
 
-async def send_whole(response: HttpResponseBase, added: RawHeaders, send: Send) -> None:
-    """Send RESPONSE, a whole body, with ADDED after its headers and cookies: as ``send_response``.
-
-    The same two messages (three or more for a body over ``chunk_size``),
-    built without its generic loops: a chat answer's headers are a handful.
-    """
+def _start(response: HttpResponseBase, added: RawHeaders) -> dict:
+    """Return RESPONSE's ``http.response.start``: its headers, its cookies, then ADDED (as ``send_response``)."""
     headers = [(name.encode("ascii"), value.encode("latin-1")) for name, value in response.items()]
     headers += (
         (b"Set-Cookie", cookie.output(header="").encode("ascii").strip())
         for cookie in response.cookies.values()
     )
     headers += added
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
+
+
+async def send_whole(response: HttpResponseBase, added: RawHeaders, send: Send) -> None:
+    """Send RESPONSE, a whole body, with ADDED after its headers and cookies: as ``send_response``.
+
+    The same two messages (three or more for a body over ``chunk_size``),
+    built without its generic loops: a chat answer's headers are a handful.
+    """
+    await send(_start(response, added))
     body = response.content  # type: ignore[attr-defined]
     size = HotPathHandler.chunk_size
     if len(body) <= size:
@@ -293,6 +302,24 @@ async def send_whole(response: HttpResponseBase, added: RawHeaders, send: Send) 
                 "more_body": start + size < len(body),
             }
         )
+
+
+async def send_events(response: EventStream, added: RawHeaders, send: Send) -> None:
+    """Send RESPONSE's events, each in a message of its own, with ADDED after its headers.
+
+    The messages ``send_response`` sends for it (the start, one body message
+    per event, an empty last one), read from the events themselves rather
+    than through Django's streaming wrappers (``EventStream``). The events
+    are closed however the sending ends, the client's leaving included: the
+    upstream stream under them is given back at once.
+    """
+    await send(_start(response, added))
+    async with aclosing(response.events) as events:
+        async for event in events:
+            if type(event) is not bytes:
+                event = response.make_bytes(event)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body"})
 
 
 def _adding(headers: RawHeaders, send: Send) -> Send:

@@ -684,6 +684,75 @@ def test_a_whole_answer_is_sent_as_djangos_send_response_sends_it(body: bytes, c
     assert len(ours) == 1 + max(1, -(-len(body) // ASGIHandler.chunk_size))
 
 
+@pytest.mark.parametrize("cookie", [None, "sessionid=abc"], ids=["plain", "with-a-cookie"])
+def test_an_event_stream_is_sent_as_djangos_send_response_sends_it(cookie) -> None:
+    """``send_events`` sends the very messages Django's ``send_response`` sends, the added headers last."""
+    from echo_site.hot_path import _adding, send_events
+    from plugins_api.edge.sse import event_stream_response
+
+    added = [(b"X-Frame-Options", b"DENY"), (b"X-Request-ID", b"r-1")]
+    events = [b"event: chunk\ndata: {}\n\n", b"", b'data: {"a": "\xc3\xa9"}\n\n', b"data: [DONE]\n\n"]
+
+    async def stream() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    def answer():
+        response = event_stream_response(stream())
+        response["X-Echo-Provider"] = "echo"
+        if cookie:
+            name, value = cookie.split("=")
+            response.set_cookie(name, value)
+        return response
+
+    async def sent(how) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await how(send)
+        return messages
+
+    theirs = async_to_sync(sent)(
+        lambda send: ASGIHandler().send_response(answer(), _adding(added, send))
+    )
+    ours = async_to_sync(sent)(lambda send: send_events(answer(), added, send))
+    assert ours == theirs
+    assert [m.get("body") for m in ours[1:-1]] == events
+
+
+def test_an_event_stream_is_closed_as_soon_as_its_client_is_gone() -> None:
+    """A send that fails (the client left) closes the events, and the upstream under them, at once."""
+    from echo_site.hot_path import send_events
+    from plugins_api.edge.sse import event_stream_response
+
+    closed: list[bool] = []
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"data: {}\n\n"
+        finally:
+            closed.append(True)
+
+    bodies: list[bytes] = []
+
+    async def leave_after_two(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            if len(bodies) == 2:
+                raise OSError("the client went away")
+            bodies.append(message["body"])
+
+    async def serve() -> None:
+        response = event_stream_response(stream())
+        with pytest.raises(OSError):
+            await send_events(response, [], leave_after_two)
+        assert closed == [True], "the events were left open until the garbage collector ran"
+
+    async_to_sync(serve)()
+
+
 def test_hosts_are_checked_once_each_and_a_client_sending_many_costs_only_itself(
     providers, keys, started, settings
 ) -> None:
