@@ -31,6 +31,7 @@ from django.http import StreamingHttpResponse
 from plugins_api.edge.error_responses import provider_error_body
 from providers.errors import ProtocolError, ProviderError
 from providers.runtime import process as runtime
+from providers.runtime.lifecycle import StreamLimit
 from providers.types import StreamingChunk
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,15 @@ def shutting_down() -> ShuttingDown:
     return ShuttingDown("This server is shutting down; the stream was ended. Ask again.")
 
 
-async def _next_chunk(chunks: AsyncIterator[StreamingChunk]) -> StreamingChunk | None:
-    """Return the next of CHUNKS (None at their end); raise ShuttingDown if the drain ends first."""
-    limit = runtime.lifecycle.stream_limit()
+async def _next_chunk(
+    chunks: AsyncIterator[StreamingChunk], limit: StreamLimit
+) -> StreamingChunk | None:
+    """Return the next of CHUNKS (None at their end); raise ShuttingDown if the drain ends first.
+
+    LIMIT is the stream's (``lifecycle.stream_limit()``, made once per stream).
+    """
     try:
-        async with limit:
-            return await anext(chunks, None)
+        return await limit.next(chunks)
     except TimeoutError:
         if limit.expired:
             raise shutting_down() from None
@@ -117,7 +121,7 @@ async def first_chunk(chunks: AsyncIterator[StreamingChunk]) -> StreamingChunk:
     and the error raised.
     """
     try:
-        first = await _next_chunk(chunks)
+        first = await _next_chunk(chunks, runtime.lifecycle.stream_limit())
     except BaseException:
         await chunks.aclose()
         raise
@@ -153,13 +157,14 @@ async def encode_stream(
     try:
         for event in form.opening(first):
             yield event
+        limit = runtime.lifecycle.stream_limit()
         chunk: StreamingChunk | None = first
         while chunk is not None:
             for event in form.chunk(chunk):
                 yield event
             if chunk.is_final:
                 return
-            chunk = await _next_chunk(chunks)
+            chunk = await _next_chunk(chunks, limit)
         yield form.failure(ProtocolError(ENDED_EARLY))
     except ProviderError as exc:
         logger.warning("stream failed after it started: %s", exc.kind)

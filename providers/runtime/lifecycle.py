@@ -29,9 +29,9 @@ import logging
 import signal
 import threading
 import weakref
-from collections.abc import Callable
-from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: How long past the drain's deadline requests get to write their last event
 #: before they are cancelled (a request stuck on a non-streaming upstream call).
 DRAIN_GRACE_SECONDS = 1.0
@@ -60,36 +62,61 @@ class DrainableSocket(Protocol):
 
 
 class StreamLimit:
-    """An ``asyncio.timeout`` that expires when the drain's deadline passes.
+    """One stream's waits for its next chunk, ended by the drain's deadline: ``await limit.next(chunks)``.
 
-    Entered around each wait for a stream's next chunk; one entered before
-    the drain began is moved to its deadline. ``expired`` says whether it was
-    the drain that stopped the wait.
+    Made once per stream, in the task that reads it. ``next`` returns the
+    next chunk (None at the end) or raises ``TimeoutError`` when the drain's
+    deadline passes first; ``expired`` then says it was the drain.
+
+    While the worker is not draining (nearly always), a wait costs a set's
+    add and discard: the waits under way are known to the lifecycle, whose
+    drain, when it begins, sets a timer that ends every wait still under way
+    at the deadline (``expire``: the task is cancelled, and the cancellation
+    becomes the ``TimeoutError``, as ``asyncio.timeout`` does it). A wait
+    begun while draining is an ``asyncio.timeout_at`` the deadline. An
+    ``asyncio.timeout`` for every wait cost each chunk of every stream a
+    timeout and four coroutines more.
     """
+
+    __slots__ = ("_lifecycle", "_task", "_cancelling", "expired")
 
     def __init__(self, lifecycle: ProviderLifecycle) -> None:
         self._lifecycle = lifecycle
-        self._timeout: asyncio.Timeout | None = None
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a stream limit is made in the task that reads the stream")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.expired = False
 
-    async def __aenter__(self) -> StreamLimit:
-        self._timeout = asyncio.timeout_at(self._lifecycle.drain_deadline)
-        await self._timeout.__aenter__()
-        self._lifecycle._limits.add(self._timeout)
-        return self
+    async def next(self, chunks: AsyncIterator[T]) -> T | None:
+        """Return the next of CHUNKS, None at their end; raise TimeoutError at the drain's deadline."""
+        deadline = self._lifecycle._drain_deadline
+        if deadline is not None:
+            timeout = asyncio.timeout_at(deadline)
+            try:
+                async with timeout:
+                    return await anext(chunks, None)
+            except TimeoutError:
+                self.expired = timeout.expired()
+                raise
+        waits = self._lifecycle._waits
+        waits.add(self)
+        try:
+            return await anext(chunks, None)
+        except asyncio.CancelledError:
+            # The drain's deadline, unless someone else cancelled the task too.
+            if self.expired and self._task.uncancel() <= self._cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            waits.discard(self)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._timeout is not None
-        self._lifecycle._limits.discard(self._timeout)
-        return await self._timeout.__aexit__(exc_type, exc, tb)
-
-    @property
-    def expired(self) -> bool:
-        return self._timeout is not None and self._timeout.expired()
+    def expire(self) -> None:
+        """End the wait under way: the drain's deadline has come."""
+        if not self.expired:
+            self.expired = True
+            self._task.cancel()
 
 
 class ServingRequest:
@@ -133,7 +160,9 @@ class ProviderLifecycle:
         self._draining = False
         self._drain_deadline: float | None = None
         self._drain_task: asyncio.Task[None] | None = None
-        self._limits: set[asyncio.Timeout] = set()
+        #: The streams' waits under way begun while not draining (``StreamLimit``).
+        self._waits: set[StreamLimit] = set()
+        self._expiry: asyncio.TimerHandle | None = None
         self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self._requests: set[asyncio.Task[Any]] = set()
         self._sigterm_handler: Callable[[int, FrameType | None], Any] | None = None
@@ -154,8 +183,14 @@ class ProviderLifecycle:
         return self._drain_deadline
 
     def stream_limit(self) -> StreamLimit:
-        """Return the limit to wait for a stream's next chunk in (see ``StreamLimit``)."""
+        """Return the limit a stream's waits for its next chunk go through (see ``StreamLimit``)."""
         return StreamLimit(self)
+
+    def _expire_waits(self) -> None:
+        """End every stream's wait still under way: the drain's deadline has come."""
+        self._expiry = None
+        for limit in list(self._waits):
+            limit.expire()
 
     def add_socket(self, socket: DrainableSocket) -> None:
         """Have a drain close SOCKET properly (held weakly: a socket gone is forgotten)."""
@@ -175,8 +210,7 @@ class ProviderLifecycle:
         self._draining = True
         loop = asyncio.get_running_loop()
         self._drain_deadline = loop.time() + settings.ECHO_DRAIN_SECONDS
-        for limit in list(self._limits):
-            limit.reschedule(self._drain_deadline)
+        self._expiry = loop.call_at(self._drain_deadline, self._expire_waits)
         logger.warning(
             "draining: %d requests and %d sockets get up to %d s to finish",
             len(self._requests),
@@ -348,6 +382,9 @@ class ProviderLifecycle:
         self._release_sigterm()
         self._draining = False
         self._drain_deadline = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self._drain_task = None
 
 

@@ -297,6 +297,75 @@ async def test_a_stream_waiting_for_a_chunk_ends_with_shutting_down_at_the_drain
     assert json.loads(events[-1].split(b"data: ")[1])["error"]["type"] == "shutting_down"
 
 
+async def test_a_wait_begun_during_the_drain_ends_at_its_deadline(settings) -> None:
+    settings.ECHO_DRAIN_SECONDS = 0.2
+    runtime.lifecycle.begin_drain()
+
+    async def chunks():
+        await asyncio.sleep(60)
+        yield StreamingChunk(is_final=True)
+
+    first = StreamingChunk(content="Hi", metadata={"provider": "p", "model": "m"})
+    started = time.monotonic()
+    events = await asyncio.wait_for(_all(encode_stream(first, chunks(), ChatEvents())), 5)
+    assert 0.1 < time.monotonic() - started < 3
+    assert json.loads(events[-1].split(b"data: ")[1])["error"]["type"] == "shutting_down"
+
+
+async def test_a_client_leaving_a_waiting_stream_is_a_cancellation_not_a_shutdown() -> None:
+    """Not draining, a cancelled wait stays a cancellation, and no wait is left behind."""
+    stalled = asyncio.Event()
+
+    async def chunks():
+        stalled.set()
+        await asyncio.sleep(60)
+        yield StreamingChunk(is_final=True)
+
+    first = StreamingChunk(content="Hi", metadata={"provider": "p", "model": "m"})
+    reader = asyncio.create_task(_all(encode_stream(first, chunks(), ChatEvents())))
+    await asyncio.wait_for(stalled.wait(), 5)
+    assert len(runtime.lifecycle._waits) == 1
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert runtime.lifecycle._waits == set()
+
+    done = [e async for e in encode_stream(first, _final(), ChatEvents())]
+    assert done[-1].startswith(b"event: done\n")
+    assert runtime.lifecycle._waits == set()
+
+
+async def test_a_client_leaving_as_the_deadline_passes_is_still_a_cancellation(settings) -> None:
+    """The drain ends a wait the client's cancellation also ended: the cancellation is kept."""
+    settings.ECHO_DRAIN_SECONDS = 0
+    stalled = asyncio.Event()
+
+    async def chunks():
+        stalled.set()
+        await asyncio.sleep(60)
+        yield StreamingChunk(is_final=True)
+
+    first = StreamingChunk(content="Hi", metadata={"provider": "p", "model": "m"})
+    reader = asyncio.create_task(_all(encode_stream(first, chunks(), ChatEvents())))
+    await asyncio.wait_for(stalled.wait(), 5)
+    runtime.lifecycle.begin_drain()
+    # The deadline's timer and the client's leaving, both before the reader runs again.
+    (limit,) = runtime.lifecycle._waits
+    limit.expire()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+
+async def _all(events) -> list[bytes]:
+    return [event async for event in events]
+
+
+async def _final():
+    await asyncio.sleep(0)
+    yield StreamingChunk(is_final=True, finish_reason="stop")
+
+
 async def test_a_stream_goes_on_while_the_drain_has_time_left(settings) -> None:
     settings.ECHO_DRAIN_SECONDS = 30
     runtime.lifecycle.begin_drain()
