@@ -26,6 +26,7 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
@@ -449,6 +450,15 @@ class HTTPProvider(AbstractAIProvider):
         self, path: str, body: Any, headers: dict[str, str] | None = None
     ) -> AsyncIterator[str]:
         """POST BODY and yield the answer's lines as they arrive."""
+        async with aclosing(self._line_batches(path, body, headers)) as batches:
+            async for batch in batches:
+                for line in batch:
+                    yield line
+
+    async def _line_batches(
+        self, path: str, body: Any, headers: dict[str, str] | None
+    ) -> AsyncIterator[list[str]]:
+        """POST BODY and yield the answer's lines as they arrive, a read's lines at a time."""
         session = self._session_for_loop()
         try:
             async with session.request(
@@ -456,30 +466,36 @@ class HTTPProvider(AbstractAIProvider):
             ) as answer:
                 if answer.status >= 300:
                     raise self._error_from_response(answer, await answer.read())
-                async for line in answer.lines():
-                    yield line
+                async for batch in answer.line_batches():
+                    yield batch
         except TransportFailure as exc:
             raise self._transport_error(exc) from None
 
     async def stream_sse(
         self, path: str, body: Any, headers: dict[str, str] | None = None
     ) -> AsyncIterator[SSEEvent]:
-        """POST BODY and yield the Server-Sent Events of the answer as they arrive."""
+        """POST BODY and yield the Server-Sent Events of the answer as they arrive.
+
+        Read a network read's lines at a time (an event is usually one read),
+        and closed as soon as it is: the upstream's connection goes with it.
+        """
         event, data = "", []
-        async for line in self.stream_lines(path, body, headers):
-            if line == "":
-                if data:
-                    yield SSEEvent(event or "message", "\n".join(data))
-                event, data = "", []
-            elif line.startswith(":"):
-                continue  # an SSE comment (keep-alive)
-            else:
-                field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if field == "event":
-                    event = value
-                elif field == "data":
-                    data.append(value)
+        async with aclosing(self._line_batches(path, body, headers)) as batches:
+            async for batch in batches:
+                for line in batch:
+                    if line == "":
+                        if data:
+                            yield SSEEvent(event or "message", "\n".join(data))
+                        event, data = "", []
+                    elif line.startswith(":"):
+                        continue  # an SSE comment (keep-alive)
+                    else:
+                        field, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if field == "event":
+                            event = value
+                        elif field == "data":
+                            data.append(value)
         if data:
             yield SSEEvent(event or "message", "\n".join(data))
 

@@ -27,7 +27,8 @@ What a request gets:
   connection (a hang-up, a body cut short, an answer that is not HTTP), or
   unreachable (refused, unresolvable, reset);
 - the answer's body read whole (``read``) or line by line as it arrives
-  (``lines``, for Server-Sent Events and NDJSON), never buffered past a line,
+  (``lines``, or ``line_batches`` a read's lines at a time, for Server-Sent
+  Events and NDJSON), never buffered past a line,
   and a line at most ``MAX_LINE_CHARS`` long (past it the upstream is broken).
   Leaving the ``request`` block before the body's end closes the connection
   instead of pooling it.
@@ -176,6 +177,16 @@ class UpstreamAnswer:
 
     async def lines(self) -> AsyncIterator[str]:
         """Yield the body's lines (UTF-8, ends stripped) as they arrive; the last one even unended."""
+        async for batch in self.line_batches():
+            for line in batch:
+                yield line
+
+    async def line_batches(self) -> AsyncIterator[list[str]]:
+        """Yield the body's lines as ``lines`` does, in lists: the lines each read from the network completed.
+
+        A streamed answer's event is one read, two lines: one step through
+        a reader's generators per event, not one per line.
+        """
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
         try:
@@ -184,8 +195,8 @@ class UpstreamAnswer:
                 # A CR that ends what came may be half of a CRLF: keep it for the next bytes.
                 held_cr = pending.endswith("\r")
                 *complete, pending = _LINE_END.split(pending[:-1] if held_cr else pending)
-                for line in complete:
-                    yield line
+                if complete:
+                    yield complete
                 if len(pending) > MAX_LINE_CHARS:
                     raise BrokenConnection(f"a line longer than {MAX_LINE_CHARS:,} characters")
                 if held_cr:
@@ -195,10 +206,10 @@ class UpstreamAnswer:
         pending += decoder.decode(b"", final=True)
         if pending:
             *complete, last = _LINE_END.split(pending)
-            for line in complete:
-                yield line
             if last:  # the last line, unended
-                yield last
+                complete.append(last)
+            if complete:
+                yield complete
 
     def finish(self) -> None:
         """Give the connection back to the pool if the body was read to its end; close it otherwise."""

@@ -691,7 +691,12 @@ def test_an_event_stream_is_sent_as_djangos_send_response_sends_it(cookie) -> No
     from plugins_api.edge.sse import event_stream_response
 
     added = [(b"X-Frame-Options", b"DENY"), (b"X-Request-ID", b"r-1")]
-    events = [b"event: chunk\ndata: {}\n\n", b"", b'data: {"a": "\xc3\xa9"}\n\n', b"data: [DONE]\n\n"]
+    events = [
+        b"event: chunk\ndata: {}\n\n",
+        b"",
+        b'data: {"a": "\xc3\xa9"}\n\n',
+        b"data: [DONE]\n\n",
+    ]
 
     async def stream() -> AsyncIterator[bytes]:
         for event in events:

@@ -537,6 +537,17 @@ async def test_a_character_split_across_chunks_is_decoded_whole(reads) -> None:
     assert reads == chunks
 
 
+async def test_line_batches_hold_the_lines_each_read_completed(reads) -> None:
+    """One list per read from the network (what an SSE reader steps through once per event)."""
+    chunks = [b"data: 1\n\n", b"data: 2\n", b"\ndata: 3", b"\n\nlast"]
+    async with raw_upstream(body_in(chunks)) as base_url, session_to(base_url) as session:
+        async with session.request("GET", "/events") as answer:
+            batches = [batch async for batch in answer.line_batches()]
+    assert reads == chunks
+    assert batches == [["data: 1", ""], ["data: 2"], [""], ["data: 3", ""], ["last"]]
+    assert [line for batch in batches for line in batch] == await lines_of(body_in(chunks))
+
+
 async def test_bytes_that_are_not_utf8_are_replaced_not_fatal() -> None:
     assert await lines_of(body_in([b"ok\xff\n", b"next\n"])) == ["ok\ufffd", "next"]
 
