@@ -88,7 +88,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
     except BaseException:  # cancelled (the client left) or a bug: the slot is given back
         usage.release()
         raise
-    streamed = event_stream_response(chat_event_stream(first, usage.track(first, chunks)))
+    streamed = event_stream_response(chat_event_stream(first, chunks, usage))
     for name, value in counters.items():
         streamed[name] = value
     return streamed

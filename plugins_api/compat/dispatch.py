@@ -382,7 +382,7 @@ async def serve_chat(
     except BaseException:  # cancelled (the client left) or a bug: the slot is given back
         usage.release()
         raise
-    events = encode_stream(first, usage.track(first, chunks), wire.stream_format(call))
+    events = encode_stream(first, chunks, wire.stream_format(call), usage)
     streamed = event_stream_response(events)
     answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
     with_limit_headers(streamed, admission, wire.errors)

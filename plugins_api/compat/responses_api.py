@@ -101,7 +101,13 @@ from plugins_api.edge.chat_requests import (
 )
 from plugins_api.edge.json_answer import JsonAnswer
 from plugins_api.edge.request_usage import RequestUsage, client_label
-from plugins_api.edge.sse import encode_stream, event_stream_response, first_chunk, sse_event
+from plugins_api.edge.sse import (
+    StreamRecorder,
+    encode_stream,
+    event_stream_response,
+    first_chunk,
+    sse_event,
+)
 from providers.errors import ProviderError
 from providers.runtime import process as runtime
 from providers.types import ChatMessage, ChatRequest, ChatResponse, StreamingChunk, ToolCall, Usage
@@ -816,9 +822,10 @@ async def response_events(
     chunks: AsyncIterator[StreamingChunk],
     form: ResponseEvents,
     turn: Turn,
+    recorder: StreamRecorder | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the stream's events; store the response, then close it with ``response.completed``."""
-    async for event in encode_stream(first, chunks, form):
+    async for event in encode_stream(first, chunks, form, recorder):
         yield event
     if form.finished is not None:
         stored = await turn.save(form.finished)
@@ -907,7 +914,7 @@ async def serve_responses(request: HttpRequest) -> HttpResponse | StreamingHttpR
         with_limit_headers(response, admission, OPENAI_ERRORS)
         return response
     form = ResponseEvents(call, turn.rid, turn.created_at)
-    events = response_events(first, usage.track(first, chunks), form, turn)
+    events = response_events(first, chunks, form, turn, usage)
     streamed = event_stream_response(events)
     answered_by(streamed, first.metadata.get("provider"), first.metadata.get("model"))
     with_limit_headers(streamed, admission, OPENAI_ERRORS)

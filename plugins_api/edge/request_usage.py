@@ -14,7 +14,6 @@ the client does not wait for Echo's bookkeeping.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -176,27 +175,3 @@ class RequestUsage:
                 retries=meta.get("retries", []),
             )
         )
-
-    async def track(
-        self, first: StreamingChunk | None, rest: AsyncIterator[StreamingChunk]
-    ) -> AsyncIterator[StreamingChunk]:
-        """Pass REST (the chunks after FIRST) through; record the stream when it ends.
-
-        It ends complete (a final chunk went by), failed (a ProviderError), or
-        cancelled (the client went away first).
-        """
-        final = first if first is not None and first.is_final else None
-        error: ProviderError | None = None
-        try:
-            async for chunk in rest:
-                if chunk.is_final:
-                    final = chunk
-                yield chunk
-        except ProviderError as exc:
-            error = exc
-            raise
-        finally:
-            self.stream_ended(
-                first=first, final=final, error=error, cancelled=final is None and error is None
-            )
-            await rest.aclose()

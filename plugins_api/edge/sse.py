@@ -144,16 +144,39 @@ class StreamFormat(Protocol):
         """Return the event that ends a stream that failed after it started."""
 
 
+class StreamRecorder(Protocol):
+    """Who records how a stream ended (``request_usage.RequestUsage``)."""
+
+    def stream_ended(
+        self,
+        *,
+        first: StreamingChunk | None,
+        final: StreamingChunk | None,
+        error: ProviderError | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        """Record a stream that ended: complete (FINAL), failed (ERROR) or CANCELLED."""
+
+
 async def encode_stream(
-    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk], form: StreamFormat
+    first: StreamingChunk,
+    chunks: AsyncIterator[StreamingChunk],
+    form: StreamFormat,
+    recorder: StreamRecorder | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield FORM's events for FIRST (already read) and then the rest of CHUNKS.
 
     The stream ends after the final chunk's events, or with FORM's failure
     event when the provider fails, stops before its final chunk, or the
     worker's drain ends it (``ShuttingDown``); the text already sent stands.
-    CHUNKS are closed however it ends.
+    CHUNKS are closed however it ends, and RECORDER told how it did, after
+    the last event: complete (a final chunk went by), failed (CHUNKS raised
+    a ProviderError), or cancelled (anything else: the client went away, the
+    drain, a stream cut short). Recorded here rather than by a generator
+    around CHUNKS: one step less for every chunk of every stream.
     """
+    final = first if first.is_final else None
+    error: ProviderError | None = None
     try:
         for event in form.opening(first):
             yield event
@@ -164,12 +187,24 @@ async def encode_stream(
                 yield event
             if chunk.is_final:
                 return
-            chunk = await _next_chunk(chunks, limit)
+            try:
+                chunk = await _next_chunk(chunks, limit)
+            except ShuttingDown:
+                raise
+            except ProviderError as exc:
+                error = exc
+                raise
+            if chunk is not None and chunk.is_final:
+                final = chunk
         yield form.failure(ProtocolError(ENDED_EARLY))
     except ProviderError as exc:
         logger.warning("stream failed after it started: %s", exc.kind)
         yield form.failure(exc)
     finally:
+        if recorder is not None:
+            recorder.stream_ended(
+                first=first, final=final, error=error, cancelled=final is None and error is None
+            )
         await chunks.aclose()
 
 
@@ -209,7 +244,9 @@ class ChatEvents:
 
 
 def chat_event_stream(
-    first: StreamingChunk, chunks: AsyncIterator[StreamingChunk]
+    first: StreamingChunk,
+    chunks: AsyncIterator[StreamingChunk],
+    recorder: StreamRecorder | None = None,
 ) -> AsyncIterator[bytes]:
     """Return ``/chat``'s events for FIRST (already read) and then the rest of CHUNKS."""
-    return encode_stream(first, chunks, ChatEvents())
+    return encode_stream(first, chunks, ChatEvents(), recorder)
