@@ -26,9 +26,9 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing
 from dataclasses import dataclass
 from functools import cache
+from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -219,6 +219,52 @@ def shared_ssl_context() -> ssl.SSLContext:
     more: paid once per process rather than on every hot swap, on the loop.
     """
     return httpx.create_ssl_context()
+
+
+class StreamedAnswer:
+    """``async with StreamedAnswer(provider, path, body, headers) as answer``: a POST read as it arrives.
+
+    Entering sends BODY (as JSON) through PROVIDER's session and raises the
+    provider's error for a status of 300 or more (its body read first); a
+    transport failure, on entering or while the answer is read inside the
+    block, becomes the provider's typed error. Leaving gives the connection
+    back, or closes it when the answer was not read to its end. A class
+    rather than a generator of the answer's lines: a stream's reader steps
+    through one generator fewer for every event.
+    """
+
+    __slots__ = ("_exchange", "_provider")
+
+    def __init__(
+        self, provider: HTTPProvider, path: str, body: Any, headers: dict[str, str] | None
+    ) -> None:
+        self._provider = provider
+        self._exchange = provider._session_for_loop().request(
+            "POST", path, body=encode_json(body), headers=headers
+        )
+
+    async def __aenter__(self) -> UpstreamAnswer:
+        try:
+            answer = await self._exchange.__aenter__()
+            if answer.status < 300:
+                return answer
+            try:
+                failure = self._provider._error_from_response(answer, await answer.read())
+            finally:
+                await self._exchange.__aexit__(None, None, None)
+        except TransportFailure as exc:
+            raise self._provider._transport_error(exc) from None
+        raise failure
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._exchange.__aexit__(exc_type, exc, tb)
+        if isinstance(exc, TransportFailure):
+            raise self._provider._transport_error(exc) from None
 
 
 class HTTPProvider(AbstractAIProvider):
@@ -450,38 +496,21 @@ class HTTPProvider(AbstractAIProvider):
         self, path: str, body: Any, headers: dict[str, str] | None = None
     ) -> AsyncIterator[str]:
         """POST BODY and yield the answer's lines as they arrive."""
-        async with aclosing(self._line_batches(path, body, headers)) as batches:
-            async for batch in batches:
+        async with StreamedAnswer(self, path, body, headers) as answer:
+            async for batch in answer.line_batches():
                 for line in batch:
                     yield line
-
-    async def _line_batches(
-        self, path: str, body: Any, headers: dict[str, str] | None
-    ) -> AsyncIterator[list[str]]:
-        """POST BODY and yield the answer's lines as they arrive, a read's lines at a time."""
-        session = self._session_for_loop()
-        try:
-            async with session.request(
-                "POST", path, body=encode_json(body), headers=headers
-            ) as answer:
-                if answer.status >= 300:
-                    raise self._error_from_response(answer, await answer.read())
-                async for batch in answer.line_batches():
-                    yield batch
-        except TransportFailure as exc:
-            raise self._transport_error(exc) from None
 
     async def stream_sse(
         self, path: str, body: Any, headers: dict[str, str] | None = None
     ) -> AsyncIterator[SSEEvent]:
         """POST BODY and yield the Server-Sent Events of the answer as they arrive.
 
-        Read a network read's lines at a time (an event is usually one read),
-        and closed as soon as it is: the upstream's connection goes with it.
+        Read a network read's lines at a time (an event is usually one read).
         """
         event, data = "", []
-        async with aclosing(self._line_batches(path, body, headers)) as batches:
-            async for batch in batches:
+        async with StreamedAnswer(self, path, body, headers) as answer:
+            async for batch in answer.line_batches():
                 for line in batch:
                     if line == "":
                         if data:

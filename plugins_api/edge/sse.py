@@ -187,11 +187,13 @@ async def encode_stream(
                 yield event
             if chunk.is_final:
                 return
-            try:
-                chunk = await _next_chunk(chunks, limit)
-            except ShuttingDown:
+            try:  # _next_chunk's steps, one coroutine fewer a chunk
+                chunk = await limit.next(chunks)
+            except TimeoutError:
+                if limit.expired:
+                    raise shutting_down() from None
                 raise
-            except ProviderError as exc:
+            except ProviderError as exc:  # the provider's, not the drain's
                 error = exc
                 raise
             if chunk is not None and chunk.is_final:
