@@ -19,7 +19,16 @@ times as long: about a minute and a half for each here.
     python -m bench.instruction_count --key KEY [--floor-upstream URL]
 
 prints one JSON object (``echo`` and ``floor``: instructions per call, and
-their ``ratio``); ``bench.run`` runs it with Echo's benchmark environment.
+their ``ratio``; ``streamed``: the same for one chunk of a streamed answer);
+``bench.run`` runs it with Echo's benchmark environment.
+
+A streamed chunk is counted the same way: streamed calls of SHORT_STREAM and
+of LONG_STREAM chunks (the upstream sends them at once), each counted as a
+call is; the two calls' difference over their chunks' difference is what
+one chunk costs, every layer between the upstream's event and the client's
+included. Until 2026-11-27 only the non-streamed call was counted, and a
+streamed chunk cost Echo nine times what it costs the floor (133,000
+instructions against 13,700), twice the call's ratio.
 Run with ``--driver`` it is the program valgrind runs: one system, one count.
 """
 
@@ -40,6 +49,9 @@ from typing import Any
 
 #: Calls of the short and the long run, and the warm-up both make first.
 FEW, MANY, WARM_UP = 100, 400, 100
+#: The streamed calls' runs (each call a stream), and the two stream lengths whose difference is counted.
+STREAM_FEW, STREAM_MANY = 40, 160
+SHORT_STREAM, LONG_STREAM = 8, 40
 SYSTEMS = ("echo", "floor")
 _TOTAL = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
@@ -62,8 +74,11 @@ def read_total(callgrind_out: bytes) -> int:
 # --- the driver: what valgrind runs ------------------------------------------
 
 
-async def drive(system: str, calls: int, key: str, model: str) -> None:
-    """Answer WARM_UP and then CALLS chat calls with SYSTEM's application, in-process."""
+async def drive(system: str, calls: int, key: str, model: str, stream_chunks: int = 0) -> None:
+    """Answer WARM_UP and then CALLS chat calls with SYSTEM's application, in-process.
+
+    With STREAM_CHUNKS, each call is streamed, of that many chunks.
+    """
     from bench.inprocess_profile import _call, _scope, start_lifespan
 
     if system == "echo":
@@ -71,9 +86,11 @@ async def drive(system: str, calls: int, key: str, model: str) -> None:
     else:
         from bench.floor_forwarder import app
     lifespan, messages = await start_lifespan(app)
-    body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": "bench chunks=8"}]}
-    ).encode()
+    shape = {"model": model, "messages": [{"role": "user", "content": "bench chunks=8"}]}
+    if stream_chunks:
+        shape["stream"] = True
+        shape["messages"][0]["content"] = f"bench chunks={stream_chunks}"
+    body = json.dumps(shape).encode()
     scope = _scope(key, body)
     for _ in range(WARM_UP + calls):
         status = await _call(app, scope, body)
@@ -86,8 +103,13 @@ async def drive(system: str, calls: int, key: str, model: str) -> None:
 # --- the harness ---------------------------------------------------------------
 
 
-def count(system: str, calls: int, *, key: str, model: str, env: dict[str, str]) -> int:
-    """Return the instructions a process makes answering CALLS calls with SYSTEM, under callgrind."""
+def count(
+    system: str, calls: int, *, key: str, model: str, env: dict[str, str], stream_chunks: int = 0
+) -> int:
+    """Return the instructions a process makes answering CALLS calls with SYSTEM, under callgrind.
+
+    With STREAM_CHUNKS, the calls are streams of that many chunks.
+    """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise RuntimeError("valgrind is not installed")
@@ -98,6 +120,7 @@ def count(system: str, calls: int, *, key: str, model: str, env: dict[str, str])
             "--dump-instr=no", "--collect-jumps=no",
             sys.executable, "-m", "bench.instruction_count", "--driver", system,
             "--calls", str(calls), "--key", key, "--model", model,
+            "--stream-chunks", str(stream_chunks),
         ]  # fmt: skip
         done = subprocess.run(command, env=env, capture_output=True, timeout=3600)
         if done.returncode != 0 or not out.exists():
@@ -115,16 +138,51 @@ def instructions_per_call(system: str, *, key: str, model: str, env: dict[str, s
     return per_call(few, many)
 
 
+def per_chunk(short_call: float, long_call: float) -> float:
+    """Return what one streamed chunk costs: a long stream's call less a short one's, over their chunks' difference."""
+    return (long_call - short_call) / (LONG_STREAM - SHORT_STREAM)
+
+
+def instructions_per_chunk(system: str, *, key: str, model: str, env: dict[str, str]) -> float:
+    """Return SYSTEM's instructions per streamed chunk.
+
+    Four runs, two at a time: streams of SHORT_STREAM and of LONG_STREAM
+    chunks, each STREAM_FEW and STREAM_MANY calls; a stream's call from each
+    pair (``per_call``), then a chunk from the two calls (``per_chunk``).
+    """
+
+    def stream_call(chunks: int) -> float:
+        with ThreadPoolExecutor(2) as pool:
+            few, many = pool.map(
+                lambda calls: count(
+                    system, calls, key=key, model=model, env=env, stream_chunks=chunks
+                ),
+                (STREAM_FEW, STREAM_MANY),
+            )
+        return per_call(few, many, STREAM_FEW, STREAM_MANY)
+
+    return per_chunk(stream_call(SHORT_STREAM), stream_call(LONG_STREAM))
+
+
 def measure(key: str, model: str, floor_upstream: str) -> dict[str, Any]:
-    """Return Echo's and the floor's instructions per call and their ratio."""
+    """Return Echo's and the floor's instructions per call and per streamed chunk, and their ratios."""
     env = {**os.environ, "BENCH_UPSTREAM": floor_upstream}
     echo = instructions_per_call("echo", key=key, model=model, env=env)
     floor = instructions_per_call("floor", key=key, model=model, env=env)
+    echo_chunk = instructions_per_chunk("echo", key=key, model=model, env=env)
+    floor_chunk = instructions_per_chunk("floor", key=key, model=model, env=env)
     return {
         "calls": {"few": FEW, "many": MANY, "warm_up": WARM_UP},
         "echo": round(echo),
         "floor": round(floor),
         "ratio": round(echo / floor, 3) if floor > 0 else None,
+        "streamed": {
+            "calls": {"few": STREAM_FEW, "many": STREAM_MANY},
+            "chunks": {"short": SHORT_STREAM, "long": LONG_STREAM},
+            "echo_per_chunk": round(echo_chunk),
+            "floor_per_chunk": round(floor_chunk),
+            "ratio": round(echo_chunk / floor_chunk, 3) if floor_chunk > 0 else None,
+        },
     }
 
 
@@ -135,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-upstream", default=os.environ.get("BENCH_UPSTREAM", ""))
     parser.add_argument("--driver", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=FEW, help=argparse.SUPPRESS)
+    parser.add_argument("--stream-chunks", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.driver:
         try:
@@ -143,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        runner(drive(args.driver, args.calls, args.key, args.model))
+        runner(drive(args.driver, args.calls, args.key, args.model, args.stream_chunks))
         return 0
     if not args.floor_upstream:
         parser.error("--floor-upstream (or BENCH_UPSTREAM) names the fake upstream")

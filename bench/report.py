@@ -440,6 +440,26 @@ def _instruction_lines(instructions: dict) -> list[str]:
         f"| Echo | {_fmt(instructions.get('echo'), 0)} |",
         f"| floor | {_fmt(instructions.get('floor'), 0)} |",
         f"| Echo / floor | {_fmt(instructions.get('ratio'), 3)} |",
+        *_streamed_instruction_lines(instructions.get("streamed")),
+    ]
+
+
+def _streamed_instruction_lines(streamed: dict | None) -> list[str]:
+    if not streamed:
+        return []
+    calls, chunks = streamed.get("calls", {}), streamed.get("chunks", {})
+    return [
+        "",
+        "One chunk of a streamed answer, counted the same way: streamed calls of "
+        f"{chunks.get('short', '?')} and of {chunks.get('long', '?')} chunks (runs of "
+        f"{calls.get('few', '?')} and {calls.get('many', '?')} calls each), the two "
+        "calls' difference over their chunks' difference.",
+        "",
+        "| system | instructions per streamed chunk |",
+        "|---|---|",
+        f"| Echo | {_fmt(streamed.get('echo_per_chunk'), 0)} |",
+        f"| floor | {_fmt(streamed.get('floor_per_chunk'), 0)} |",
+        f"| Echo / floor | {_fmt(streamed.get('ratio'), 3)} |",
     ]
 
 
@@ -477,6 +497,9 @@ def compute_ratios(results: dict) -> dict[str, float | None]:
     )
     ratios["echo_v1 instructions per call / floor instructions per call"] = _get(
         results, "instructions", "ratio"
+    )
+    ratios["echo_v1 instructions per streamed chunk / floor instructions per streamed chunk"] = (
+        _get(results, "instructions", "streamed", "ratio")
     )
     main_server = str(results.get("make_run_server"))
     ratios["websocket answer / SSE answer (p50)"] = _get(

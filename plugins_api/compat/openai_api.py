@@ -36,10 +36,11 @@ import asyncio
 import base64
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -412,6 +413,10 @@ def completion_body(response: ChatResponse) -> dict[str, Any]:
     }
 
 
+_CONTENT = b'{"index":0,"delta":{"content":'
+_CONTENT_END = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+
 class CompletionChunks:
     """OpenAI's ``chat.completion.chunk`` events of one stream (see the module docstring).
 
@@ -424,6 +429,8 @@ class CompletionChunks:
         self.include_usage = include_usage
         self.frame: dict[str, Any] = {}
         self.tool_index: dict[int, int] = {}
+        #: An event's bytes before its choice: ``data: {...the frame...,"choices":[``.
+        self._head = b""
 
     def opening(self, first: StreamingChunk) -> Iterator[bytes]:
         meta = first.metadata
@@ -435,9 +442,31 @@ class CompletionChunks:
         }
         if self.include_usage:
             self.frame["usage"] = None  # as OpenAI does: only the last chunk carries it
+        self._head = b"data: " + orjson.dumps(self.frame)[:-1] + b',"choices":['
         return iter(())
 
-    def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+    def chunk(self, chunk: StreamingChunk) -> Iterable[bytes]:
+        meta = chunk.metadata
+        if (
+            chunk.content
+            and not chunk.is_final
+            and not chunk.finish_reason
+            and not chunk.tool_calls
+            and 0 in self.tool_index
+            and CHOICE_INDEX not in meta
+            and CHOICE_COUNT not in meta
+            and not meta.get("logprobs")
+        ):
+            # Most events of a stream: text for the one choice, whose role was sent.
+            # The bytes ``_event`` gives, the frame encoded once at the opening.
+            try:
+                text = orjson.dumps(chunk.content)
+            except TypeError:  # a lone surrogate: ``sse_frame`` writes it as ``json`` does
+                return self._events(chunk)
+            return (self._head + _CONTENT + text + _CONTENT_END,)
+        return self._events(chunk)
+
+    def _events(self, chunk: StreamingChunk) -> Iterator[bytes]:
         merged = CHOICE_COUNT in chunk.metadata
         index = chunk.metadata.get(CHOICE_INDEX, 0) if not chunk.is_final or not merged else 0
         if not (chunk.is_final and merged) and index not in self.tool_index:

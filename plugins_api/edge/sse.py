@@ -210,13 +210,38 @@ async def encode_stream(
         await chunks.aclose()
 
 
+_CHAT_CHUNK = b'event: chunk\ndata: {"type":"chunk","content":'
+
+
 class ChatEvents:
     """``/chat``'s events (see the module docstring)."""
+
+    def __init__(self) -> None:
+        #: The provider and model of the last text event, and the end of its data after the text.
+        self._named: tuple[Any, Any] | None = None
+        self._tail = b""
 
     def opening(self, first: StreamingChunk) -> Iterable[bytes]:
         return ()
 
-    def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+    def chunk(self, chunk: StreamingChunk) -> Iterable[bytes]:
+        meta = chunk.metadata
+        if chunk.content and not chunk.tool_calls and not chunk.is_final:
+            # Most events of a stream: its text. The bytes ``sse_event`` gives,
+            # the provider and model (the same all along) encoded once.
+            named = (meta.get("provider"), meta.get("model"))
+            try:
+                if named != self._named:
+                    self._tail = b"," + orjson.dumps({"provider": named[0], "model": named[1]})[1:]
+                    self._named = named
+                text = orjson.dumps(chunk.content)
+            except TypeError:  # what orjson cannot write: as ``sse_frame`` writes it
+                self._named = None
+                return self._events(chunk)
+            return (_CHAT_CHUNK + text + self._tail + b"\n\n",)
+        return self._events(chunk)
+
+    def _events(self, chunk: StreamingChunk) -> Iterator[bytes]:
         meta = chunk.metadata
         if chunk.content or chunk.tool_calls:
             data: dict[str, Any] = {

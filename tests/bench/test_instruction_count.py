@@ -60,6 +60,30 @@ async def test_a_driver_whose_application_cannot_start_says_why(monkeypatch):
         await instruction_count.drive("floor", 1, key="k", model="m")
 
 
+def test_a_chunk_costs_a_long_streams_call_less_a_short_ones_over_their_chunks_difference():
+    # A streamed call costs 2,000,000 besides its chunks, and 90,000 a chunk.
+    short = 2_000_000 + instruction_count.SHORT_STREAM * 90_000
+    long = 2_000_000 + instruction_count.LONG_STREAM * 90_000
+    assert instruction_count.per_chunk(short, long) == 90_000
+
+
+async def test_the_driver_streams_every_call_through_the_floor(upstream, monkeypatch):
+    monkeypatch.setenv("BENCH_UPSTREAM", upstream)
+    bodies = []
+    from bench import inprocess_profile
+
+    real_call = inprocess_profile._call
+
+    async def counted(app, scope, body):
+        bodies.append(body)
+        return await real_call(app, scope, body)
+
+    monkeypatch.setattr(inprocess_profile, "_call", counted)
+    await instruction_count.drive("floor", 2, key="k", model="gpt-4o-mini", stream_chunks=5)
+    assert len(bodies) == instruction_count.WARM_UP + 2
+    assert b'"stream": true' in bodies[0] and b"bench chunks=5" in bodies[0]
+
+
 def test_no_valgrind_is_an_error_not_a_count(monkeypatch):
     monkeypatch.setattr(instruction_count.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="valgrind is not installed"):
@@ -80,6 +104,25 @@ def test_the_report_shows_the_counts_and_their_ratio_or_why_not():
     assert "| Echo / floor | 4.621 |" in markdown
     ratios = compute_ratios({"instructions": counted})
     assert ratios["echo_v1 instructions per call / floor instructions per call"] == 4.621
+    assert "instructions per streamed chunk" not in markdown  # counted before the streams were
+    streamed = {
+        **counted,
+        "streamed": {
+            "calls": {"few": 40, "many": 160},
+            "chunks": {"short": 8, "long": 40},
+            "echo_per_chunk": 92_972,
+            "floor_per_chunk": 13_657,
+            "ratio": 6.808,
+        },
+    }
+    markdown = render_markdown({"machine": {}, "instructions": streamed})
+    assert "| Echo | 92,972 |" in markdown
+    assert "| floor | 13,657 |" in markdown
+    assert "| Echo / floor | 6.808 |" in markdown
+    assert "streamed calls of 8 and of 40 chunks" in markdown
+    ratios = compute_ratios({"instructions": streamed})
+    key = "echo_v1 instructions per streamed chunk / floor instructions per streamed chunk"
+    assert ratios[key] == 6.808
     failed = render_markdown(
         {"machine": {}, "instructions": {"error": "valgrind is not installed"}}
     )

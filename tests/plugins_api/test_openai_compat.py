@@ -309,3 +309,23 @@ def test_embeddings_unsupported_and_bad_input(providers, api: Client) -> None:
     assert (response.status_code, response.json()["error"]["param"]) == (400, "input")
     response = post(api, "/v1/embeddings", {"model": "x", "input": "x", "dimensions": 3})
     assert response.json()["error"]["param"] == "dimensions"
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize(
+    "text", ["Hi", ' "quoted" \\ and \n lines', "café 🙂", "lone \ud800 surrogate"]
+)
+def test_a_text_chunk_is_the_same_bytes_as_the_general_way_writes_it(
+    include_usage: bool, text: str
+) -> None:
+    """The stream's text events take a short way (the frame encoded once): the bytes ``_event`` writes."""
+    chunks = openai_compat.CompletionChunks(include_usage=include_usage)
+    meta = {"provider": "openai", "model": "gpt-4o-mini"}
+    first = StreamingChunk(content="first", metadata=meta)
+    list(chunks.opening(first))
+    opened = list(chunks.chunk(first))  # the role's event, then the text's
+    assert len(opened) == 2 and b'"role":"assistant"' in opened[0]
+    chunk = StreamingChunk(content=text, model="gpt-4o-mini", metadata=meta)
+    (event,) = chunks.chunk(chunk)
+    assert event == chunks._event(0, {"content": text})
+    assert json.loads(event.removeprefix(b"data: "))["choices"][0]["delta"] == {"content": text}

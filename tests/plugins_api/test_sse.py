@@ -16,6 +16,7 @@ import pytest
 
 from plugins_api.edge.sse import (
     ENDED_EARLY,
+    ChatEvents,
     encode_stream,
     event_stream_response,
     first_chunk,
@@ -160,3 +161,17 @@ async def test_a_failure_before_the_first_chunk_is_raised_and_the_stream_closed(
     with pytest.raises(ProviderUnavailableError):
         await first_chunk(chunks)
     assert chunks.closed
+
+
+@pytest.mark.parametrize(
+    "text", ["Hi", ' "quoted" \\ and \n lines', "café 🙂", "lone \ud800 surrogate"]
+)
+def test_a_text_event_is_the_same_bytes_as_the_general_way_writes_it(text: str) -> None:
+    """``/chat``'s text events take a short way (the provider and model encoded once): the same bytes."""
+    events = ChatEvents()
+    for provider, model in [("openai", "gpt-4o-mini"), ("openai", "gpt-4o-mini"), ("ollama", None)]:
+        chunk = StreamingChunk(content=text, metadata={"provider": provider, "model": model})
+        assert list(events.chunk(chunk)) == list(ChatEvents()._events(chunk))
+        assert list(events.chunk(chunk)) == [
+            sse_event("chunk", {"content": text, "provider": provider, "model": model})
+        ]
