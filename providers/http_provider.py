@@ -512,7 +512,9 @@ class HTTPProvider(AbstractAIProvider):
         async with StreamedAnswer(self, path, body, headers) as answer:
             async for batch in answer.line_batches():
                 for line in batch:
-                    if line == "":
+                    if line[:5] == "data:":  # most lines: the field, and its value after one space
+                        data.append(line[6:] if line[5:6] == " " else line[5:])
+                    elif line == "":
                         if data:
                             yield SSEEvent(event or "message", "\n".join(data))
                         event, data = "", []

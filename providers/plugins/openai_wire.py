@@ -311,7 +311,7 @@ def parse_stream_event(data: str) -> StreamEvent:
     stream with ``include_usage`` has no choices and carries the usage. An
     ``error`` object in place of a chunk raises ``UpstreamErrorEvent``.
     """
-    if data.strip() == DONE:
+    if data[:1] != "{" and data.strip() == DONE:  # a chunk is an object: no copy of it made
         return StreamEvent(done=True)
     try:
         chunk = orjson.loads(data)

@@ -546,3 +546,39 @@ class TestOpenAIConformance(ProviderConformance):
 
     def make_config(self, fake):
         return {"api_key": self.secret, "base_url": fake.base_url}
+
+
+class FakeWritingSSEEveryWay(FakeOpenAI):
+    """Writes each event in another of the forms the SSE format allows, the same JSON in each.
+
+    ``data:`` with no space, a comment, an ``event:`` line, CRLF line ends, and
+    the JSON cut over two ``data:`` lines (joined with a line feed, still JSON).
+    """
+
+    def stream_events(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        forms = [
+            lambda data: b"data:" + data + b"\n\n",
+            lambda data: b": keep-alive\n" + b"data: " + data + b"\n\n",
+            lambda data: b"event: message\ndata: " + data + b"\n\n",
+            lambda data: b"data: " + data + b"\r\n\r\n",
+            lambda data: b"data: " + data.replace(b", ", b",\ndata: ", 1) + b"\n\n",
+        ]
+        for position, event in enumerate(super().stream_events(*args, **kwargs)):
+            data = event.removeprefix(b"data: ").removesuffix(b"\n\n")
+            yield forms[position % len(forms)](data)
+
+
+async def test_every_form_of_an_sse_event_is_read_the_same() -> None:
+    request = ask("Tell me something long enough for several chunks")
+    with FakeOpenAI() as plain_fake, FakeWritingSSEEveryWay() as varied_fake:
+        chunks = []
+        for fake in (plain_fake, varied_fake):
+            provider = make_provider(fake)
+            await provider.initialize()
+            try:
+                chunks.append(await collect(provider, request))
+            finally:
+                await provider.shutdown()
+    plain, varied = chunks
+    assert len(plain) > 3
+    assert varied == plain
