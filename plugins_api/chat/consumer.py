@@ -64,6 +64,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -151,6 +152,18 @@ def _key_refusal(
     return None
 
 
+#: How long a stop waits for a chunk's frame to go out before it cancels the send too.
+SEND_GRACE_SECONDS = 1.0
+
+
+def frame_text(frame: dict[str, Any]) -> str:
+    """Return FRAME as compact JSON text (orjson; what it cannot write, as ``json`` writes it)."""
+    try:
+        return orjson.dumps(frame, default=str).decode()
+    except TypeError:  # a lone surrogate, a key that is not text, an integer beyond 64 bits
+        return json.dumps(frame, separators=(",", ":"), default=str)
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     """Chat over a websocket: questions in, streamed answers out, stored as conversations."""
 
@@ -174,6 +187,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Whether the answer under way was asked to stop: a second "cancel" must
         # not cancel the task again while it stores the first one's outcome.
         self.cancel_requested = False
+        # Whether the answer's task is sending a chunk's frame, and whether it
+        # was asked to stop meanwhile (it stops once the frame is out).
+        self.sending_chunk = False
+        self.stop_after_send = False
         self.background: set[asyncio.Task[None]] = set()
         self.frame_times: deque[float] = deque()
         self.rejected_times: deque[float] = deque()
@@ -237,9 +254,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.rejoining.cancel()
         if self.channel_layer is not None:
             await self._leave_groups()
-        tasks = [t for t in [self.answering, *self.background] if t is not None]
-        for task in tasks:
+        self._stop_answering()
+        for task in self.background:
             task.cancel()
+        tasks = [t for t in [self.answering, *self.background] if t is not None]
         # The answer's task stores its partial text as cancelled before it ends.
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -248,9 +266,36 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         try:
-            await self.send(text_data=json.dumps(frame, separators=(",", ":"), default=str))
+            await self.send(text_data=frame_text(frame))
         except Exception:  # the server refuses sends once the client has gone
             self.closing = True
+
+    def _stop_answering(self) -> None:
+        """Cancel the answer under way; one sending a chunk's frame stops once the frame is out.
+
+        The text a page was sent is the text stored: a chunk is added to the
+        stored answer before its frame goes out, so a stop that cut the send
+        short could store a piece the page never got. So a stop that lands
+        during a chunk's send is kept until the send is over, when the answer's
+        task stops itself; a send still under way after ``SEND_GRACE_SECONDS``
+        (a client that reads nothing) is cancelled all the same. Done with
+        ``asyncio.shield`` before, which made a task for every chunk's send:
+        most of a websocket chunk's cost.
+        """
+        task = self.answering
+        if task is None or task.done():
+            return
+        if not self.sending_chunk:
+            task.cancel()
+            return
+        if not self.stop_after_send:
+            self.stop_after_send = True
+            asyncio.get_running_loop().call_later(SEND_GRACE_SECONDS, self._cancel_stuck_send, task)
+
+    def _cancel_stuck_send(self, task: asyncio.Task[None]) -> None:
+        """Cancel TASK if it is still sending the chunk it was asked to stop after."""
+        if self.answering is task and self.sending_chunk and not task.done():
+            task.cancel()
 
     async def _close(self, code: int) -> None:
         """Close the connection with CODE; 1008 becomes 4008 on a server that refuses 1008."""
@@ -267,8 +312,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self.send_frame(frame)
         self.closing = True
-        if self.answering is not None:
-            self.answering.cancel()
+        self._stop_answering()
         await self._close(code)
 
     async def shut_down(self, deadline: float) -> None:
@@ -279,7 +323,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await asyncio.wait([answering], timeout=wait)
             if not answering.done():
                 self.shutting_down = True
-                answering.cancel()
+                self._stop_answering()
                 # The task stores the answer as interrupted and sends the error frame.
                 await asyncio.gather(answering, return_exceptions=True)
         if self.closing:
@@ -328,7 +372,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if isinstance(frame, CancelFrame):
             if self.answering is not None and not self.cancel_requested:
                 self.cancel_requested = True
-                self.answering.cancel()
+                self._stop_answering()
         elif isinstance(frame, ProvidersFrame):
             await self.send_frame({"type": "providers", "providers": chat_provider_list()})
         elif isinstance(frame, ChatFrame):
@@ -495,6 +539,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         request = ChatRequest(messages=turn.history, model=frame.model, stream=True)
         self.cancel_requested = False
+        self.stop_after_send = False
         self.answering = asyncio.get_running_loop().create_task(
             self._answer(turn, request, frame.provider, received, accounting)
         )
@@ -538,11 +583,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         if first_chunk_ms is None:
                             first_chunk_ms = _ms(received)
                         parts.append(chunk.content)
-                        # Shielded: a stop that lands mid-send lets the piece go out
-                        # all the same, so the stored answer is exactly what the page got.
-                        await asyncio.shield(
-                            self.send_frame({"type": "chunk", "content": chunk.content})
-                        )
+                        # A stop that lands mid-send lets the piece go out all the
+                        # same, so the stored answer is what the page got (``_stop_answering``).
+                        self.sending_chunk = True
+                        try:
+                            await self.send_frame({"type": "chunk", "content": chunk.content})
+                        finally:
+                            self.sending_chunk = False
+                        if self.stop_after_send:
+                            raise asyncio.CancelledError
                     if chunk.is_final:
                         final = chunk
                         usage, finish_reason = chunk.usage, chunk.finish_reason or "stop"

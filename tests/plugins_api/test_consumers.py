@@ -9,9 +9,11 @@ plugins where a provider must misbehave. The database is committed
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from django.test import Client
 
 from echo_site.asgi import router as echo_router
 from plugins_api.access.key_changes import client_key_revoke
+from plugins_api.chat import consumer as consumer_module
+from plugins_api.chat.consumer import ChatConsumer, frame_text
 from plugins_api.models import ClientAPIKey, Conversation, ConversationMessage
 from providers.config.services import provider_config_create, provider_config_delete
 from providers.errors import BadRequestError, ProviderUnavailableError
@@ -596,6 +600,100 @@ async def test_cancel_stops_the_answer_and_the_upstream_and_keeps_the_partial_te
     # The connection goes on: the next question is answered.
     frames = await answer(browser, {"conversation": start["conversation"], "message": "hi"})
     assert frames[-1]["status"] == "complete"
+
+
+class HeldSend:
+    """Holds the socket's send of one chunk's frame (its text) until released: a client slow to read."""
+
+    def __init__(self, content: str) -> None:
+        self.content = content
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def install(self, monkeypatch: Any) -> None:
+        real_send = ChatConsumer.send
+        held = self
+
+        async def send(consumer: ChatConsumer, text_data: str | None = None, **kwargs: Any) -> None:
+            if text_data is not None and json.loads(text_data).get("content") == held.content:
+                held.holding.set()
+                await held.release.wait()
+            await real_send(consumer, text_data=text_data, **kwargs)
+
+        monkeypatch.setattr(ChatConsumer, "send", send)
+
+
+async def test_a_cancel_during_a_chunks_send_lets_it_out_and_stores_what_the_page_got(
+    browser: WebsocketCommunicator, monkeypatch: Any
+) -> None:
+    held = HeldSend("w3 ")
+    held.install(monkeypatch)
+    await browser.send_json_to({"type": "chat", "message": "go on forever", "provider": "endless"})
+    start = await until(browser, "start")
+    await asyncio.wait_for(held.holding.wait(), 5)
+    await browser.send_json_to({"type": "cancel"})
+    await asyncio.sleep(0.1)  # the cancel is read while the frame is held
+    held.release.set()
+
+    frames = []
+    while not frames or frames[-1]["type"] != "done":
+        frames.append(await browser.receive_json_from(timeout=10))
+    shown = "".join(f["content"] for f in frames if f["type"] == "chunk")
+    assert shown == "w1 w2 w3 "  # the held piece went out, and nothing after it
+    assert (frames[-1]["status"], frames[-1]["finish_reason"]) == ("cancelled", "cancelled")
+    reply = (await stored(start["conversation"]))[-1]
+    assert (reply.status, reply.content) == ("cancelled", shown)
+
+
+async def test_a_chunks_send_that_never_ends_is_cancelled_after_the_grace(
+    browser: WebsocketCommunicator, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(consumer_module, "SEND_GRACE_SECONDS", 0.2)
+    held = HeldSend("w2 ")  # never released: a client that stopped reading
+    held.install(monkeypatch)
+    await browser.send_json_to({"type": "chat", "message": "go on forever", "provider": "endless"})
+    start = await until(browser, "start")
+    await asyncio.wait_for(held.holding.wait(), 5)
+    await browser.send_json_to({"type": "cancel"})
+
+    done = await until(browser, "done")
+    assert (done["status"], done["finish_reason"]) == ("cancelled", "cancelled")
+    assert await asyncio.to_thread(Endless.closed.wait, 2.0), "the upstream generator still runs"
+    reply = (await stored(start["conversation"]))[-1]
+    assert reply.status == "cancelled" and reply.content.startswith("w1 w2 ")
+
+
+async def test_an_answers_chunks_are_sent_without_a_task_each(
+    browser: WebsocketCommunicator, monkeypatch: Any
+) -> None:
+    """A chunk's frame is sent by the answer's task itself: tasks made do not grow with the chunks."""
+    made = []
+    loop = asyncio.get_running_loop()
+    real_create_task = loop.create_task
+
+    def counted(coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(getattr(coro, "__qualname__", repr(coro)))
+        return real_create_task(coro, **kwargs)
+
+    monkeypatch.setattr(loop, "create_task", counted)
+    await browser.send_json_to({"type": "chat", "message": "go on forever", "provider": "endless"})
+    await until(browser, "start")
+    before = len(made)
+    for _ in range(15):
+        await until(browser, "chunk")
+    assert len(made) - before <= 2, made[before:]
+    await browser.send_json_to({"type": "cancel"})
+    await until(browser, "done")
+
+
+def test_a_frame_is_compact_json_and_what_orjson_cannot_write_is_written_by_json() -> None:
+    assert (
+        frame_text({"type": "chunk", "content": "café 🙂"})
+        == '{"type":"chunk","content":"café 🙂"}'
+    )
+    lone = {"type": "chunk", "content": "a \ud800 b"}
+    assert json.loads(frame_text(lone)) == lone
+    assert json.loads(frame_text({"at": Decimal("1.5"), 1: "x"})) == {"at": "1.5", "1": "x"}
 
 
 async def test_cancel_with_nothing_streaming_is_harmless(browser: WebsocketCommunicator) -> None:
