@@ -215,3 +215,31 @@ def test_stream_failure_after_start_is_an_error_event(live: httpx.Client) -> Non
     assert [name for name, _ in events][-1] == "error"
     assert events[-1][1]["error"]["type"] == "overloaded_error"
     assert "message_stop" not in [name for name, _ in events]
+
+
+@pytest.mark.parametrize(
+    "text", ["Hi", ' "quoted" \\ and \n lines', "café 🙂", "lone \ud800 surrogate"]
+)
+def test_a_text_delta_is_the_same_bytes_as_the_general_way_writes_it(text: str) -> None:
+    """The stream's text deltas take a short way (the event's head written once): the same bytes."""
+    from plugins_api.compat.anthropic_api import MessageEvents
+    from plugins_api.edge.sse import sse_event
+    from providers.types import StreamingChunk
+
+    events = MessageEvents()
+    meta = {"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 3}
+    first = StreamingChunk(content="first", metadata=meta)
+    list(events.opening(first))
+    opened = list(events.chunk(first))  # the block's start, the ping, the first delta
+    assert [e.split(b"\n")[0] for e in opened] == [
+        b"event: content_block_start",
+        b"event: ping",
+        b"event: content_block_delta",
+    ]
+    for index in (0, 7):
+        events.index = index
+        chunk = StreamingChunk(content=text, metadata=meta)
+        (event,) = events.chunk(chunk)
+        delta = {"index": index, "delta": {"type": "text_delta", "text": text}}
+        assert event == sse_event("content_block_delta", delta)
+        assert list(events._events(chunk)) == [event]
