@@ -49,10 +49,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
@@ -634,6 +635,10 @@ def answer_output(answer: ChatResponse) -> list[dict[str, Any]]:
     return output
 
 
+_TEXT_DELTA_HEAD = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+_TEXT_DELTA_TAIL = b',"logprobs":[],"sequence_number":%d}\n\n'
+
+
 class ResponseEvents:
     """The Responses API events of one stream (see the module docstring).
 
@@ -650,7 +655,11 @@ class ResponseEvents:
         self.model = ""
         self.output: list[dict[str, Any]] = []
         self.text_id: str | None = None
-        self.text = ""
+        #: The open text item's pieces, joined when it closes (a long answer is many).
+        self.text_parts: list[str] = []
+        #: A text delta's bytes before its text, for ``_delta_head_of`` (item id, output index).
+        self._delta_head_of: tuple[str, int] | None = None
+        self._delta_head = b""
         self.finished: dict[str, Any] | None = None
 
     def _event(self, name: str, data: dict[str, Any]) -> bytes:
@@ -680,18 +689,48 @@ class ResponseEvents:
     def _close_text(self, status: str) -> Iterator[bytes]:
         if self.text_id is None:
             return
+        text = "".join(self.text_parts)
         where = {"item_id": self.text_id, "output_index": len(self.output), "content_index": 0}
-        part = {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
-        yield self._event("response.output_text.done", {**where, "text": self.text, "logprobs": []})
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        yield self._event("response.output_text.done", {**where, "text": text, "logprobs": []})
         yield self._event("response.content_part.done", {**where, "part": part})
-        item = text_item(self.text_id, self.text, status)
+        item = text_item(self.text_id, text, status)
         yield self._event(
             "response.output_item.done", {"output_index": len(self.output), "item": item}
         )
         self.output.append(item)
-        self.text_id, self.text = None, ""
+        self.text_id, self.text_parts = None, []
 
-    def chunk(self, chunk: StreamingChunk) -> Iterator[bytes]:
+    def chunk(self, chunk: StreamingChunk) -> Iterable[bytes]:
+        if (
+            chunk.content
+            and self.text_id is not None
+            and not chunk.tool_calls
+            and not chunk.is_final
+        ):
+            # Most events of a stream: a text delta of the open item. The bytes
+            # ``_event`` gives, the event's head written once per item.
+            try:
+                text = orjson.dumps(chunk.content)
+            except TypeError:  # a lone surrogate: as ``sse_frame`` writes it
+                return self._events(chunk)
+            where = (self.text_id, len(self.output))
+            if where != self._delta_head_of:
+                self._delta_head_of = where
+                self._delta_head = (
+                    _TEXT_DELTA_HEAD
+                    + orjson.dumps(
+                        {"item_id": where[0], "output_index": where[1], "content_index": 0}
+                    )[1:-1]
+                    + b',"delta":'
+                )
+            self.text_parts.append(chunk.content)
+            event = self._delta_head + text + _TEXT_DELTA_TAIL % self.sequence
+            self.sequence += 1
+            return (event,)
+        return self._events(chunk)
+
+    def _events(self, chunk: StreamingChunk) -> Iterator[bytes]:
         if chunk.content:
             if self.text_id is None:
                 self.text_id = _item_id("msg")
@@ -710,7 +749,7 @@ class ResponseEvents:
                         "part": part,
                     },
                 )
-            self.text += chunk.content
+            self.text_parts.append(chunk.content)
             yield self._event(
                 "response.output_text.delta",
                 {

@@ -593,3 +593,39 @@ def test_hostile_input_is_a_400_naming_the_field(upstream, chat_key, live_echo) 
         assert client.put(f"{url}/resp_x", json={}).status_code == 405
     assert stored_count() == 0
     assert upstream.requests_to("/v1/chat/completions") == []
+
+
+@pytest.mark.parametrize(
+    "text", ["Hi", ' "quoted" \\ and \n lines', "café 🙂", "lone \ud800 surrogate"]
+)
+def test_a_text_delta_is_the_same_bytes_as_the_general_way_writes_it(text: str) -> None:
+    """The stream's text deltas take a short way (the event's head written once): the same bytes."""
+    from plugins_api.compat.responses_api import ResponseEvents, parse_responses_call
+    from plugins_api.edge.sse import sse_event
+    from providers.types import StreamingChunk, Usage
+
+    call = parse_responses_call({"model": "echo/echo-1", "input": "hi", "stream": True})
+    events = ResponseEvents(call, "resp_1", 1_700_000_000)
+    meta = {"provider": "echo", "model": "echo-1"}
+    first = StreamingChunk(content="first", metadata=meta)
+    list(events.opening(first))
+    list(events.chunk(first))  # the item and its part added, the first delta
+    for _ in range(2):
+        sequence = events.sequence
+        (event,) = events.chunk(StreamingChunk(content=text, metadata=meta))
+        assert event == sse_event(
+            "response.output_text.delta",
+            {
+                "item_id": events.text_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+                "logprobs": [],
+                "sequence_number": sequence,
+            },
+        )
+        assert events.sequence == sequence + 1
+    closing = list(events.chunk(StreamingChunk(is_final=True, finish_reason="stop", usage=Usage())))
+    done = [e for e in closing if e.startswith(b"event: response.output_text.done")]
+    assert len(done) == 1
+    assert json.loads(done[0].split(b"data: ")[1])["text"] == "first" + text + text
