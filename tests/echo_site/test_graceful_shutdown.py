@@ -314,16 +314,8 @@ async def test_a_wait_begun_during_the_drain_ends_at_its_deadline(settings) -> N
 
 async def test_a_client_leaving_a_waiting_stream_is_a_cancellation_not_a_shutdown() -> None:
     """Not draining, a cancelled wait stays a cancellation, and no wait is left behind."""
-    stalled = asyncio.Event()
-
-    async def chunks():
-        stalled.set()
-        await asyncio.sleep(60)
-        yield StreamingChunk(is_final=True)
-
     first = StreamingChunk(content="Hi", metadata={"provider": "p", "model": "m"})
-    reader = asyncio.create_task(_all(encode_stream(first, chunks(), ChatEvents())))
-    await asyncio.wait_for(stalled.wait(), 5)
+    reader = await _reading_a_stalled_stream(first)
     assert len(runtime.lifecycle._waits) == 1
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -338,16 +330,9 @@ async def test_a_client_leaving_a_waiting_stream_is_a_cancellation_not_a_shutdow
 async def test_a_client_leaving_as_the_deadline_passes_is_still_a_cancellation(settings) -> None:
     """The drain ends a wait the client's cancellation also ended: the cancellation is kept."""
     settings.ECHO_DRAIN_SECONDS = 0
-    stalled = asyncio.Event()
-
-    async def chunks():
-        stalled.set()
-        await asyncio.sleep(60)
-        yield StreamingChunk(is_final=True)
-
-    first = StreamingChunk(content="Hi", metadata={"provider": "p", "model": "m"})
-    reader = asyncio.create_task(_all(encode_stream(first, chunks(), ChatEvents())))
-    await asyncio.wait_for(stalled.wait(), 5)
+    reader = await _reading_a_stalled_stream(
+        StreamingChunk(content="Hi", metadata={"provider": "p", "model": "m"})
+    )
     runtime.lifecycle.begin_drain()
     # The deadline's timer and the client's leaving, both before the reader runs again.
     (limit,) = runtime.lifecycle._waits
@@ -355,6 +340,20 @@ async def test_a_client_leaving_as_the_deadline_passes_is_still_a_cancellation(s
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
+
+
+async def _reading_a_stalled_stream(first: StreamingChunk) -> asyncio.Task[list[bytes]]:
+    """Return a task reading FIRST and then an upstream that stopped sending, once it waits."""
+    stalled = asyncio.Event()
+
+    async def chunks():
+        stalled.set()
+        await asyncio.sleep(60)
+        yield StreamingChunk(is_final=True)
+
+    reader = asyncio.create_task(_all(encode_stream(first, chunks(), ChatEvents())))
+    await asyncio.wait_for(stalled.wait(), 5)
+    return reader
 
 
 async def _all(events) -> list[bytes]:

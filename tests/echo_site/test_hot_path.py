@@ -638,6 +638,26 @@ def test_a_provider_health_check_and_other_methods_still_go_to_django(providers,
         assert len(started) - before == 1, (path, method)
 
 
+async def sent_messages(how) -> list[dict[str, Any]]:
+    """Return the ASGI messages HOW sends, given a ``send`` that keeps them."""
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    await how(send)
+    return messages
+
+
+def named_and_with(response: Any, cookie: str | None) -> Any:
+    """Return RESPONSE with a header of Echo's and, when given, COOKIE (``name=value``) set."""
+    response["X-Echo-Provider"] = "echo"
+    if cookie:
+        name, value = cookie.split("=")
+        response.set_cookie(name, value)
+    return response
+
+
 @pytest.mark.parametrize(
     "body, cookie",
     [
@@ -658,25 +678,12 @@ def test_a_whole_answer_is_sent_as_djangos_send_response_sends_it(body: bytes, c
 
     def answer() -> HttpResponse:
         response = HttpResponse(body, content_type="application/json", status=201)
-        response["X-Echo-Provider"] = "echo"
-        if cookie:
-            name, value = cookie.split("=")
-            response.set_cookie(name, value)
-        return response
+        return named_and_with(response, cookie)
 
-    async def sent(how) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-
-        await how(send)
-        return messages
-
-    theirs = async_to_sync(sent)(
+    theirs = async_to_sync(sent_messages)(
         lambda send: ASGIHandler().send_response(answer(), _adding(added, send))
     )
-    ours = async_to_sync(sent)(lambda send: send_whole(answer(), added, send))
+    ours = async_to_sync(sent_messages)(lambda send: send_whole(answer(), added, send))
     for message in theirs:
         if message["type"] == "http.response.body":  # Django may leave it out: it means False
             message.setdefault("more_body", False)
@@ -704,25 +711,12 @@ def test_an_event_stream_is_sent_as_djangos_send_response_sends_it(cookie) -> No
 
     def answer():
         response = event_stream_response(stream())
-        response["X-Echo-Provider"] = "echo"
-        if cookie:
-            name, value = cookie.split("=")
-            response.set_cookie(name, value)
-        return response
+        return named_and_with(response, cookie)
 
-    async def sent(how) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-
-        await how(send)
-        return messages
-
-    theirs = async_to_sync(sent)(
+    theirs = async_to_sync(sent_messages)(
         lambda send: ASGIHandler().send_response(answer(), _adding(added, send))
     )
-    ours = async_to_sync(sent)(lambda send: send_events(answer(), added, send))
+    ours = async_to_sync(sent_messages)(lambda send: send_events(answer(), added, send))
     assert ours == theirs
     assert [m.get("body") for m in ours[1:-1]] == events
 
