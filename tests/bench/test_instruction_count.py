@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bench import fast_upstream, instruction_count
@@ -127,3 +129,23 @@ def test_the_report_shows_the_counts_and_their_ratio_or_why_not():
         {"machine": {}, "instructions": {"error": "valgrind is not installed"}}
     )
     assert "Not counted: valgrind is not installed" in failed
+
+
+async def test_under_the_count_echos_access_lines_are_written_in_full_batches(monkeypatch):
+    """As at load: a batch waits for its 32 lines, not for the 0.1 s that valgrind's pace would cut it at."""
+    from echo_site import access_log
+
+    written: list = []
+    batch = access_log.LineBatch(
+        written.append, write_all=lambda lines: written.append(lines) or True
+    )
+    monkeypatch.setattr(access_log, "pending", batch)
+    instruction_count.batch_lines_by_count()
+    line = ({"client": ("127.0.0.1", 1), "method": "POST", "path": "/"}, 200, [], 0.001, 0.0)
+    for _ in range(access_log.BATCH_LINES - 1):
+        batch.add(line)
+    await asyncio.sleep(access_log.BATCH_SECONDS * 1.5)
+    assert written == [] and len(batch) == access_log.BATCH_LINES - 1
+    batch.add(line)
+    assert [len(lines) for lines in written] == [access_log.BATCH_LINES]
+    batch.flush()  # its timer, set an hour ahead, finds nothing
