@@ -47,7 +47,6 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -81,7 +80,7 @@ from plugins_api.edge.chat_requests import (
     reject_upstream_settings,
     required_string,
 )
-from plugins_api.edge.sse import sse_event
+from plugins_api.edge.sse import json_text, sse_event
 from providers.errors import ProviderError
 from providers.plugins.anthropic_wire import ERROR_TYPE_STATUS, IMAGE_MEDIA_TYPES, STOP_REASONS
 from providers.types import (
@@ -625,9 +624,8 @@ class MessageEvents:
         if chunk.content and self.text_open and not chunk.tool_calls and not chunk.is_final:
             # Most events of a stream: text for the open block. The bytes
             # ``sse_event`` gives, the event's head written once per block.
-            try:
-                text = orjson.dumps(chunk.content)
-            except TypeError:  # a lone surrogate: as ``sse_frame`` writes it
+            text = json_text(chunk.content)
+            if text is None:
                 return self._events(chunk)
             return (_TEXT_DELTA % self.index + text + b"}}\n\n",)
         return self._events(chunk)

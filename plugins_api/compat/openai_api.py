@@ -81,7 +81,7 @@ from plugins_api.edge.chat_requests import (
 )
 from plugins_api.edge.json_answer import JsonAnswer
 from plugins_api.edge.request_usage import RequestUsage, client_label
-from plugins_api.edge.sse import sse_frame
+from plugins_api.edge.sse import json_text, sse_frame
 from providers.errors import (
     ModelNotFoundError,
     ProviderError,
@@ -459,9 +459,8 @@ class CompletionChunks:
         ):
             # Most events of a stream: text for the one choice, whose role was sent.
             # The bytes ``_event`` gives, the frame encoded once at the opening.
-            try:
-                text = orjson.dumps(chunk.content)
-            except TypeError:  # a lone surrogate: ``sse_frame`` writes it as ``json`` does
+            text = json_text(chunk.content)
+            if text is None:
                 return self._events(chunk)
             return (self._head + _CONTENT + text + _CONTENT_END,)
         return self._events(chunk)

@@ -107,6 +107,7 @@ from plugins_api.edge.sse import (
     encode_stream,
     event_stream_response,
     first_chunk,
+    json_text,
     sse_event,
 )
 from providers.errors import ProviderError
@@ -710,9 +711,8 @@ class ResponseEvents:
         ):
             # Most events of a stream: a text delta of the open item. The bytes
             # ``_event`` gives, the event's head written once per item.
-            try:
-                text = orjson.dumps(chunk.content)
-            except TypeError:  # a lone surrogate: as ``sse_frame`` writes it
+            text = json_text(chunk.content)
+            if text is None:
                 return self._events(chunk)
             where = (self.text_id, len(self.output))
             if where != self._delta_head_of:

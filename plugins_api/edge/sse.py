@@ -83,6 +83,18 @@ def sse_frame(data: dict[str, Any] | str, *, event: str | None = None) -> bytes:
     return head + b"data: " + body + b"\n\n"
 
 
+def json_text(text: str) -> bytes | None:
+    """Return TEXT as a JSON string, as ``sse_frame`` would write it; None when orjson cannot.
+
+    For the streams' short ways to their text events: a text orjson refuses
+    (a lone surrogate) goes the general way, where ``sse_frame`` writes it with ``json``.
+    """
+    try:
+        return orjson.dumps(text)
+    except TypeError:
+        return None
+
+
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
     """Return one typed SSE event: ``event: EVENT``, and DATA whose ``type`` repeats EVENT."""
     return sse_frame({"type": event, **data}, event=event)
@@ -230,13 +242,14 @@ class ChatEvents:
             # Most events of a stream: its text. The bytes ``sse_event`` gives,
             # the provider and model (the same all along) encoded once.
             named = (meta.get("provider"), meta.get("model"))
-            try:
-                if named != self._named:
+            if named != self._named:
+                try:
                     self._tail = b"," + orjson.dumps({"provider": named[0], "model": named[1]})[1:]
-                    self._named = named
-                text = orjson.dumps(chunk.content)
-            except TypeError:  # what orjson cannot write: as ``sse_frame`` writes it
-                self._named = None
+                except TypeError:  # names orjson cannot write: as ``sse_frame`` writes them
+                    return self._events(chunk)
+                self._named = named
+            text = json_text(chunk.content)
+            if text is None:
                 return self._events(chunk)
             return (_CHAT_CHUNK + text + self._tail + b"\n\n",)
         return self._events(chunk)
