@@ -14,7 +14,10 @@ replaced in turn by a value of the wrong type. Path values, bodies and
 mutations take the methods and clients in turn, which keeps the run within
 seconds. No answer may be a
 5xx, and the server must still serve afterwards. The chat websocket gets
-the same treatment, frame by frame: it must answer and stay open.
+the same treatment, frame by frame: it must answer and stay open. The
+bodies' fuzzer is in ``test_hostile_input_fuzz_bodies.py``, with this
+module's routes, bodies and fixtures: a file of its own runs on another
+worker.
 
 Requests go through the real ASGI application (``echo_site.asgi.router``:
 the body limit, the middleware, the views) in-process with httpx, so the run
@@ -524,52 +527,6 @@ async def test_every_route_survives_hostile_path_parameters_and_queries(fuzzer: 
             for query in HOSTILE_QUERIES:
                 url = f"{route.url({})}?{query}"
                 await fuzzer.send(route, "GET", url, personas.next(), f"?{query[:30]}")
-    await still_serves(fuzzer)
-    assert not fuzzer.failures, _report(fuzzer, started)
-
-
-async def test_every_route_survives_hostile_bodies(fuzzer: Fuzzer) -> None:
-    started = time.monotonic()
-    routes = every_route()
-    allowed = await allowed_methods(fuzzer, routes)
-    by_name = {route.name: route for route in routes}
-    missing = {name for name, _ in VALID_BODIES} - set(by_name)
-    assert not missing, f"VALID_BODIES names routes that no longer exist: {missing}"
-    for number, route in enumerate(routes):
-        body_methods = [m for m in allowed[route] if m in BODY_METHODS]
-        if not body_methods:
-            continue
-        url = route.url({})
-        # Every hostile body goes to the route; the personas it lets in (the ones whose
-        # body is parsed) and the methods take turns, so each persona meets several
-        # bodies on every route and every body meets each persona across the routes.
-        admitted = []
-        for persona in fuzzer.personas:
-            status = await _send_and_restore(fuzzer, route, body_methods[0], url, persona, "probe")
-            if status not in (None, 301, 302, 401, 403):
-                admitted.append(persona)
-        methods = Rotation(body_methods, number)
-        personas = Rotation(admitted or list(fuzzer.personas), number)
-        for label, content_type, body in HOSTILE_BODIES:
-            await _send_and_restore(
-                fuzzer, route, methods.next(), url, personas.next(), label, body, content_type
-            )
-    for (name, method), valid in VALID_BODIES.items():
-        route = by_name[name]
-        url = route.url({})
-        body = json.dumps(valid).encode()
-        # The personas this route lets through: the ones whose fields get validated.
-        admitted = []
-        for persona in fuzzer.personas:
-            status = await _send_and_restore(
-                fuzzer, route, method, url, persona, "valid", body, JSON
-            )
-            if status not in (None, 401, 403):
-                admitted.append(persona)
-        assert admitted, f"no persona may call {route} {method} with its valid body"
-        calls = Rotation(admitted)
-        for label, mutated in mutated_bodies(valid):
-            await _send_and_restore(fuzzer, route, method, url, calls.next(), label, mutated, JSON)
     await still_serves(fuzzer)
     assert not fuzzer.failures, _report(fuzzer, started)
 
