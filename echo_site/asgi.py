@@ -41,6 +41,7 @@ django_asgi_app = get_asgi_application()
 # Imported after get_asgi_application(): they import models.
 from asgiref.sync import sync_to_async  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
@@ -121,9 +122,23 @@ def settle_heap() -> None:
     the middle of some request: most of a worker's p99 latency
     (``make bench``). Frozen, it is never walked again; what requests make
     is still collected as before.
+
+    Then the young collections are spaced out: Python collects its youngest
+    objects each time 700 more are alive than at the last collection, and
+    a worker holding hundreds of streams gains that in a few milliseconds.
+    Each stream's objects, alive for seconds, were walked again and again,
+    promoted, and soon set off a full collection of all of them (20 to 60
+    ms with 256 streams open, the worker's loop stopped meanwhile): at 256
+    streams a quarter of ``make bench``'s rounds saw every stream stall at
+    once. With ``ECHO_GC_YOUNG_THRESHOLD`` (20,000) objects between young
+    collections none did (docs/BENCHMARKS.md); a request's objects are
+    freed by their reference counts long before, as they always were, and
+    garbage in cycles waits a little longer for the collector.
     """
     gc.collect()
     gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(settings.ECHO_GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 async def _start(lifecycle) -> None:

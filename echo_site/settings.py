@@ -285,6 +285,12 @@ ECHO_RESPONSES_MAX_STORED_BYTES = env_int(
 # (providers.runtime.orm_threads). 0: the request's own thread, as Django's async ORM
 # runs a query (the test setting: a test's transaction is seen by its own connection only).
 ECHO_ORM_THREADS = env_int("ECHO_ORM_THREADS", 0 if ECHO_ENV == "test" else 4, minimum=0)
+# Objects a worker may gain between two of the garbage collector's young collections
+# (Python's threshold0, 700 by default), set once the worker's start-up heap is
+# frozen (echo_site.asgi.settle_heap). With 700, hundreds of live streams set off
+# collections every few milliseconds and full ones that paused a worker for tens
+# of milliseconds at once: the stalls of make bench's 256 streams (docs/BENCHMARKS.md).
+ECHO_GC_YOUNG_THRESHOLD = env_int("ECHO_GC_YOUNG_THRESHOLD", 20_000, minimum=100)
 
 # Usage accounting (providers.usage.recorder) and metric labels (providers.usage.metric_labels).
 # Rows wait in memory for the database at most this many; beyond, the oldest are

@@ -22,9 +22,11 @@ class StartedLifecycle:
 
 @pytest.fixture
 def unfrozen():
+    threshold = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -67,3 +69,35 @@ def test_settle_heap_collects_garbage_before_freezing(unfrozen) -> None:
 
     assert gone == [True], "a cycle alive only by itself was frozen instead of freed"
     assert gc.get_freeze_count() > 0
+
+
+def test_settle_heap_spaces_out_the_young_collections_as_configured(unfrozen, settings) -> None:
+    gc.set_threshold(700, 11, 12)
+    settings.ECHO_GC_YOUNG_THRESHOLD = 4321
+
+    asgi.settle_heap()
+
+    assert gc.get_threshold() == (4321, 11, 12), "only the young generation's threshold changes"
+
+
+def test_young_collections_wait_for_the_configured_number_of_new_objects(
+    unfrozen, settings
+) -> None:
+    settings.ECHO_GC_YOUNG_THRESHOLD = 20_000
+    asgi.settle_heap()
+    collections = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        # 10,000 more tracked objects: half the threshold (room for other threads' own)
+        kept = [[n] for n in range(10_000)]
+        assert collections == [], "a collection ran before 20,000 new objects"
+        kept += [[n] for n in range(15_000)]  # past it
+    finally:
+        gc.callbacks.remove(count)
+    assert collections, "no young collection after 25,000 new objects"
+    assert len(kept) == 25_000
