@@ -53,6 +53,17 @@ def post_request(host: str, port: int, path: str, payload: dict, headers: dict[s
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def get_request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
+    """Return the bytes of ``GET PATH`` with HEADERS."""
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"host: {host}:{port}",
+        "accept: */*",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class EventCounter:
     """Split a streamed body into events (blank-line separated) and time those carrying the marker."""
 

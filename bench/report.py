@@ -298,6 +298,7 @@ def render_markdown(results: dict) -> str:
             out.append(
                 f"| {_label(results, key)} | {_fmt(row.get('max_without_stall'))} | {steps} |"
             )
+        out += _worker_pauses(results, streams)
     websocket = results.get("websocket", {})
     if websocket:
         out += _section(
@@ -506,6 +507,32 @@ def compute_ratios(results: dict) -> dict[str, float | None]:
         results, "websocket", main_server, "ratio_total"
     )
     return ratios
+
+
+def _worker_pauses(results: dict, streams: dict) -> list[str]:
+    """The Echo worker's collector pauses in each stream step, where its /metrics was read."""
+    rows = []
+    for key, row in streams.items():
+        steps = [s for s in row.get("steps", []) if "worker_pauses" in s]
+        if steps:
+            cells = ", ".join(
+                f"{s['streams']}: {s['worker_pauses']['full_collections']}, "
+                f"{s['worker_pauses']['passes_over_25ms']}, "
+                f"{s['worker_pauses']['gc_seconds'] * 1000:.0f}"
+                for s in steps
+            )
+            rows.append(f"| {_label(results, key)} | {cells} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "Echo's worker during each step, from its `/metrics` (`echo_gc_pause_seconds`): a stall"
+        " of every stream at once is a pause of the whole worker, such as a full collection.",
+        "",
+        "| system | steps (streams: full collections, passes over 25 ms, ms in the collector) |",
+        "|---|---|",
+        *rows,
+    ]
 
 
 def write_report(results: dict, directory: Path) -> tuple[Path, Path]:

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import litellm_peer, processes, wrk_load, ws_probe
+from bench import litellm_peer, processes, worker_pauses, wrk_load, ws_probe
 from bench.http_probe import HttpConnection, post_request
 from bench.report import P99_LIMIT_MS, write_report
 from bench.timings import added, gaps, ratio, round_orders, stalls, summary
@@ -134,6 +134,7 @@ class Bench:
     echo_servers: dict[str, processes.Service] = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     echo_key: str = ""
+    echo_admin_key: str = ""  # reads Echo's /metrics (the worker's collector pauses)
     echo_env: dict[str, str] = field(default_factory=dict)
     upstream_url: str = ""
 
@@ -202,6 +203,18 @@ def prepare_echo(env: dict[str, str]) -> str:
     ).stdout.strip()
 
 
+def issue_admin_key(env: dict[str, str]) -> str:
+    """Return a new client key with admin scope: the harness reads Echo's ``/metrics`` with it."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "issue_api_key", "bench-metrics", "--scope", "admin"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def start_all(bench: Bench, skip_litellm: bool) -> None:
     """Start every service and define the systems; a peer that fails is recorded, not fatal."""
     logs = bench.workdir
@@ -229,6 +242,7 @@ def start_all(bench: Bench, skip_litellm: bool) -> None:
     env = echo_environment(bench.workdir, up_port)
     bench.upstream_url = f"http://127.0.0.1:{up_port}"
     bench.echo_key = prepare_echo(env)
+    bench.echo_admin_key = issue_admin_key(env)
     bench.echo_env = env
     makefile = (ROOT / "Makefile").read_text()
     main_port = processes.free_port()
@@ -569,11 +583,17 @@ async def measure_streams(bench: Bench) -> None:
     )
     for streams in bench.plan.stream_steps:
         for system in list(active):
+            echo = system.key.startswith("echo") and bench.echo_admin_key
+            before = await worker_pauses.read(system.port, bench.echo_admin_key) if echo else None
             step = await stream_step(system, streams)
+            after = await worker_pauses.read(system.port, bench.echo_admin_key) if echo else None
+            if before is not None and after is not None:
+                step["worker_pauses"] = after.since(before)
             table[system.key]["steps"].append(step)
             print(
                 f"  streams {system.key} x{streams}: stalled {step['stalled_streams']}, "
-                f"max gap {step['max_gap_ms']} ms, errors {step['errors']}",
+                f"max gap {step['max_gap_ms']} ms, errors {step['errors']}"
+                + (f", worker {step['worker_pauses']}" if "worker_pauses" in step else ""),
                 flush=True,
             )
             if step["stalled_streams"] == 0 and step["errors"] == 0:

@@ -45,7 +45,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from echo_site import access_log  # noqa: E402
+from echo_site import access_log, collector_pauses  # noqa: E402
 from echo_site.cors import with_cors  # noqa: E402
 from echo_site.hot_path import HotPath  # noqa: E402
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
@@ -133,12 +133,14 @@ def settle_heap() -> None:
     once. With ``ECHO_GC_YOUNG_THRESHOLD`` (20,000) objects between young
     collections none did (docs/BENCHMARKS.md); a request's objects are
     freed by their reference counts long before, as they always were, and
-    garbage in cycles waits a little longer for the collector.
+    garbage in cycles waits a little longer for the collector. How long
+    each pass stops the worker is in ``/metrics`` (``echo_site.collector_pauses``).
     """
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(settings.ECHO_GC_YOUNG_THRESHOLD, middle, oldest)
+    collector_pauses.watch()  # each pass from now on timed: echo_gc_pause_seconds
 
 
 async def _start(lifecycle) -> None:

@@ -235,3 +235,24 @@ def test_a_systems_throughput_is_its_best_step_within_the_limit():
         best = better_step(best, each)
     assert best is steps[1]
     assert better_step(best, step(32, 1600.0, 45.0, 0.7))["rps"] == 1600.0
+
+
+def test_the_echo_workers_pauses_in_each_stream_step_are_a_table_of_their_own():
+    data = results()
+    step = {"streams": 256, "stalled_streams": 200, "max_gap_ms": 124.0, "errors": 0}
+    paused = {"full_collections": 1, "passes_over_25ms": 2, "gc_seconds": 0.0613}
+    data["streams"] = {
+        "echo_v1": {"steps": [{**step, "worker_pauses": paused}], "max_without_stall": 128},
+        "floor": {"steps": [step], "max_without_stall": 128},  # not Echo: never read
+    }
+
+    markdown = render_markdown(data)
+
+    assert "full collections, passes over 25 ms, ms in the collector" in markdown
+    rows = [line for line in markdown.splitlines() if line.endswith("| 256: 1, 2, 61 |")]
+    assert rows == ["| Echo v1 | 256: 1, 2, 61 |"]
+
+
+def test_without_the_workers_pauses_there_is_no_such_table():
+    markdown = render_markdown(results())
+    assert "ms in the collector" not in markdown
