@@ -193,20 +193,13 @@ def prepare_echo(env: dict[str, str]) -> str:
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([*manage, "sync_providers"], cwd=ROOT, env=env, check=True, **quiet)
-    return subprocess.run(
-        [*manage, "issue_api_key", "bench", "--scope", "chat"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    return issue_key(env, "bench", "chat")
 
 
-def issue_admin_key(env: dict[str, str]) -> str:
-    """Return a new client key with admin scope: the harness reads Echo's ``/metrics`` with it."""
+def issue_key(env: dict[str, str], name: str, scope: str) -> str:
+    """Return a new client key NAME with SCOPE (``chat``; ``admin`` reads Echo's ``/metrics``)."""
     return subprocess.run(
-        [sys.executable, "manage.py", "issue_api_key", "bench-metrics", "--scope", "admin"],
+        [sys.executable, "manage.py", "issue_api_key", name, "--scope", scope],
         cwd=ROOT,
         env=env,
         check=True,
@@ -242,7 +235,7 @@ def start_all(bench: Bench, skip_litellm: bool) -> None:
     env = echo_environment(bench.workdir, up_port)
     bench.upstream_url = f"http://127.0.0.1:{up_port}"
     bench.echo_key = prepare_echo(env)
-    bench.echo_admin_key = issue_admin_key(env)
+    bench.echo_admin_key = issue_key(env, "bench-metrics", "admin")
     bench.echo_env = env
     makefile = (ROOT / "Makefile").read_text()
     main_port = processes.free_port()
