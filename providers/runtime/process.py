@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     model_lists: ModelListCache
     config_sync_state: ConfigSyncState
     key_cache: dict[str, tuple[float, Any]]
+    unknown_key_cache: dict[str, tuple[float, Any]]
+    unknown_key_windows: dict[str, list[float]]
     health_probes: HealthProbes
     lifecycle: ProviderLifecycle
 
@@ -74,6 +76,8 @@ RUNTIME_PARTS = frozenset(
         "model_lists",
         "config_sync_state",
         "key_cache",
+        "unknown_key_cache",
+        "unknown_key_windows",
         "health_probes",
         "lifecycle",
     }

@@ -58,6 +58,10 @@ class EchoRuntime:
         # Client-key verifications by key digest: (expiry, identity or None).
         # Filled and read by ``plugins_api.access.client_keys``.
         self.key_cache: dict[str, tuple[float, Any]] = {}
+        # Unknown keys' digests: (expiry, None), apart so that they never push a known key out.
+        self.unknown_key_cache: dict[str, tuple[float, Any]] = {}
+        # Per client address: [window start, unknown keys in it] (``unknown_keys``' guard).
+        self.unknown_key_windows: dict[str, list[float]] = {}
         # The loop the registry's providers serve on, while the process serves.
         self.serving_loop: asyncio.AbstractEventLoop | None = None
         self.lifecycle = ProviderLifecycle(self)
