@@ -49,6 +49,7 @@ from echo_site import access_log, collector_pauses  # noqa: E402
 from echo_site.cors import with_cors  # noqa: E402
 from echo_site.hot_path import HotPath  # noqa: E402
 from echo_site.request_body_limit import RequestBodyLimit  # noqa: E402
+from plugins_api.access.key_last_use import key_last_use  # noqa: E402
 from plugins_api.chat.conversations import chat_answers_interrupt_orphaned  # noqa: E402
 from plugins_api.routing import websocket_application  # noqa: E402
 from providers.runtime import process as runtime  # noqa: E402
@@ -191,6 +192,8 @@ async def _lifespan(receive, send) -> None:
             lifecycle.catch_sigterm()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            # Before the runtime's stop closes the database connections.
+            await key_last_use.stop()
             await lifecycle.stop()
             access_log.flush()
             await send({"type": "lifespan.shutdown.complete"})

@@ -12,9 +12,11 @@ use writes it. A loop that is not the serving one (a test's) leaves the
 stamps to ``flush``.
 
 Bounded: at most ``MAX_PENDING`` keys wait to be written. A batch the
-background writer cannot write is logged and dropped, and so is one still
-waiting when the process stops: the key is stamped again at its next use, a
-minute on.
+background writer cannot write is logged and dropped: the key is stamped
+again at its next use, a minute on. The stamps still waiting when a worker
+stops are written by its lifespan's shutdown (``stop``), before the
+database connections close: a key used once just before a deploy is not
+left looking unused to whoever decides to revoke it.
 ``last_used_at`` tells when a key was last used to the minute, not to the request.
 """
 
@@ -134,6 +136,25 @@ class KeyLastUse:
                 self._failing = True
             else:
                 self._failing = False
+
+    async def stop(self) -> int:
+        """Stop the batch writer and write the stamps still waiting (a worker's shutdown); return how many.
+
+        A database that refuses the write is logged (its kind only), not raised:
+        the shutdown goes on.
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            if writer.get_loop() is asyncio.get_running_loop():
+                await asyncio.gather(writer, return_exceptions=True)
+        try:
+            return await self.flush()
+        except Exception as exc:
+            logger.warning(
+                "client keys' last use was not written at shutdown (%s)", type(exc).__name__
+            )
+            return 0
 
     async def flush(self) -> int:
         """Write the waiting stamps now; return how many keys were stamped."""

@@ -401,3 +401,38 @@ def test_the_start_up_sweep_interrupts_only_answers_older_than_any_live_stream()
         live.pk: ConversationMessage.STATUS_STREAMING,
         done.pk: ConversationMessage.STATUS_COMPLETE,
     }
+
+
+def test_the_lifespans_shutdown_writes_the_keys_last_use_before_the_runtime_stops(
+    monkeypatch,
+) -> None:
+    """The runtime's stop closes the database connections: the waiting stamps go first."""
+    from echo_site import asgi
+    from plugins_api.access.key_last_use import key_last_use
+
+    order: list[str] = []
+
+    class Lifecycle:
+        async def stop(self) -> None:
+            order.append("runtime stopped")
+
+    class Runtime:
+        lifecycle = Lifecycle()
+
+    async def stamps_written() -> int:
+        order.append("stamps written")
+        return 0
+
+    monkeypatch.setattr(asgi.runtime, "current", lambda: Runtime())
+    monkeypatch.setattr(key_last_use, "stop", stamps_written)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(asgi._lifespan(receive, send))
+    assert order == ["stamps written", "runtime stopped"]
+    assert sent == [{"type": "lifespan.shutdown.complete"}]

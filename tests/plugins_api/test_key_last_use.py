@@ -60,3 +60,23 @@ async def test_waiting_stamps_are_bounded_and_one_flush_writes_them(
     assert await key_last_use.flush() == 1
     assert await sync_to_async(stamped_names)() == {"k0", "k1", "k2"}
     await sync_to_async(connections.close_all)()
+
+
+def test_the_stamps_still_waiting_are_written_when_the_worker_stops(
+    transactional_db, serving_loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key used once just before a deploy must not look unused: the lifespan's shutdown writes it."""
+    monkeypatch.setattr(
+        key_last_use_module, "BATCH_SECONDS", 60.0
+    )  # the writer would wait a minute
+    _, raw_key = client_key_issue(name="used-before-deploy", scope="chat")
+
+    async def use_then_stop() -> int:
+        assert await averify_key(raw_key) is not None  # on the serving loop: the writer waits
+        await asyncio.sleep(0)
+        return await key_last_use.stop()
+
+    future = asyncio.run_coroutine_threadsafe(use_then_stop(), serving_loop)
+    assert future.result(10) == 1
+    assert stamped_names() == {"used-before-deploy"}
+    asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), serving_loop).result(5)
