@@ -7,8 +7,7 @@ the server and Django and acts on the stream itself:
 - An API request (``/chat``, ``/v1/...``, ``/plugins/...``, ``/api/...``,
   ``/metrics``, ``/health/<name>``) that carries a body is answered 401 before
   any of the body is read when it has no credential at all, or a key that
-  verification rejects (cached, so a known key costs no query); 429 when its
-  address sent too many unknown keys (``plugins_api.access.unknown_keys``).
+  verification rejects (cached, so a known key costs no query).
 - Every HTTP request body is bounded by ``settings.ECHO_MAX_BODY_BYTES``: a
   declared ``Content-Length`` over it is refused at once; a chunked body is
   counted as it streams in and refused with 413 as soon as it passes the limit.
@@ -34,7 +33,6 @@ from plugins_api.access.key_credentials import (
     averify_credential,
     key_credential,
     remember_verified,
-    scope_origin,
     unauthorized,
 )
 from plugins_api.access.request_auth import echo_denial
@@ -146,7 +144,7 @@ class RequestBodyLimit:
             if token is not None:
                 # A cache miss queries the database on the ORM threads' kept
                 # connections (``client_keys``): no thread or connection of its own.
-                found = await averify_credential(token, scope_origin(scope))
+                found = await averify_credential(token)
                 if isinstance(found, Denial):
                     await send_early_response(send, denial_response(path, found))
                     return

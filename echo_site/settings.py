@@ -324,13 +324,6 @@ if ECHO_TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured("ECHO_TRUSTED_PROXY_COUNT must be 0 (no proxy) or more.")
 AUTHENTICATION_BACKENDS = ["plugins_api.access.login_throttle.ThrottledModelBackend"]
 
-# Made-up client keys (plugins_api.access.unknown_keys): per client address (as the
-# login throttle reads it; IPv6 by its /64), the unknown keys that cost a database
-# query are counted in each worker; past this many within the window, that address's
-# keys the worker does not know are refused (429, Retry-After) without a query.
-ECHO_UNKNOWN_KEYS_PER_ADDRESS = env_int("ECHO_UNKNOWN_KEYS_PER_ADDRESS", 30, minimum=1)
-ECHO_UNKNOWN_KEYS_WINDOW_SECONDS = env_int("ECHO_UNKNOWN_KEYS_WINDOW_SECONDS", 60, minimum=1)
-
 # GET /v1/models serves each provider's model list from memory for this long
 # (providers.runtime.model_lists); concurrent callers share one upstream call.
 ECHO_MODEL_LIST_CACHE_SECONDS = env_int("ECHO_MODEL_LIST_CACHE_SECONDS", 60, minimum=1)

@@ -12,7 +12,6 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
 
-from plugins_api.access.client_address import request_client_address
 from plugins_api.access.client_keys import ClientIdentity
 from plugins_api.access.key_credentials import Denial, authenticate_key
 from plugins_api.models import ClientAPIKey
@@ -38,24 +37,12 @@ class ClientKeyUser(AnonymousUser):
         return self.username
 
 
-class KeyRefused(exceptions.APIException):
-    """A key refused before its lookup (``unknown_keys``): 429 or 503, ``Retry-After`` its wait."""
-
-    def __init__(self, denial: Denial) -> None:
-        super().__init__(denial.message, denial.kind)
-        self.status_code = denial.status
-        self.default_code = denial.kind
-        self.wait = denial.retry_after
-
-
 class BearerKeyAuthentication(authentication.BaseAuthentication):
     """Authenticate ``Authorization: Bearer <client key>``."""
 
     def authenticate(self, request: Any) -> tuple[ClientKeyUser, ClientIdentity] | None:
-        found = authenticate_key(request.headers, origin=lambda: request_client_address(request))
+        found = authenticate_key(request.headers)
         if isinstance(found, Denial):
-            if found.retry_after is not None:
-                raise KeyRefused(found)
             raise exceptions.AuthenticationFailed(found.message)
         if found is None:
             return None

@@ -4,16 +4,13 @@ Verification sits on every request, so it must not cost a database query
 each time: a verified key is cached for ``CACHE_SECONDS`` (in the runtime's
 ``key_cache``); a key saved or revoked in this process drops out of the
 cache at once (other workers see a revocation within ``CACHE_SECONDS``).
-Unknown keys are cached too (a client retrying a bad key costs one query per
-``CACHE_SECONDS``), apart from the known ones (``unknown_key_cache``): each
-cache holds at most ``CACHE_MAX_KEYS`` entries, past which its expired
-entries go, then its oldest, so a client sending endless random keys cannot
-grow either, nor push a real key out. Such a client is also counted, by its
-address, and refused past a limit before its keys cost a query; and the
-lookups of keys this worker does not know run a few at a time, so that a
-refresh of a known one always finds a thread (``unknown_keys``). A known
-key is one this worker has cached, even past its ``CACHE_SECONDS``: a change
-of any key (below) marks every entry stale rather than dropping it.
+A key the cache does not hold is looked up only when its digest is in the
+worker's index of the digests that open a key (``key_digests``): a made-up
+key costs no query, whoever sends it and however many. Unknown keys are
+cached too, apart from the known ones (``unknown_key_cache``): each cache
+holds at most ``CACHE_MAX_KEYS`` entries, past which its expired entries go,
+then its oldest, so a client sending endless random keys can neither grow
+it nor push a real key out.
 Open chat websockets of a key that is revoked, deleted or loses its chat
 scope are closed in every worker (``client_key_push``, on any save of the
 row). Each verified use is noted in ``key_last_use``, which writes
@@ -45,7 +42,6 @@ after the drop start a query of their own.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import time
@@ -57,10 +53,10 @@ from decimal import Decimal
 from django.db.models import Q
 from django.utils import timezone
 
+from plugins_api.access.key_digests import key_digests
 from plugins_api.access.key_last_use import key_last_use
 from plugins_api.access.key_limits import UNLIMITED, KeyLimits
 from plugins_api.access.key_model_access import OPEN, ModelAccess, stored_access
-from plugins_api.access.unknown_keys import unknown_key_guard
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
 from providers.runtime.orm_threads import orm_threads
@@ -73,9 +69,6 @@ KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{16,}")
 CACHE_SECONDS = 10.0
 #: Entries of each cache: the known keys', and the unknown keys'.
 CACHE_MAX_KEYS = 10_000
-
-#: Where a request came from: its client's address (``client_address``), asked only on a cache miss.
-Origin = Callable[[], str | None]
 
 #: The wall clock keys expire by (tests replace it).
 clock: Callable[[], datetime] = timezone.now
@@ -119,18 +112,13 @@ _lookups: SingleFlight[ClientIdentity | None] = SingleFlight()
 
 
 def forget_cached_keys() -> None:
-    """Drop every cached verification (after a key changes).
-
-    A known key's entry is kept, stale (its next use queries the database), so
-    that the key is still known to ``unknown_keys``'s guard.
-    """
+    """Drop every cached verification (after a key changes), and mark the digests' index stale."""
     global _drops
     _drops += 1
     current = runtime.current()
-    known = current.key_cache
-    for digest, (_, identity) in known.items():
-        known[digest] = (0.0, identity)
+    current.key_cache.clear()
     current.unknown_key_cache.clear()
+    key_digests().invalidate()
 
 
 def _matching(digest: str) -> Q:
@@ -181,8 +169,7 @@ def _cached(digest: str) -> tuple[bool, ClientIdentity | None]:
 def _remember(digest: str, identity: ClientIdentity | None, drops: int) -> None:
     """Cache IDENTITY for DIGEST, read from the database when the cache had been dropped DROPS times.
 
-    A known key in the known keys' cache, an unknown one in the other's; each
-    bounded on its own.
+    A known key in the known keys' cache, an unknown one in the other; each bounded on its own.
     """
     if drops != _drops:
         return  # read before the cache was dropped: it may say what a change has undone
@@ -192,7 +179,7 @@ def _remember(digest: str, identity: ClientIdentity | None, drops: int) -> None:
         if identity is not None
         else (current.unknown_key_cache, current.key_cache)
     )
-    other.pop(digest, None)  # a key revoked, or one that now opens a row
+    other.pop(digest, None)  # a key revoked meanwhile
     if len(cache) >= CACHE_MAX_KEYS and digest not in cache:
         now = time.monotonic()
         for stale in [d for d, (expires, _) in cache.items() if expires <= now]:
@@ -202,59 +189,36 @@ def _remember(digest: str, identity: ClientIdentity | None, drops: int) -> None:
     cache[digest] = (time.monotonic() + CACHE_SECONDS, identity)
 
 
-def _guard_before_lookup(digest: str, origin: Origin | None) -> str | None:
-    """Raise KeyLookupRefused if ORIGIN's address may not have DIGEST looked up; return that address.
-
-    A key this worker knows is never refused, and its address not asked.
-    """
-    if origin is None or digest in runtime.current().key_cache:
-        return None
-    address = origin()
-    if address is not None:
-        unknown_key_guard.check(address)
-    return address
-
-
-def lookup_key(raw_key: str, origin: Origin | None = None) -> ClientIdentity | None:
-    """Return the identity behind RAW_KEY, expired or not; None for an unknown or revoked key (sync).
-
-    ORIGIN gives the caller's address (``client_address``) when the cache does
-    not hold the key: ``unknown_keys`` counts its unknown keys, and raises
-    ``KeyLookupRefused`` past its limit.
-    """
+def lookup_key(raw_key: str) -> ClientIdentity | None:
+    """Return the identity behind RAW_KEY, expired or not; None for an unknown or revoked key (sync)."""
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
-        address = _guard_before_lookup(digest, origin)
         drops = _drops
-        identity = _identity(ClientAPIKey.objects.filter(_matching(digest)).first(), digest)
+        identity = None
+        if key_digests().may_open_sync(digest):
+            identity = _identity(ClientAPIKey.objects.filter(_matching(digest)).first(), digest)
         _remember(digest, identity, drops)
-        if identity is None and address is not None:
-            unknown_key_guard.failed(address)
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity
 
 
-async def alookup_key(raw_key: str, origin: Origin | None = None) -> ClientIdentity | None:
-    """Return the identity behind RAW_KEY, expired or not, or None (async; usually no query).
-
-    ORIGIN as for ``lookup_key``. A key this worker does not know waits for
-    its turn (``UnknownKeyGuard.run_gated``), which may refuse it (503).
-    """
+async def alookup_key(raw_key: str) -> ClientIdentity | None:
+    """Return the identity behind RAW_KEY, expired or not, or None (async; usually no query)."""
     digest = hash_key(raw_key)
     found, identity = _cached(digest)
     if not found:
-        address = _guard_before_lookup(digest, origin)
         drops = _drops
-        fetch = functools.partial(_fetch, digest, drops)
-        if digest not in runtime.current().key_cache:
-            fetch = functools.partial(unknown_key_guard.run_gated, fetch)
-        # The call that starts the query waits for it even when its client leaves
-        # (``SingleFlight``): the others sharing it get its answer.
-        identity = await _lookups.run((digest, drops), fetch, starter_waits=True)
-        if identity is None and address is not None:
-            unknown_key_guard.failed(address)
+        if await key_digests().may_open(digest):
+            # The call that starts the query waits for it even when its client leaves
+            # (``SingleFlight``): the others sharing it get its answer.
+            identity = await _lookups.run(
+                (digest, drops), lambda: _fetch(digest, drops), starter_waits=True
+            )
+        else:
+            identity = None  # a made-up key: no query
+            _remember(digest, None, drops)
     if identity is not None and not identity.expired():
         key_last_use.note(identity.key_id)
     return identity
@@ -279,11 +243,11 @@ def _usable(identity: ClientIdentity | None) -> ClientIdentity | None:
     return None if identity is None or identity.expired() else identity
 
 
-def verify_key(raw_key: str, origin: Origin | None = None) -> ClientIdentity | None:
+def verify_key(raw_key: str) -> ClientIdentity | None:
     """Return the identity behind RAW_KEY, or None for an unknown, revoked or expired key (sync)."""
-    return _usable(lookup_key(raw_key, origin))
+    return _usable(lookup_key(raw_key))
 
 
-async def averify_key(raw_key: str, origin: Origin | None = None) -> ClientIdentity | None:
+async def averify_key(raw_key: str) -> ClientIdentity | None:
     """Return the identity behind RAW_KEY, or None for an unknown, revoked or expired key (async)."""
-    return _usable(await alookup_key(raw_key, origin))
+    return _usable(await alookup_key(raw_key))

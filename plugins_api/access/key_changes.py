@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from plugins_api.access import client_keys
 from plugins_api.access.client_keys import KEY_PREFIX, forget_cached_keys, hash_key
+from plugins_api.access.key_digests import key_digests
 from plugins_api.access.key_history import key_snapshot, record_key_change
 from plugins_api.access.key_limits import UNLIMITED, KeyLimits
 from plugins_api.access.key_model_access import (
@@ -123,6 +124,13 @@ def _after_change() -> None:
     transaction.on_commit(forget_cached_keys)
 
 
+def _after_issue() -> None:
+    """A key was made: the digests' index (``key_digests``) lacks it; the cached keys stand."""
+    key_digests().invalidate()
+    # Again after commit: a read of the index in between did not see the new row.
+    transaction.on_commit(lambda: key_digests().invalidate())
+
+
 @transaction.atomic
 def client_key_issue(
     *,
@@ -160,6 +168,7 @@ def client_key_issue(
     record_key_change(
         name=row.name, action="created", before=None, after=key_snapshot(row), actor=actor
     )
+    _after_issue()
     return row, raw_key
 
 

@@ -14,9 +14,7 @@ credential at all.
 return the key's identity, None when the headers offer no key (the caller
 may look for a session instead), or the 401 ``Denial`` of a malformed header
 or of an unknown or revoked key, or of an expired one (kind ``key_expired``,
-its message saying so); or, for a key the worker does not know, the 429 or
-503 ``Denial`` of ``unknown_keys``' guard (an address that sent too many
-unknown keys, too many new keys at once), with its ``retry_after``. Verification goes through the cached
+its message saying so). Verification goes through the cached
 client-key store (``client_keys.verify_key``). What a key may do, its scope,
 is each caller's rule.
 
@@ -32,15 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins_api.access.client_address import scope_client_address
-from plugins_api.access.client_keys import (
-    ClientIdentity,
-    Origin,
-    alookup_key,
-    hash_key,
-    lookup_key,
-)
-from plugins_api.access.unknown_keys import KeyLookupRefused
+from plugins_api.access.client_keys import ClientIdentity, alookup_key, hash_key, lookup_key
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -62,22 +52,15 @@ class Denial:
     """Why a request is refused: STATUS (401 or 403), Echo's error KIND and a MESSAGE.
 
     Each API renders it in its own error shape (Echo's, OpenAI's, Anthropic's).
-    A key refused before its lookup (``unknown_keys``: 429 or 503) has
-    RETRY_AFTER, the seconds to wait, sent as ``Retry-After``.
     """
 
     status: int
     kind: str
     message: str
-    retry_after: int | None = None
 
     @property
     def is_authentication(self) -> bool:
         return self.status == 401
-
-    def headers(self) -> dict[str, str]:
-        """Return the headers every shape of this denial carries: ``Retry-After`` when it has one."""
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 def unauthorized(message: str) -> Denial:
@@ -179,65 +162,39 @@ def _verified(identity: ClientIdentity | None) -> ClientIdentity | Denial:
     return identity
 
 
-def _refused(refusal: KeyLookupRefused) -> Denial:
-    return Denial(refusal.status, refusal.kind, refusal.message, refusal.retry_after)
+def verify_credential(token: str) -> ClientIdentity | Denial:
+    """Return the identity behind TOKEN, or the 401 Denial of an unknown, revoked or expired key (sync)."""
+    return _verified(lookup_key(token))
 
 
-def verify_credential(token: str, origin: Origin | None = None) -> ClientIdentity | Denial:
-    """Return the identity behind TOKEN, or the Denial of an unknown, revoked or expired key (sync).
-
-    ORIGIN gives the caller's address for ``unknown_keys``' guard (asked on a
-    cache miss only), whose refusal is a 429 Denial with ``retry_after``.
-    """
-    try:
-        return _verified(lookup_key(token, origin))
-    except KeyLookupRefused as refusal:
-        return _refused(refusal)
-
-
-async def averify_credential(token: str, origin: Origin | None = None) -> ClientIdentity | Denial:
-    """Return the identity behind TOKEN, or the Denial of an unknown, revoked or expired key (async).
-
-    ORIGIN as for ``verify_credential``; a new key may also be refused while too
-    many others wait for their lookup (503, ``unknown_keys``).
-    """
-    try:
-        return _verified(await alookup_key(token, origin))
-    except KeyLookupRefused as refusal:
-        return _refused(refusal)
-
-
-def scope_origin(scope: Mapping[str, object]) -> Origin:
-    """Return the ORIGIN of a request from its ASGI SCOPE: its client's address, read when asked."""
-    return lambda: scope_client_address(scope)
+async def averify_credential(token: str) -> ClientIdentity | Denial:
+    """Return the identity behind TOKEN, or the 401 Denial of an unknown, revoked or expired key (async)."""
+    return _verified(await alookup_key(token))
 
 
 def authenticate_key(
-    headers: Headers, *, x_api_key: bool = False, origin: Origin | None = None
+    headers: Headers, *, x_api_key: bool = False
 ) -> ClientIdentity | Denial | None:
-    """Return the identity of the key HEADERS offer, None for no key, or the Denial (sync)."""
+    """Return the identity of the key HEADERS offer, None for no key, or the 401 Denial (sync)."""
     credential = key_credential(headers, x_api_key=x_api_key)
-    return verify_credential(credential, origin) if isinstance(credential, str) else credential
+    return verify_credential(credential) if isinstance(credential, str) else credential
 
 
 async def aauthenticate_key(
     headers: Headers, *, x_api_key: bool = False, scope: Mapping[str, object] | None = None
 ) -> ClientIdentity | Denial | None:
-    """Return the identity of the key HEADERS offer, None for no key, or the Denial (async).
+    """Return the identity of the key HEADERS offer, None for no key, or the 401 Denial (async).
 
     SCOPE, the request's ASGI scope, may hold the identity this key was
-    verified as earlier in the same request (``remember_verified``), and
-    names its client's address (``scope_origin``).
+    verified as earlier in the same request (``remember_verified``).
     """
     credential = key_credential(headers, x_api_key=x_api_key)
     if not isinstance(credential, str):
         return credential
-    if scope is None:
-        return await averify_credential(credential)
-    earlier = scope.get(VERIFIED_KEY)
+    earlier = scope.get(VERIFIED_KEY) if scope is not None else None
     if isinstance(earlier, tuple) and earlier[0] == hash_key(credential):
         return earlier[1]
-    return await averify_credential(credential, scope_origin(scope))
+    return await averify_credential(credential)
 
 
 def remember_verified(scope: dict[str, object], token: str, identity: ClientIdentity) -> None:

@@ -22,6 +22,7 @@ is HTTP 429 with ``Retry-After``.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -40,8 +41,6 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 
-from plugins_api.access.client_address import request_client_address
-
 logger = logging.getLogger(__name__)
 
 # Where the backend leaves its refusal for the form and the view to report.
@@ -58,8 +57,30 @@ class LoginRefusal:
 
 
 def client_address(request: HttpRequest | None) -> str | None:
-    """Return the address of the client behind REQUEST, or None (``client_address``'s rule)."""
-    return request_client_address(request)
+    """Return the address of the client behind REQUEST, or None when it has none.
+
+    ``REMOTE_ADDR``, unless ``ECHO_TRUSTED_PROXY_COUNT`` proxies stand in front:
+    each appends the address it saw to ``X-Forwarded-For``, so the client is
+    the entry that many places from the right. The entries left of it were
+    written by the client and prove nothing.
+    """
+    if request is None:
+        return None
+    address = request.META.get("REMOTE_ADDR") or None
+    hops = settings.ECHO_TRUSTED_PROXY_COUNT
+    if hops:
+        forwarded = [
+            part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+        ]
+        forwarded = [part for part in forwarded if part]
+        if len(forwarded) >= hops:
+            address = forwarded[-hops]
+    if address is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address[:64]  # a test client or a unix socket: still one bucket, bounded
 
 
 def _key(kind: str, value: str) -> str:

@@ -78,12 +78,9 @@ async def check_chat_client(request: HttpRequest) -> Denial | None:
 
 def echo_denial(denial: Denial) -> JsonResponse:
     """Render DENIAL in Echo's error shape, with the Bearer challenge on a 401."""
-    extra = {} if denial.retry_after is None else {"retry_after": denial.retry_after}
-    response = JsonResponse(error_body(denial.kind, denial.message, **extra), status=denial.status)
+    response = JsonResponse(error_body(denial.kind, denial.message), status=denial.status)
     if denial.is_authentication:
         response["WWW-Authenticate"] = 'Bearer realm="echo"'
-    for name, value in denial.headers().items():
-        response[name] = value
     return response
 
 

@@ -19,9 +19,7 @@ from providers.usage.metrics import exposition
 async def metrics(request: HttpRequest) -> HttpResponse:
     """Answer the metrics in Prometheus' text format."""
     # The key comes as on the chat endpoints: a Bearer token or x-api-key.
-    found = await aauthenticate_key(
-        request.headers, x_api_key=True, scope=getattr(request, "scope", None)
-    )
+    found = await aauthenticate_key(request.headers, x_api_key=True)
     if isinstance(found, Denial):
         return echo_denial(found)
     if found is not None:

@@ -107,8 +107,6 @@ logger = logging.getLogger(__name__)
 
 USAGE_ENDPOINT = "/ws/chat/"
 CLOSE_UNAUTHENTICATED = 4401
-#: A key refused before its lookup, to be tried again later (HTTP's 429, as 4401 is its 401).
-CLOSE_TRY_AGAIN_LATER = 4429
 CLOSE_FORBIDDEN = 4403
 CLOSE_POLICY_VIOLATION = 1008
 # What daphne sends instead: its websocket library refuses codes outside 1000
@@ -230,7 +228,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         A Bearer header wins over a session cookie: it is what the client chose to send.
         """
         headers = credential_headers(self.scope.get("headers", []))
-        found = await aauthenticate_key(headers, scope=self.scope)
+        found = await aauthenticate_key(headers)
         if isinstance(found, ClientIdentity):
             refused = _key_refusal(found)
             if refused is not None:
@@ -239,10 +237,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.key_identity = found
             # Named as request_usage.client_label names key clients.
             return ConversationOwner(key_id=found.key_id), f"key:{found.name}"
-        if isinstance(found, Denial) and found.retry_after is not None:
-            return (
-                CLOSE_TRY_AGAIN_LATER  # too many unknown keys from its address (``unknown_keys``)
-            )
         if found is not None:  # a malformed header, or an unknown or revoked key
             return CLOSE_UNAUTHENTICATED
         user = self.scope.get("user")

@@ -145,7 +145,7 @@ def anthropic_denial(denial: Denial) -> JsonResponse:
     message = denial.message
     if denial.is_authentication:
         message += " Anthropic SDK clients send the Echo key as x-api-key."
-    return anthropic_error(denial.status, message, denial.headers())
+    return anthropic_error(denial.status, message)
 
 
 def _field_error(exc: RequestFieldError) -> JsonResponse:

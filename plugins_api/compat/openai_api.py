@@ -173,7 +173,7 @@ def openai_denial(denial: Denial) -> JsonResponse:
             code="key_expired" if denial.kind == "key_expired" else "invalid_api_key",
             headers={"WWW-Authenticate": 'Bearer realm="echo"'},
         )
-    return openai_error(denial.status, denial.message, code=denial.kind, headers=denial.headers())
+    return openai_error(denial.status, denial.message, code=denial.kind)
 
 
 def openai_field_error(exc: RequestFieldError) -> JsonResponse:

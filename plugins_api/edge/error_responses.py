@@ -134,12 +134,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         headers = {"Retry-After": str(exc.wait)} if exc.wait else {}
         return Response(error_body("rate_limited", str(exc.detail)), status=429, headers=headers)
     if isinstance(exc, drf.APIException):
-        wait = getattr(exc, "wait", None)  # a key refused before its lookup says how long
-        return Response(
-            error_body(exc.default_code, str(exc.detail), retry_after=wait),
-            status=exc.status_code,
-            headers={"Retry-After": str(wait)} if wait else None,
-        )
+        return Response(error_body(exc.default_code, str(exc.detail)), status=exc.status_code)
     from django.db import DatabaseError
     from django.http import Http404
 

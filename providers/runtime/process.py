@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     config_sync_state: ConfigSyncState
     key_cache: dict[str, tuple[float, Any]]
     unknown_key_cache: dict[str, tuple[float, Any]]
-    unknown_key_windows: dict[str, list[float]]
+    key_digests: Any
     health_probes: HealthProbes
     lifecycle: ProviderLifecycle
 
@@ -77,7 +77,7 @@ RUNTIME_PARTS = frozenset(
         "config_sync_state",
         "key_cache",
         "unknown_key_cache",
-        "unknown_key_windows",
+        "key_digests",
         "health_probes",
         "lifecycle",
     }

@@ -60,8 +60,8 @@ class EchoRuntime:
         self.key_cache: dict[str, tuple[float, Any]] = {}
         # Unknown keys' digests: (expiry, None), apart so that they never push a known key out.
         self.unknown_key_cache: dict[str, tuple[float, Any]] = {}
-        # Per client address: [window start, unknown keys in it] (``unknown_keys``' guard).
-        self.unknown_key_windows: dict[str, list[float]] = {}
+        # The digests that open a key (``plugins_api.access.key_digests``), made on first use.
+        self.key_digests: Any = None
         # The loop the registry's providers serve on, while the process serves.
         self.serving_loop: asyncio.AbstractEventLoop | None = None
         self.lifecycle = ProviderLifecycle(self)

@@ -116,14 +116,9 @@ class Answer:
 
 
 async def serve_async(
-    app: Any,
-    path: str,
-    body: bytes | list[bytes],
-    headers: dict[str, str],
-    method: str = "POST",
-    client: tuple[str, int] = ("127.0.0.1", 40000),
+    app: Any, path: str, body: bytes | list[bytes], headers: dict[str, str], method: str = "POST"
 ) -> Answer:
-    """Send one request to ASGI APP from CLIENT; return its answer (a declared length, or chunked for a list)."""
+    """Send one request to ASGI APP; return its answer (a declared length, or chunked for a list)."""
     parts = body if isinstance(body, list) else [body]
     raw_headers = [(b"x-request-id", REQUEST_ID.encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -144,7 +139,7 @@ async def serve_async(
         "query_string": path.partition("?")[2].encode(),
         "root_path": "",
         "headers": raw_headers,
-        "client": client,
+        "client": ("127.0.0.1", 40000),
         "server": ("testserver", 80),
     }
     messages = [
@@ -596,9 +591,9 @@ def test_a_key_is_verified_once_per_call(providers, keys, monkeypatch, path: str
     lookups: list[str] = []
     real_lookup = key_credentials.alookup_key
 
-    async def counted(raw_key: str, *args: Any) -> Any:
+    async def counted(raw_key: str) -> Any:
         lookups.append(raw_key[:6])
-        return await real_lookup(raw_key, *args)
+        return await real_lookup(raw_key)
 
     monkeypatch.setattr(key_credentials, "alookup_key", counted)
     body = json.dumps(CASES[path]["json"][0]).encode()

@@ -171,9 +171,9 @@ def test_a_key_verified_earlier_in_the_request_is_taken_from_its_scope(
     lookups: list[str] = []
     real_lookup = key_credentials.alookup_key
 
-    async def counted(token: str, *args: Any) -> Any:
+    async def counted(token: str) -> Any:
         lookups.append(token)
-        return await real_lookup(token, *args)
+        return await real_lookup(token)
 
     monkeypatch.setattr(key_credentials, "alookup_key", counted)
     found = async_to_sync(aauthenticate_key)({"x-api-key": raw_key}, x_api_key=True, scope=scope)

@@ -11,6 +11,7 @@ from django.db import close_old_connections
 from plugins_api.access import client_keys
 from plugins_api.access.client_keys import averify_key, hash_key
 from plugins_api.access.key_changes import client_key_issue, client_key_revoke
+from plugins_api.access.key_digests import KeyDigests, key_digests
 from providers.runtime import process as runtime
 
 # Cached verifications and last-use stamps are forgotten around each test (autouse, imported).
@@ -55,11 +56,24 @@ def test_a_flood_of_distinct_unknown_keys_leaves_nothing_running_and_the_cache_b
         return await asyncio.gather(*(averify_key(f"echo-guess-{n}") for n in range(200)))
 
     assert async_to_sync(flood)() == [None] * 200
-    assert len(counted_queries) == 200  # distinct keys share nothing
+    assert counted_queries == []  # not in the digests' index: no lookup at all
+    assert key_digests().reads == 1  # one read of the index, shared by the whole flood
     assert client_keys._lookups.running() == 0
-    assert len(runtime.key_cache) <= 50
+    assert len(runtime.unknown_key_cache) <= 50
+    assert len(runtime.key_cache) == 0
 
 
+@pytest.fixture
+def every_digest_indexed(monkeypatch) -> None:
+    """Look every digest up, as if the digests' index held it: these tests are about the lookups."""
+
+    async def indexed(self, digest: str) -> bool:
+        return True
+
+    monkeypatch.setattr(KeyDigests, "may_open", indexed)
+
+
+@pytest.mark.usefixtures("every_digest_indexed")
 def test_a_lookup_under_way_when_the_cache_is_dropped_keeps_nothing(db, monkeypatch) -> None:
     row, raw_key = client_key_issue(name="revoked-meanwhile", scope="chat")
     before = type(row).objects.get(pk=row.pk)  # the row as a slow query read it, still live
@@ -97,6 +111,7 @@ def test_a_lookup_under_way_when_the_cache_is_dropped_keeps_nothing(db, monkeypa
     assert second is None and third is None  # ...and is never cached for the calls after
 
 
+@pytest.mark.usefixtures("every_digest_indexed")
 def test_a_caller_that_leaves_does_not_cancel_the_query_the_others_wait_for(
     db, monkeypatch
 ) -> None:
