@@ -336,6 +336,10 @@ def render_markdown(results: dict) -> str:
             out.append(
                 f"| {_label(results, key)} | {_fmt(row.get('idle_mb'), 1)} | {_fmt(row.get('load_mb'), 1)} |"
             )
+    out += _measured_section(
+        "(6) A flood of made-up keys (Echo `/v1/chat/completions`)", results.get("key_flood"),
+        "Not measured", _key_flood_lines,
+    )  # fmt: skip
     servers = results.get("servers", {})
     if servers:
         out += _section(
@@ -389,6 +393,28 @@ def _measured_section(
     if data.get("error"):
         return [*head, f"{missing}: {data['error']}"]
     return [*head, *lines(data)]
+
+
+def _key_flood_lines(flood: dict) -> list[str]:
+    alone, during = flood.get("valid_alone", {}), flood.get("valid_during_flood", {})
+    statuses = ", ".join(
+        f"{count:,} × {status}" for status, count in flood.get("made_up_statuses", {}).items()
+    )
+    return [
+        f"A valid key calls one call after another for {_fmt(flood.get('seconds'))} s alone, "
+        f"then as long while {_fmt(flood.get('connections'))} connections each send a new "
+        "made-up key as fast as they are answered (`bench/key_flood.py`): what a hostile "
+        "client's keys cost the others.",
+        "",
+        "| valid key | calls | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+        f"| alone | {_fmt(alone.get('calls'))} | {_fmt(alone.get('p50_ms'), 3)} "
+        f"| {_fmt(alone.get('p99_ms'), 3)} |",
+        f"| during the flood | {_fmt(during.get('calls'))} | {_fmt(during.get('p50_ms'), 3)} "
+        f"| {_fmt(during.get('p99_ms'), 3)} |",
+        "",
+        f"Made-up calls answered: {_fmt(flood.get('made_up_answered'))} ({statuses or 'none'}).",
+    ]
 
 
 def _profile_lines(profile: dict) -> list[str]:
@@ -505,6 +531,10 @@ def compute_ratios(results: dict) -> dict[str, float | None]:
     main_server = str(results.get("make_run_server"))
     ratios["websocket answer / SSE answer (p50)"] = _get(
         results, "websocket", main_server, "ratio_total"
+    )
+    ratios["valid key p50 during a flood of made-up keys / alone"] = ratio(
+        _get(results, "key_flood", "valid_during_flood", "p50_ms"),
+        _get(results, "key_flood", "valid_alone", "p50_ms"),
     )
     return ratios
 

@@ -29,7 +29,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import litellm_peer, processes, worker_pauses, wrk_load, ws_probe
+import aiohttp
+
+from bench import key_flood, litellm_peer, processes, worker_pauses, wrk_load, ws_probe
 from bench.http_probe import HttpConnection, post_request
 from bench.report import P99_LIMIT_MS, write_report
 from bench.timings import added, gaps, ratio, round_orders, stalls, summary
@@ -66,9 +68,11 @@ class Plan:
     profile_seconds: int
     breakdown_calls: int
     count_instructions: bool
+    flood_connections: int
+    flood_seconds: float
 
 
-QUICK = Plan(20, 100, 30, (1, 4, 16, 64), 1, (32, 256), 20, 1000, False, 2, 300, False)
+QUICK = Plan(20, 100, 30, (1, 4, 16, 64), 1, (32, 256), 20, 1000, False, 2, 300, False, 200, 1.0)
 FULL = Plan(
     100,
     1000,
@@ -82,6 +86,8 @@ FULL = Plan(
     5,
     2000,
     True,
+    1000,
+    4.0,
 )
 
 
@@ -709,6 +715,26 @@ async def measure_websockets(bench: Bench) -> None:
 # --- (5) memory, and the profile ---------------------------------------------
 
 
+# --- (6) made-up keys -----------------------------------------------------------
+
+
+async def measure_key_flood(bench: Bench) -> None:
+    """A valid key's latency on Echo alone and during a flood of made-up keys (``bench.key_flood``)."""
+    system = bench.systems.get("echo_v1")
+    if system is None:
+        return
+    try:
+        bench.results["key_flood"] = await key_flood.measure(
+            f"http://127.0.0.1:{system.port}",
+            system.token,
+            model=system.model,
+            connections=bench.plan.flood_connections,
+            seconds=bench.plan.flood_seconds,
+        )
+    except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+        bench.results["key_flood"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def measure_idle_rss(bench: Bench) -> dict[str, dict]:
     rss = {}
     for key, system in bench.systems.items():
@@ -923,6 +949,8 @@ async def measure(bench: Bench) -> None:
     crowd = bench.results["websocket"].get(main, {}).get("thousand")
     if crowd and "echo_v1" in bench.results["rss"]:
         bench.results["rss"]["echo_v1"]["per_open_websocket_kb"] = crowd["rss_per_socket_kb"]
+    print("(6) made-up keys", flush=True)
+    await measure_key_flood(bench)
     print("profile (py-spy)", flush=True)
     await profile_echo(bench)
     print("profile (in-process breakdown)", flush=True)

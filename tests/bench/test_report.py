@@ -256,3 +256,37 @@ def test_the_echo_workers_pauses_in_each_stream_step_are_a_table_of_their_own():
 def test_without_the_workers_pauses_there_is_no_such_table():
     markdown = render_markdown(results())
     assert "ms in the collector" not in markdown
+
+
+def test_the_made_up_keys_flood_is_a_section_and_a_ratio():
+    from bench.report import compute_ratios
+
+    data = results()
+    data["key_flood"] = {
+        "connections": 1000,
+        "seconds": 4.0,
+        "valid_alone": {"calls": 6500, "p50_ms": 0.5, "p99_ms": 1.6},
+        "valid_during_flood": {"calls": 4000, "p50_ms": 0.6, "p99_ms": 3.0},
+        "made_up_answered": 5700,
+        "made_up_statuses": {"401": 5700},
+    }
+
+    markdown = render_markdown(data)
+
+    assert "## (6) A flood of made-up keys" in markdown
+    assert "| during the flood | 4,000 | 0.600 | 3.000 |" in markdown
+    assert "Made-up calls answered: 5,700 (5,700 × 401)." in markdown
+    ratio = compute_ratios(data)["valid key p50 during a flood of made-up keys / alone"]
+    assert ratio == pytest.approx(1.2)
+
+
+def test_a_flood_that_could_not_run_says_why_and_has_no_ratio():
+    from bench.report import compute_ratios
+
+    data = results()
+    data["key_flood"] = {"error": "RuntimeError: the valid key was answered 401"}
+
+    markdown = render_markdown(data)
+
+    assert "Not measured: RuntimeError: the valid key was answered 401" in markdown
+    assert compute_ratios(data)["valid key p50 during a flood of made-up keys / alone"] is None
