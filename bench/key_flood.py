@@ -10,9 +10,10 @@ which statuses.
     python -m bench.key_flood --url http://127.0.0.1:8000 --key KEY \
         [--model echo-1] [--connections 1000] [--seconds 4]
 
-Run against ``make run`` (docs/BENCHMARKS.md, "Made-up keys"); it prints one
-JSON object. The client and the server share the machine: the ratio of the
-two latencies is the figure, not either time.
+``make bench`` runs it on Echo's ``/v1/chat/completions`` (section 6 of its
+report); by hand, against ``make run``, it prints one JSON object
+(docs/BENCHMARKS.md, "Made-up keys"). The client and the server share the
+machine: the ratio of the two latencies is the figure, not either time.
 """
 
 from __future__ import annotations
