@@ -93,16 +93,20 @@ class KeyDigests:
         """Return whether DIGEST may open a key: in the index, or in it once read again (async)."""
         if digest in self._digests:
             return True
+        seen = self._read_at
         wait = self._wait_before_read()
         if wait > 0:
             await asyncio.sleep(wait)
         generation = self._generation
-        await self._reads.run(generation, lambda: self._read(generation), starter_waits=True)
+        await self._reads.run(
+            (generation, seen), lambda: self._read(generation, seen), starter_waits=True
+        )
         return digest in self._digests
 
-    async def _read(self, generation: int) -> None:
-        if self._wait_before_read() > 0:
-            return  # read by another caller since this one began to wait
+    async def _read(self, generation: int, seen: float | None) -> None:
+        """Read the index for GENERATION, unless another caller has since the index SEEN was read."""
+        if self._read_at != seen and self._read_for == generation:
+            return
         started = self._clock()
         digests = await orm_threads.run(stored_digests)
         self._install(digests, generation, started)
