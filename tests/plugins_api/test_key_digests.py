@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.test import override_settings
 from django.utils import timezone
 
 from plugins_api.access import client_keys
@@ -162,3 +163,25 @@ def test_a_flood_of_made_up_keys_over_http_costs_no_lookup_and_no_one_else_anyth
     assert key_digests().reads == 1
     chat = {"Authorization": f"Bearer {chat_key[1]}"}
     assert async_to_sync(serve_async)(HOT, path, body, chat).status == 200
+
+
+def test_a_wait_that_ends_a_hair_early_still_reads_the_index(monkeypatch) -> None:
+    """The loop's timer may fire a little before the period ends: the read is still made."""
+    clock = [100.0]
+    stored = [frozenset({"a" * 64}), frozenset({"a" * 64, "b" * 64})]
+    monkeypatch.setattr(key_digests_module, "stored_digests", lambda: stored.pop(0))
+
+    async def early_sleep(seconds: float) -> None:
+        clock[0] += seconds - 1e-6
+
+    monkeypatch.setattr(key_digests_module.asyncio, "sleep", early_sleep)
+    index = key_digests_module.KeyDigests(clock=lambda: clock[0])
+
+    async def scenario() -> tuple[bool, bool]:
+        first = await index.may_open("c" * 64)  # the first read: not there
+        clock[0] += 0.5
+        return first, await index.may_open("b" * 64)  # made since: waits, then reads again
+
+    with override_settings(ECHO_ORM_THREADS=0):
+        assert async_to_sync(scenario)() == (False, True)
+    assert index.reads == 2
