@@ -13,7 +13,6 @@ import asyncio
 import json
 import time
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -33,20 +32,6 @@ from plugins_api.access.key_digests import key_digests, stored_digests
 from plugins_api.models import ClientAPIKey
 from providers.runtime import process as runtime
 from tests.echo_site.test_hot_path import CASES, HOT, go_live, serve_async
-
-
-@pytest.fixture
-def lookups(monkeypatch) -> list[str]:
-    """The digests whose row was looked up in the database."""
-    asked: list[str] = []
-    real = client_keys.stored_key_row
-
-    async def counting(digest: str) -> Any:
-        asked.append(digest)
-        return await real(digest)
-
-    monkeypatch.setattr(client_keys, "stored_key_row", counting)
-    return asked
 
 
 def made_in_another_worker(name: str) -> str:
@@ -76,7 +61,7 @@ def test_the_index_holds_live_keys_and_former_secrets_in_their_grace_period_only
 
 
 def test_made_up_keys_one_after_another_cost_one_read_of_the_index_a_period(
-    db, lookups, monkeypatch
+    db, counted_queries, monkeypatch
 ) -> None:
     monkeypatch.setattr(key_digests_module, "REFRESH_SECONDS", 0.05)
 
@@ -87,14 +72,14 @@ def test_made_up_keys_one_after_another_cost_one_read_of_the_index_a_period(
         return time.monotonic() - started
 
     elapsed = async_to_sync(one_by_one)()
-    assert lookups == []
+    assert counted_queries == []
     reads = key_digests().reads
     # The first read at once, then at most one each period: the flood is paced by it.
     assert reads <= 2 + elapsed / 0.05
     assert elapsed >= 0.05 * (reads - 1) * 0.9
 
 
-def test_a_key_made_in_another_worker_a_moment_ago_is_found(db, lookups) -> None:
+def test_a_key_made_in_another_worker_a_moment_ago_is_found(db, counted_queries) -> None:
     assert async_to_sync(averify_key)("echo-guess-first-000000000000000") is None  # index read
     raw_key = made_in_another_worker("elsewhere")
 
@@ -102,7 +87,7 @@ def test_a_key_made_in_another_worker_a_moment_ago_is_found(db, lookups) -> None
     started = time.monotonic()
     assert async_to_sync(averify_key)(raw_key) is not None
     assert time.monotonic() - started <= key_digests_module.REFRESH_SECONDS + 0.5
-    assert lookups == [hash_key(raw_key)]
+    assert counted_queries == [hash_key(raw_key)]
 
 
 def test_a_sync_caller_never_waits_and_finds_a_new_key_once_a_read_is_due(db, monkeypatch) -> None:
@@ -129,7 +114,9 @@ def test_a_key_made_here_is_found_at_once(db) -> None:
     assert time.monotonic() - started < 0.5
 
 
-def test_unknown_keys_never_push_a_known_key_out_of_the_cache(db, monkeypatch, lookups) -> None:
+def test_unknown_keys_never_push_a_known_key_out_of_the_cache(
+    db, monkeypatch, counted_queries
+) -> None:
     monkeypatch.setattr(client_keys, "CACHE_MAX_KEYS", 50)
     _, raw_key = client_key_issue(name="known", scope="chat")
     assert async_to_sync(averify_key)(raw_key) is not None
@@ -137,14 +124,14 @@ def test_unknown_keys_never_push_a_known_key_out_of_the_cache(db, monkeypatch, l
         assert verify_key(f"echo-guess-{n}") is None
         assert len(runtime.unknown_key_cache) <= 50
 
-    lookups.clear()
+    counted_queries.clear()
     assert async_to_sync(averify_key)(raw_key) is not None
-    assert lookups == []  # still cached: no query
+    assert counted_queries == []  # still cached: no query
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/chat"])
 def test_a_flood_of_made_up_keys_over_http_costs_no_lookup_and_no_one_else_anything(
-    echo_config, chat_key, lookups, path: str
+    echo_config, chat_key, counted_queries, path: str
 ) -> None:
     go_live(echo_config)
     body = json.dumps(CASES[path]["json"][0]).encode()
@@ -159,7 +146,7 @@ def test_a_flood_of_made_up_keys_over_http_costs_no_lookup_and_no_one_else_anyth
         return [answer.status for answer in answers]
 
     assert async_to_sync(flood)() == [401] * 300
-    assert lookups == []
+    assert counted_queries == []
     assert key_digests().reads == 1
     chat = {"Authorization": f"Bearer {chat_key[1]}"}
     assert async_to_sync(serve_async)(HOT, path, body, chat).status == 200

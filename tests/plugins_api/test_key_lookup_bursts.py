@@ -18,20 +18,6 @@ from providers.runtime import process as runtime
 from tests.plugins_api.test_client_keys import fresh_key_state  # noqa: E402, F401
 
 
-@pytest.fixture
-def counted_queries(monkeypatch) -> list[str]:
-    """The digests the database was asked for, one entry per query."""
-    asked: list[str] = []
-    real = client_keys.stored_key_row
-
-    async def counting(digest: str):
-        asked.append(digest)
-        return await real(digest)
-
-    monkeypatch.setattr(client_keys, "stored_key_row", counting)
-    return asked
-
-
 def test_a_burst_of_one_cold_key_costs_one_query(db, counted_queries) -> None:
     row, raw_key = client_key_issue(name="burst", scope="chat")
 
