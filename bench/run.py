@@ -715,26 +715,6 @@ async def measure_websockets(bench: Bench) -> None:
 # --- (5) memory, and the profile ---------------------------------------------
 
 
-# --- (6) made-up keys -----------------------------------------------------------
-
-
-async def measure_key_flood(bench: Bench) -> None:
-    """A valid key's latency on Echo alone and during a flood of made-up keys (``bench.key_flood``)."""
-    system = bench.systems.get("echo_v1")
-    if system is None:
-        return
-    try:
-        bench.results["key_flood"] = await key_flood.measure(
-            f"http://127.0.0.1:{system.port}",
-            system.token,
-            model=system.model,
-            connections=bench.plan.flood_connections,
-            seconds=bench.plan.flood_seconds,
-        )
-    except (RuntimeError, OSError, aiohttp.ClientError) as exc:
-        bench.results["key_flood"] = {"error": f"{type(exc).__name__}: {exc}"}
-
-
 def measure_idle_rss(bench: Bench) -> dict[str, dict]:
     rss = {}
     for key, system in bench.systems.items():
@@ -878,6 +858,26 @@ async def _json_printed(bench: Bench, command: list[str]) -> dict:
     if process.returncode != 0:
         return {"error": err.decode(errors="replace")[-600:]}
     return json.loads(out)
+
+
+# --- (6) made-up keys -----------------------------------------------------------
+
+
+async def measure_key_flood(bench: Bench) -> None:
+    """A valid key's latency on Echo alone and during a flood of made-up keys (``bench.key_flood``)."""
+    system = bench.systems.get("echo_v1")
+    if system is None:
+        return
+    try:
+        bench.results["key_flood"] = await key_flood.measure(
+            f"http://127.0.0.1:{system.port}",
+            system.token,
+            model=system.model,
+            connections=bench.plan.flood_connections,
+            seconds=bench.plan.flood_seconds,
+        )
+    except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+        bench.results["key_flood"] = {"error": f"{type(exc).__name__}: {exc}"}
 
 
 # --- the run -------------------------------------------------------------------

@@ -126,9 +126,10 @@ def _after_change() -> None:
 
 def _after_issue() -> None:
     """A key was made: the digests' index (``key_digests``) lacks it; the cached keys stand."""
-    key_digests().invalidate()
+    index = key_digests()
+    index.invalidate()
     # Again after commit: a read of the index in between did not see the new row.
-    transaction.on_commit(lambda: key_digests().invalidate())
+    transaction.on_commit(index.invalidate)
 
 
 @transaction.atomic
