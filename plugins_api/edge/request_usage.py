@@ -100,26 +100,35 @@ class RequestUsage:
         return max(0.0, total_ms - upstream - waited)
 
     def answered(self, response: ChatResponse) -> float | None:
-        """Record a whole answer; return the milliseconds Echo itself added."""
+        """Record a whole answer; return the milliseconds Echo itself added.
+
+        Only the clock is read on the client's wait: the usage event is made
+        with the rest of the bookkeeping, once the answer is written.
+        """
         total = self._elapsed_ms()
         overhead = self._overhead(total, response.metadata)
-        self.release(response.usage.prompt_tokens + response.usage.completion_tokens)
-        self._account(
-            UsageEvent(
+        usage = response.usage
+        self.release(usage.prompt_tokens + usage.completion_tokens)
+
+        def account() -> None:
+            metadata = response.metadata
+            event = UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
                 provider=response.provider,
                 model=response.model,
                 stream=False,
                 latency_ms=total,
-                prompt_tokens=response.usage.prompt_tokens,
-                completion_tokens=response.usage.completion_tokens,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
                 overhead_ms=overhead,
-                attempts=response.metadata.get("attempts", 1),
-                fallback_path=response.metadata.get("fallback_path", []),
-                retries=response.metadata.get("retries", []),
+                attempts=metadata.get("attempts", 1),
+                fallback_path=metadata.get("fallback_path", []),
+                retries=metadata.get("retries", []),
             )
-        )
+            self.charge(runtime.usage_recorder.record(event))
+
+        after_answer(account)
         return overhead
 
     def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:

@@ -151,3 +151,26 @@ def test_a_call_cancelled_by_a_client_gone_mid_stream_is_still_recorded(chat_key
 
     assert Endless.closed.wait(2), "the provider's stream was not closed"
     assert [event.outcome for event in recorded] == ["cancelled"]
+
+
+@pytest.mark.parametrize(("path", "payload"), [CALLS[0], CALLS[2]])
+def test_a_whole_answers_usage_event_is_made_after_its_last_byte(
+    echo_config, chat_key, monkeypatch, path: str, payload: dict
+) -> None:
+    """Only the clock is read on the client's wait; the event itself is bookkeeping."""
+    from plugins_api.edge import request_usage
+
+    made: list[Any] = []
+    real = request_usage.UsageEvent
+
+    def making(**fields: Any) -> Any:
+        made.append(fields["endpoint"])
+        return real(**fields)
+
+    monkeypatch.setattr(request_usage, "UsageEvent", making)
+    go_live(echo_config)
+    answer, made_at_last_byte = _answer_and_count(HOT, path, payload, chat_key[1], made)
+
+    assert answer.status == 200, answer.body
+    assert made_at_last_byte == 0, "the usage event was made before the answer was written"
+    assert made == [path]
