@@ -144,10 +144,16 @@ class KeyLastUse:
         the shutdown goes on.
         """
         writer, self._writer = self._writer, None
-        if writer is not None and not writer.done():
+        # A writer left on another loop (a server that ran in this process before, its
+        # loop perhaps closed) is not touched: cancelling it from here would schedule on
+        # that loop. It finds nothing left to write once the flush below has run.
+        if (
+            writer is not None
+            and not writer.done()
+            and writer.get_loop() is asyncio.get_running_loop()
+        ):
             writer.cancel()
-            if writer.get_loop() is asyncio.get_running_loop():
-                await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(writer, return_exceptions=True)
         try:
             return await self.flush()
         except Exception as exc:

@@ -400,8 +400,10 @@ class UsageRecorder:
                     await task
                 finally:
                     self._closing = False
-            else:
-                task.cancel()
+            elif not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            # A writer left on a closed loop (a server that ran in this process before)
+            # can run no more: the flush below writes what it held.
         self._failing = False
         try:
             await self.flush()

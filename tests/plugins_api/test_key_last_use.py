@@ -80,3 +80,24 @@ def test_the_stamps_still_waiting_are_written_when_the_worker_stops(
     assert future.result(10) == 1
     assert stamped_names() == {"used-before-deploy"}
     asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), serving_loop).result(5)
+
+
+def test_a_writer_left_on_a_closed_loop_does_not_stop_the_shutdown(
+    transactional_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that ran in this process before left its writer waiting on a loop now closed."""
+    monkeypatch.setattr(key_last_use_module, "BATCH_SECONDS", 60.0)
+    key, _ = client_key_issue(name="left-behind", scope="chat")
+    old = asyncio.new_event_loop()
+    monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: old)
+
+    async def note_on_the_old_loop() -> None:
+        key_last_use.note(key.id)  # starts the writer there, which waits a minute
+
+    old.run_until_complete(note_on_the_old_loop())
+    old.close()  # its writer never ran to its end
+    monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: None)
+
+    assert asyncio.run(key_last_use.stop()) == 1
+    assert stamped_names() == {"left-behind"}
+    connections.close_all()

@@ -235,3 +235,33 @@ def test_a_queued_event_keeps_every_field_of_the_event() -> None:
     queued, _cost, _at = recorder._pending[-1]
     assert queued == original and queued is not original
     assert queued.fallback_path is not original.fallback_path
+
+
+@pytest.mark.django_db(transaction=True)
+# The writer's wait, begun on the closed loop, is never awaited there: expected here.
+@pytest.mark.filterwarnings("ignore:coroutine 'Event.wait' was never awaited:RuntimeWarning")
+def test_a_writer_left_on_a_closed_loop_does_not_stop_the_recorders_shutdown() -> None:
+    """A server that ran in this process before left its writer waiting on a loop now closed."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from providers.runtime import process as runtime
+    from providers.usage.recorder import UsageRecorder
+
+    old = asyncio.new_event_loop()
+    recorder = UsageRecorder(runtime.registry, runtime.metric_labels, serving_loop=lambda: old)
+
+    async def record_on_the_old_loop() -> None:
+        recorder.record(event("key:left-behind"))  # starts the writer there, which waits
+
+    old.run_until_complete(record_on_the_old_loop())
+    old.close()  # its writer never ran
+
+    async def stop() -> None:
+        await recorder.stop()
+        await sync_to_async(connections.close_all)()
+
+    asyncio.run(stop())
+    assert list(UsageRecord.objects.values_list("client", flat=True)) == ["key:left-behind"]
