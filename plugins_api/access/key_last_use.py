@@ -32,6 +32,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from plugins_api.models import ClientAPIKey
+from providers.runtime.loop_tasks import cancel_on_its_loop
 from providers.runtime.process import serving_loop
 
 logger = logging.getLogger(__name__)
@@ -144,16 +145,12 @@ class KeyLastUse:
         the shutdown goes on.
         """
         writer, self._writer = self._writer, None
-        # A writer left on another loop (a server that ran in this process before, its
-        # loop perhaps closed) is not touched: cancelling it from here would schedule on
-        # that loop. It finds nothing left to write once the flush below has run.
-        if (
-            writer is not None
-            and not writer.done()
-            and writer.get_loop() is asyncio.get_running_loop()
-        ):
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+        if writer is not None and not writer.done():
+            if writer.get_loop() is asyncio.get_running_loop():
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            else:  # left by a server that ran in this process before: the flush writes its stamps
+                cancel_on_its_loop(writer)
         try:
             return await self.flush()
         except Exception as exc:

@@ -14,6 +14,7 @@ the client does not wait for Echo's bookkeeping.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -72,11 +73,15 @@ class RequestUsage:
         if self.identity is not None and self.identity.budget_usd is not None:
             budget_ledger().charge(self.identity, cost)
 
-    def _account(self, event: UsageEvent, *, charged: bool = True) -> None:
-        """Record EVENT, once the answer is written; CHARGED: its cost goes to the key's budget."""
+    def _account(self, make_event: Callable[[], UsageEvent], *, charged: bool = True) -> None:
+        """Record the event MAKE_EVENT makes, once the answer is written; CHARGED: its cost goes to the key's budget.
+
+        The event is made then too, with the rest of the bookkeeping: what it
+        says must already be fixed (the clock read, the answer whole).
+        """
 
         def account() -> None:
-            cost = runtime.usage_recorder.record(event)
+            cost = runtime.usage_recorder.record(make_event())
             if charged:
                 self.charge(cost)
 
@@ -110,9 +115,9 @@ class RequestUsage:
         usage = response.usage
         self.release(usage.prompt_tokens + usage.completion_tokens)
 
-        def account() -> None:
+        def event() -> UsageEvent:
             metadata = response.metadata
-            event = UsageEvent(
+            return UsageEvent(
                 client=self.client,
                 endpoint=self.endpoint,
                 provider=response.provider,
@@ -126,28 +131,25 @@ class RequestUsage:
                 fallback_path=metadata.get("fallback_path", []),
                 retries=metadata.get("retries", []),
             )
-            self.charge(runtime.usage_recorder.record(event))
 
-        after_answer(account)
+        self._account(event)
         return overhead
 
     def failed(self, exc: ProviderError, *, provider: str = "", model: str = "") -> None:
         """Record a request that failed before any answer."""
         self.release()
-        self._account(
-            UsageEvent(
-                client=self.client,
-                endpoint=self.endpoint,
-                provider=exc.provider or provider,
-                model=model,
-                stream=self.stream,
-                latency_ms=self._elapsed_ms(),
-                outcome="error",
-                error_kind=exc.kind,
-                attempts=0,
-            ),
-            charged=False,
+        event = UsageEvent(
+            client=self.client,
+            endpoint=self.endpoint,
+            provider=exc.provider or provider,
+            model=model,
+            stream=self.stream,
+            latency_ms=self._elapsed_ms(),
+            outcome="error",
+            error_kind=exc.kind,
+            attempts=0,
         )
+        self._account(lambda: event, charged=False)
 
     def stream_ended(
         self,
@@ -165,22 +167,21 @@ class RequestUsage:
         if self.first_chunk_at is not None:
             ttft = (self.first_chunk_at - self.started) * 1000
         outcome = "cancelled" if cancelled else "error" if error or final is None else "ok"
-        self._account(
-            UsageEvent(
-                client=self.client,
-                endpoint=self.endpoint,
-                provider=str(meta.get("provider") or (error.provider if error else "") or ""),
-                model=str(meta.get("model") or ""),
-                stream=True,
-                latency_ms=self._elapsed_ms(),
-                outcome=outcome,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                ttft_ms=ttft,
-                overhead_ms=self._overhead(ttft, meta) if ttft is not None and final else None,
-                error_kind=error.kind if error else "",
-                attempts=meta.get("attempts", 1),
-                fallback_path=meta.get("fallback_path", []),
-                retries=meta.get("retries", []),
-            )
+        event = UsageEvent(
+            client=self.client,
+            endpoint=self.endpoint,
+            provider=str(meta.get("provider") or (error.provider if error else "") or ""),
+            model=str(meta.get("model") or ""),
+            stream=True,
+            latency_ms=self._elapsed_ms(),
+            outcome=outcome,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            ttft_ms=ttft,
+            overhead_ms=self._overhead(ttft, meta) if ttft is not None and final else None,
+            error_kind=error.kind if error else "",
+            attempts=meta.get("attempts", 1),
+            fallback_path=meta.get("fallback_path", []),
+            retries=meta.get("retries", []),
         )
+        self._account(lambda: event)

@@ -31,6 +31,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from providers.runtime import process as runtime
+from providers.runtime.loop_tasks import cancel_on_its_loop
 from providers.usage import metrics
 from providers.usage.row_writer import (
     MAX_COST,
@@ -400,10 +401,8 @@ class UsageRecorder:
                     await task
                 finally:
                     self._closing = False
-            elif not task.get_loop().is_closed():
-                task.get_loop().call_soon_threadsafe(task.cancel)
-            # A writer left on a closed loop (a server that ran in this process before)
-            # can run no more: the flush below writes what it held.
+            else:  # left by a server that ran in this process before: the flush writes its rows
+                cancel_on_its_loop(task)
         self._failing = False
         try:
             await self.flush()
