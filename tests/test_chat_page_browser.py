@@ -41,7 +41,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-ECHO_DELAY_MS = 60
+# Wide enough apart that a browser starved by a loaded 2-core machine still paints the pieces apart.
+ECHO_DELAY_MS = 120
 SLOW_DELAY_MS = 200
 PASSWORD = "pw-admin-123"  # the admin_user fixture's
 
