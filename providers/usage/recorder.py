@@ -328,8 +328,11 @@ class UsageRecorder:
 
     async def _flush_forever(self) -> None:
         while not self._closing:
+            # asyncio.timeout, not wait_for: no second task around the wait (one that
+            # could be left pending on a loop closed under a server that ran before).
             try:
-                await asyncio.wait_for(self._wake.wait(), settings.ECHO_USAGE_FLUSH_SECONDS)
+                async with asyncio.timeout(settings.ECHO_USAGE_FLUSH_SECONDS):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -233,8 +233,8 @@ def test_sigterm_ends_streams_past_the_drain_with_shutting_down(
     try:
         words = " ".join(f"w{i}" for i in range(40))  # about 20 s of streaming
         stream, reader = open_stream(server, words, threads)
-        openai, _ = open_stream(server, words, threads, "/v1/chat/completions")
-        anthropic, _ = open_stream(server, words, threads, "/v1/messages")
+        openai, openai_reader = open_stream(server, words, threads, "/v1/chat/completions")
+        anthropic, anthropic_reader = open_stream(server, words, threads, "/v1/messages")
         with chat_socket(server) as ws:
             answer_id = ask(ws, words)
             queue_usage_rows(server)
@@ -249,7 +249,14 @@ def test_sigterm_ends_streams_past_the_drain_with_shutting_down(
         assert stream.error is None, stream.error
         assert stream.events[-1]["type"] == "error", stream.events[-3:]
         assert stream.events[-1]["error"]["type"] == "shutting_down"
-        # Each compatible API ends in its own wire format's error event.
+        # Each compatible API ends in its own wire format's error event (read to its end
+        # first: the readers are threads of their own, and the last event may still be
+        # on its way when the /chat stream's has come).
+        for compatible_reader in (openai_reader, anthropic_reader):
+            compatible_reader.join(timeout=20)
+            assert not compatible_reader.is_alive()
+        assert openai.error is None, openai.error
+        assert anthropic.error is None, anthropic.error
         assert openai.events[-1]["error"]["code"] == "shutting_down", openai.events[-2:]
         assert anthropic.events[-1]["type"] == "error", anthropic.events[-2:]
         assert anthropic.events[-1]["error"]["type"] == "shutting_down"
