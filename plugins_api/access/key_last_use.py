@@ -112,9 +112,12 @@ class KeyLastUse:
         """Start the batch writer on the running (serving) loop, unless it is running there."""
         loop = asyncio.get_running_loop()
         writer = self._writer
-        # A writer left on a loop that stopped (a server restarted in this process) never ends.
-        if writer is not None and not writer.done() and writer.get_loop() is loop:
-            return
+        if writer is not None and not writer.done():
+            if writer.get_loop() is loop:
+                return
+            # A writer left on a loop that stopped (a server restarted in this process)
+            # never ends: this loop's writer takes its stamps.
+            cancel_on_its_loop(writer)
         # An empty context: the task outlives the request that starts it, whose
         # context would send its ORM calls to that request's thread.
         self._writer = loop.create_task(

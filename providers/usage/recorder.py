@@ -315,6 +315,10 @@ class UsageRecorder:
         if loop is not self._serving_loop():
             return  # a short-lived loop (a sync test client): flush() writes the rows
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            if self._task is not None and not self._task.done():
+                # Left on another loop (a server that ran before in this process):
+                # this loop's writer takes the queue.
+                cancel_on_its_loop(self._task)
             self._wake = asyncio.Event()
             # An empty context: the task outlives the request that starts it,
             # whose context would send its ORM calls to that request's thread.

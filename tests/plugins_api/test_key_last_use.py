@@ -17,6 +17,7 @@ from plugins_api.access.key_changes import client_key_issue
 from plugins_api.access.key_last_use import key_last_use
 from plugins_api.models import ClientAPIKey
 from tests.plugins_api.test_client_keys import fresh_key_state  # noqa: F401 - autouse fixture
+from tests.serving_loop_thread import serving_loop_thread
 
 
 def stamped_names() -> set[str]:
@@ -90,6 +91,8 @@ def test_a_writer_left_on_a_closed_loop_does_not_stop_the_shutdown(
     """A server that ran in this process before left its writer waiting on a loop now closed."""
     monkeypatch.setattr(key_last_use_module, "BATCH_SECONDS", 60.0)
     key, _ = client_key_issue(name="left-behind", scope="chat")
+    gc.collect()  # what earlier tests left goes now, not under this test's log
+    caplog.clear()
     old = asyncio.new_event_loop()
     monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: old)
 
@@ -105,4 +108,36 @@ def test_a_writer_left_on_a_closed_loop_does_not_stop_the_shutdown(
     connections.close_all()
     # The dropped writer goes quietly: no "Task was destroyed but it is pending!" at ERROR.
     gc.collect()
+    assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:coroutine 'sleep' was never awaited:RuntimeWarning")
+def test_the_next_serving_loop_takes_over_from_a_writer_left_on_a_closed_loop(
+    transactional_db,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server restarted in this process: the new loop's writer writes what the old one held."""
+    first, _ = client_key_issue(name="before-restart", scope="chat")
+    _, raw_key = client_key_issue(name="after-restart", scope="chat")
+    gc.collect()  # what earlier tests left goes now, not under this test's log
+    caplog.clear()
+    old = asyncio.new_event_loop()
+    monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: old)
+
+    async def note_on_the_old_loop() -> None:
+        key_last_use.note(first.id)  # starts the writer there, which waits its second
+
+    old.run_until_complete(note_on_the_old_loop())
+    old.close()
+
+    with serving_loop_thread() as loop:
+        monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: loop)
+        assert verify_key(raw_key) is not None  # on a request thread: the new loop's writer
+        deadline = time.monotonic() + 5
+        while stamped_names() != {"before-restart", "after-restart"}:
+            assert time.monotonic() < deadline, stamped_names()
+            time.sleep(0.05)
+        asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), loop).result(5)
+    gc.collect()  # the old writer goes quietly
     assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.text

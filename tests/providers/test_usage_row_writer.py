@@ -253,6 +253,8 @@ def test_a_writer_left_on_a_closed_loop_does_not_stop_the_recorders_shutdown(
     from providers.runtime import process as runtime
     from providers.usage.recorder import UsageRecorder
 
+    gc.collect()  # what earlier tests left goes now, not under this test's log
+    caplog.clear()
     old = asyncio.new_event_loop()
     recorder = UsageRecorder(runtime.registry, runtime.metric_labels, serving_loop=lambda: old)
 
