@@ -41,8 +41,12 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-# Wide enough apart that a browser starved by a loaded 2-core machine still paints the pieces apart.
+# The default "echo" provider's pause between words. This file's streaming test watches
+# an answer painted piece by piece: wide enough apart that a browser starved by a loaded
+# 2-core machine still paints the pieces apart. Pages that only need an answer that
+# streams (long Markdown answers, conversations) pause less: each word costs its pause.
 ECHO_DELAY_MS = 120
+QUICK_ECHO_DELAY_MS = 40
 SLOW_DELAY_MS = 200
 PASSWORD = "pw-admin-123"  # the admin_user fixture's
 
@@ -91,12 +95,18 @@ def chromium(server: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def providers(transactional_db) -> None:
+def echo_delay_ms() -> int:
+    """The echo provider's pause between words (a module that streams long answers asks less)."""
+    return ECHO_DELAY_MS
+
+
+@pytest.fixture
+def providers(transactional_db, echo_delay_ms: int) -> None:
     """Echo (default), parrot (another echo) and slowpoke (an echo slow enough to stop)."""
     provider_config_create(
         name="echo",
         plugin="echo",
-        settings={"prefix": "Echo: ", "delay_ms": ECHO_DELAY_MS},
+        settings={"prefix": "Echo: ", "delay_ms": echo_delay_ms},
         is_default=True,
     )
     provider_config_create(

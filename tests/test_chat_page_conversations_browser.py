@@ -28,7 +28,7 @@ from providers.config.services import provider_config_create, provider_config_up
 from providers.models import ProviderConfig
 from tests.server_processes import free_port
 from tests.test_chat_page_browser import (  # noqa: F401 - fixtures
-    ECHO_DELAY_MS,
+    QUICK_ECHO_DELAY_MS,
     SLOW_DELAY_MS,
     ask,
     chromium,
@@ -70,7 +70,7 @@ def providers(transactional_db, silent_upstream: int) -> None:
     provider_config_create(
         name="echo",
         plugin="echo",
-        settings={"prefix": "Echo: ", "delay_ms": ECHO_DELAY_MS},
+        settings={"prefix": "Echo: ", "delay_ms": QUICK_ECHO_DELAY_MS},
         is_default=True,
     )
     provider_config_create(

@@ -26,6 +26,7 @@ from providers.config.services import provider_config_update
 from providers.models import ProviderConfig
 from tests.server_processes import free_port
 from tests.test_chat_page_browser import (  # noqa: F401 - fixtures
+    QUICK_ECHO_DELAY_MS,
     ask,
     chromium,
     last_answer,
@@ -39,6 +40,13 @@ from tests.test_chat_page_browser import (  # noqa: F401 - fixtures
 
 # Slow: a real browser against a live server.
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def echo_delay_ms() -> int:
+    """The answers here are long (a word each pause): they stream, quickly."""
+    return QUICK_ECHO_DELAY_MS
+
 
 OFFLINE_NOTICE = "Connection lost; reconnecting…"
 CODE = 'def greet(name):\n    return f"hello {name}"'
