@@ -169,7 +169,8 @@ def fast_password_hashing():
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the slow tests (servers, browsers, fuzzers) first, each file's tests kept together.
 
-    On two workers (``--dist loadfile``) the run then ends on short files
-    rather than on one worker finishing a fuzzer alone while the other idles.
+    With ``--dist loadfile --no-loadscope-reorder`` (the Makefile's) the run then
+    ends on short files rather than on one worker finishing a fuzzer alone while
+    the others idle.
     """
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
