@@ -48,13 +48,19 @@ lint: install-dev
 # otherwise send the files with the most tests first and leave a one-test fuzzer for
 # the end, run by one worker while the others have stopped (measured on a slower
 # machine: 342-380 s with the reorder, 300 s without, the workers ending within a second).
+# Each worker imports every test module, and pytest rewrites the asserts of the tests and
+# of its plugins' packages: with PYTHONDONTWRITEBYTECODE set (as on this machine) nothing
+# of that is kept, and every worker compiles it all again, every run. The suite keeps its
+# bytecode (in __pycache__, ignored by git): measured on a clean clone, the three workers
+# were ready in 25.8 s instead of 32.3, and in 18.3 s on the next run.
 TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := env -u PYTHONDONTWRITEBYTECODE ECHO_ENV=test $(BIN)/pytest
 test: install-dev lint
-	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests $(XDIST)
+	$(PYTEST) tests examples/echo-shout-plugin/tests $(XDIST)
 
 test-fast: install-dev
-	ECHO_ENV=test $(BIN)/pytest tests examples/echo-shout-plugin/tests -m "not slow" $(XDIST)
+	$(PYTEST) tests examples/echo-shout-plugin/tests -m "not slow" $(XDIST)
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -217,6 +219,30 @@ async def test_rediscovery_swaps_changed_code_into_live_providers(registry, tmp_
     assert [r.status for r in report] == ["unchanged"]
 
     plugin_file.write_text(PLUGIN_SOURCE.format(cls="CustomProvider", reply="v2"))
+    report = await registry.discover_plugins(tmp_path)
+    assert [r.status for r in report] == ["updated"]
+    assert (await registry.get("custom").chat_completion(hello())).content == "v2"
+
+
+async def test_rediscovery_runs_the_code_it_read_not_a_cached_compilation(
+    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit of the same size within the same second: Python's bytecode cache cannot tell.
+
+    Its ``__pycache__`` entry is checked by the source's size and modification
+    time in seconds; discovery compares the file's whole content, and must run
+    the content it compared.
+    """
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a server usually runs
+    plugin_file = tmp_path / "custom_provider.py"
+    plugin_file.write_text(PLUGIN_SOURCE.format(cls="CustomProvider", reply="v1"))
+    stamp = plugin_file.stat().st_mtime_ns
+    await registry.discover_plugins(tmp_path)
+    await registry.apply(ProviderSpec("custom", "custom", {}))
+    assert (await registry.get("custom").chat_completion(hello())).content == "v1"
+
+    plugin_file.write_text(PLUGIN_SOURCE.format(cls="CustomProvider", reply="v2"))
+    os.utime(plugin_file, ns=(stamp, stamp))  # the same second, the same size
     report = await registry.discover_plugins(tmp_path)
     assert [r.status for r in report] == ["updated"]
     assert (await registry.get("custom").chat_completion(hello())).content == "v2"
