@@ -91,22 +91,33 @@ def test_a_writer_left_on_a_closed_loop_does_not_stop_the_shutdown(
     """A server that ran in this process before left its writer waiting on a loop now closed."""
     monkeypatch.setattr(key_last_use_module, "BATCH_SECONDS", 60.0)
     key, _ = client_key_issue(name="left-behind", scope="chat")
+    leave_a_writer_on_a_closed_loop(key.id, monkeypatch, caplog)  # it waits a minute there
+    monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: None)
+
+    assert asyncio.run(key_last_use.stop()) == 1
+    assert stamped_names() == {"left-behind"}
+    connections.close_all()
+    assert_the_dropped_writer_went_quietly(caplog)
+
+
+def leave_a_writer_on_a_closed_loop(
+    key_id: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Note KEY_ID's use on a serving loop that then closes, its writer still waiting there."""
     gc.collect()  # what earlier tests left goes now, not under this test's log
     caplog.clear()
     old = asyncio.new_event_loop()
     monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: old)
 
     async def note_on_the_old_loop() -> None:
-        key_last_use.note(key.id)  # starts the writer there, which waits a minute
+        key_last_use.note(key_id)  # starts the writer there
 
     old.run_until_complete(note_on_the_old_loop())
     old.close()  # its writer never ran to its end
-    monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: None)
 
-    assert asyncio.run(key_last_use.stop()) == 1
-    assert stamped_names() == {"left-behind"}
-    connections.close_all()
-    # The dropped writer goes quietly: no "Task was destroyed but it is pending!" at ERROR.
+
+def assert_the_dropped_writer_went_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """No "Task was destroyed but it is pending!" at ERROR when the old writer is collected."""
     gc.collect()
     assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.text
 
@@ -120,16 +131,7 @@ def test_the_next_serving_loop_takes_over_from_a_writer_left_on_a_closed_loop(
     """A server restarted in this process: the new loop's writer writes what the old one held."""
     first, _ = client_key_issue(name="before-restart", scope="chat")
     _, raw_key = client_key_issue(name="after-restart", scope="chat")
-    gc.collect()  # what earlier tests left goes now, not under this test's log
-    caplog.clear()
-    old = asyncio.new_event_loop()
-    monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: old)
-
-    async def note_on_the_old_loop() -> None:
-        key_last_use.note(first.id)  # starts the writer there, which waits its second
-
-    old.run_until_complete(note_on_the_old_loop())
-    old.close()
+    leave_a_writer_on_a_closed_loop(first.id, monkeypatch, caplog)
 
     with serving_loop_thread() as loop:
         monkeypatch.setattr(key_last_use_module, "serving_loop", lambda: loop)
@@ -139,5 +141,4 @@ def test_the_next_serving_loop_takes_over_from_a_writer_left_on_a_closed_loop(
             assert time.monotonic() < deadline, stamped_names()
             time.sleep(0.05)
         asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), loop).result(5)
-    gc.collect()  # the old writer goes quietly
-    assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.text
+    assert_the_dropped_writer_went_quietly(caplog)
